@@ -1,0 +1,236 @@
+"""Wiring and lifecycle: the one place where the stages meet.
+
+    MqttIngest -> Inbox -> Pipeline (decode, dedup, store, ack) -> EntryCache/SQLite
+                                                                -> Forwarder per endpoint
+    FleetState and the API beside them, on the same event loop.
+
+Shutdown order (SIGTERM/SIGINT): stop ingest (unacked messages stay at the broker), commit what
+is in hand, try a last forward under a deadline, checkpoint the fleet, close the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Iterator
+
+import uvicorn
+
+from device_protocol import Limits, ProtocolError, decode_birth
+from gateway import store
+from gateway.births import BirthRegistry
+from gateway.db import Database
+from gateway.dedup import Ledger, decode_ranges
+from gateway.entry_cache import EntryCache
+from gateway.fleet import FleetState
+from gateway.forwarder import Forwarder
+from gateway.ingest import Inbox, MqttIngest
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline import HeldFrame, Pipeline
+from gateway.remote_write_client import HttpRemoteWriteClient
+from gateway.series import SeriesEncoder
+from gateway.settings import Settings, parse_listen
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_INTERVAL_S = 5.0  # fleet state is advisory; losing 5 s of "last seen" is harmless
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside our loop: the gateway, not uvicorn, owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = GatewayMetrics()
+        self.fleet = FleetState()
+        self.births = BirthRegistry()
+        self.cache = EntryCache()
+        self.db = Database(settings.store_config().db_path, settings.sqlite_synchronous)
+        self.forwarders: list[Forwarder] = []
+        self.started_ms = int(time.time() * 1000)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop_requested = asyncio.Event()
+        self._server: _EmbeddedServer | None = None
+        self.ingest: MqttIngest
+        self.pipeline: Pipeline
+        self.inbox: Inbox
+
+    # ------------------------------------------------------------------ start
+    async def start(self) -> None:
+        s = self.settings
+        await self.db.open()
+        state = await self.db.read(store.load_state)
+        self._restore(state)
+        loop = asyncio.get_running_loop()
+        mqtt_config = s.mqtt_config()
+        self.inbox = Inbox(loop, mqtt_config.max_in_hand)
+        self.ingest = MqttIngest(mqtt_config, self.inbox,
+                                 on_connection_change=self.metrics.mqtt_connected.set)
+        forward = s.forward_config()
+        encoder = SeriesEncoder(forward.external_labels)
+        held: dict[tuple[str, int], list[HeldFrame]] = {}
+        for device_id, boot, seq, received_ms, payload in state.held:
+            held.setdefault((device_id, boot), []).append((seq, received_ms, payload))
+        self.pipeline = Pipeline(
+            db=self.db, mqtt=self.ingest, config=s.store_config(),
+            limits=Limits(max_payload_bytes=s.max_frame_bytes,
+                          max_samples=s.max_samples_per_frame,
+                          max_future_skew_ms=int(s.max_clock_skew_s * 1000)),
+            topic_prefix=s.topic_prefix, encoder=encoder, births=self.births,
+            ledger=self.ledger, fleet=self.fleet, cache=self.cache, metrics=self.metrics,
+            next_frame_id=state.next_frame_id, buffer_bytes=state.buffer_bytes,
+            buffer_frames=state.buffer_frames, held=held, on_committed=self._on_committed)
+        for endpoint in forward.endpoints:
+            self.forwarders.append(Forwarder(
+                endpoint=endpoint,
+                client=HttpRemoteWriteClient(endpoint, timeout_s=forward.request_timeout_s),
+                db=self.db, config=forward, cache=self.cache, births=self.births,
+                encoder=encoder, metrics=self.metrics, cursor=state.cursors.get(endpoint, 0),
+                all_endpoints=forward.endpoints,
+                committed_upto=lambda: self.pipeline.committed_upto, on_freed=self._on_freed))
+        self.metrics.buffer_frames.set(state.buffer_frames)
+        self.metrics.buffer_bytes.set(state.buffer_bytes)
+        self.ingest.start()
+        self._spawn(self.pipeline.run(self.inbox), "pipeline")
+        for forwarder in self.forwarders:
+            self._spawn(forwarder.run(), f"forward:{forwarder.endpoint}")
+        self._spawn(self._checkpoint_loop(), "fleet-checkpoint")
+        await self._start_api()
+        log.info("fleetgate %s started: mqtt %s, %d endpoint(s), buffer %d frames, db %s",
+                 s.gateway_id, s.mqtt_url, len(self.forwarders), state.buffer_frames, self.db.path)
+
+    def _restore(self, state: store.StoredState) -> None:
+        self.ledger = Ledger(self.settings.ledger_max_ranges)
+        for device_id, boot, ranges in state.ledger:
+            self.ledger.load((device_id, boot), decode_ranges(ranges))
+        for device_id, boot, payload in state.births:
+            try:
+                self.births.put(device_id, decode_birth(payload))
+            except ProtocolError as exc:
+                log.error("stored birth of %s boot %d unreadable: %s", device_id, boot, exc)
+        self.fleet.load(state.devices)
+
+    async def _start_api(self) -> None:
+        from gateway.api import create_api  # FastAPI import is heavy; keep it out of unit tests
+
+        host, port = parse_listen(self.settings.api_listen)
+        config = uvicorn.Config(create_api(self), host=host, port=port, log_level="warning",
+                                lifespan="off", access_log=False)
+        self._server = _EmbeddedServer(config)
+        self._spawn(self._server.serve(), "api")
+        while not self._server.started:
+            if self._server_task_failed():
+                raise RuntimeError(f"API could not listen on {self.settings.api_listen}")
+            await asyncio.sleep(0.01)
+
+    def _server_task_failed(self) -> bool:
+        task = next(t for t in self._tasks if t.get_name() == "api")
+        return task.done()
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task.set_name(name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        log.critical("task %s failed: %r; shutting down", task.get_name(), task.exception(),
+                     exc_info=task.exception())
+        self.failed = True
+        self._stop_requested.set()
+
+    failed = False
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_committed(self, frame_id: int) -> None:
+        for forwarder in self.forwarders:
+            forwarder.notify()
+
+    def _on_freed(self, frames: int, size: int) -> None:
+        self.pipeline.freed(frames, size)
+        if self.forwarders:
+            self.cache.evict_upto(min(f.cursor for f in self.forwarders))
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        rows = self.fleet.take_dirty_rows()
+        if rows:
+            await self.db.write(lambda conn: store.checkpoint_devices(conn, rows))
+        counts = self.fleet.counts()
+        for state, count in counts.items():
+            self.metrics.devices.labels(state).set(count)
+
+    # ------------------------------------------------------------------ stop
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def wait(self) -> None:
+        await self._stop_requested.wait()
+
+    def _task(self, name: str) -> asyncio.Task[None] | None:
+        return next((t for t in self._tasks if t.get_name() == name), None)
+
+    async def shutdown(self) -> None:
+        if not hasattr(self, "pipeline"):  # start() failed before anything ran
+            await self.db.close()
+            return
+        log.info("shutting down: stopping ingest")
+        await self.ingest.stop()
+        pipeline_task = self._task("pipeline")
+        if pipeline_task is not None and not pipeline_task.done():
+            await asyncio.wait([pipeline_task], timeout=30)  # commits what is in hand
+        deadline = self.settings.shutdown_forward_deadline_s
+        forward_tasks = [t for t in self._tasks if t.get_name().startswith("forward:")]
+        for forwarder in self.forwarders:
+            forwarder.begin_drain()
+        if forward_tasks:
+            _done, pending = await asyncio.wait(forward_tasks, timeout=deadline)
+            for forwarder in self.forwarders:
+                forwarder.stop_retrying()
+            if pending:
+                log.warning("last forward did not finish in %.1f s; the rest stays buffered",
+                            deadline)
+        if self._server is not None:
+            self._server.should_exit = True
+        api_task = self._task("api")
+        for task in self._tasks:
+            if not task.done() and task is not api_task:
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.checkpoint()
+        except Exception as exc:  # the fleet checkpoint is advisory; the buffer is safe
+            log.warning("final fleet checkpoint failed: %s", exc)
+        for forwarder in self.forwarders:
+            await forwarder.aclose()
+        await self.db.close()
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> int:
+    """Run the gateway until SIGTERM/SIGINT; return the process exit code."""
+    gateway = Gateway(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.request_stop)
+    try:
+        await gateway.start()
+        await gateway.wait()
+    finally:
+        await gateway.shutdown()
+    return 1 if gateway.failed else 0

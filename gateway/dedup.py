@@ -1,0 +1,169 @@
+"""Exact deduplication by (device_id, boot, seq): a ledger of received seq ranges.
+
+The ledger holds, per (device, boot), the sorted disjoint half-open ranges of seqs already
+accepted. It answers "seen before?" and, as a by-product, where the gaps are. It is pure: the
+pipeline persists changed entries in the same SQLite transaction as the frames themselves, so a
+frame and its "seen" mark are never committed apart.
+
+Updates are copy-on-write (`Ledger.overlay()`): a batch works on copies of the entries it
+touches, and only a committed batch folds them back, so a failed commit leaves no trace.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
+
+LedgerKey = tuple[str, int]  # (device_id, boot)
+
+
+class SeqRanges:
+    """Sorted, disjoint, non-adjacent half-open ranges [start, end) of seqs."""
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        for start, end in sorted(ranges):
+            self._append_merged(start, end)
+
+    def _append_merged(self, start: int, end: int) -> None:
+        if self._ends and start <= self._ends[-1]:
+            self._ends[-1] = max(self._ends[-1], end)
+        else:
+            self._starts.append(start)
+            self._ends.append(end)
+
+    def copy(self) -> SeqRanges:
+        clone = SeqRanges()
+        clone._starts = self._starts.copy()
+        clone._ends = self._ends.copy()
+        return clone
+
+    def __contains__(self, seq: int) -> bool:
+        ends = self._ends
+        if ends and seq >= ends[-1]:  # the common case: a new frame beyond everything seen
+            return False
+        i = bisect_right(self._starts, seq) - 1
+        return i >= 0 and seq < ends[i]
+
+    def add(self, seq: int) -> bool:
+        """Add seq; return False if it was already there."""
+        starts, ends = self._starts, self._ends
+        if ends and seq == ends[-1]:  # next in order: extend the last range
+            ends[-1] = seq + 1
+            return True
+        i = bisect_right(starts, seq) - 1
+        if i >= 0 and seq < ends[i]:
+            return False
+        joins_left = i >= 0 and ends[i] == seq
+        joins_right = i + 1 < len(starts) and starts[i + 1] == seq + 1
+        if joins_left and joins_right:
+            ends[i] = ends[i + 1]
+            del starts[i + 1], ends[i + 1]
+        elif joins_left:
+            ends[i] = seq + 1
+        elif joins_right:
+            starts[i + 1] = seq
+        else:
+            starts.insert(i + 1, seq)
+            ends.insert(i + 1, seq + 1)
+        return True
+
+    def trim(self, max_ranges: int) -> int:
+        """Merge the oldest gaps until at most max_ranges remain; return how many were merged."""
+        excess = len(self._starts) - max_ranges
+        if excess <= 0:
+            return 0
+        # Fold the first excess+1 ranges into one: the gaps between them are forgotten.
+        self._starts[excess] = self._starts[0]
+        del self._starts[:excess], self._ends[:excess]
+        return excess
+
+    def ranges(self) -> Iterator[tuple[int, int]]:
+        return zip(self._starts, self._ends, strict=True)
+
+    def count(self) -> int:
+        return sum(e - s for s, e in self.ranges())
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """Missing seqs between the first and last seen, as half-open ranges."""
+        return [(self._ends[i], self._starts[i + 1]) for i in range(len(self._starts) - 1)]
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SeqRanges) and list(self.ranges()) == list(other.ranges())
+
+    def __repr__(self) -> str:
+        return f"SeqRanges({encode_ranges(self)!r})"
+
+
+def encode_ranges(ranges: SeqRanges) -> str:
+    """Compact text form for the ledger table: "0-200,250-251" (half-open)."""
+    return ",".join(f"{s}-{e}" for s, e in ranges.ranges())
+
+
+def decode_ranges(text: str) -> SeqRanges:
+    if not text:
+        return SeqRanges()
+    pairs = []
+    for part in text.split(","):
+        start, _, end = part.partition("-")
+        pairs.append((int(start), int(end)))
+    return SeqRanges(pairs)
+
+
+class Ledger:
+    def __init__(self, max_ranges: int = 4096) -> None:
+        self._entries: dict[LedgerKey, SeqRanges] = {}
+        self.max_ranges = max_ranges
+
+    def load(self, key: LedgerKey, ranges: SeqRanges) -> None:
+        self._entries[key] = ranges
+
+    def get(self, key: LedgerKey) -> SeqRanges | None:
+        return self._entries.get(key)
+
+    def seen(self, key: LedgerKey, seq: int) -> bool:
+        entry = self._entries.get(key)
+        return entry is not None and seq in entry
+
+    def overlay(self) -> LedgerOverlay:
+        return LedgerOverlay(self)
+
+    def apply(self, overlay: LedgerOverlay) -> None:
+        self._entries.update(overlay.changed)
+
+    def forget(self, key: LedgerKey) -> None:
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class LedgerOverlay:
+    """A batch's tentative view of the ledger: copies of touched entries, folded in on commit."""
+
+    __slots__ = ("_base", "changed")
+
+    def __init__(self, base: Ledger) -> None:
+        self._base = base
+        self.changed: dict[LedgerKey, SeqRanges] = {}
+
+    def add(self, key: LedgerKey, seq: int) -> bool:
+        """Record seq; return False when it is a duplicate (seen before or earlier in the batch)."""
+        entry = self.changed.get(key)
+        if entry is None:
+            base = self._base.get(key)
+            if base is not None and seq in base:
+                return False
+            entry = base.copy() if base is not None else SeqRanges()
+            self.changed[key] = entry
+        if not entry.add(seq):
+            return False
+        if len(entry) > self._base.max_ranges:
+            entry.trim(self._base.max_ranges)
+        return True

@@ -1,0 +1,270 @@
+"""One forwarder per remote-write endpoint: frames after its cursor -> requests -> cursor.
+
+Order: a single request in flight per endpoint and frames taken in id (commit) order, so the
+samples of every series reach the endpoint in the order the gateway stored them.
+
+Outcomes of a request:
+- accepted: the cursor moves past its frames (own transaction; frames every endpoint has passed
+  are deleted there too);
+- retryable (network, 5xx, 429): retried forever with jittered exponential backoff, honouring
+  Retry-After; the cursor stays, so nothing is lost whatever the outage;
+- rejected (4xx): the batch is split in halves until the refused samples are isolated; those go
+  to the dead-letter table with the endpoint's reason, the rest are delivered.
+
+The one at-least-once window: a kill between a 2xx and the cursor commit resends that batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_never
+from tenacity.wait import wait_random_exponential
+
+from device_protocol import ProtocolError, decode_birth, decode_telemetry, resolve_telemetry
+from gateway import store
+from gateway.births import BirthRegistry
+from gateway.db import Database
+from gateway.entry_cache import EntryCache
+from gateway.metrics import GatewayMetrics
+from gateway.remote_write import compress, decode_write_request
+from gateway.remote_write_client import Accepted, Rejected, RemoteWriteClient, Retryable
+from gateway.series import SeriesEncoder
+from gateway.settings import ForwardConfig
+
+log = logging.getLogger(__name__)
+
+Item = tuple[int, bytes]  # (frame id, one encoded TimeSeries entry)
+FETCH_FRAMES = 2000  # rows per read-back from SQLite when behind the cache
+
+
+@dataclass(slots=True)
+class ForwarderStatus:
+    cursor: int
+    sent_samples: int = 0
+    dead_letters: int = 0
+    last_error: str | None = None
+    last_success_ms: int | None = None
+
+
+class Forwarder:
+    def __init__(self, *, endpoint: str, client: RemoteWriteClient, db: Database,
+                 config: ForwardConfig, cache: EntryCache, births: BirthRegistry,
+                 encoder: SeriesEncoder, metrics: GatewayMetrics, cursor: int,
+                 all_endpoints: Sequence[str], committed_upto: Callable[[], int],
+                 on_freed: Callable[[int, int], None]) -> None:
+        self.endpoint = endpoint
+        self._all_endpoints = tuple(all_endpoints)
+        self._client = client
+        self._db = db
+        self._config = config
+        self._cache = cache
+        self._births = births
+        self._encoder = encoder
+        self._metrics = metrics
+        self._committed_upto = committed_upto
+        self._on_freed = on_freed
+        self.status = ForwarderStatus(cursor=cursor)
+        self._new_data = asyncio.Event()
+        self._draining = False
+        self._stopping = False
+
+    # ------------------------------------------------------------------ control
+    def notify(self) -> None:
+        self._new_data.set()
+
+    def begin_drain(self) -> None:
+        """Shutdown: send what is committed without waiting for batch deadlines, then return."""
+        self._draining = True
+        self._new_data.set()
+
+    def stop_retrying(self) -> None:
+        self._stopping = True
+
+    @property
+    def cursor(self) -> int:
+        return self.status.cursor
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self) -> None:
+        flush_after: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            upto = self._committed_upto()
+            if self.cursor >= upto:
+                if self._draining:
+                    return
+                self._metrics.oldest_unsent_age.labels(self.endpoint).set(0)
+                self._new_data.clear()
+                await self._new_data.wait()
+                continue
+            items, last_id, full = await self._collect(upto)
+            if not full and not self._draining:
+                # A partial batch waits up to the flush deadline for more samples.
+                if flush_after is None:
+                    flush_after = loop.time() + self._config.flush_deadline_s
+                remaining = flush_after - loop.time()
+                if remaining > 0:
+                    self._new_data.clear()
+                    try:
+                        await asyncio.wait_for(self._new_data.wait(), remaining)
+                    except TimeoutError:
+                        pass
+                    if loop.time() < flush_after:
+                        continue
+            flush_after = None
+            delivered = await self._deliver(items)
+            if not delivered:
+                return  # stopping: the cursor stays, the frames stay in SQLite
+            await self._advance(last_id)
+
+    async def _collect(self, upto: int) -> tuple[list[Item], int, bool]:
+        """Entries after the cursor, up to max_samples_per_request: (items, last id, full)."""
+        limit = self._config.max_samples_per_request
+        items: list[Item] = []
+        frame_id = self.cursor
+        cache = self._cache
+        # Fast path: the frames right after the cursor are still encoded in the cache.
+        while frame_id < upto and len(items) < limit:
+            entries = cache.get(frame_id + 1)
+            if entries is None:
+                break
+            frame_id += 1
+            items.extend((frame_id, entry) for entry in entries)
+        if frame_id == self.cursor:  # behind the cache (outage, restart, drops): read back
+            rows = await self._db.read(
+                lambda conn: store.fetch_frames(conn, self.cursor, FETCH_FRAMES))
+            if rows:
+                self._update_oldest_age(rows[0].received_ms)
+            for row in rows:
+                if len(items) >= limit:
+                    break
+                frame_id = row.id
+                items.extend((row.id, entry) for entry in self._entries_for(row))
+            if not rows:
+                frame_id = upto  # everything up to upto was dropped or deleted
+        return items, frame_id, len(items) >= limit
+
+    def _entries_for(self, row: store.FrameRow) -> Sequence[bytes]:
+        cached = self._cache.get(row.id)
+        if cached is not None:
+            return cached
+        try:
+            if row.kind == store.KIND_BIRTH:
+                birth = decode_birth(row.payload)
+                return [self._encoder.info_entry(row.device_id, birth, row.received_ms)]
+            raw = decode_telemetry(row.payload)
+            birth = self._births.get(row.device_id, raw.boot)
+            return self._encoder.frame_entries(row.device_id, resolve_telemetry(raw, birth))
+        except ProtocolError as exc:  # stored frames were valid when stored: a bug or a bad disk
+            log.error("%s: stored frame %d of %s no longer decodes (%s); skipped", self.endpoint,
+                      row.id, row.device_id, exc)
+            self._metrics.frames_dropped.labels("undecodable_stored").inc()
+            return []
+
+    def _update_oldest_age(self, received_ms: int) -> None:
+        age = max(0.0, time.time() - received_ms / 1000)
+        self._metrics.oldest_unsent_age.labels(self.endpoint).set(age)
+
+    # ------------------------------------------------------------------ sending
+    async def _deliver(self, items: list[Item]) -> bool:
+        """Deliver items, isolating refused ones. False only when told to stop meanwhile."""
+        pending: list[list[Item]] = [items] if items else []
+        dead: list[tuple[Item, Rejected]] = []
+        while pending:
+            part = pending.pop(0)
+            result = await self._send(part)
+            if result is None:
+                return False
+            if isinstance(result, Rejected):
+                if len(part) == 1:
+                    dead.append((part[0], result))
+                else:
+                    middle = len(part) // 2
+                    pending[:0] = [part[:middle], part[middle:]]
+        if dead:
+            await self._dead_letter(dead)
+        return True
+
+    async def _send(self, part: list[Item]) -> Accepted | Rejected | None:
+        body = compress(b"".join(entry for _, entry in part))
+        m = self._metrics
+        endpoint = self.endpoint
+
+        def wait(state: RetryCallState) -> float:
+            outcome = state.outcome
+            result = outcome.result() if outcome is not None else None
+            backoff = wait_random_exponential(multiplier=self._config.retry_min_s,
+                                              max=self._config.retry_max_s)(state)
+            if isinstance(result, Retryable) and result.retry_after_s is not None:
+                return max(backoff, min(result.retry_after_s, 600.0))
+            return backoff
+
+        def log_retry(state: RetryCallState) -> None:
+            result = state.outcome.result() if state.outcome is not None else None
+            reason = result.reason if isinstance(result, Retryable) else "?"
+            self.status.last_error = reason
+            m.forward_retries.labels(endpoint).inc()
+            log.warning("%s: attempt %d failed (%s); retrying", endpoint, state.attempt_number,
+                        reason)
+
+        async for attempt in AsyncRetrying(
+                retry=retry_if_result(lambda r: isinstance(r, Retryable) and not self._stopping),
+                wait=wait, stop=stop_never, before_sleep=log_retry, reraise=True):
+            with attempt:
+                started = time.perf_counter()
+                result = await self._client.send(body)
+                m.forward_duration.labels(endpoint).observe(time.perf_counter() - started)
+                m.forward_requests.labels(endpoint, type(result).__name__.lower()).inc()
+            if not attempt.retry_state.outcome.failed:  # type: ignore[union-attr]
+                attempt.retry_state.set_result(result)
+        if isinstance(result, Accepted):
+            m.forward_samples.labels(endpoint).inc(len(part))
+            self.status.sent_samples += len(part)
+            self.status.last_success_ms = int(time.time() * 1000)
+            return result
+        if isinstance(result, Rejected):
+            return result
+        return None  # still retryable but we are stopping
+
+    async def _dead_letter(self, dead: list[tuple[Item, Rejected]]) -> None:
+        now_ms = int(time.time() * 1000)
+        rows = [(self.endpoint, frame_id, now_ms, rejected.status, rejected.reason[:1000],
+                 _describe(entry), entry) for (frame_id, entry), rejected in dead]
+        await self._db.write(lambda conn: store.add_dead_letters(conn, rows))
+        self.status.dead_letters += len(rows)
+        self.status.last_error = dead[-1][1].reason
+        self._metrics.forward_dead_letters.labels(self.endpoint).inc(len(rows))
+        log.error("%s: %d samples refused and dead-lettered, e.g. %s: %s", self.endpoint,
+                  len(rows), rows[0][5], rows[0][4])
+
+    async def _advance(self, frame_id: int) -> None:
+        now_ms = int(time.time() * 1000)
+        endpoints = self._all_endpoints
+        deleted, freed = await self._db.write(
+            lambda conn: store.advance_cursor(conn, self.endpoint, frame_id, now_ms, endpoints))
+        self.status.cursor = frame_id
+        self._on_freed(deleted, freed)
+
+
+def _describe(entry: bytes) -> str:
+    try:
+        decoded = decode_write_request(entry)
+    except ValueError:
+        return "<undecodable entry>"
+    parts = []
+    for labels, samples in decoded:
+        name = labels.get("__name__", "")
+        label_text = ",".join(f'{k}="{v}"' for k, v in labels.items() if k != "__name__")
+        for value, ts in samples:
+            shown = repr(value) if math.isfinite(value) else str(value)
+            parts.append(f"{name}{{{label_text}}} {shown} @{ts}")
+    return "; ".join(parts)

@@ -1,0 +1,62 @@
+"""The gateway's own metrics (prometheus-client), one registry per gateway instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.frames_received = Counter(
+            "fleetgate_frames_received", "MQTT messages received, by frame kind", ["kind"],
+            registry=r)
+        self.frames_stored = Counter(
+            "fleetgate_frames_stored", "Frames committed to the buffer", registry=r)
+        self.frames_duplicate = Counter(
+            "fleetgate_frames_duplicate", "Telemetry frames dropped as already seen", registry=r)
+        self.frames_invalid = Counter(
+            "fleetgate_frames_invalid", "Frames quarantined, by reason", ["reason"], registry=r)
+        self.frames_held = Gauge(
+            "fleetgate_frames_held", "Telemetry waiting for its boot's birth", registry=r)
+        self.frames_dropped = Counter(
+            "fleetgate_frames_dropped", "Frames dropped by the gateway, by reason", ["reason"],
+            registry=r)
+        self.rebirths_requested = Counter(
+            "fleetgate_rebirths_requested", "Rebirth commands sent to devices", registry=r)
+        self.commit_seconds = Histogram(
+            "fleetgate_commit_duration_seconds", "SQLite group commit time", registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.commit_frames = Histogram(
+            "fleetgate_commit_batch_messages", "Messages per group commit", registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
+        self.commit_errors = Counter(
+            "fleetgate_commit_errors", "Failed group commits (retried)", registry=r)
+        self.buffer_frames = Gauge(
+            "fleetgate_buffer_frames", "Frames in the buffer", registry=r)
+        self.buffer_bytes = Gauge(
+            "fleetgate_buffer_bytes", "Payload bytes in the buffer (frames + held)", registry=r)
+        self.buffer_full_waits = Counter(
+            "fleetgate_buffer_full_waits", "Times ingest waited on a full buffer", registry=r)
+        self.oldest_unsent_age = Gauge(
+            "fleetgate_oldest_unsent_age_seconds", "Age of the oldest frame not yet sent",
+            ["endpoint"], registry=r)
+        self.forward_samples = Counter(
+            "fleetgate_forward_samples", "Samples accepted by the endpoint", ["endpoint"],
+            registry=r)
+        self.forward_requests = Counter(
+            "fleetgate_forward_requests", "Remote-write requests by result", ["endpoint", "result"],
+            registry=r)
+        self.forward_retries = Counter(
+            "fleetgate_forward_retries", "Remote-write attempts retried", ["endpoint"], registry=r)
+        self.forward_dead_letters = Counter(
+            "fleetgate_forward_dead_letters", "Samples refused by the endpoint (dead-lettered)",
+            ["endpoint"], registry=r)
+        self.forward_duration = Histogram(
+            "fleetgate_forward_request_duration_seconds", "Remote-write request time",
+            ["endpoint"], registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.mqtt_connected = Gauge(
+            "fleetgate_mqtt_connected", "1 while connected to the broker", registry=r)
+        self.devices = Gauge("fleetgate_devices", "Devices known, by state", ["state"], registry=r)

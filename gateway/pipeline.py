@@ -1,0 +1,320 @@
+"""The ingest pipeline: decode -> dedup -> store, one group commit at a time, then ack.
+
+    messages (Inbox) -> plan()   pure: decode, dedup against a ledger overlay, resolve aliases,
+                                 hold frames whose birth is unknown, quarantine bad ones
+                     -> commit   one SQLite transaction (frames + ledger + births + held +
+                                 quarantine + drop counters)
+                     -> apply    fold the overlay into memory, cache encoded entries, update the
+                                 fleet, PUBACK in arrival order, wake the forwarders
+
+Nothing is acknowledged before its transaction has committed; a commit that fails is retried with
+the same plan while the messages stay unacked (the broker keeps them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
+
+from device_protocol import (
+    Birth,
+    FrameKind,
+    Limits,
+    NeedsBirth,
+    ProtocolError,
+    Telemetry,
+    cmd_topic,
+    decode_birth,
+    decode_death,
+    decode_telemetry,
+    encode_command,
+    parse_topic,
+    resolve_telemetry,
+)
+from device_protocol import Command as DeviceCommand
+from gateway import store
+from gateway.births import BirthRegistry
+from gateway.db import Database
+from gateway.dedup import Ledger, LedgerKey, LedgerOverlay, encode_ranges
+from gateway.entry_cache import EntryCache
+from gateway.errors import StoreError
+from gateway.fleet import FleetState
+from gateway.ingest import InboundMessage, Inbox
+from gateway.metrics import GatewayMetrics
+from gateway.series import SeriesEncoder
+from gateway.settings import StoreConfig
+
+log = logging.getLogger(__name__)
+
+REBIRTH_REQUEST_INTERVAL_MS = 30_000  # don't nag a device more often than this
+HeldFrame = tuple[int, int, bytes]  # (seq, received_ms, payload)
+
+
+class Acknowledger:
+    """What the pipeline needs of the MQTT side (the real one is gateway.ingest.MqttIngest)."""
+
+    def ack(self, messages: list[InboundMessage]) -> int: ...
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    write: store.BatchWrite = field(default_factory=store.BatchWrite)
+    overlay: LedgerOverlay | None = None
+    births: list[tuple[str, Birth]] = field(default_factory=list)
+    held: dict[LedgerKey, list[HeldFrame]] = field(default_factory=dict)
+    released: list[LedgerKey] = field(default_factory=list)
+    entries: list[tuple[int, Sequence[bytes]]] = field(default_factory=list)
+    telemetry: list[tuple[str, Telemetry, int]] = field(default_factory=list)
+    deaths: list[tuple[str, int]] = field(default_factory=list)
+    rebirths: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    invalid: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)
+    added_bytes: int = 0
+    last_frame_id: int = 0
+
+
+class Pipeline:
+    def __init__(self, *, db: Database, mqtt: Acknowledger, config: StoreConfig, limits: Limits,
+                 topic_prefix: str, encoder: SeriesEncoder, births: BirthRegistry, ledger: Ledger,
+                 fleet: FleetState, cache: EntryCache, metrics: GatewayMetrics,
+                 next_frame_id: int, buffer_bytes: int, buffer_frames: int,
+                 held: dict[LedgerKey, list[HeldFrame]] | None = None,
+                 on_committed: Callable[[int], None] = lambda frame_id: None,
+                 max_future_skew_ms: int = 300_000) -> None:
+        self._db = db
+        self._mqtt = mqtt
+        self._config = config
+        self._limits = limits
+        self._prefix = topic_prefix
+        self._encoder = encoder
+        self.births = births
+        self.ledger = ledger
+        self._fleet = fleet
+        self._cache = cache
+        self._metrics = metrics
+        self._next_frame_id = next_frame_id
+        self.committed_upto = next_frame_id - 1
+        self.buffer_bytes = buffer_bytes
+        self.buffer_frames = buffer_frames
+        self.held: dict[LedgerKey, list[HeldFrame]] = held or {}
+        self._on_committed = on_committed
+        self._rebirth_sent: dict[str, int] = {}
+        self._space_freed = asyncio.Event()
+        self.last_commit_ok = True
+        metrics.frames_held.set(sum(len(v) for v in self.held.values()))
+
+    # ------------------------------------------------------------------ planning (pure)
+    def plan(self, messages: Sequence[InboundMessage], now_ms: int) -> BatchPlan:
+        plan = BatchPlan(overlay=self.ledger.overlay())
+        for message in messages:
+            try:
+                device_id, kind = parse_topic(message.topic, self._prefix)
+            except ProtocolError as exc:
+                self._quarantine(plan, message, None, exc)
+                continue
+            plan.kinds[kind.value] = plan.kinds.get(kind.value, 0) + 1
+            try:
+                if kind is FrameKind.TELEMETRY:
+                    self._plan_telemetry(plan, message, device_id, now_ms)
+                elif kind is FrameKind.BIRTH:
+                    self._plan_birth(plan, message, device_id, now_ms)
+                elif kind is FrameKind.DEATH:
+                    death = decode_death(message.payload, limits=self._limits)
+                    plan.deaths.append((device_id, death.boot))
+            except ProtocolError as exc:
+                self._quarantine(plan, message, device_id, exc)
+        assert plan.overlay is not None
+        for key, ranges in plan.overlay.changed.items():
+            plan.write.ledger.append((key[0], key[1], encode_ranges(ranges), now_ms))
+        plan.last_frame_id = self._next_frame_id - 1
+        return plan
+
+    def _plan_telemetry(self, plan: BatchPlan, message: InboundMessage, device_id: str,
+                        now_ms: int) -> None:
+        raw = decode_telemetry(message.payload, limits=self._limits, now_ms=now_ms)
+        key = (device_id, raw.boot)
+        assert plan.overlay is not None
+        if not plan.overlay.add(key, raw.seq):
+            plan.duplicates += 1
+            return
+        birth = self._birth_for(plan, device_id, raw.boot)
+        try:
+            telemetry = resolve_telemetry(raw, birth)
+        except NeedsBirth:
+            if birth is not None:
+                raise  # the birth is known and lacks the alias: a firmware bug, quarantine
+            held = (raw.seq, message.received_ms, message.payload)
+            plan.held.setdefault(key, []).append(held)
+            plan.write.held.append((device_id, raw.boot, raw.seq, message.received_ms,
+                                    message.payload))
+            plan.added_bytes += len(message.payload)
+            self._maybe_request_rebirth(plan, device_id, now_ms)
+            return
+        self._add_frame(plan, device_id, telemetry, message.received_ms, message.payload)
+
+    def _add_frame(self, plan: BatchPlan, device_id: str, telemetry: Telemetry,
+                   received_ms: int, payload: bytes) -> None:
+        frame_id = self._next_frame_id
+        self._next_frame_id += 1
+        plan.write.frames.append((frame_id, store.KIND_TELEMETRY, device_id, telemetry.boot,
+                                  telemetry.seq, received_ms, payload))
+        plan.entries.append((frame_id, self._encoder.frame_entries(device_id, telemetry)))
+        plan.telemetry.append((device_id, telemetry, received_ms))
+        plan.added_bytes += len(payload)
+
+    def _plan_birth(self, plan: BatchPlan, message: InboundMessage, device_id: str,
+                    now_ms: int) -> None:
+        birth = decode_birth(message.payload, limits=self._limits, now_ms=now_ms)
+        plan.births.append((device_id, birth))
+        plan.write.births.append((device_id, birth.boot, message.received_ms, message.payload))
+        frame_id = self._next_frame_id
+        self._next_frame_id += 1
+        plan.write.frames.append((frame_id, store.KIND_BIRTH, device_id, birth.boot, None,
+                                  message.received_ms, message.payload))
+        plan.entries.append(
+            (frame_id, [self._encoder.info_entry(device_id, birth, message.received_ms)]))
+        plan.added_bytes += len(message.payload)
+        key = (device_id, birth.boot)
+        waiting = [*self.held.get(key, ()), *plan.held.pop(key, ())]
+        if not waiting:
+            return
+        plan.released.append(key)
+        plan.write.released.append(key)
+        plan.write.held = [h for h in plan.write.held if (h[0], h[1]) != key]
+        for _seq, received_ms, payload in sorted(waiting):
+            plan.added_bytes -= len(payload)  # moves from held to frames
+            try:
+                raw = decode_telemetry(payload, limits=self._limits)
+                telemetry = resolve_telemetry(raw, birth)
+            except ProtocolError as exc:
+                held_message = InboundMessage(message.topic.rsplit("/", 1)[0] + "/telemetry",
+                                              payload, 0, 0, 0, received_ms)
+                self._quarantine(plan, held_message, device_id, exc)
+                continue
+            self._add_frame(plan, device_id, telemetry, received_ms, payload)
+        log.info("device %s: birth for boot %d released %d held frames", device_id, birth.boot,
+                 len(waiting))
+
+    def _birth_for(self, plan: BatchPlan, device_id: str, boot: int) -> Birth | None:
+        for planned_device, birth in reversed(plan.births):
+            if planned_device == device_id and birth.boot == boot:
+                return birth
+        return self.births.get(device_id, boot)
+
+    def _maybe_request_rebirth(self, plan: BatchPlan, device_id: str, now_ms: int) -> None:
+        last = self._rebirth_sent.get(device_id)
+        if last is None or now_ms - last >= REBIRTH_REQUEST_INTERVAL_MS:
+            self._rebirth_sent[device_id] = now_ms
+            plan.rebirths.append(device_id)
+
+    def _quarantine(self, plan: BatchPlan, message: InboundMessage, device_id: str | None,
+                    exc: ProtocolError) -> None:
+        plan.invalid[exc.reason] = plan.invalid.get(exc.reason, 0) + 1
+        plan.write.quarantine.append((message.received_ms, message.topic, device_id, exc.reason,
+                                      exc.detail[:500], message.payload[:65536]))
+        log.warning("quarantined frame from %s on %s: %s", device_id or "?", message.topic, exc)
+
+    # ------------------------------------------------------------------ commit and apply
+    async def handle(self, messages: list[InboundMessage]) -> None:
+        now_ms = int(time.time() * 1000)
+        plan = self.plan(messages, now_ms)
+        await self._make_room(plan)
+        started = time.perf_counter()
+        async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: isinstance(e, StoreError)),
+                wait=wait_random_exponential(multiplier=0.05, max=5.0),
+                before_sleep=self._log_commit_retry, reraise=True):
+            with attempt:
+                dropped = await self._db.write(lambda conn: store.write_batch(conn, plan.write))
+        self.last_commit_ok = True
+        if dropped.frames:
+            log.warning("buffer full: dropped the %d oldest frames (%d bytes)", dropped.frames,
+                        dropped.bytes)
+            self._metrics.frames_dropped.labels("buffer_full").inc(dropped.frames)
+            self._cache.evict_upto(dropped.upto_id)
+            self.buffer_bytes -= dropped.bytes
+            self.buffer_frames -= dropped.frames
+        self._metrics.commit_seconds.observe(time.perf_counter() - started)
+        self._metrics.commit_frames.observe(len(messages))
+        self._apply(plan)
+        self._mqtt.ack(messages)
+
+    async def _make_room(self, plan: BatchPlan) -> None:
+        over = self.buffer_bytes + plan.added_bytes - self._config.max_buffer_bytes
+        if over <= 0:
+            return
+        if self._config.full_policy == "drop_oldest":
+            plan.write.drop_oldest_bytes = over
+            return
+        self._metrics.buffer_full_waits.inc()
+        log.warning("buffer full (%d bytes): ingest waits for the forwarders", self.buffer_bytes)
+        while self.buffer_bytes + plan.added_bytes > self._config.max_buffer_bytes:
+            self._space_freed.clear()
+            await self._space_freed.wait()
+
+    def _log_commit_retry(self, retry_state: object) -> None:
+        self.last_commit_ok = False
+        self._metrics.commit_errors.inc()
+        outcome = getattr(retry_state, "outcome", None)
+        log.error("group commit failed, retrying (messages stay unacked): %s",
+                  outcome.exception() if outcome else "?")
+
+    def _apply(self, plan: BatchPlan) -> None:
+        assert plan.overlay is not None
+        self.ledger.apply(plan.overlay)
+        for device_id, birth in plan.births:
+            self.births.put(device_id, birth)
+            self._fleet.observe_birth(device_id, birth, int(time.time() * 1000))
+        for key in plan.released:
+            self.held.pop(key, None)
+        for key, frames in plan.held.items():
+            self.held.setdefault(key, []).extend(frames)
+        for frame_id, entries in plan.entries:
+            self._cache.put(frame_id, entries)
+        for device_id, telemetry, received_ms in plan.telemetry:
+            self._fleet.observe_telemetry(device_id, telemetry, received_ms)
+        for device_id, _boot in plan.deaths:
+            self._fleet.observe_death(device_id, int(time.time() * 1000))
+        for device_id in plan.rebirths:
+            self._mqtt.publish(cmd_topic(self._prefix, device_id),
+                               encode_command(DeviceCommand(rebirth=True)), qos=1)
+            self._metrics.rebirths_requested.inc()
+        self.buffer_bytes += plan.added_bytes
+        self.buffer_frames += len(plan.write.frames)
+        m = self._metrics
+        for kind, count in plan.kinds.items():
+            m.frames_received.labels(kind).inc(count)
+        m.frames_stored.inc(len(plan.write.frames))
+        m.frames_duplicate.inc(plan.duplicates)
+        for reason, count in plan.invalid.items():
+            m.frames_invalid.labels(reason).inc(count)
+        m.frames_held.set(sum(len(v) for v in self.held.values()))
+        m.buffer_bytes.set(self.buffer_bytes)
+        m.buffer_frames.set(self.buffer_frames)
+        if plan.write.frames:
+            self.committed_upto = plan.last_frame_id
+            self._on_committed(plan.last_frame_id)
+
+    async def run(self, inbox: Inbox) -> None:
+        """Take group after group from the inbox until it is closed and empty."""
+        config = self._config
+        while True:
+            batch = await inbox.get_batch(config.commit_max_frames, config.commit_max_delay_s)
+            if not batch:
+                return
+            await self.handle(batch)
+
+    def freed(self, frames: int, size: int) -> None:
+        """Forwarders deleted frames: account for the space and unblock a waiting ingest."""
+        self.buffer_bytes -= size
+        self.buffer_frames -= frames
+        self._metrics.buffer_bytes.set(self.buffer_bytes)
+        self._metrics.buffer_frames.set(self.buffer_frames)
+        self._space_freed.set()

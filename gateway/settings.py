@@ -1,0 +1,239 @@
+"""One typed settings object: defaults < TOML file < FLEETGATE_* environment < explicit values.
+
+Every field is flat so that its environment name is simply FLEETGATE_<FIELD>; docs/operations.md
+lists each one. Each stage receives only its own slice (the `*_config` methods), never the whole.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from gateway.errors import ConfigError
+
+_GATEWAY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    client_id: str
+    keepalive_s: int
+    session_expiry_s: int
+    receive_maximum: int
+    reconnect_min_s: float
+    reconnect_max_s: float
+    max_in_hand: int
+    topic_prefix: str
+    gateway_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    db_path: Path
+    synchronous: Literal["full", "normal"]
+    commit_max_frames: int
+    commit_max_delay_s: float
+    max_buffer_bytes: int
+    full_policy: Literal["block", "drop_oldest"]
+    ledger_max_ranges: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    endpoints: tuple[str, ...]
+    max_samples_per_request: int
+    flush_deadline_s: float
+    request_timeout_s: float
+    retry_min_s: float
+    retry_max_s: float
+    external_labels: tuple[tuple[str, str], ...]
+    shutdown_deadline_s: float
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEETGATE_", extra="forbid")
+
+    # --- identity and topics
+    gateway_id: str = "gw1"  # names the state topic and the default MQTT client id
+    topic_prefix: str = "fleet"  # protocol v1's default prefix
+
+    # --- MQTT ingest
+    mqtt_url: str = "mqtt://127.0.0.1:1883"  # Mosquitto on the same host is the usual layout
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_client_id: str | None = None  # default "fleetgate-<gateway_id>": stable => session kept
+    mqtt_keepalive_s: int = 30  # broker notices a dead gateway within ~45 s
+    # One week: the broker keeps our queue through any outage an operator would plausibly fix.
+    mqtt_session_expiry_s: int = 7 * 24 * 3600
+    # Unacked QoS 1 messages the broker may have in flight to us. Acks wait for a group commit,
+    # so this must cover several commit groups or it, not SQLite, caps throughput.
+    mqtt_receive_maximum: int = 2000
+    mqtt_reconnect_min_s: float = 0.5
+    mqtt_reconnect_max_s: float = 30.0
+    # Messages received but not yet acked; when reached, paho's thread waits (backpressure).
+    mqtt_max_in_hand: int = 20_000
+
+    # --- store
+    data_dir: Path = Path("var/fleetgate")
+    # "full": an acked frame survives power loss; "normal": survives a process crash only.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
+    commit_max_frames: int = 2000  # frames per transaction: amortises the fsync
+    commit_max_delay_ms: int = 20  # longest a frame waits for its group commit (and its PUBACK)
+    buffer_max_bytes: int = 4 * 1024**3  # payload bytes held for forwarding; 4 GiB ~ 15M frames
+    buffer_full_policy: Literal["block", "drop_oldest"] = "block"  # block = lose nothing
+    # Gaps kept per (device, boot) in the dedup ledger; beyond it the oldest gaps are forgotten
+    # (a later replay into a forgotten gap would be taken as a duplicate).
+    ledger_max_ranges: int = 4096
+
+    # --- forward
+    remote_write_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    remote_write_max_samples: int = 20_000  # per request; Prometheus handles 50k+ easily
+    remote_write_flush_ms: int = 200  # a partial batch waits at most this long
+    remote_write_timeout_s: float = 15.0
+    remote_write_retry_min_s: float = 0.5
+    remote_write_retry_max_s: float = 30.0
+    external_labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    shutdown_forward_deadline_s: float = 5.0  # last forward attempt on SIGTERM
+
+    # --- protocol limits
+    max_frame_bytes: int = 65536
+    max_samples_per_frame: int = 1000
+    max_clock_skew_s: float = 300.0  # samples further ahead of the gateway clock are rejected
+
+    # --- API
+    api_listen: str = "127.0.0.1:8080"
+    log_level: str = "INFO"
+
+    @field_validator("remote_write_url", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [u.strip() for u in value.split(",") if u.strip()]
+        return value
+
+    @field_validator("external_labels", mode="before")
+    @classmethod
+    def _parse_labels(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "site=lab,region=eu"
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("external_labels must be name=value pairs, comma-separated")
+            return {k.strip(): v.strip() for k, v in pairs}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not _GATEWAY_ID_RE.match(self.gateway_id):
+            raise ValueError(f"gateway_id {self.gateway_id!r} must match {_GATEWAY_ID_RE.pattern}")
+        if not self.topic_prefix or "+" in self.topic_prefix or "#" in self.topic_prefix:
+            raise ValueError("topic_prefix must be non-empty and contain no MQTT wildcards")
+        parse_mqtt_url(self.mqtt_url)
+        for url in self.remote_write_url:
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise ValueError(f"remote_write_url {url!r} must be http(s)://...")
+        for name in self.external_labels:
+            if not _LABEL_NAME_RE.match(name) or name.startswith("__"):
+                raise ValueError(f"external label name {name!r} is not a valid label name")
+        parse_listen(self.api_listen)
+        for field in ("commit_max_frames", "commit_max_delay_ms", "buffer_max_bytes",
+                      "remote_write_max_samples", "mqtt_receive_maximum", "mqtt_max_in_hand",
+                      "max_frame_bytes", "max_samples_per_frame", "ledger_max_ranges"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"{field} must be positive")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _TOML_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    # --- slices handed to the stages
+    def mqtt_config(self) -> MqttConfig:
+        host, port = parse_mqtt_url(self.mqtt_url)
+        return MqttConfig(
+            host=host, port=port, username=self.mqtt_username, password=self.mqtt_password,
+            client_id=self.mqtt_client_id or f"fleetgate-{self.gateway_id}",
+            keepalive_s=self.mqtt_keepalive_s, session_expiry_s=self.mqtt_session_expiry_s,
+            receive_maximum=self.mqtt_receive_maximum,
+            reconnect_min_s=self.mqtt_reconnect_min_s, reconnect_max_s=self.mqtt_reconnect_max_s,
+            max_in_hand=self.mqtt_max_in_hand, topic_prefix=self.topic_prefix,
+            gateway_id=self.gateway_id,
+        )
+
+    def store_config(self) -> StoreConfig:
+        return StoreConfig(
+            db_path=self.data_dir / "fleetgate.db", synchronous=self.sqlite_synchronous,
+            commit_max_frames=self.commit_max_frames,
+            commit_max_delay_s=self.commit_max_delay_ms / 1000,
+            max_buffer_bytes=self.buffer_max_bytes, full_policy=self.buffer_full_policy,
+            ledger_max_ranges=self.ledger_max_ranges,
+        )
+
+    def forward_config(self) -> ForwardConfig:
+        return ForwardConfig(
+            endpoints=tuple(self.remote_write_url),
+            max_samples_per_request=self.remote_write_max_samples,
+            flush_deadline_s=self.remote_write_flush_ms / 1000,
+            request_timeout_s=self.remote_write_timeout_s,
+            retry_min_s=self.remote_write_retry_min_s, retry_max_s=self.remote_write_retry_max_s,
+            external_labels=tuple(sorted(self.external_labels.items())),
+            shutdown_deadline_s=self.shutdown_forward_deadline_s,
+        )
+
+
+_TOML_FILE: dict[str, Path | None] = {"path": None}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build and validate the settings; raise ConfigError with every problem listed."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} not found")
+    _TOML_FILE["path"] = config_file
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise ConfigError(f"invalid settings: {exc}",
+                          hint="see docs/operations.md for every setting") from exc
+    finally:
+        _TOML_FILE["path"] = None
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise ValueError(f"mqtt_url {url!r} must look like mqtt://host:port")
+    return parts.hostname, parts.port or 1883
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"api_listen {listen!r} must look like host:port")
+    return host or "127.0.0.1", int(port)

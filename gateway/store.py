@@ -1,0 +1,237 @@
+"""The buffer's SQL: plain functions over a connection, run by `Database.write`/`read`.
+
+Kept apart from the pipeline so every statement is visible in one place and testable on a real
+file in tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+KIND_TELEMETRY = 0
+KIND_BIRTH = 1
+
+QUARANTINE_KEEP_ROWS = 100_000  # newest rows kept for inspection; the counters keep the totals
+
+
+@dataclass(slots=True)
+class BatchWrite:
+    """Everything one group commit writes, in one transaction."""
+
+    frames: list[tuple[int, int, str, int, int | None, int, bytes]] = field(default_factory=list)
+    births: list[tuple[str, int, int, bytes]] = field(default_factory=list)
+    held: list[tuple[str, int, int, int, bytes]] = field(default_factory=list)
+    released: list[tuple[str, int]] = field(default_factory=list)  # (device, boot) held -> frames
+    ledger: list[tuple[str, int, str, int]] = field(default_factory=list)
+    quarantine: list[tuple[int, str, str | None, str, str, bytes]] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    drop_oldest_bytes: int = 0  # "drop_oldest" policy: free this much before inserting
+
+    def __len__(self) -> int:
+        return len(self.frames) + len(self.held) + len(self.quarantine)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRow:
+    id: int
+    kind: int
+    device_id: str
+    boot: int
+    seq: int | None
+    received_ms: int
+    payload: bytes
+
+
+@dataclass(slots=True)
+class StoredState:
+    next_frame_id: int
+    births: list[tuple[str, int, bytes]]
+    ledger: list[tuple[str, int, str]]
+    held: list[tuple[str, int, int, int, bytes]]
+    cursors: dict[str, int]
+    devices: list[sqlite3.Row]
+    buffer_frames: int
+    buffer_bytes: int
+    counters: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    frames: int
+    bytes: int
+    upto_id: int
+
+
+def write_batch(conn: sqlite3.Connection, batch: BatchWrite) -> Dropped:
+    dropped = Dropped(0, 0, 0)
+    if batch.drop_oldest_bytes > 0:
+        dropped = Dropped(*drop_oldest(conn, batch.drop_oldest_bytes))
+        if dropped.frames:
+            bump_counters(conn, {"dropped_buffer_full": dropped.frames})
+    if batch.frames:
+        conn.executemany(
+            "INSERT INTO frames (id, kind, device_id, boot, seq, received_ms, payload)"
+            " VALUES (?,?,?,?,?,?,?)", batch.frames)
+    if batch.births:
+        conn.executemany(
+            "INSERT OR REPLACE INTO births (device_id, boot, received_ms, payload)"
+            " VALUES (?,?,?,?)",
+            batch.births)
+    if batch.released:
+        conn.executemany("DELETE FROM held WHERE device_id = ? AND boot = ?", batch.released)
+    if batch.held:
+        conn.executemany(
+            "INSERT INTO held (device_id, boot, seq, received_ms, payload) VALUES (?,?,?,?,?)",
+            batch.held)
+    if batch.ledger:
+        conn.executemany(
+            "INSERT OR REPLACE INTO ledger (device_id, boot, ranges, updated_ms) VALUES (?,?,?,?)",
+            batch.ledger)
+    if batch.quarantine:
+        conn.executemany(
+            "INSERT INTO quarantine (received_ms, topic, device_id, reason, detail, payload)"
+            " VALUES (?,?,?,?,?,?)", batch.quarantine)
+        conn.execute(
+            "DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - ?",
+            (QUARANTINE_KEEP_ROWS,))
+    if batch.counters:
+        bump_counters(conn, batch.counters)
+    return dropped
+
+
+def bump_counters(conn: sqlite3.Connection, counters: dict[str, int]) -> None:
+    conn.executemany(
+        "INSERT INTO counters (name, value) VALUES (?, ?)"
+        " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+        list(counters.items()))
+
+
+def load_state(conn: sqlite3.Connection) -> StoredState:
+    seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'frames'").fetchone()
+    max_row = conn.execute("SELECT MAX(id) FROM frames").fetchone()
+    next_id = max(seq_row[0] if seq_row else 0, max_row[0] or 0) + 1
+    frames, size = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM frames").fetchone()
+    held_size = conn.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM held").fetchone()[0]
+    conn.row_factory = sqlite3.Row
+    try:
+        devices = conn.execute("SELECT * FROM devices").fetchall()
+    finally:
+        conn.row_factory = None
+    return StoredState(
+        next_frame_id=next_id,
+        births=conn.execute("SELECT device_id, boot, payload FROM births").fetchall(),
+        ledger=conn.execute("SELECT device_id, boot, ranges FROM ledger").fetchall(),
+        held=conn.execute(
+            "SELECT device_id, boot, seq, received_ms, payload FROM held ORDER BY id").fetchall(),
+        cursors=dict(conn.execute("SELECT endpoint, frame_id FROM cursors").fetchall()),
+        devices=devices,
+        buffer_frames=frames,
+        buffer_bytes=size + held_size,
+        counters=dict(conn.execute("SELECT name, value FROM counters").fetchall()),
+    )
+
+
+def fetch_frames(conn: sqlite3.Connection, after_id: int, limit: int) -> list[FrameRow]:
+    rows = conn.execute(
+        "SELECT id, kind, device_id, boot, seq, received_ms, payload FROM frames"
+        " WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+    return [FrameRow(*row) for row in rows]
+
+
+def oldest_unsent_ms(conn: sqlite3.Connection, after_id: int) -> int | None:
+    row = conn.execute(
+        "SELECT received_ms FROM frames WHERE id > ? ORDER BY id LIMIT 1", (after_id,)).fetchone()
+    return row[0] if row else None
+
+
+def advance_cursor(conn: sqlite3.Connection, endpoint: str, frame_id: int, now_ms: int,
+                   endpoints: Sequence[str]) -> tuple[int, int]:
+    """Move endpoint's cursor; delete frames every endpoint has passed.
+
+    Returns (frames deleted, payload bytes freed)."""
+    conn.execute(
+        "INSERT INTO cursors (endpoint, frame_id, updated_ms) VALUES (?,?,?)"
+        " ON CONFLICT(endpoint) DO UPDATE SET frame_id = MAX(frame_id, excluded.frame_id),"
+        " updated_ms = excluded.updated_ms", (endpoint, frame_id, now_ms))
+    marks = ",".join("?" * len(endpoints))
+    row = conn.execute(
+        f"SELECT COUNT(*), MIN(frame_id) FROM cursors WHERE endpoint IN ({marks})",
+        tuple(endpoints)).fetchone()
+    if row[0] < len(endpoints):  # an endpoint that has taken nothing yet holds everything
+        return 0, 0
+    return delete_frames_upto(conn, row[1])
+
+
+def delete_frames_upto(conn: sqlite3.Connection, frame_id: int) -> tuple[int, int]:
+    count, size = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM frames WHERE id <= ?",
+        (frame_id,)).fetchone()
+    if count:
+        conn.execute("DELETE FROM frames WHERE id <= ?", (frame_id,))
+    return count, size
+
+
+def drop_oldest(conn: sqlite3.Connection, need_bytes: int) -> tuple[int, int, int]:
+    """Delete the oldest frames until need_bytes are freed. Returns (frames, bytes, last id)."""
+    freed = dropped = last_id = 0
+    while freed < need_bytes:
+        rows = conn.execute(
+            "SELECT id, LENGTH(payload) FROM frames WHERE id > ? ORDER BY id LIMIT 1000",
+            (last_id,)).fetchall()
+        if not rows:
+            break
+        for frame_id, size in rows:
+            freed += size
+            dropped += 1
+            last_id = frame_id
+            if freed >= need_bytes:
+                break
+    if dropped:
+        conn.execute("DELETE FROM frames WHERE id <= ?", (last_id,))
+    return dropped, freed, last_id
+
+
+def add_dead_letters(conn: sqlite3.Connection,
+                     rows: Sequence[tuple[str, int, int, int, str, str, bytes]]) -> None:
+    conn.executemany(
+        "INSERT INTO dead_letters (endpoint, frame_id, created_ms, status, reason, series, entry)"
+        " VALUES (?,?,?,?,?,?,?)", rows)
+
+
+def checkpoint_devices(conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO devices (device_id, platform, firmware, boot, interval_ms, labels,"
+        " first_seen_ms, last_seen_ms, last_seq, online, latest)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+
+def quarantine_rows(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, object]]:
+    rows = conn.execute(
+        "SELECT id, received_ms, topic, device_id, reason, detail, LENGTH(payload) FROM quarantine"
+        " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    keys = ("id", "received_ms", "topic", "device_id", "reason", "detail", "size")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def dead_letter_rows(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, object]]:
+    rows = conn.execute(
+        "SELECT id, endpoint, frame_id, created_ms, status, reason, series FROM dead_letters"
+        " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    keys = ("id", "endpoint", "frame_id", "created_ms", "status", "reason", "series")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def table_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return {
+        table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        for table in ("frames", "held", "births", "ledger", "devices", "quarantine",
+                      "dead_letters")
+    }
+
+
+def dumps_json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, default=str)
