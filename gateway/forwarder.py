@@ -32,7 +32,7 @@ from gateway.births import BirthRegistry
 from gateway.db import Database
 from gateway.entry_cache import EntryCache
 from gateway.metrics import GatewayMetrics
-from gateway.remote_write import compress, decode_write_request
+from gateway.remote_write import LabelValidationError, compress, decode_write_request
 from gateway.remote_write_client import Accepted, Rejected, RemoteWriteClient, Retryable
 from gateway.series import SeriesEncoder
 from gateway.settings import ForwardConfig
@@ -164,7 +164,8 @@ class Forwarder:
             raw = decode_telemetry(row.payload)
             birth = self._births.get(row.device_id, raw.boot)
             return self._encoder.frame_entries(row.device_id, resolve_telemetry(raw, birth))
-        except ProtocolError as exc:  # stored frames were valid when stored: a bug or a bad disk
+        except (ProtocolError, LabelValidationError) as exc:
+            # Stored frames were valid when stored: this is a bug or a bad disk. Skip, loudly.
             log.error("%s: stored frame %d of %s no longer decodes (%s); skipped", self.endpoint,
                       row.id, row.device_id, exc)
             self._metrics.frames_dropped.labels("undecodable_stored").inc()

@@ -27,6 +27,7 @@ from device_protocol import (
     Limits,
     NeedsBirth,
     ProtocolError,
+    SchemaError,
     Telemetry,
     cmd_topic,
     decode_birth,
@@ -46,6 +47,7 @@ from gateway.errors import StoreError
 from gateway.fleet import FleetState
 from gateway.ingest import InboundMessage, Inbox
 from gateway.metrics import GatewayMetrics
+from gateway.remote_write import LabelValidationError
 from gateway.series import SeriesEncoder
 from gateway.settings import StoreConfig
 
@@ -130,6 +132,14 @@ class Pipeline:
                     plan.deaths.append((device_id, death.boot))
             except ProtocolError as exc:
                 self._quarantine(plan, message, device_id, exc)
+            except LabelValidationError as exc:
+                self._quarantine(plan, message, device_id, SchemaError("invalid series", str(exc)))
+            except Exception as exc:
+                # A bug must cost one frame, not the gateway: a crash here would be redelivered
+                # the same frame after restart and crash-loop. Logged with the traceback.
+                log.exception("internal error on a frame from %s", device_id)
+                self._quarantine(plan, message, device_id,
+                                 SchemaError("internal error", f"{type(exc).__name__}: {exc}"))
         assert plan.overlay is not None
         for key, ranges in plan.overlay.changed.items():
             plan.write.ledger.append((key[0], key[1], encode_ranges(ranges), now_ms))
