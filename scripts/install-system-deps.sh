@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Installs the system packages fleetgate's tests and demo run as real processes: Mosquitto,
+# Prometheus (+ promtool) and VictoriaMetrics (+ vmagent) from Debian bookworm, and python3-venv.
+# Idempotent: installs only what is missing. Runs unattended (CI has no stdin); as root, or
+# through sudo when it is there. One line of output per step.
+set -euo pipefail
+
+say() { printf 'install-system-deps: %s\n' "$*"; }
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    else
+        say "error: not root and no sudo; run this script as root" >&2
+        exit 1
+    fi
+fi
+
+SERVICE_PACKAGES=(mosquitto mosquitto-clients prometheus victoria-metrics)
+# Where Debian's packages put them; gateway/devstack.py looks in the same places.
+BINARIES=(/usr/sbin/mosquitto /usr/bin/mosquitto_pub /usr/bin/prometheus /usr/bin/promtool
+          /usr/bin/victoria-metrics /usr/bin/vmagent)
+# Debian service names and the ports they would hold.
+SERVICES=(mosquitto:1883 prometheus:9090 victoria-metrics:8428)
+
+packages=()
+missing=()
+for bin in "${BINARIES[@]}"; do
+    [[ -x $bin ]] || missing+=("$bin")
+done
+if ((${#missing[@]})); then
+    say "missing: ${missing[*]}"
+    packages+=("${SERVICE_PACKAGES[@]}")
+else
+    say "ok: mosquitto, prometheus, promtool, victoria-metrics, vmagent already installed"
+fi
+
+if python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    say "ok: python3 -m venv works ($(python3 --version 2>&1))"
+else
+    say "missing: ensurepip for $(command -v python3 || echo python3) (python3 -m venv fails)"
+    packages+=(python3-venv)
+fi
+
+if ((${#packages[@]} == 0)); then
+    say "nothing to install"
+    exit 0
+fi
+
+say "apt-get update"
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -o Acquire::Retries=3 update >/dev/null
+
+say "apt-get install ${packages[*]}"
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -o Acquire::Retries=3 -o Dpkg::Options::=--force-confold "${packages[@]}" >/dev/null
+
+# The packages start their services where an init system runs them (systemd on a workstation
+# or VM; containers usually forbid it through policy-rc.d). Tests and the demo start their
+# own processes, and the system copies would hold the default ports. Only services this run
+# installed are stopped and disabled: one an operator set up before is not ours to touch.
+if [[ " ${packages[*]} " == *" mosquitto "* ]]; then
+    for entry in "${SERVICES[@]}"; do
+        svc=${entry%%:*}
+        port=${entry##*:}
+        if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+            if "${SUDO[@]}" systemctl stop "$svc" >/dev/null 2>&1 \
+                && "${SUDO[@]}" systemctl disable "$svc" >/dev/null 2>&1; then
+                say "stopped and disabled $svc.service (frees port $port)"
+            else
+                say "warning: could not stop $svc.service; it may hold port $port"
+            fi
+        elif [[ -x /etc/init.d/$svc ]] && "${SUDO[@]}" "/etc/init.d/$svc" status >/dev/null 2>&1; then
+            if "${SUDO[@]}" "/etc/init.d/$svc" stop >/dev/null 2>&1; then
+                say "stopped $svc (init.d; frees port $port)"
+            else
+                say "warning: could not stop $svc (init.d); it may hold port $port"
+            fi
+        else
+            say "ok: $svc is not running as a system service"
+        fi
+    done
+fi
+
+still_missing=()
+for bin in "${BINARIES[@]}"; do
+    [[ -x $bin ]] || still_missing+=("$bin")
+done
+if ((${#still_missing[@]})); then
+    say "error: still missing after install: ${still_missing[*]}" >&2
+    exit 1
+fi
+if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    say "error: python3 -m venv still fails: $(command -v python3) is not Debian's python3" >&2
+    exit 1
+fi
+say "done"
