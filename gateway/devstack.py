@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -117,6 +118,10 @@ class ManagedProcess:
     def _is_ready(self) -> bool:
         raise NotImplementedError
 
+    def _env(self) -> dict[str, str] | None:
+        """Environment of the child (None: inherit ours)."""
+        return None
+
     # --- lifecycle
     @property
     def pid(self) -> int | None:
@@ -137,7 +142,7 @@ class ManagedProcess:
             f"{self.name}: none of {', '.join(self.binary_names)} is installed; {INSTALL_HINT}"
         )
 
-    def start(self) -> Self:
+    def start(self, wait_ready: bool = True) -> Self:
         if self.is_running:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         binary = self.binary()
@@ -153,8 +158,11 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=self._env(),
             )
         _LIVE.add(self)
+        if not wait_ready:
+            return self
         try:
             self._await_ready(self._proc, began + self.ready_timeout)
         except BaseException:
@@ -530,6 +538,67 @@ class VictoriaMetrics(_HttpService):
         if time is not None:
             params["time"] = time
         return _as_list(self._api("/api/v1/query", params))
+
+
+class GatewayProcess(_HttpService):
+    """`fleetgate run` as a child process, configured only through FLEETGATE_* variables.
+
+    Ready when /readyz answers 200 (broker connected, database writable); pass
+    `wait_ready=False` to start() for scenarios where the broker is meant to be away.
+    """
+
+    name = "fleetgate"
+    binary_names = (sys.executable,)
+    ready_path = "/readyz"
+    ready_timeout = 60.0
+
+    def __init__(self, workdir: Path | str, *, mqtt_url: str,
+                 remote_write_urls: Sequence[str] = (), port: int | None = None,
+                 settings: dict[str, str] | None = None) -> None:
+        super().__init__(workdir, port)
+        self.mqtt_url = mqtt_url
+        self.remote_write_urls = list(remote_write_urls)
+        self.settings = dict(settings or {})
+        self.data_dir = self.workdir / "data"
+
+    def _command(self, binary: str) -> list[str]:
+        return [binary, "-m", "gateway.cli", "run"]
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
+        env.update({
+            "FLEETGATE_MQTT_URL": self.mqtt_url,
+            "FLEETGATE_DATA_DIR": str(self.data_dir),
+            "FLEETGATE_REMOTE_WRITE_URL": ",".join(self.remote_write_urls),
+            "FLEETGATE_API_LISTEN": f"{LOOPBACK}:{self.port}",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update({f"FLEETGATE_{k.upper()}": v for k, v in self.settings.items()})
+        return env
+
+    def pipeline(self) -> dict[str, Any]:
+        return self.http.get("/api/v1/pipeline").raise_for_status().json()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples matching labels, from /metrics (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        text = self.http.get("/metrics").raise_for_status().text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v
+                                               for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def caught_up(self) -> bool:
+        """Every endpoint has taken every committed frame."""
+        try:
+            state = self.pipeline()
+        except httpx.TransportError:
+            return False
+        return all(e["cursor"] >= state["committed_upto"] for e in state["endpoints"])
 
 
 def _as_list(data: dict[str, Any]) -> list[dict[str, Any]]:

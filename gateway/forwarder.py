@@ -133,9 +133,9 @@ class Forwarder:
         frame_id = self.cursor
         cache = self._cache
         # Fast path: the frames right after the cursor are still encoded in the cache.
-        while frame_id < upto and len(items) < limit:
+        while frame_id < upto:
             entries = cache.get(frame_id + 1)
-            if entries is None:
+            if entries is None or (items and len(items) + len(entries) > limit):
                 break
             frame_id += 1
             items.extend((frame_id, entry) for entry in entries)
@@ -145,13 +145,14 @@ class Forwarder:
             if rows:
                 self._update_oldest_age(rows[0].received_ms)
             for row in rows:
-                if len(items) >= limit:
+                entries = self._entries_for(row)
+                if items and len(items) + len(entries) > limit:
                     break
                 frame_id = row.id
-                items.extend((row.id, entry) for entry in self._entries_for(row))
+                items.extend((row.id, entry) for entry in entries)
             if not rows:
                 frame_id = upto  # everything up to upto was dropped or deleted
-        return items, frame_id, len(items) >= limit
+        return items, frame_id, frame_id < upto or len(items) >= limit
 
     def _entries_for(self, row: store.FrameRow) -> Sequence[bytes]:
         cached = self._cache.get(row.id)

@@ -265,7 +265,9 @@ class Pipeline:
             return
         self._metrics.buffer_full_waits.inc()
         log.warning("buffer full (%d bytes): ingest waits for the forwarders", self.buffer_bytes)
-        while self.buffer_bytes + plan.added_bytes > self._config.max_buffer_bytes:
+        # An empty buffer takes any batch: one batch larger than the cap must not wait forever.
+        while (self.buffer_bytes > 0
+               and self.buffer_bytes + plan.added_bytes > self._config.max_buffer_bytes):
             self._space_freed.clear()
             await self._space_freed.wait()
 

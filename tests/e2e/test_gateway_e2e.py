@@ -1,0 +1,141 @@
+"""End to end through real Mosquitto, the gateway process, real Prometheus and VictoriaMetrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import factories as f
+import msgpack
+import publisher
+import pytest
+from publisher import Publisher
+from receivers import account, expected_temperatures, prom_counts, prom_samples, vm_samples
+
+from gateway.devstack import GatewayProcess, Mosquitto, Prometheus, VictoriaMetrics, wait_for
+
+DEVICES = range(50)
+FRAMES = range(200)
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[object]:
+    started: list[GatewayProcess] = []
+
+    def make(mosquitto: Mosquitto, *receivers: Prometheus | VictoriaMetrics,
+             **settings: str) -> GatewayProcess:
+        gw = GatewayProcess(tmp_path / "gateway", mqtt_url=mosquitto.url,
+                            remote_write_urls=[r.remote_write_url for r in receivers],
+                            settings=settings)
+        started.append(gw)
+        return gw.start()
+
+    yield make
+    for gw in started:
+        gw.stop()
+
+
+def test_fleet_arrives_exactly_once_in_prometheus_and_victoriametrics(
+        mosquitto: Mosquitto, prometheus: Prometheus, victoria_metrics: VictoriaMetrics,
+        gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, prometheus, victoria_metrics)
+    base = f.now_ms() - 300_000
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(DEVICES))
+        sent = pub.publish(publisher.telemetry(DEVICES, FRAMES, base))
+    assert sent == len(DEVICES) * len(FRAMES)
+    wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == 50 * 201 and gw.caught_up(),
+             60, what="gateway to store and forward every frame")
+
+    expected = expected_temperatures(DEVICES, FRAMES)
+    assert account(vm_samples(victoria_metrics, "device_temperature_celsius"), expected) == (0, 0)
+    counts = prom_counts(prometheus, "device_temperature_celsius")
+    assert counts == {f.device_id(i): 200 for i in DEVICES}
+    # values are in the right order: each sample's value names the seq its timestamp encodes
+    samples = prom_samples(prometheus, "device_temperature_celsius", f.device_id(7))
+    assert samples == [(base + s * 1000, f.sample_value(7, s)) for s in FRAMES]
+    info = prometheus.query("fleet_device_info")
+    assert {r["metric"]["device_id"] for r in info} == {f.device_id(i) for i in DEVICES}
+    assert {r["metric"]["platform"] for r in info} == {"esp32-s3"}
+    assert gw.metric("fleetgate_frames_duplicate_total") == 0
+    assert gw.metric("fleetgate_forward_dead_letters_total") == 0
+
+
+def test_histograms_become_bucket_sum_and_count_series(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, victoria_metrics)
+    base = f.now_ms() - 60_000
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(range(1)))
+        pub.publish(publisher.telemetry(range(1), range(3), base, with_histogram=True))
+    wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == 4 and gw.caught_up(), 30)
+    buckets = victoria_metrics.export('{__name__="inference_seconds_bucket"}')
+    assert sorted(r["metric"]["le"] for r in buckets) == ["+Inf", "0.01", "0.1", "1.0"]
+    count = victoria_metrics.export('{__name__="inference_seconds_count"}')
+    assert count[0]["values"] == [3.0, 4.0, 5.0]
+    assert victoria_metrics.export('{__name__="inference_seconds_sum"}')[0]["values"] == [0.5] * 3
+
+
+def test_redeliveries_and_device_replays_arrive_once(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, victoria_metrics)
+    devices, frames = range(10), range(100)
+    base = f.now_ms() - 300_000
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(devices))
+        pub.publish(publisher.telemetry(devices, frames, base))
+        pub.publish(publisher.telemetry(devices, frames, base))  # everything again
+        # a device replays its own buffer (h: true) after a reconnect
+        pub.publish(publisher.telemetry(devices, range(40, 80), base, historical=True))
+    wait_for(lambda: gw.metric("fleetgate_frames_duplicate_total") == 10 * (100 + 40)
+             and gw.caught_up(), 60, what="all duplicates to be seen")
+    assert gw.metric("fleetgate_frames_stored_total") == 10 * 101
+    received = vm_samples(victoria_metrics, "device_temperature_celsius")
+    assert account(received, expected_temperatures(devices, frames)) == (0, 0)
+
+
+def test_bad_frames_are_quarantined_and_the_frames_around_them_arrive(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, victoria_metrics)
+    base = f.now_ms() - 60_000
+    good = publisher.telemetry(range(1), range(30), base)
+    topic = "fleet/dev-0000/telemetry"
+    bad = [
+        (topic, b"\xc1\xc1 not msgpack"),
+        (topic, msgpack.packb({"v": 1, "b": 1, "s": 0, "t": base, "m": [],
+                               "pad": "x" * 80_000})),  # oversized (> 64 KiB)
+        (topic, msgpack.packb({"v": 9, "b": 1, "s": 0, "t": base, "m": []})),  # wrong version
+        (topic, msgpack.packb([1, 2, 3])),  # not a map
+    ]
+    mixed = good[:10] + bad[:2] + good[10:20] + bad[2:] + good[20:]
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(range(1)))
+        pub.publish(mixed)
+    wait_for(lambda: gw.metric("fleetgate_frames_invalid_total") == 4 and gw.caught_up(), 30)
+    assert gw.metric("fleetgate_frames_stored_total") == 31
+    received = vm_samples(victoria_metrics, "device_temperature_celsius")
+    assert account(received, expected_temperatures(range(1), range(30))) == (0, 0)
+    quarantine = gw.http.get("/api/v1/quarantine").json()
+    assert len(quarantine) == 4
+    assert {q["device_id"] for q in quarantine} == {"dev-0000"}
+    assert {r for q in quarantine for r in [q["reason"]]} >= {"unsupported version"}
+    assert gw.is_running
+
+
+def test_telemetry_before_its_birth_is_held_until_the_device_answers_rebirth(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, victoria_metrics)
+    base = f.now_ms() - 60_000
+    with Publisher(mosquitto.url, client_id="dev-0003") as device:
+        commands: list[bytes] = []
+        device.client.on_message = lambda c, u, m: commands.append(m.payload)
+        device.client.subscribe("fleet/dev-0003/cmd", qos=1)
+        device.publish(publisher.telemetry(range(3, 4), range(20), base))
+        wait_for(lambda: gw.metric("fleetgate_frames_held") == 20, 30, what="frames held")
+        wait_for(lambda: bool(commands), 10, what="a rebirth command")
+        assert msgpack.unpackb(commands[0]) == {"rebirth": True}
+        device.publish(publisher.births(range(3, 4)))
+    wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == 21 and gw.caught_up(), 30)
+    assert gw.metric("fleetgate_frames_held") == 0
+    received = vm_samples(victoria_metrics, "device_temperature_celsius")
+    assert account(received, expected_temperatures(range(3, 4), range(20))) == (0, 0)

@@ -1,0 +1,57 @@
+"""A test device fleet's MQTT side: publish prepared frames at QoS 1 and wait for every PUBACK."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+import factories as f
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from gateway.settings import parse_mqtt_url
+
+
+class Publisher:
+    def __init__(self, mqtt_url: str, client_id: str = "test-publisher") -> None:
+        host, port = parse_mqtt_url(mqtt_url)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=MQTTProtocolVersion.MQTTv5)
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self._connected = threading.Event()
+        self.client.on_connect = lambda c, u, fl, rc, p: self._connected.set()
+        self.client.connect(host, port)
+        self.client.loop_start()
+        if not self._connected.wait(10):
+            raise TimeoutError(f"could not connect to {mqtt_url}")
+
+    def publish(self, messages: Iterable[tuple[str, bytes]], timeout: float = 120.0) -> int:
+        infos = [self.client.publish(topic, payload, qos=1) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(timeout)
+            if not info.is_published():
+                raise TimeoutError(f"message {info.mid} not acknowledged by the broker")
+        return len(infos)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def births(devices: range, prefix: str = "fleet") -> list[tuple[str, bytes]]:
+    return [(f"{prefix}/{f.device_id(i)}/birth", f.birth_payload(i)) for i in devices]
+
+
+def telemetry(devices: range, seqs: range, base_ms: int, prefix: str = "fleet",
+              **kwargs: object) -> list[tuple[str, bytes]]:
+    """Frames in the order a fleet sends them: seq by seq, every device in turn."""
+    return [(f"{prefix}/{f.device_id(i)}/telemetry",
+             f.telemetry_payload(i, s, base_ms=base_ms, **kwargs))  # type: ignore[arg-type]
+            for s in seqs for i in devices]

@@ -1,0 +1,164 @@
+"""The forwarder against a fake endpoint, over a real SQLite buffer filled by the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import factories as f
+from fakes import Accepted, FakeRemoteWrite, Rejected, Retryable
+from test_pipeline_support import Harness, birth_msg, tele_msg
+
+from gateway.entry_cache import EntryCache
+from gateway.forwarder import Forwarder
+from gateway.series import SeriesEncoder
+from gateway.settings import ForwardConfig
+
+CONFIG = ForwardConfig(endpoints=("fake://endpoint",), max_samples_per_request=50,
+                       flush_deadline_s=0.0, request_timeout_s=1.0, retry_min_s=0.001,
+                       retry_max_s=0.01, external_labels=(), shutdown_deadline_s=1.0)
+
+
+def make_forwarder(h: Harness, client: FakeRemoteWrite, *, cache: EntryCache | None = None,
+                   cursor: int = 0, endpoints: tuple[str, ...] = CONFIG.endpoints) -> Forwarder:
+    freed: list[tuple[int, int]] = []
+    forwarder = Forwarder(
+        endpoint=client.endpoint, client=client, db=h.db, config=CONFIG,
+        cache=cache if cache is not None else h.cache, births=h.pipeline.births,
+        encoder=SeriesEncoder(), metrics=h.metrics, cursor=cursor,
+        all_endpoints=endpoints, committed_upto=lambda: h.pipeline.committed_upto,
+        on_freed=lambda frames, size: freed.append((frames, size)))
+    forwarder.freed_log = freed  # type: ignore[attr-defined]
+    return forwarder
+
+
+async def wait_until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def drain(forwarder: Forwarder) -> None:
+    forwarder.begin_drain()
+    await asyncio.wait_for(forwarder.run(), 10)
+
+
+async def fill(h: Harness, devices: int, frames: int) -> None:
+    base = f.now_ms() - 600_000
+    await h.pipeline.handle([birth_msg(i) for i in range(devices)])
+    for seq in range(frames):
+        await h.pipeline.handle([tele_msg(i, seq, base) for i in range(devices)])
+
+
+def values_of(series: list[tuple[dict[str, str], list[tuple[float, int]]]],
+              name: str) -> list[float]:
+    return [v for labels, samples in series if labels["__name__"] == name for v, _ in samples]
+
+
+def test_delivers_everything_once_in_order_and_frees_the_buffer(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    client = FakeRemoteWrite()
+
+    async def go() -> None:
+        await h.open()
+        await fill(h, devices=3, frames=40)
+        forwarder = make_forwarder(h, client)
+        await drain(forwarder)
+        assert forwarder.cursor == h.pipeline.committed_upto
+        assert sum(n for n, _ in forwarder.freed_log) == 3 + 3 * 40  # type: ignore[attr-defined]
+        await h.db.close()
+
+    asyncio.run(go())
+    temps = values_of(client.accepted, "device_temperature_celsius")
+    assert sorted(temps) == sorted(f.sample_value(i, s) for i in range(3) for s in range(40))
+    for i in range(3):  # per series, in seq order
+        mine = [v for v in temps if int(v) // 100_000 == i]
+        assert mine == sorted(mine)
+    assert len(values_of(client.accepted, "fleet_device_info")) == 3
+    assert all(len(r) <= 50 for r in client.requests)
+    assert h.rows("SELECT COUNT(*) FROM frames") == [(0,)]
+
+
+def test_retryable_failures_are_retried_until_accepted(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    outcomes = [Retryable(503, "busy", 0.001), Retryable(None, "ConnectError", None)]
+    client = FakeRemoteWrite(lambda series: outcomes.pop(0) if outcomes else Accepted(204))
+
+    async def go() -> None:
+        await h.open()
+        await fill(h, devices=1, frames=5)
+        await drain(make_forwarder(h, client))
+        await h.db.close()
+
+    asyncio.run(go())
+    assert len(client.requests) == 3  # the same batch three times, accepted once
+    assert values_of(client.accepted, "inference_total") == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert h.metrics.registry.get_sample_value(
+        "fleetgate_forward_retries_total", {"endpoint": client.endpoint}) == 2
+
+
+def test_refused_samples_are_isolated_and_dead_lettered(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    poison = {f.sample_value(1, 7), f.sample_value(2, 30)}
+
+    def respond(series: list[tuple[dict[str, str], list[tuple[float, int]]]]) -> object:
+        if any(v in poison for _, samples in series for v, _ in samples):
+            return Rejected(400, "out of order sample")
+        return Accepted(204)
+
+    client = FakeRemoteWrite(respond)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        await h.open()
+        await fill(h, devices=3, frames=40)
+        await drain(make_forwarder(h, client))
+        await h.db.close()
+
+    asyncio.run(go())
+    temps = values_of(client.accepted, "device_temperature_celsius")
+    expected = {f.sample_value(i, s) for i in range(3) for s in range(40)} - poison
+    assert sorted(temps) == sorted(expected)  # everything else exactly once
+    dead = h.rows("SELECT status, reason, series FROM dead_letters ORDER BY id")
+    assert len(dead) == 2
+    assert all(status == 400 and reason == "out of order sample" for status, reason, _ in dead)
+    assert 'device_id="dev-0001"' in dead[0][2] and "100007.0" in dead[0][2]
+
+
+def test_read_back_after_restart_sends_the_same_series_as_the_live_path(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    live, cold = FakeRemoteWrite(), FakeRemoteWrite()
+    live.endpoint, cold.endpoint = "fake://live", "fake://cold"  # type: ignore[misc]
+    both = (live.endpoint, cold.endpoint)
+
+    async def go() -> None:
+        await h.open()
+        await fill(h, devices=2, frames=10)
+        # Two forwarders: one with the warm cache, one as after a restart (empty cache).
+        await drain(make_forwarder(h, live, endpoints=both))
+        await drain(make_forwarder(h, cold, cache=EntryCache(), endpoints=both))
+        await h.db.close()
+
+    asyncio.run(go())
+    assert len(cold.accepted) == len(live.accepted) > 0
+    assert sorted(map(repr, cold.accepted)) == sorted(map(repr, live.accepted))
+
+
+def test_stop_while_the_endpoint_is_down_keeps_the_cursor_and_the_frames(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    client = FakeRemoteWrite(lambda series: Retryable(503, "down", None))
+
+    async def go() -> None:
+        await h.open()
+        await fill(h, devices=1, frames=5)
+        forwarder = make_forwarder(h, client)
+        task = asyncio.ensure_future(forwarder.run())
+        await wait_until(lambda: len(client.requests) >= 3)
+        forwarder.stop_retrying()
+        await asyncio.wait_for(task, 5)
+        assert forwarder.cursor == 0
+        await h.db.close()
+
+    asyncio.run(go())
+    assert h.rows("SELECT COUNT(*) FROM frames") == [(6,)]
