@@ -98,7 +98,7 @@ def create_api(gateway: Gateway) -> FastAPI:
         if record is None:
             raise HTTPException(404, detail=f"unknown device {device_id!r}")
         latest = {k: LatestValue(value=_json_value(v), timestamp_ms=t)
-                  for k, (v, t) in sorted(record.latest.items())}
+                  for k, (v, t) in sorted(record.latest().items())}
         return DeviceDetail(**_summary(record).model_dump(), interval_ms=record.interval_ms,
                             labels=record.labels, first_seen_ms=record.first_seen_ms,
                             latest=latest)

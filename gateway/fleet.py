@@ -11,7 +11,7 @@ import math
 import sqlite3
 from dataclasses import dataclass, field
 
-from device_protocol import Birth, HistogramSample, Telemetry
+from device_protocol import Birth, HistogramSample, Labels, Sample, Telemetry
 
 
 @dataclass(slots=True)
@@ -26,13 +26,28 @@ class DeviceRecord:
     last_seen_ms: int = 0
     last_seq: int | None = None
     online: bool = False
-    latest: dict[str, tuple[float, int]] = field(default_factory=dict)  # series -> (value, ts)
+    # Latest sample per series, keyed cheaply on the hot path; formatted only when read.
+    samples: dict[tuple[str, Labels], Sample | HistogramSample] = field(default_factory=dict)
+    restored: dict[str, tuple[float, int]] = field(default_factory=dict)  # from a checkpoint
+
+    def latest(self) -> dict[str, tuple[float, int]]:
+        """Series (without the birth labels) -> (value, timestamp ms)."""
+        out = dict(self.restored)
+        birth = set(self.labels.items())
+        for (name, labels), sample in self.samples.items():
+            key = series_key(name, tuple(p for p in labels if p not in birth))
+            if isinstance(sample, HistogramSample):
+                out[key + "_count"] = (sample.count, sample.timestamp_ms)
+                out[key + "_sum"] = (sample.sum, sample.timestamp_ms)
+            else:
+                out[key] = (sample.value, sample.timestamp_ms)
+        return out
 
     def row(self) -> tuple:
         return (self.device_id, self.platform, self.firmware, self.boot, self.interval_ms,
                 json.dumps(self.labels), self.first_seen_ms, self.last_seen_ms, self.last_seq,
                 int(self.online), json.dumps({k: [_json_float(v), t]
-                                              for k, (v, t) in self.latest.items()}))
+                                              for k, (v, t) in self.latest().items()}))
 
 
 def _json_float(value: float) -> float | str:
@@ -49,7 +64,6 @@ class FleetState:
     def __init__(self) -> None:
         self.devices: dict[str, DeviceRecord] = {}
         self._dirty: set[str] = set()
-        self._birth_labels: dict[str, tuple[tuple[str, str], ...]] = {}
 
     def _record(self, device_id: str, now_ms: int) -> DeviceRecord:
         record = self.devices.get(device_id)
@@ -65,7 +79,6 @@ class FleetState:
         record.labels = dict(birth.labels)
         record.last_seen_ms = max(record.last_seen_ms, now_ms)
         record.online = True
-        self._birth_labels[device_id] = birth.labels
 
     def observe_telemetry(self, device_id: str, telemetry: Telemetry, now_ms: int) -> None:
         record = self._record(device_id, now_ms)
@@ -76,16 +89,9 @@ class FleetState:
             return  # a replay or a late frame: not the device's latest word
         record.boot = telemetry.boot
         record.last_seq = telemetry.seq
-        birth_labels = set(self._birth_labels.get(device_id, ()))
-        latest = record.latest
+        samples = record.samples
         for sample in telemetry.samples:
-            own = tuple(pair for pair in sample.labels if pair not in birth_labels)
-            key = series_key(sample.name, own)
-            if isinstance(sample, HistogramSample):
-                latest[key + "_count"] = (sample.count, sample.timestamp_ms)
-                latest[key + "_sum"] = (sample.sum, sample.timestamp_ms)
-            else:
-                latest[key] = (sample.value, sample.timestamp_ms)
+            samples[sample.name, sample.labels] = sample
 
     def observe_death(self, device_id: str, now_ms: int) -> None:
         record = self._record(device_id, now_ms)
@@ -105,9 +111,7 @@ class FleetState:
                 labels=json.loads(row["labels"] or "{}"), first_seen_ms=row["first_seen_ms"],
                 last_seen_ms=row["last_seen_ms"], last_seq=row["last_seq"],
                 online=bool(row["online"]),
-                latest={k: (float(v), int(t)) for k, (v, t) in latest.items()})
-            self._birth_labels[row["device_id"]] = tuple(
-                sorted(self.devices[row["device_id"]].labels.items()))
+                restored={k: (float(v), int(t)) for k, (v, t) in latest.items()})
 
     def counts(self) -> dict[str, int]:
         online = sum(1 for d in self.devices.values() if d.online)

@@ -139,3 +139,35 @@ def test_telemetry_before_its_birth_is_held_until_the_device_answers_rebirth(
     assert gw.metric("fleetgate_frames_held") == 0
     received = vm_samples(victoria_metrics, "device_temperature_celsius")
     assert account(received, expected_temperatures(range(3, 4), range(20))) == (0, 0)
+
+
+def test_api_reports_devices_health_and_metrics(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, victoria_metrics)
+    base = f.now_ms() - 60_000
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(range(3)))
+        pub.publish(publisher.telemetry(range(3), range(5), base, with_histogram=True))
+        pub.publish([("fleet/dev-0002/death", msgpack.packb({"v": 1, "b": f.boot_id(2)}))])
+    wait_for(lambda: gw.metric("fleetgate_frames_received_total", kind="death") == 1
+             and gw.caught_up(), 30)
+    assert gw.http.get("/healthz").json() == {"status": "ok"}
+    assert gw.http.get("/readyz").json() == {"ready": True, "problems": []}
+    listing = gw.http.get("/api/v1/devices").json()
+    assert listing["count"] == 3
+    online = {d["device_id"]: d["online"] for d in listing["devices"]}
+    assert online == {"dev-0000": True, "dev-0001": True, "dev-0002": False}
+    detail = gw.http.get("/api/v1/devices/dev-0001").json()
+    assert (detail["platform"], detail["firmware"], detail["boot"], detail["last_seq"]) == (
+        "esp32-s3", "2.1.0", f.boot_id(1), 4)
+    assert detail["labels"] == {"site": "lab"}
+    assert detail["latest"]["device_temperature_celsius"]["value"] == f.sample_value(1, 4)
+    assert detail["latest"]["inference_seconds_count"]["value"] == 7.0
+    missing = gw.http.get("/api/v1/devices/nope")
+    assert missing.status_code == 404
+    assert "nope" in missing.json()["detail"]
+    assert gw.metric("fleetgate_mqtt_connected") == 1
+    assert gw.metric("fleetgate_forward_samples_total") > 0
+    pipeline = gw.pipeline()
+    assert pipeline["buffer"]["frames"] == 0  # all forwarded and pruned
+    assert pipeline["endpoints"][0]["dead_letters"] == 0
