@@ -31,6 +31,7 @@ from gateway import store
 from gateway.births import BirthRegistry
 from gateway.db import Database
 from gateway.entry_cache import EntryCache
+from gateway.errors import StoreError
 from gateway.metrics import GatewayMetrics
 from gateway.remote_write import LabelValidationError, compress, decode_write_request
 from gateway.remote_write_client import Accepted, Rejected, RemoteWriteClient, Retryable
@@ -95,6 +96,22 @@ class Forwarder:
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
+        """Forward until drained (shutdown) or told to stop; SQLite trouble is waited out."""
+        failures = 0
+        while True:
+            try:
+                await self._forward()
+                return
+            except StoreError as exc:
+                # The buffer is the source of truth: wait for it rather than die (a dead
+                # forwarder would take the gateway down and back up into the same error).
+                failures += 1
+                self.status.last_error = str(exc)
+                delay = min(self._config.retry_max_s, self._config.retry_min_s * 2**failures)
+                log.error("%s: buffer error, retrying in %.1f s: %s", self.endpoint, delay, exc)
+                await asyncio.sleep(delay)
+
+    async def _forward(self) -> None:
         flush_after: float | None = None
         loop = asyncio.get_running_loop()
         while True:

@@ -228,7 +228,8 @@ class Pipeline:
                     exc: ProtocolError) -> None:
         plan.invalid[exc.reason] = plan.invalid.get(exc.reason, 0) + 1
         plan.write.quarantine.append((message.received_ms, message.topic, device_id, exc.reason,
-                                      exc.detail[:500], message.payload[:65536]))
+                                      exc.detail[:500],
+                                      message.payload[:store.QUARANTINE_PAYLOAD_BYTES]))
         log.warning("quarantined frame from %s on %s: %s", device_id or "?", message.topic, exc)
 
     # ------------------------------------------------------------------ commit and apply

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 KIND_TELEMETRY = 0
 KIND_BIRTH = 1
 
-QUARANTINE_KEEP_ROWS = 100_000  # newest rows kept for inspection; the counters keep the totals
+# Newest rows kept for inspection (the counters keep the totals); payloads are cut to
+# QUARANTINE_PAYLOAD_BYTES so hostile input can use at most ~160 MiB of disk here.
+QUARANTINE_KEEP_ROWS = 20_000
+QUARANTINE_PAYLOAD_BYTES = 8192
 
 
 @dataclass(slots=True)
