@@ -130,7 +130,9 @@ class Database:
             return result
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._writer_pool, run)
+            # shield: a cancelled caller must not un-queue a write the thread has not started.
+            return await asyncio.shield(
+                asyncio.get_running_loop().run_in_executor(self._writer_pool, run))
         except sqlite3.Error as exc:
             # OperationalError covers disk full, I/O errors and lock timeouts: all may pass.
             retryable = isinstance(exc, sqlite3.OperationalError)

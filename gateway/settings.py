@@ -68,7 +68,9 @@ class ForwardConfig:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLEETGATE_", extra="forbid")
+    # hide_input_in_errors: a validation error must never echo a password into a log.
+    model_config = SettingsConfigDict(env_prefix="FLEETGATE_", extra="forbid",
+                                      hide_input_in_errors=True)
 
     # --- identity and topics
     gateway_id: str = "gw1"  # names the state topic and the default MQTT client id
@@ -79,43 +81,48 @@ class Settings(BaseSettings):
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_client_id: str | None = None  # default "fleetgate-<gateway_id>": stable => session kept
-    mqtt_keepalive_s: int = 30  # broker notices a dead gateway within ~45 s
+    mqtt_keepalive_s: int = Field(30, gt=0)  # broker notices a dead gateway within ~45 s
     # One week: the broker keeps our queue through any outage an operator would plausibly fix.
-    mqtt_session_expiry_s: int = 7 * 24 * 3600
+    mqtt_session_expiry_s: int = Field(7 * 24 * 3600, gt=0)
     # Unacked QoS 1 messages the broker may have in flight to us. Acks wait for a group commit,
     # so this must cover several commit groups or it, not SQLite, caps throughput.
-    mqtt_receive_maximum: int = 2000
-    mqtt_reconnect_min_s: float = 0.5
-    mqtt_reconnect_max_s: float = 30.0
+    mqtt_receive_maximum: int = Field(2000, gt=0, le=65535)
+    mqtt_reconnect_min_s: float = Field(0.5, gt=0)
+    mqtt_reconnect_max_s: float = Field(30.0, gt=0)
     # Messages received but not yet acked; when reached, paho's thread waits (backpressure).
-    mqtt_max_in_hand: int = 20_000
+    mqtt_max_in_hand: int = Field(20_000, gt=0)
 
     # --- store
     data_dir: Path = Path("var/fleetgate")
     # "full": an acked frame survives power loss; "normal": survives a process crash only.
     sqlite_synchronous: Literal["full", "normal"] = "full"
-    commit_max_frames: int = 2000  # frames per transaction: amortises the fsync
-    commit_max_delay_ms: int = 20  # longest a frame waits for its group commit (and its PUBACK)
-    buffer_max_bytes: int = 4 * 1024**3  # payload bytes held for forwarding; 4 GiB ~ 15M frames
+    # Frames per transaction: amortises the fsync.
+    commit_max_frames: int = Field(2000, gt=0)
+    # Longest a frame waits for its group commit (and so its PUBACK); 0 = commit what is there.
+    commit_max_delay_ms: int = Field(20, ge=0)
+    # Payload bytes held for forwarding; 4 GiB is ~15M frames of 20 samples.
+    buffer_max_bytes: int = Field(4 * 1024**3, gt=0)
     buffer_full_policy: Literal["block", "drop_oldest"] = "block"  # block = lose nothing
     # Gaps kept per (device, boot) in the dedup ledger; beyond it the oldest gaps are forgotten
     # (a later replay into a forgotten gap would be taken as a duplicate).
-    ledger_max_ranges: int = 4096
+    ledger_max_ranges: int = Field(4096, gt=0)
 
     # --- forward
     remote_write_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    remote_write_max_samples: int = 20_000  # per request; Prometheus handles 50k+ easily
-    remote_write_flush_ms: int = 200  # a partial batch waits at most this long
-    remote_write_timeout_s: float = 15.0
-    remote_write_retry_min_s: float = 0.5
-    remote_write_retry_max_s: float = 30.0
+    # Samples per request; Prometheus and VictoriaMetrics take 50k+ easily.
+    remote_write_max_samples: int = Field(20_000, gt=0)
+    remote_write_flush_ms: int = Field(200, ge=0)  # a partial batch waits at most this long
+    remote_write_timeout_s: float = Field(15.0, gt=0)
+    remote_write_retry_min_s: float = Field(0.5, gt=0)
+    remote_write_retry_max_s: float = Field(30.0, gt=0)
     external_labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
-    shutdown_forward_deadline_s: float = 5.0  # last forward attempt on SIGTERM
+    shutdown_forward_deadline_s: float = Field(5.0, ge=0)  # last forward attempt on SIGTERM
 
     # --- protocol limits
-    max_frame_bytes: int = 65536
-    max_samples_per_frame: int = 1000
-    max_clock_skew_s: float = 300.0  # samples further ahead of the gateway clock are rejected
+    max_frame_bytes: int = Field(65536, gt=0)
+    max_samples_per_frame: int = Field(1000, gt=0)
+    # Samples further ahead of the gateway's clock are rejected at decode.
+    max_clock_skew_s: float = Field(300.0, ge=0)
 
     # --- API
     api_listen: str = "127.0.0.1:8080"
@@ -127,6 +134,37 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [u.strip() for u in value.split(",") if u.strip()]
         return value
+
+    @field_validator("remote_write_url")
+    @classmethod
+    def _check_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} must be http(s)://host[:port]/path")
+        if len(set(urls)) != len(urls):
+            raise ValueError("the same endpoint is listed twice (it would get every sample twice)")
+        return urls
+
+    @field_validator("external_labels")
+    @classmethod
+    def _check_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for name in labels:
+            if not _LABEL_NAME_RE.match(name) or name.startswith("__"):
+                raise ValueError(f"external label name {name!r} is not a valid label name")
+        return labels
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, url: str) -> str:
+        parse_mqtt_url(url)
+        return url
+
+    @field_validator("api_listen")
+    @classmethod
+    def _check_listen(cls, listen: str) -> str:
+        parse_listen(listen)
+        return listen
 
     @field_validator("external_labels", mode="before")
     @classmethod
@@ -144,19 +182,10 @@ class Settings(BaseSettings):
             raise ValueError(f"gateway_id {self.gateway_id!r} must match {_GATEWAY_ID_RE.pattern}")
         if not self.topic_prefix or "+" in self.topic_prefix or "#" in self.topic_prefix:
             raise ValueError("topic_prefix must be non-empty and contain no MQTT wildcards")
-        parse_mqtt_url(self.mqtt_url)
-        for url in self.remote_write_url:
-            if urlsplit(url).scheme not in ("http", "https"):
-                raise ValueError(f"remote_write_url {url!r} must be http(s)://...")
-        for name in self.external_labels:
-            if not _LABEL_NAME_RE.match(name) or name.startswith("__"):
-                raise ValueError(f"external label name {name!r} is not a valid label name")
-        parse_listen(self.api_listen)
-        for field in ("commit_max_frames", "commit_max_delay_ms", "buffer_max_bytes",
-                      "remote_write_max_samples", "mqtt_receive_maximum", "mqtt_max_in_hand",
-                      "max_frame_bytes", "max_samples_per_frame", "ledger_max_ranges"):
-            if getattr(self, field) <= 0:
-                raise ValueError(f"{field} must be positive")
+        if self.mqtt_reconnect_min_s > self.mqtt_reconnect_max_s:
+            raise ValueError("mqtt_reconnect_min_s must not exceed mqtt_reconnect_max_s")
+        if self.remote_write_retry_min_s > self.remote_write_retry_max_s:
+            raise ValueError("remote_write_retry_min_s must not exceed remote_write_retry_max_s")
         return self
 
     @classmethod
@@ -227,9 +256,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
+    try:
+        port = parts.port or 1883
+    except ValueError as exc:  # out of range or not a number
+        raise ValueError(f"mqtt_url {url!r}: {exc}") from exc
     if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
         raise ValueError(f"mqtt_url {url!r} must look like mqtt://host:port")
-    return parts.hostname, parts.port or 1883
+    return parts.hostname, port
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
