@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import factories as f
 import msgpack
 import publisher
-import pytest
 from publisher import Publisher
 from receivers import account, expected_temperatures, prom_counts, prom_samples, vm_samples
 
-from gateway.devstack import GatewayProcess, Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from gateway.devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
 
 DEVICES = range(50)
 FRAMES = range(200)
-
-
-@pytest.fixture
-def gateway_factory(tmp_path: Path) -> Iterator[object]:
-    started: list[GatewayProcess] = []
-
-    def make(mosquitto: Mosquitto, *receivers: Prometheus | VictoriaMetrics,
-             **settings: str) -> GatewayProcess:
-        gw = GatewayProcess(tmp_path / "gateway", mqtt_url=mosquitto.url,
-                            remote_write_urls=[r.remote_write_url for r in receivers],
-                            settings=settings)
-        started.append(gw)
-        return gw.start()
-
-    yield make
-    for gw in started:
-        gw.stop()
 
 
 def test_fleet_arrives_exactly_once_in_prometheus_and_victoriametrics(
