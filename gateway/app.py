@@ -37,6 +37,7 @@ from gateway.settings import Settings, parse_listen
 log = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL_S = 5.0  # fleet state is advisory; losing 5 s of "last seen" is harmless
+MAINTENANCE_INTERVAL_S = 3600.0  # pruning past boots' dedup state is slow-moving work
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -104,6 +105,7 @@ class Gateway:
         for forwarder in self.forwarders:
             self._spawn(forwarder.run(), f"forward:{forwarder.endpoint}")
         self._spawn(self._checkpoint_loop(), "fleet-checkpoint")
+        self._spawn(self._maintenance_loop(), "maintenance")
         await self._start_api()
         log.info("fleetgate %s started: mqtt %s, %d endpoint(s), buffer %d frames, db %s",
                  s.gateway_id, s.mqtt_url, len(self.forwarders), state.buffer_frames, self.db.path)
@@ -166,6 +168,31 @@ class Gateway:
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL_S)
             await self.checkpoint()
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await self.prune_dedup_state()
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+
+    async def prune_dedup_state(self, now_ms: int | None = None) -> None:
+        """Forget past boots' ledgers and births, and held frames whose birth never came."""
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        before_ms = now_ms - int(self.settings.dedup_retention_days * 86_400_000)
+        await self.checkpoint()  # devices.boot must be current: the current boot is kept
+        ledger_keys, birth_keys, held = await self.db.write(
+            lambda conn: store.prune_dedup_state(conn, before_ms))
+        for key in ledger_keys:
+            self.ledger.forget(key)
+        for device_id, boot in birth_keys:
+            self.births.forget(device_id, boot)
+        if held:
+            dropped = self.pipeline.drop_held_before(before_ms)
+            self.metrics.frames_dropped.labels("held_without_birth").inc(dropped)
+            log.warning("dropped %d held frames whose birth never came within %.0f days",
+                        dropped, self.settings.dedup_retention_days)
+        if ledger_keys or birth_keys:
+            log.info("forgot dedup state of %d past boots and %d births", len(ledger_keys),
+                     len(birth_keys))
 
     async def checkpoint(self) -> None:
         rows = self.fleet.take_dirty_rows()

@@ -17,5 +17,8 @@ class BirthRegistry:
     def put(self, device_id: str, birth: Birth) -> None:
         self._births[(device_id, birth.boot)] = birth
 
+    def forget(self, device_id: str, boot: int) -> None:
+        self._births.pop((device_id, boot), None)
+
     def __len__(self) -> int:
         return len(self._births)

@@ -324,6 +324,22 @@ class Pipeline:
                 return
             await self.handle(batch)
 
+    def drop_held_before(self, before_ms: int) -> int:
+        """Forget held frames received before before_ms (already deleted from SQLite)."""
+        dropped = 0
+        for key in list(self.held):
+            kept = [h for h in self.held[key] if h[1] >= before_ms]
+            for _seq, _received, payload in self.held[key]:
+                if _received < before_ms:
+                    self.buffer_bytes -= len(payload)
+                    dropped += 1
+            if kept:
+                self.held[key] = kept
+            else:
+                del self.held[key]
+        self._metrics.frames_held.set(sum(len(v) for v in self.held.values()))
+        return dropped
+
     def freed(self, frames: int, size: int) -> None:
         """Forwarders deleted frames: account for the space and unblock a waiting ingest."""
         self.buffer_bytes -= size

@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     # Gaps kept per (device, boot) in the dedup ledger; beyond it the oldest gaps are forgotten
     # (a later replay into a forgotten gap would be taken as a duplicate).
     ledger_max_ranges: int = Field(4096, gt=0)
+    # Past boots' dedup ledgers and births are forgotten after this long untouched (a device's
+    # current boot never is). Must exceed the longest a device or the broker may replay a frame;
+    # the broker session lasts mqtt_session_expiry_s (7 days).
+    dedup_retention_days: float = Field(30.0, gt=0)
 
     # --- forward
     remote_write_url: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -236,5 +236,24 @@ def table_counts(conn: sqlite3.Connection) -> dict[str, int]:
     }
 
 
+def prune_dedup_state(conn: sqlite3.Connection, before_ms: int
+                      ) -> tuple[list[tuple[str, int]], list[tuple[str, int]], int]:
+    """Forget ledger entries and births of past boots not touched since before_ms, and held
+    frames that waited that long for a birth. The device's current boot is always kept.
+
+    Returns (ledger keys removed, birth keys removed, held frames dropped)."""
+    current = "(SELECT boot FROM devices d WHERE d.device_id = {t}.device_id)"
+    ledger = conn.execute(
+        f"DELETE FROM ledger WHERE updated_ms < ? AND boot IS NOT {current.format(t='ledger')}"
+        " RETURNING device_id, boot", (before_ms,)).fetchall()
+    births = conn.execute(
+        f"DELETE FROM births WHERE received_ms < ? AND boot IS NOT {current.format(t='births')}"
+        " RETURNING device_id, boot", (before_ms,)).fetchall()
+    held = conn.execute("DELETE FROM held WHERE received_ms < ?", (before_ms,)).rowcount
+    if held:
+        bump_counters(conn, {"dropped_held_without_birth": held})
+    return ledger, births, held
+
+
 def dumps_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False, default=str)

@@ -198,3 +198,19 @@ def test_ledger_row_matches_what_was_stored(tmp_path: Path, seqs: list[int]) -> 
 
     run(go)
     assert h.rows("SELECT ranges FROM ledger") == [("0-3",)]
+
+
+def test_dropping_old_held_frames_releases_their_space(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    base = f.now_ms() - 60_000
+
+    async def go() -> None:
+        p = await h.open()
+        await p.handle([tele_msg(4, 0, base), tele_msg(4, 1, base)])
+        assert p.buffer_bytes > 0
+        assert p.drop_held_before(f.now_ms() + 1) == 2
+        assert p.buffer_bytes == 0 and p.held == {}
+        assert h.metrics.registry.get_sample_value("fleetgate_frames_held") == 0
+        await h.db.close()
+
+    run(go)
