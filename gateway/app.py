@@ -201,6 +201,19 @@ class Gateway:
         counts = self.fleet.counts()
         for state, count in counts.items():
             self.metrics.devices.labels(state).set(count)
+        await self._update_unsent_age()
+
+    async def _update_unsent_age(self) -> None:
+        """Age of each endpoint's oldest unsent frame: grows through an outage, 0 when caught up."""
+        now_ms = int(time.time() * 1000)
+        for forwarder in self.forwarders:
+            age = 0.0
+            if forwarder.cursor < self.pipeline.committed_upto:
+                cursor = forwarder.cursor
+                oldest = await self.db.read(lambda conn, c=cursor: store.oldest_unsent_ms(conn, c))
+                if oldest is not None:
+                    age = max(0.0, (now_ms - oldest) / 1000)
+            self.metrics.oldest_unsent_age.labels(forwarder.endpoint).set(age)
 
     # ------------------------------------------------------------------ stop
     def request_stop(self) -> None:

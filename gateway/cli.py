@@ -37,6 +37,11 @@ def cmd_db(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _configure_logging(settings.log_level)
     path = settings.store_config().db_path
+    if args.db_command == "status" and not path.exists():
+        print(json.dumps({"database": str(path), "exists": False,
+                          "pending": [m.path.name for m in dbmod.discover_migrations()]},
+                         indent=2))
+        return 0
     conn = dbmod.connect(path, settings.sqlite_synchronous)
     try:
         if args.db_command == "migrate":

@@ -119,7 +119,6 @@ class Forwarder:
             if self.cursor >= upto:
                 if self._draining:
                     return
-                self._metrics.oldest_unsent_age.labels(self.endpoint).set(0)
                 self._new_data.clear()
                 await self._new_data.wait()
                 continue
@@ -159,8 +158,6 @@ class Forwarder:
         if frame_id == self.cursor:  # behind the cache (outage, restart, drops): read back
             rows = await self._db.read(
                 lambda conn: store.fetch_frames(conn, self.cursor, FETCH_FRAMES))
-            if rows:
-                self._update_oldest_age(rows[0].received_ms)
             for row in rows:
                 entries = self._entries_for(row)
                 if items and len(items) + len(entries) > limit:
@@ -188,10 +185,6 @@ class Forwarder:
                       row.id, row.device_id, exc)
             self._metrics.frames_dropped.labels("undecodable_stored").inc()
             return []
-
-    def _update_oldest_age(self, received_ms: int) -> None:
-        age = max(0.0, time.time() - received_ms / 1000)
-        self._metrics.oldest_unsent_age.labels(self.endpoint).set(age)
 
     # ------------------------------------------------------------------ sending
     async def _deliver(self, items: list[Item]) -> bool:

@@ -104,10 +104,17 @@ def _truncate(text: str) -> str:
     return text[: MAX_REASON_CHARS - 3] + "..."
 
 
+# Answers that say "this endpoint is wrong" (bad URL, credentials, receiver flag off, a redirect
+# to a login page), not "these samples are wrong": dead-lettering would empty the whole stream
+# into the dead letters, so the forwarder stalls and retries, loudly, until someone fixes it.
+_MISCONFIGURED = frozenset({401, 403, 404, 405, 407})
+
+
 def classify(status: int, body_text: str, retry_after: str | None) -> SendResult:
-    """Map a receiver's answer to an outcome, following Prometheus's own sender where sensible:
-    2xx accepted; 429 and 5xx retried; everything else (4xx, and unexpected 1xx/3xx, e.g. a
-    redirect to a login page) rejected with the receiver's own words as the reason.
+    """Map a receiver's answer to an outcome:
+    2xx accepted; 429, 408 and 5xx retried; answers that mean the endpoint itself is
+    misconfigured (401/403/404/405/407, 1xx/3xx) retried with a reason that says so; every other
+    4xx rejected with the receiver's own words as the reason (its samples are dead-lettered).
     """
     if 200 <= status < 300:
         return Accepted(status)
@@ -117,8 +124,11 @@ def classify(status: int, body_text: str, retry_after: str | None) -> SendResult
         if any(marker in lowered for marker in _PERMANENT_5XX_MARKERS):
             return Rejected(status, reason)
         return Retryable(status, reason, parse_retry_after(retry_after))
-    if status == 429:
+    if status in (429, 408):
         return Retryable(status, reason, parse_retry_after(retry_after))
+    if status in _MISCONFIGURED or status < 200 or 300 <= status < 400:
+        return Retryable(status, f"endpoint misconfigured? (check URL, credentials, receiver "
+                                 f"flags) {reason}", None)
     return Rejected(status, reason)
 
 

@@ -25,6 +25,7 @@ from gateway.errors import ConfigError
 
 _GATEWAY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_GATEWAY_LABELS = frozenset({"device_id", "le"})  # every series has device_id; buckets have le
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ class Settings(BaseSettings):
 
     # --- API
     api_listen: str = "127.0.0.1:8080"
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @field_validator("remote_write_url", mode="before")
     @classmethod
@@ -150,12 +151,21 @@ class Settings(BaseSettings):
             raise ValueError("the same endpoint is listed twice (it would get every sample twice)")
         return urls
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
     @field_validator("external_labels")
     @classmethod
     def _check_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for name in labels:
+        for name, value in labels.items():
             if not _LABEL_NAME_RE.match(name) or name.startswith("__"):
                 raise ValueError(f"external label name {name!r} is not a valid label name")
+            if name in _GATEWAY_LABELS:
+                raise ValueError(f"external label name {name!r} is set by the gateway itself")
+            if not value:
+                raise ValueError(f"external label {name!r} has an empty value")
         return labels
 
     @field_validator("mqtt_url")
@@ -271,6 +281,6 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
 
 def parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"api_listen {listen!r} must look like host:port")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"api_listen {listen!r} must look like host:port (port 1-65535)")
     return host or "127.0.0.1", int(port)

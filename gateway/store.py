@@ -18,6 +18,7 @@ KIND_BIRTH = 1
 # QUARANTINE_PAYLOAD_BYTES so hostile input can use at most ~160 MiB of disk here.
 QUARANTINE_KEEP_ROWS = 20_000
 QUARANTINE_PAYLOAD_BYTES = 8192
+DEAD_LETTERS_KEEP_ROWS = 100_000  # ~150 bytes an entry: at most ~20 MiB of refused samples
 
 
 @dataclass(slots=True)
@@ -203,6 +204,8 @@ def add_dead_letters(conn: sqlite3.Connection,
     conn.executemany(
         "INSERT INTO dead_letters (endpoint, frame_id, created_ms, status, reason, series, entry)"
         " VALUES (?,?,?,?,?,?,?)", rows)
+    conn.execute("DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?",
+                 (DEAD_LETTERS_KEEP_ROWS,))
 
 
 def checkpoint_devices(conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
@@ -246,9 +249,16 @@ def prune_dedup_state(conn: sqlite3.Connection, before_ms: int
     ledger = conn.execute(
         f"DELETE FROM ledger WHERE updated_ms < ? AND boot IS NOT {current.format(t='ledger')}"
         " RETURNING device_id, boot", (before_ms,)).fetchall()
-    births = conn.execute(
-        f"DELETE FROM births WHERE received_ms < ? AND boot IS NOT {current.format(t='births')}"
-        " RETURNING device_id, boot", (before_ms,)).fetchall()
+    candidates = conn.execute(
+        f"SELECT device_id, boot FROM births WHERE received_ms < ?"
+        f" AND boot IS NOT {current.format(t='births')}", (before_ms,)).fetchall()
+    births: list[tuple[str, int]] = []
+    if candidates:
+        # A birth whose boot still has frames in the buffer is needed to decode them when a
+        # forwarder reads them back. One scan of the buffer, only when there is work to do.
+        buffered = set(conn.execute("SELECT DISTINCT device_id, boot FROM frames").fetchall())
+        births = [key for key in map(tuple, candidates) if key not in buffered]  # type: ignore[misc]
+        conn.executemany("DELETE FROM births WHERE device_id = ? AND boot = ?", births)
     held = conn.execute("DELETE FROM held WHERE received_ms < ?", (before_ms,)).rowcount
     if held:
         bump_counters(conn, {"dropped_held_without_birth": held})

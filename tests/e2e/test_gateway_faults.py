@@ -117,6 +117,9 @@ def test_prometheus_outage_is_buffered_and_delivered_once_in_order_when_it_retur
                  and _buffer_frames(gw) == 20 * 50,
                  60, what="second half stored and held while Prometheus is down")
     assert not gw.caught_up()
+    # operators alert on this gauge: it must grow during the outage (updated every 5 s)
+    wait_for(lambda: gw.metric("fleetgate_oldest_unsent_age_seconds") > 0, 15,
+             what="the oldest unsent age to show the backlog")
 
     prometheus.start()  # same port, same data dir
     wait_for(gw.caught_up, 60, what="backlog forwarded after Prometheus returned")

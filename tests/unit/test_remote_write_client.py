@@ -69,15 +69,22 @@ def test_5xx_for_samples_outside_the_window_is_rejected(body: str) -> None:
     assert body.strip() in result.reason
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 408, 413, 415])
+@pytest.mark.parametrize("status", [400, 409, 413, 415, 422])
 def test_other_4xx_is_rejected_with_the_receivers_words(status: int) -> None:
     result = classify(status, "out of order sample\n", "3")
     assert result == Rejected(status, f"HTTP {status}: out of order sample")
 
 
-@pytest.mark.parametrize("status", [301, 302, 100])
-def test_unexpected_statuses_are_rejected(status: int) -> None:
-    assert isinstance(classify(status, "", None), Rejected)
+@pytest.mark.parametrize("status", [401, 403, 404, 405, 407, 301, 302, 100])
+def test_a_misconfigured_endpoint_stalls_instead_of_dead_lettering_everything(
+        status: int) -> None:
+    result = classify(status, "remote write receiver needs to be enabled", None)
+    assert isinstance(result, Retryable) and result.status == status
+    assert "misconfigured" in result.reason and "receiver needs to be enabled" in result.reason
+
+
+def test_request_timeout_is_retried() -> None:
+    assert classify(408, "", "2") == Retryable(408, "HTTP 408", 2.0)
 
 
 def test_reason_is_truncated_to_512_chars() -> None:

@@ -1,0 +1,44 @@
+"""`fleetgate db status|migrate` and settings errors from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.db import discover_migrations
+
+
+def test_db_status_and_migrate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FLEETGATE_DATA_DIR", str(tmp_path / "data"))
+    assert main(["db", "status"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["exists"] is False  # status never creates a database
+    assert not (tmp_path / "data").exists()
+
+    assert main(["db", "migrate"]) == 0
+    assert f"schema version {len(discover_migrations())}" in capsys.readouterr().out
+
+    assert main(["db", "status"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["schema_version"] == len(discover_migrations())
+    assert status["pending"] == []
+    assert status["tables"]["frames"] == 0
+
+
+def test_bad_settings_exit_2_with_the_field_named(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FLEETGATE_MQTT_URL", "http://not-mqtt")
+    assert main(["db", "status"]) == 2
+    assert "mqtt_url" in capsys.readouterr().err
+
+
+def test_config_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "fleetgate.toml"
+    config.write_text(f'data_dir = "{tmp_path / "from-toml"}"\n')
+    assert main(["db", "migrate", "--config", str(config)]) == 0
+    assert (tmp_path / "from-toml" / "fleetgate.db").exists()
