@@ -11,7 +11,7 @@ import math
 import sqlite3
 from dataclasses import dataclass, field
 
-from device_protocol import Birth, HistogramSample, Labels, Sample, Telemetry
+from device_protocol import Birth, HistogramValue, Labels, RawTelemetry
 
 
 @dataclass(slots=True)
@@ -26,21 +26,25 @@ class DeviceRecord:
     last_seen_ms: int = 0
     last_seq: int | None = None
     online: bool = False
-    # Latest sample per series, keyed cheaply on the hot path; formatted only when read.
-    samples: dict[tuple[str, Labels], Sample | HistogramSample] = field(default_factory=dict)
+    birth: Birth | None = None  # names the aliases of the raw samples below
+    # Latest raw sample per (alias or name, own labels): one dict store per sample on the hot
+    # path; names and labels are formatted only when read.
+    samples: dict[tuple[int | str, Labels], tuple[float | HistogramValue, int]] = field(
+        default_factory=dict)
     restored: dict[str, tuple[float, int]] = field(default_factory=dict)  # from a checkpoint
 
     def latest(self) -> dict[str, tuple[float, int]]:
-        """Series (without the birth labels) -> (value, timestamp ms)."""
+        """Series (metric name and the sample's own labels) -> (value, timestamp ms)."""
         out = dict(self.restored)
-        birth = set(self.labels.items())
-        for (name, labels), sample in self.samples.items():
-            key = series_key(name, tuple(p for p in labels if p not in birth))
-            if isinstance(sample, HistogramSample):
-                out[key + "_count"] = (sample.count, sample.timestamp_ms)
-                out[key + "_sum"] = (sample.sum, sample.timestamp_ms)
+        names = {m.alias: m.name for m in self.birth.metrics} if self.birth else {}
+        for (metric, labels), (value, ts) in self.samples.items():
+            name = metric if isinstance(metric, str) else names.get(metric, f"alias_{metric}")
+            key = series_key(name, labels)
+            if isinstance(value, HistogramValue):
+                out[key + "_count"] = (value.count, ts)
+                out[key + "_sum"] = (value.sum, ts)
             else:
-                out[key] = (sample.value, sample.timestamp_ms)
+                out[key] = (float(value), ts)
         return out
 
     def row(self) -> tuple:
@@ -77,10 +81,13 @@ class FleetState:
         record.platform, record.firmware = birth.platform, birth.firmware
         record.boot, record.interval_ms = birth.boot, birth.interval_ms
         record.labels = dict(birth.labels)
+        if record.birth is not None and record.birth.boot != birth.boot:
+            record.samples.clear()  # a new boot may declare other aliases
+        record.birth = birth
         record.last_seen_ms = max(record.last_seen_ms, now_ms)
         record.online = True
 
-    def observe_telemetry(self, device_id: str, telemetry: Telemetry, now_ms: int) -> None:
+    def observe_telemetry(self, device_id: str, telemetry: RawTelemetry, now_ms: int) -> None:
         record = self._record(device_id, now_ms)
         record.last_seen_ms = max(record.last_seen_ms, now_ms)
         record.online = True
@@ -90,8 +97,9 @@ class FleetState:
         record.boot = telemetry.boot
         record.last_seq = telemetry.seq
         samples = record.samples
+        base_ms = telemetry.time_ms
         for sample in telemetry.samples:
-            samples[sample.name, sample.labels] = sample
+            samples[sample.metric, sample.labels] = (sample.value, base_ms + sample.dt_ms)
 
     def observe_death(self, device_id: str, now_ms: int) -> None:
         record = self._record(device_id, now_ms)

@@ -26,16 +26,16 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_never
 from tenacity.wait import wait_random_exponential
 
-from device_protocol import ProtocolError, decode_birth, decode_telemetry, resolve_telemetry
+from device_protocol import ProtocolError, decode_birth, decode_telemetry
 from gateway import store
 from gateway.births import BirthRegistry
 from gateway.db import Database
 from gateway.entry_cache import EntryCache
 from gateway.errors import StoreError
+from gateway.frame_compiler import FrameCompiler
 from gateway.metrics import GatewayMetrics
 from gateway.remote_write import LabelValidationError, compress, decode_write_request
 from gateway.remote_write_client import Accepted, Rejected, RemoteWriteClient, Retryable
-from gateway.series import SeriesEncoder
 from gateway.settings import ForwardConfig
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class ForwarderStatus:
 class Forwarder:
     def __init__(self, *, endpoint: str, client: RemoteWriteClient, db: Database,
                  config: ForwardConfig, cache: EntryCache, births: BirthRegistry,
-                 encoder: SeriesEncoder, metrics: GatewayMetrics, cursor: int,
+                 compiler: FrameCompiler, metrics: GatewayMetrics, cursor: int,
                  all_endpoints: Sequence[str], committed_upto: Callable[[], int],
                  on_freed: Callable[[int, int], None]) -> None:
         self.endpoint = endpoint
@@ -66,7 +66,7 @@ class Forwarder:
         self._config = config
         self._cache = cache
         self._births = births
-        self._encoder = encoder
+        self._compiler = compiler
         self._metrics = metrics
         self._committed_upto = committed_upto
         self._on_freed = on_freed
@@ -175,10 +175,11 @@ class Forwarder:
         try:
             if row.kind == store.KIND_BIRTH:
                 birth = decode_birth(row.payload)
-                return [self._encoder.info_entry(row.device_id, birth, row.received_ms)]
+                return [self._compiler.encoder.info_entry(row.device_id, birth,
+                                                          row.received_ms)]
             raw = decode_telemetry(row.payload)
             birth = self._births.get(row.device_id, raw.boot)
-            return self._encoder.frame_entries(row.device_id, resolve_telemetry(raw, birth))
+            return self._compiler.entries(row.device_id, raw, birth)
         except (ProtocolError, LabelValidationError) as exc:
             # Stored frames were valid when stored: this is a bug or a bad disk. Skip, loudly.
             log.error("%s: stored frame %d of %s no longer decodes (%s); skipped", self.endpoint,

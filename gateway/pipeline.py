@@ -25,17 +25,15 @@ from device_protocol import (
     Birth,
     FrameKind,
     Limits,
-    NeedsBirth,
     ProtocolError,
+    RawTelemetry,
     SchemaError,
-    Telemetry,
     cmd_topic,
     decode_birth,
     decode_death,
     decode_telemetry,
     encode_command,
     parse_topic,
-    resolve_telemetry,
 )
 from device_protocol import Command as DeviceCommand
 from gateway import store
@@ -45,10 +43,10 @@ from gateway.dedup import Ledger, LedgerKey, LedgerOverlay, encode_ranges
 from gateway.entry_cache import EntryCache
 from gateway.errors import StoreError
 from gateway.fleet import FleetState
+from gateway.frame_compiler import FrameCompiler
 from gateway.ingest import InboundMessage, Inbox
 from gateway.metrics import GatewayMetrics
 from gateway.remote_write import LabelValidationError
-from gateway.series import SeriesEncoder
 from gateway.settings import StoreConfig
 
 log = logging.getLogger(__name__)
@@ -72,7 +70,7 @@ class BatchPlan:
     held: dict[LedgerKey, list[HeldFrame]] = field(default_factory=dict)
     released: list[LedgerKey] = field(default_factory=list)
     entries: list[tuple[int, Sequence[bytes]]] = field(default_factory=list)
-    telemetry: list[tuple[str, Telemetry, int]] = field(default_factory=list)
+    telemetry: list[tuple[str, RawTelemetry, int]] = field(default_factory=list)
     deaths: list[tuple[str, int]] = field(default_factory=list)
     rebirths: list[str] = field(default_factory=list)
     duplicates: int = 0
@@ -84,7 +82,7 @@ class BatchPlan:
 
 class Pipeline:
     def __init__(self, *, db: Database, mqtt: Acknowledger, config: StoreConfig, limits: Limits,
-                 topic_prefix: str, encoder: SeriesEncoder, births: BirthRegistry, ledger: Ledger,
+                 topic_prefix: str, compiler: FrameCompiler, births: BirthRegistry, ledger: Ledger,
                  fleet: FleetState, cache: EntryCache, metrics: GatewayMetrics,
                  next_frame_id: int, buffer_bytes: int, buffer_frames: int,
                  held: dict[LedgerKey, list[HeldFrame]] | None = None,
@@ -95,7 +93,8 @@ class Pipeline:
         self._config = config
         self._limits = limits
         self._prefix = topic_prefix
-        self._encoder = encoder
+        self._compiler = compiler
+        self._encoder = compiler.encoder
         self.births = births
         self.ledger = ledger
         self._fleet = fleet
@@ -155,11 +154,7 @@ class Pipeline:
             plan.duplicates += 1
             return
         birth = self._birth_for(plan, device_id, raw.boot)
-        try:
-            telemetry = resolve_telemetry(raw, birth)
-        except NeedsBirth:
-            if birth is not None:
-                raise  # the birth is known and lacks the alias: a firmware bug, quarantine
+        if birth is None:
             held = (raw.seq, message.received_ms, message.payload)
             plan.held.setdefault(key, []).append(held)
             plan.write.held.append((device_id, raw.boot, raw.seq, message.received_ms,
@@ -167,16 +162,18 @@ class Pipeline:
             plan.added_bytes += len(message.payload)
             self._maybe_request_rebirth(plan, device_id, now_ms)
             return
-        self._add_frame(plan, device_id, telemetry, message.received_ms, message.payload)
+        # A known birth that lacks an alias is a firmware bug: the ProtocolError quarantines it.
+        self._add_frame(plan, device_id, raw, birth, message.received_ms, message.payload)
 
-    def _add_frame(self, plan: BatchPlan, device_id: str, telemetry: Telemetry,
+    def _add_frame(self, plan: BatchPlan, device_id: str, raw: RawTelemetry, birth: Birth,
                    received_ms: int, payload: bytes) -> None:
+        entries = self._compiler.entries(device_id, raw, birth)  # may raise ProtocolError
         frame_id = self._next_frame_id
         self._next_frame_id += 1
-        plan.write.frames.append((frame_id, store.KIND_TELEMETRY, device_id, telemetry.boot,
-                                  telemetry.seq, received_ms, payload))
-        plan.entries.append((frame_id, self._encoder.frame_entries(device_id, telemetry)))
-        plan.telemetry.append((device_id, telemetry, received_ms))
+        plan.write.frames.append((frame_id, store.KIND_TELEMETRY, device_id, raw.boot,
+                                  raw.seq, received_ms, payload))
+        plan.entries.append((frame_id, entries))
+        plan.telemetry.append((device_id, raw, received_ms))
         plan.added_bytes += len(payload)
 
     def _plan_birth(self, plan: BatchPlan, message: InboundMessage, device_id: str,
@@ -202,13 +199,11 @@ class Pipeline:
             plan.added_bytes -= len(payload)  # moves from held to frames
             try:
                 raw = decode_telemetry(payload, limits=self._limits)
-                telemetry = resolve_telemetry(raw, birth)
+                self._add_frame(plan, device_id, raw, birth, received_ms, payload)
             except ProtocolError as exc:
                 held_message = InboundMessage(message.topic.rsplit("/", 1)[0] + "/telemetry",
                                               payload, 0, 0, 0, received_ms)
                 self._quarantine(plan, held_message, device_id, exc)
-                continue
-            self._add_frame(plan, device_id, telemetry, received_ms, payload)
         log.info("device %s: birth for boot %d released %d held frames", device_id, birth.boot,
                  len(waiting))
 

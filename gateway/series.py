@@ -143,6 +143,13 @@ class SeriesEncoder:
                 raise TypeError(f"not a resolved sample: {sample!r}")
         return entries
 
+    def series_prefix(self, device_id: str, name: str, labels: Labels) -> bytes:
+        """The bytes of an entry of this series up to its value (for a 6-byte timestamp):
+        entry = prefix + pack("<BdB", 0x09, value, 0x10) + varint(timestamp)."""
+        key = (name, device_id, labels)
+        prefix = self._cache.get(key)
+        return prefix if prefix is not None else self._series(key)
+
     def info_entry(self, device_id: str, birth: Birth, timestamp_ms: int) -> bytes:
         """``fleet_device_info{device_id, platform, firmware, <birth labels>} 1``.
 

@@ -18,6 +18,7 @@ from gateway.db import Database
 from gateway.dedup import Ledger, decode_ranges
 from gateway.entry_cache import EntryCache
 from gateway.fleet import FleetState
+from gateway.frame_compiler import FrameCompiler
 from gateway.ingest import InboundMessage
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
@@ -66,7 +67,8 @@ class Harness:
             held.setdefault((device_id, boot), []).append((seq, received_ms, payload))
         self.pipeline = Pipeline(
             db=self.db, mqtt=self.mqtt, config=self.config, limits=Limits(),
-            topic_prefix="fleet", encoder=SeriesEncoder(), births=births, ledger=ledger,
+            topic_prefix="fleet", compiler=FrameCompiler(SeriesEncoder()), births=births,
+            ledger=ledger,
             fleet=FleetState(), cache=self.cache, metrics=self.metrics,
             next_frame_id=state.next_frame_id, buffer_bytes=state.buffer_bytes,
             buffer_frames=state.buffer_frames, held=held, on_committed=self.committed.append)

@@ -12,6 +12,7 @@ from test_pipeline_support import Harness, birth_msg, tele_msg
 
 from gateway.entry_cache import EntryCache
 from gateway.forwarder import Forwarder
+from gateway.frame_compiler import FrameCompiler
 from gateway.series import SeriesEncoder
 from gateway.settings import ForwardConfig
 
@@ -26,7 +27,7 @@ def make_forwarder(h: Harness, client: FakeRemoteWrite, *, cache: EntryCache | N
     forwarder = Forwarder(
         endpoint=client.endpoint, client=client, db=h.db, config=CONFIG,
         cache=cache if cache is not None else h.cache, births=h.pipeline.births,
-        encoder=SeriesEncoder(), metrics=h.metrics, cursor=cursor,
+        compiler=FrameCompiler(SeriesEncoder()), metrics=h.metrics, cursor=cursor,
         all_endpoints=endpoints, committed_upto=lambda: h.pipeline.committed_upto,
         on_freed=lambda frames, size: freed.append((frames, size)))
     forwarder.freed_log = freed  # type: ignore[attr-defined]

@@ -1,0 +1,94 @@
+"""Raw telemetry + its birth -> remote-write entries, without building resolved samples.
+
+The first sample of each series of a boot goes the long way: `resolve_telemetry` (every rule
+of the protocol: aliases, histogram declarations, birth labels) and `SeriesEncoder`. What that
+yields, the series' entry prefix, is cached per (device, boot) against the very Birth object
+that resolved it; every later sample of the series costs a dict lookup and one struct.pack.
+Histogram samples always take the long way (they are few). Validation of the frame itself
+(types, names, finiteness, clock skew) stays in `decode_telemetry`, which the caller runs first.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from device_protocol import (
+    Birth,
+    BirthRequired,
+    HistogramValue,
+    RawSample,
+    RawTelemetry,
+    resolve_telemetry,
+)
+from gateway.remote_write import encode_varint
+from gateway.series import SeriesEncoder
+
+_SAMPLE = struct.Struct("<BdB")
+_TS_LEN = 6  # SeriesEncoder prefixes assume a 6-byte varint timestamp (years 1971..2109)
+
+SeriesKey = tuple[int | str, tuple[tuple[str, str], ...]]  # (alias or name, own labels)
+
+
+class FrameCompiler:
+    def __init__(self, encoder: SeriesEncoder, max_series: int = 500_000) -> None:
+        self.encoder = encoder
+        self._encoder = encoder
+        self._boots: dict[tuple[str, int], tuple[Birth, dict[SeriesKey, bytes]]] = {}
+        self._series = 0
+        self.max_series = max_series  # bounds memory; clearing only costs re-learning
+
+    def entries(self, device_id: str, raw: RawTelemetry, birth: Birth | None) -> list[bytes]:
+        """Entries of every sample of raw, in order. Raises what resolve_telemetry raises."""
+        if birth is None or birth.boot != raw.boot:
+            raise BirthRequired("birth required", f"no birth known for boot {raw.boot}")
+        boot_key = (device_id, raw.boot)
+        cached = self._boots.get(boot_key)
+        if cached is None or cached[0] is not birth:
+            cached = self._boots[boot_key] = (birth, {})
+        prefixes = cached[1]
+        out: list[bytes] = []
+        append = out.append
+        pack = _SAMPLE.pack
+        base_ms = raw.time_ms
+        last_ts = -1
+        ts_bytes = b""
+        for sample in raw.samples:
+            value = sample.value
+            if type(value) is HistogramValue:
+                out.extend(self._long_way(device_id, raw, sample, birth))
+                continue
+            ts = base_ms + sample.dt_ms
+            if ts != last_ts:
+                last_ts, ts_bytes = ts, encode_varint(ts)
+            prefix = prefixes.get((sample.metric, sample.labels))
+            if prefix is None:
+                prefix = self._learn(device_id, raw, sample, birth, prefixes)
+            if len(ts_bytes) == _TS_LEN:
+                append(prefix + pack(0x09, value, 0x10) + ts_bytes)
+            else:
+                out.extend(self._long_way(device_id, raw, sample, birth))
+        return out
+
+    def _long_way(self, device_id: str, raw: RawTelemetry, sample: RawSample,
+                  birth: Birth) -> list[bytes]:
+        single = RawTelemetry(raw.boot, raw.seq, raw.time_ms, (sample,), raw.historical)
+        return self._encoder.frame_entries(device_id, resolve_telemetry(single, birth))
+
+    def _learn(self, device_id: str, raw: RawTelemetry, sample: RawSample, birth: Birth,
+               prefixes: dict[SeriesKey, bytes]) -> bytes:
+        # resolve_telemetry validates: the alias is declared and not as a histogram.
+        single = RawTelemetry(raw.boot, raw.seq, raw.time_ms, (sample,), raw.historical)
+        resolved = resolve_telemetry(single, birth).samples[0]
+        prefix = self._encoder.series_prefix(device_id, resolved.name, resolved.labels)
+        if self._series >= self.max_series:
+            for _, other in self._boots.values():
+                other.clear()
+            self._series = 0
+        prefixes[(sample.metric, sample.labels)] = prefix
+        self._series += 1
+        return prefix
+
+    def forget(self, device_id: str, boot: int) -> None:
+        cached = self._boots.pop((device_id, boot), None)
+        if cached is not None:
+            self._series -= len(cached[1])

@@ -1,0 +1,83 @@
+"""The fast path gives exactly the entries of the long way (resolve + SeriesEncoder)."""
+
+from __future__ import annotations
+
+import factories as f
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from device_protocol import (
+    Birth,
+    BirthRequired,
+    HistogramValue,
+    MetricDef,
+    MetricType,
+    RawSample,
+    RawTelemetry,
+    SchemaError,
+    UnknownAlias,
+    resolve_telemetry,
+)
+from gateway.frame_compiler import FrameCompiler
+from gateway.series import SeriesEncoder
+
+BIRTH = f.birth(1)
+
+scalar = st.tuples(st.sampled_from([0, 1, "free_named_gauge"]),
+                   st.floats(allow_nan=False, allow_infinity=False),
+                   st.integers(-5000, 5000),
+                   st.sampled_from([(), (("core", "0"),), (("core", "1"), ("site", "x"))]))
+
+
+@settings(max_examples=200)
+@given(st.lists(scalar, max_size=30), st.integers(1_600_000_000_000, 1_900_000_000_000))
+def test_fast_entries_equal_the_long_way(samples: list[tuple], time_ms: int) -> None:
+    raw = RawTelemetry(BIRTH.boot, 3, time_ms, tuple(RawSample(*s) for s in samples), False)
+    encoder = SeriesEncoder((("region", "eu"),))
+    compiler = FrameCompiler(SeriesEncoder((("region", "eu"),)))
+    expected = encoder.frame_entries("dev-1", resolve_telemetry(raw, BIRTH))
+    assert compiler.entries("dev-1", raw, BIRTH) == expected
+    assert compiler.entries("dev-1", raw, BIRTH) == expected  # warm cache too
+
+
+def test_histograms_and_far_timestamps_take_the_long_way() -> None:
+    raw = RawTelemetry(BIRTH.boot, 1, 1_790_000_000_000, (
+        RawSample(2, HistogramValue(4.0, 0.5, (1.0, 2.0, 3.0)), 0, ()),
+        RawSample(0, 1.0, 0, ()),
+        RawSample(0, 2.0, -1_789_000_000_000, ()),  # 1971: a 5-byte varint timestamp
+    ), False)
+    expected = SeriesEncoder().frame_entries("d", resolve_telemetry(raw, BIRTH))
+    assert FrameCompiler(SeriesEncoder()).entries("d", raw, BIRTH) == expected
+
+
+def test_it_raises_what_resolve_raises() -> None:
+    compiler = FrameCompiler(SeriesEncoder())
+    with pytest.raises(BirthRequired):
+        compiler.entries("d", RawTelemetry(999, 0, 1, (), False), BIRTH)
+    with pytest.raises(BirthRequired):
+        compiler.entries("d", RawTelemetry(BIRTH.boot, 0, 1, (), False), None)
+    with pytest.raises(UnknownAlias):
+        compiler.entries("d", RawTelemetry(BIRTH.boot, 0, 1, (RawSample(42, 1.0, 0, ()),),
+                                           False), BIRTH)
+    with pytest.raises(SchemaError):  # a plain number for a declared histogram
+        compiler.entries("d", RawTelemetry(BIRTH.boot, 0, 1, (RawSample(2, 1.0, 0, ()),),
+                                           False), BIRTH)
+
+
+def test_a_new_birth_for_the_same_boot_replaces_the_learned_series() -> None:
+    compiler = FrameCompiler(SeriesEncoder())
+    raw = RawTelemetry(BIRTH.boot, 0, 1_790_000_000_000, (RawSample(0, 1.0, 0, ()),), False)
+    first = compiler.entries("d", raw, BIRTH)
+    renamed = Birth(BIRTH.boot, BIRTH.time_ms, BIRTH.platform, BIRTH.firmware, BIRTH.labels,
+                    BIRTH.interval_ms, (MetricDef(0, "renamed_metric", MetricType.GAUGE),))
+    second = compiler.entries("d", raw, renamed)
+    assert first != second and b"renamed_metric" in second[0]
+
+
+def test_the_series_cap_clears_and_relearns() -> None:
+    compiler = FrameCompiler(SeriesEncoder(), max_series=2)
+    raw = RawTelemetry(BIRTH.boot, 0, 1_790_000_000_000, tuple(
+        RawSample("m", float(i), 0, (("k", str(i)),)) for i in range(5)), False)
+    expected = SeriesEncoder().frame_entries("d", resolve_telemetry(raw, BIRTH))
+    assert compiler.entries("d", raw, BIRTH) == expected
