@@ -1,0 +1,138 @@
+"""Checks of the benchmark's own tools (not part of `make test`):
+
+    .venv/bin/pytest bench/test_bench.py
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import loadgen
+import procstat
+import profile_summary
+import pytest
+
+from device_protocol import decode_birth, decode_telemetry, resolve_telemetry
+from gateway.devstack import Mosquitto
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize(("n", "encoded"), [
+    (0, "00"), (127, "7f"), (128, "8001"), (16_383, "ff7f"), (16_384, "808001"),
+    (268_435_455, "ffffff7f"),  # the MQTT 3.1.1 spec's own examples
+])
+def test_remaining_length_matches_the_spec(n: int, encoded: str) -> None:
+    assert loadgen._remaining_length(n).hex() == encoded
+
+
+def test_packet_ids_cycle_through_1_to_65535_and_never_0() -> None:
+    assert [loadgen.packet_id_for(n) for n in (0, 1, 65_534, 65_535, 65_536)] == [
+        1, 2, 65_535, 1, 2]
+
+
+def test_a_publish_packet_carries_a_frame_the_gateway_would_accept() -> None:
+    workload = loadgen.Workload.ending_in_past(devices=3, frames=2, samples=20)
+    payload = loadgen.telemetry_payload(workload, device=2, seq=1)
+    packet = loadgen.publish_qos1(b"fleet/bench-00002/telemetry", 300, payload)
+
+    assert packet[0] == 0x32  # PUBLISH, QoS 1
+    length, at = 0, 1
+    for shift in range(0, 28, 7):
+        byte = packet[at]
+        at += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+    assert length == len(packet) - at
+    topic_len = int.from_bytes(packet[at:at + 2], "big")
+    assert packet[at + 2:at + 2 + topic_len] == b"fleet/bench-00002/telemetry"
+    assert int.from_bytes(packet[at + 2 + topic_len:at + 4 + topic_len], "big") == 300
+    assert packet[at + 4 + topic_len:] == payload
+
+    birth = decode_birth(loadgen.birth_payload(workload))
+    frame = resolve_telemetry(decode_telemetry(payload), birth)
+    assert frame.seq == 1 and frame.time_ms == workload.base_ms + 1000
+    assert [(s.name, getattr(s, "value", None)) for s in frame.samples] == [
+        (loadgen.metric_name(m), loadgen.sample_value(2, 1, m)) for m in range(20)]
+
+
+def test_streams_expect_one_puback_per_packet_in_order() -> None:
+    workload = loadgen.Workload.ending_in_past(devices=5, frames=3, samples=2)
+    births, telemetry = loadgen.build_phases(workload, connections=2)
+    assert [s.count for s in births] == [3, 2]  # devices 0, 2, 4 | 1, 3
+    assert [s.count for s in telemetry] == [9, 6]
+    # Telemetry continues each connection's packet ids after its births.
+    assert telemetry[0].expected_acks[:4] == b"\x40\x02\x00\x04"
+    assert len(telemetry[1].expected_acks) == 4 * 6
+    assert telemetry[1].ends[-1] == len(telemetry[1].data)
+
+
+def test_loadgen_delivers_every_message_to_a_subscriber(tmp_path: Path) -> None:
+    """End to end through a real broker: every frame published arrives, none twice."""
+    devices, frames = 50, 10
+    with Mosquitto(tmp_path / "mosquitto") as mosq:
+        bare = subprocess.Popen(
+            [sys.executable, str(BENCH_DIR / "bare_subscriber.py"), "--mqtt", mosq.url,
+             "--count", str(devices * frames)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert bare.stdout is not None
+            assert bare.stdout.readline().strip() == "ready"
+            out = subprocess.run(
+                [sys.executable, str(BENCH_DIR / "loadgen.py"), "--mqtt", mosq.url,
+                 "--devices", str(devices), "--frames", str(frames), "--window", "7"],
+                capture_output=True, text=True, timeout=60, check=True).stdout
+            result = json.loads(bare.stdout.readline())
+        finally:
+            bare.kill()
+            bare.wait()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["event"] for e in events] == ["ready", "births_acked", "done"]
+    assert events[-1]["messages"] == devices * frames
+    assert result["messages"] == devices * frames
+
+
+def test_process_cpu_is_read_from_proc() -> None:
+    import os
+
+    before = procstat.cpu(os.getpid())
+    sum(i * i for i in range(2_000_000))
+    assert procstat.cpu_since(before) > 0
+    assert procstat.peak_rss_mb(os.getpid()) > 1
+
+
+RAW_PROFILE = """\
+thread (0x1): MainThread;run (/work/main/gateway/pipeline.py:320);Pipeline.plan (/work/main/gateway/pipeline.py:127);decode_telemetry (/work/main/device_protocol/telemetry.py:36) 6
+thread (0x1): MainThread;run (/work/main/gateway/pipeline.py:320);MqttIngest.ack (/work/main/gateway/ingest.py:150);Client._sock_send (/x/site-packages/paho/mqtt/client.py:1102) 3
+thread (0x2): mqtt-ingest;MqttIngest._run (/work/main/gateway/ingest.py:180);Client._sock_recv (/x/site-packages/paho/mqtt/client.py:1086) 1
+thread (0x2): mqtt-ingest;MqttIngest._run (/work/main/gateway/ingest.py:180);Client._loop (/x/site-packages/paho/mqtt/client.py:1667) 40
+thread (0x3): sqlite-writer_0;Thread.run (/usr/lib/python3.11/threading.py:982);_worker (/usr/lib/python3.11/concurrent/futures/thread.py:81) 50
+"""  # noqa: E501
+
+
+def test_profile_summary_counts_cpu_not_waiting(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.txt"
+    raw.write_text(RAW_PROFILE)
+    profile = profile_summary.load(raw)
+
+    assert profile.total == 10 and profile.waiting == 90
+    shares = profile_summary.by_category(profile)
+    assert shares["telemetry validation (decode_telemetry)"] == 6
+    assert shares["PUBACK (MqttIngest.ack -> paho)"] == 3  # not "paho receive path"
+    assert shares["paho receive path (socket read, packet parse, on_message)"] == 1
+    assert profile_summary.by_thread(profile) == {"MainThread": 9, "mqtt-ingest": 1}
+
+
+def test_compacted_profile_reads_the_same(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.txt"
+    raw.write_text(RAW_PROFILE)
+    compact = tmp_path / "compact.txt"
+    compact.write_text(profile_summary.compact(raw))
+
+    full, small = profile_summary.load(raw), profile_summary.load(compact)
+    assert profile_summary.by_category(full) == profile_summary.by_category(small)
+    assert (full.total, full.waiting) == (small.total, small.waiting)
+    assert ":36)" not in compact.read_text()  # line numbers dropped
