@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.client import PUBACK
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -113,6 +114,9 @@ class Inbox:
         self._event.set()
 
 
+_PUBACK = bytes((PUBACK, 2))  # MQTT 5 PUBACK, short form: reason "success" implied
+
+
 class MqttIngest:
     def __init__(self, config: MqttConfig, inbox: Inbox,
                  on_connection_change: Callable[[bool], None] | None = None) -> None:
@@ -121,8 +125,8 @@ class MqttIngest:
         self._on_connection_change = on_connection_change
         self._generation = 0
         self.connected = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._failures = 0
         self._state_topic = state_topic_for(config.topic_prefix, config.gateway_id)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=config.client_id,
@@ -131,74 +135,65 @@ class MqttIngest:
             client.username_pw_set(config.username, config.password)
         client.will_set(self._state_topic, self._state_payload(False), qos=1, retain=True)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.max_inflight_messages_set(1000)  # our own publishes (state, rebirth commands)
         self._client = client
+        self._client_delay = 0.0
+        self._next_reconnect_delay()
+        # paho offers no batched acknowledgement; its packet queue (what client.ack() uses) takes
+        # one write of many PUBACKs. Checked at start-up and by tests/unit/test_ingest.py.
+        self._queue_packet: Callable[..., object] | None = getattr(client, "_packet_queue", None)
 
     # --- lifecycle (event loop side)
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="mqtt-ingest", daemon=True)
-        self._thread.start()
+        config = self._config
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = config.session_expiry_s
+        properties.ReceiveMaximum = config.receive_maximum
+        self._client.connect_async(config.host, config.port, config.keepalive_s,
+                                   clean_start=False, properties=properties)
+        self._client.loop_start()  # paho's own network thread; it reconnects by itself
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Say offline, disconnect (the session and unacked messages stay at the broker)."""
+        self._stopping = True
         self._inbox.close()
         if self.connected:
             info = self._client.publish(self._state_topic, self._state_payload(False), qos=1,
                                         retain=True)
             await asyncio.to_thread(info.wait_for_publish, min(timeout_s, 2.0))
-        self._stop.set()
         self._client.disconnect()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, timeout_s)
+        await asyncio.to_thread(self._client.loop_stop)
+        self._set_connected(False)
 
     def ack(self, messages: list[InboundMessage]) -> int:
         """PUBACK messages (in arrival order) that came on the current connection."""
         generation = self._generation
-        client = self._client
-        acked = 0
-        for message in messages:
-            if message.qos and message.generation == generation:
-                client.ack(message.mid, message.qos)
-                acked += 1
+        mids = [m.mid for m in messages if m.qos == 1 and m.generation == generation]
+        if mids:
+            if self._queue_packet is not None:
+                self._queue_packet(PUBACK, b"".join(
+                    _PUBACK + mid.to_bytes(2, "big") for mid in mids), 0, 0)
+            else:
+                for mid in mids:
+                    self._client.ack(mid, 1)
         self._inbox.release(len(messages))
-        return acked
+        return len(mids)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         self._client.publish(topic, payload, qos=qos, retain=retain)
 
     # --- paho thread
-    def _run(self) -> None:
+    def _next_reconnect_delay(self) -> None:
+        # Full jitter over an exponential ceiling: gateways (or one restarting repeatedly)
+        # never retry in lockstep. paho waits reconnect_delay_set's min_delay before the next try.
         config = self._config
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = config.session_expiry_s
-        properties.ReceiveMaximum = config.receive_maximum
-        delay = config.reconnect_min_s
-        first = True
-        while not self._stop.is_set():
-            try:
-                if first:
-                    self._client.connect(config.host, config.port, config.keepalive_s,
-                                         clean_start=False, properties=properties)
-                    first = False
-                else:
-                    self._client.reconnect()
-            except OSError as exc:
-                log.warning("MQTT connect to %s:%s failed: %s", config.host, config.port, exc)
-            else:
-                while not self._stop.is_set():
-                    rc = self._client.loop(timeout=0.5)
-                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        break
-                if self.connected:
-                    delay = config.reconnect_min_s
-            if self._stop.is_set():
-                break
-            # Full jitter: many gateways (or one restarting repeatedly) never retry in lockstep.
-            self._stop.wait(random.uniform(0, delay))
-            delay = min(delay * 2, config.reconnect_max_s)
-        self._set_connected(False)
+        ceiling = min(config.reconnect_max_s, config.reconnect_min_s * 2 ** self._failures)
+        delay = random.uniform(config.reconnect_min_s / 2, ceiling)
+        self._client_delay = delay
+        self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
@@ -206,17 +201,29 @@ class MqttIngest:
             log.error("MQTT broker refused the connection: %s", reason_code)
             return
         self._generation += 1
+        self._failures = 0
+        self._next_reconnect_delay()
         log.info("MQTT connected to %s:%s (session present: %s)", self._config.host,
                  self._config.port, flags.session_present)
         client.subscribe([(topic, 1) for topic in device_subscriptions(self._config.topic_prefix)])
         client.publish(self._state_topic, self._state_payload(True), qos=1, retain=True)
         self._set_connected(True)
 
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._failures += 1
+        self._next_reconnect_delay()
+        log.warning("MQTT connect to %s:%s failed; retrying in %.1f s", self._config.host,
+                    self._config.port, self._client_delay)
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
-        if not self._stop.is_set():
-            log.warning("MQTT disconnected: %s", reason_code)
         self._set_connected(False)
+        if self._stopping:
+            return
+        self._failures += 1
+        self._next_reconnect_delay()
+        log.warning("MQTT disconnected (%s); reconnecting in %.1f s", reason_code,
+                    self._client_delay)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self._inbox.put(InboundMessage(message.topic, message.payload, message.mid, message.qos,

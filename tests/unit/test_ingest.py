@@ -1,0 +1,83 @@
+"""The paho adapter's pure parts: the Inbox hand-off, reconnect jitter, the ack hook."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+
+import paho.mqtt.client as mqtt
+
+from gateway.ingest import InboundMessage, Inbox, MqttIngest
+from gateway.settings import load_settings
+
+
+def message(i: int) -> InboundMessage:
+    return InboundMessage("fleet/d/telemetry", b"x", i, 1, 1, 0)
+
+
+def test_get_batch_takes_what_is_there_up_to_the_limit() -> None:
+    async def go() -> None:
+        inbox = Inbox(asyncio.get_running_loop(), max_in_hand=100)
+        for i in range(5):
+            inbox.put(message(i))
+        assert [m.mid for m in await inbox.get_batch(3, 0.0)] == [0, 1, 2]
+        assert [m.mid for m in await inbox.get_batch(10, 0.01)] == [3, 4]
+
+    asyncio.run(go())
+
+
+def test_put_from_another_thread_wakes_the_consumer_and_close_ends_it() -> None:
+    async def go() -> None:
+        inbox = Inbox(asyncio.get_running_loop(), max_in_hand=100)
+        waiting = asyncio.ensure_future(inbox.get_batch(10, 0.0))
+        await asyncio.sleep(0)
+        threading.Thread(target=inbox.put, args=(message(7),)).start()
+        assert [m.mid for m in await asyncio.wait_for(waiting, 5)] == [7]
+        inbox.close()
+        assert await asyncio.wait_for(inbox.get_batch(10, 1.0), 5) == []
+        assert inbox.put(message(8)) is False  # refused: it stays with the broker
+
+    asyncio.run(go())
+
+
+def test_a_full_inbox_blocks_the_producer_until_acks_release_room() -> None:
+    async def go() -> None:
+        inbox = Inbox(asyncio.get_running_loop(), max_in_hand=2)
+        inbox.put(message(1))
+        inbox.put(message(2))
+        third = threading.Thread(target=inbox.put, args=(message(3),))
+        third.start()
+        third.join(0.2)
+        assert third.is_alive()  # paho's thread would wait here: backpressure
+        batch = await inbox.get_batch(10, 0.0)
+        inbox.release(len(batch))
+        await asyncio.to_thread(third.join, 5)
+        assert not third.is_alive()
+        assert [m.mid for m in await inbox.get_batch(10, 0.0)] == [3]
+
+    asyncio.run(go())
+
+
+def test_reconnect_delays_are_jittered_under_an_exponential_ceiling() -> None:
+    async def go() -> None:
+        settings = load_settings(None, mqtt_reconnect_min_s=1.0, mqtt_reconnect_max_s=8.0)
+        ingest = MqttIngest(settings.mqtt_config(), Inbox(asyncio.get_running_loop(), 10))
+        seen = []
+        for failures in range(8):
+            ingest._failures = failures
+            ingest._next_reconnect_delay()
+            ceiling = min(8.0, 2.0 ** failures)
+            assert 0.5 <= ingest._client_delay <= ceiling
+            seen.append(ingest._client_delay)
+        assert len(set(seen)) > 1
+
+    asyncio.run(go())
+
+
+def test_paho_still_has_the_packet_queue_the_batched_ack_uses() -> None:
+    # gateway/ingest.py writes one PUBACK run per group commit through paho's packet queue,
+    # the same call client.ack() makes. An upgrade that changes it must fail here, loudly.
+    params = list(inspect.signature(mqtt.Client._packet_queue).parameters)
+    assert params[:5] == ["self", "command", "packet", "mid", "qos"]
+    assert mqtt.PUBACK == 0x40
