@@ -32,9 +32,24 @@ class DeviceRecord:
     samples: dict[tuple[int | str, Labels], tuple[float | HistogramValue, int]] = field(
         default_factory=dict)
     restored: dict[str, tuple[float, int]] = field(default_factory=dict)  # from a checkpoint
+    # The newest frame, folded into `samples` only when read or checkpointed (every 5 s): the
+    # hot path stores one reference per frame instead of one entry per sample. A metric sent
+    # only in frames between two folds is missed by this view (it still reaches Prometheus).
+    newest: RawTelemetry | None = None
+
+    def fold(self) -> None:
+        frame = self.newest
+        if frame is None:
+            return
+        self.newest = None
+        samples = self.samples
+        base_ms = frame.time_ms
+        for sample in frame.samples:
+            samples[sample.metric, sample.labels] = (sample.value, base_ms + sample.dt_ms)
 
     def latest(self) -> dict[str, tuple[float, int]]:
         """Series (metric name and the sample's own labels) -> (value, timestamp ms)."""
+        self.fold()
         out = dict(self.restored)
         names = {m.alias: m.name for m in self.birth.metrics} if self.birth else {}
         for (metric, labels), (value, ts) in self.samples.items():
@@ -82,6 +97,8 @@ class FleetState:
         record.boot, record.interval_ms = birth.boot, birth.interval_ms
         record.labels = dict(birth.labels)
         if record.birth is not None and record.birth.boot != birth.boot:
+            record.fold()
+            record.restored = record.latest()  # keep the old boot's values under their names
             record.samples.clear()  # a new boot may declare other aliases
         record.birth = birth
         record.last_seen_ms = max(record.last_seen_ms, now_ms)
@@ -96,10 +113,7 @@ class FleetState:
             return  # a replay or a late frame: not the device's latest word
         record.boot = telemetry.boot
         record.last_seq = telemetry.seq
-        samples = record.samples
-        base_ms = telemetry.time_ms
-        for sample in telemetry.samples:
-            samples[sample.metric, sample.labels] = (sample.value, base_ms + sample.dt_ms)
+        record.newest = telemetry
 
     def observe_death(self, device_id: str, now_ms: int) -> None:
         record = self._record(device_id, now_ms)

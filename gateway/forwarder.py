@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_never
 from tenacity.wait import wait_random_exponential
@@ -41,6 +42,7 @@ from gateway.settings import ForwardConfig
 log = logging.getLogger(__name__)
 
 Item = tuple[int, bytes]  # (frame id, one encoded TimeSeries entry)
+Frame = tuple[int, Sequence[bytes]]  # (frame id, its entries)
 FETCH_FRAMES = 2000  # rows per read-back from SQLite when behind the cache
 
 
@@ -122,7 +124,7 @@ class Forwarder:
                 self._new_data.clear()
                 await self._new_data.wait()
                 continue
-            items, last_id, full = await self._collect(upto)
+            frames, last_id, full = await self._collect(upto)
             if not full and not self._draining:
                 # A partial batch waits up to the flush deadline for more samples.
                 if flush_after is None:
@@ -137,36 +139,39 @@ class Forwarder:
                     if loop.time() < flush_after:
                         continue
             flush_after = None
-            delivered = await self._deliver(items)
+            delivered = await self._deliver(frames)
             if not delivered:
                 return  # stopping: the cursor stays, the frames stay in SQLite
             await self._advance(last_id)
 
-    async def _collect(self, upto: int) -> tuple[list[Item], int, bool]:
-        """Entries after the cursor, up to max_samples_per_request: (items, last id, full)."""
+    async def _collect(self, upto: int) -> tuple[list[Frame], int, bool]:
+        """Frames after the cursor, up to max_samples_per_request: (frames, last id, full)."""
         limit = self._config.max_samples_per_request
-        items: list[Item] = []
+        frames: list[Frame] = []
+        samples = 0
         frame_id = self.cursor
         cache = self._cache
         # Fast path: the frames right after the cursor are still encoded in the cache.
         while frame_id < upto:
             entries = cache.get(frame_id + 1)
-            if entries is None or (items and len(items) + len(entries) > limit):
+            if entries is None or (samples and samples + len(entries) > limit):
                 break
             frame_id += 1
-            items.extend((frame_id, entry) for entry in entries)
+            frames.append((frame_id, entries))
+            samples += len(entries)
         if frame_id == self.cursor:  # behind the cache (outage, restart, drops): read back
             rows = await self._db.read(
                 lambda conn: store.fetch_frames(conn, self.cursor, FETCH_FRAMES))
             for row in rows:
                 entries = self._entries_for(row)
-                if items and len(items) + len(entries) > limit:
+                if samples and samples + len(entries) > limit:
                     break
                 frame_id = row.id
-                items.extend((row.id, entry) for entry in entries)
+                frames.append((row.id, entries))
+                samples += len(entries)
             if not rows:
                 frame_id = upto  # everything up to upto was dropped or deleted
-        return items, frame_id, frame_id < upto or len(items) >= limit
+        return frames, frame_id, frame_id < upto or samples >= limit
 
     def _entries_for(self, row: store.FrameRow) -> Sequence[bytes]:
         cached = self._cache.get(row.id)
@@ -188,13 +193,28 @@ class Forwarder:
             return []
 
     # ------------------------------------------------------------------ sending
-    async def _deliver(self, items: list[Item]) -> bool:
-        """Deliver items, isolating refused ones. False only when told to stop meanwhile."""
-        pending: list[list[Item]] = [items] if items else []
+    async def _deliver(self, frames: list[Frame]) -> bool:
+        """Deliver the frames' entries, isolating refused ones. False only when stopping."""
+        count = sum(len(entries) for _, entries in frames)
+        if not count:
+            return True
+        body = b"".join(chain.from_iterable(entries for _, entries in frames))
+        result = await self._send(body, count)
+        if result is None:
+            return False
+        if isinstance(result, Accepted):
+            return True
+        # Refused: split down to the samples the endpoint will not take.
+        items = [(frame_id, entry) for frame_id, entries in frames for entry in entries]
+        pending: list[list[Item]] = [items[: len(items) // 2], items[len(items) // 2 :]]
         dead: list[tuple[Item, Rejected]] = []
+        if len(items) == 1:
+            pending, dead = [], [(items[0], result)]
         while pending:
             part = pending.pop(0)
-            result = await self._send(part)
+            if not part:
+                continue
+            result = await self._send(b"".join(entry for _, entry in part), len(part))
             if result is None:
                 return False
             if isinstance(result, Rejected):
@@ -207,8 +227,8 @@ class Forwarder:
             await self._dead_letter(dead)
         return True
 
-    async def _send(self, part: list[Item]) -> Accepted | Rejected | None:
-        body = compress(b"".join(entry for _, entry in part))
+    async def _send(self, raw_body: bytes, samples: int) -> Accepted | Rejected | None:
+        body = compress(raw_body)
         m = self._metrics
         endpoint = self.endpoint
 
@@ -240,8 +260,8 @@ class Forwarder:
             if not attempt.retry_state.outcome.failed:  # type: ignore[union-attr]
                 attempt.retry_state.set_result(result)
         if isinstance(result, Accepted):
-            m.forward_samples.labels(endpoint).inc(len(part))
-            self.status.sent_samples += len(part)
+            m.forward_samples.labels(endpoint).inc(samples)
+            self.status.sent_samples += samples
             self.status.last_success_ms = int(time.time() * 1000)
             return result
         if isinstance(result, Rejected):
