@@ -91,7 +91,8 @@ class Gateway:
             topic_prefix=s.topic_prefix, compiler=compiler, births=self.births,
             ledger=self.ledger, fleet=self.fleet, cache=self.cache, metrics=self.metrics,
             next_frame_id=state.next_frame_id, buffer_bytes=state.buffer_bytes,
-            buffer_frames=state.buffer_frames, held=held, on_committed=self._on_committed)
+            buffer_frames=state.buffer_frames, held=held, on_committed=self._on_committed,
+            forwarders_keeping_up=self._forwarders_keeping_up)
         for endpoint in forward.endpoints:
             self.forwarders.append(Forwarder(
                 endpoint=endpoint,
@@ -99,7 +100,7 @@ class Gateway:
                 db=self.db, config=forward, cache=self.cache, births=self.births,
                 compiler=compiler, metrics=self.metrics, cursor=state.cursors.get(endpoint, 0),
                 all_endpoints=forward.endpoints,
-                committed_upto=lambda: self.pipeline.committed_upto, on_freed=self._on_freed))
+                committed_upto=lambda: self.pipeline.committed_upto, on_progress=self._on_progress))
         self.metrics.buffer_frames.set(state.buffer_frames)
         self.metrics.buffer_bytes.set(state.buffer_bytes)
         self.ingest.start()
@@ -161,7 +162,10 @@ class Gateway:
         for forwarder in self.forwarders:
             forwarder.notify()
 
-    def _on_freed(self, frames: int, size: int) -> None:
+    def _forwarders_keeping_up(self) -> bool:
+        return bool(self.forwarders) and not any(f.retrying for f in self.forwarders)
+
+    def _on_progress(self, frames: int, size: int) -> None:
         self.pipeline.freed(frames, size)
         if self.forwarders:
             self.cache.evict_upto(min(f.cursor for f in self.forwarders))

@@ -7,6 +7,7 @@ bytes from here and never touch SQLite or the decoder. A forwarder that falls be
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 # ~150 bytes an entry: 400k samples is ~60 MiB, i.e. 20 s at 20k samples/s of headroom.
@@ -15,16 +16,18 @@ DEFAULT_MAX_SAMPLES = 400_000
 
 class EntryCache:
     def __init__(self, max_samples: int = DEFAULT_MAX_SAMPLES) -> None:
-        self._frames: dict[int, Sequence[bytes]] = {}  # insertion order == frame id order
+        # Insertion order == frame id order. OrderedDict, not dict: dropping from the front of a
+        # plain dict leaves holes that make every later next(iter()) scan them (measured 4%).
+        self._frames: OrderedDict[int, Sequence[bytes]] = OrderedDict()
         self._samples = 0
         self.max_samples = max_samples
 
     def put(self, frame_id: int, entries: Sequence[bytes]) -> None:
         self._frames[frame_id] = entries
         self._samples += len(entries)
-        while self._samples > self.max_samples and self._frames:
-            oldest = next(iter(self._frames))
-            self._samples -= len(self._frames.pop(oldest))
+        frames = self._frames
+        while self._samples > self.max_samples and frames:
+            self._samples -= len(frames.popitem(last=False)[1])
 
     def get(self, frame_id: int) -> Sequence[bytes] | None:
         return self._frames.get(frame_id)
@@ -35,7 +38,7 @@ class EntryCache:
             oldest = next(iter(frames))
             if oldest > frame_id:
                 break
-            self._samples -= len(frames.pop(oldest))
+            self._samples -= len(frames.popitem(last=False)[1])
 
     def __len__(self) -> int:
         return len(self._frames)

@@ -60,7 +60,7 @@ class Forwarder:
                  config: ForwardConfig, cache: EntryCache, births: BirthRegistry,
                  compiler: FrameCompiler, metrics: GatewayMetrics, cursor: int,
                  all_endpoints: Sequence[str], committed_upto: Callable[[], int],
-                 on_freed: Callable[[int, int], None]) -> None:
+                 on_progress: Callable[[int, int], None]) -> None:
         self.endpoint = endpoint
         self._all_endpoints = tuple(all_endpoints)
         self._client = client
@@ -71,7 +71,8 @@ class Forwarder:
         self._compiler = compiler
         self._metrics = metrics
         self._committed_upto = committed_upto
-        self._on_freed = on_freed
+        self._on_progress = on_progress  # (frames deleted, bytes freed)
+        self.retrying = False  # the endpoint is failing right now
         self.status = ForwarderStatus(cursor=cursor)
         self._new_data = asyncio.Event()
         self._draining = False
@@ -245,6 +246,9 @@ class Forwarder:
             result = state.outcome.result() if state.outcome is not None else None
             reason = result.reason if isinstance(result, Retryable) else "?"
             self.status.last_error = reason
+            if not self.retrying:
+                self.retrying = True
+                self._on_progress(0, 0)  # ingest must not wait on a forwarder that is stuck
             m.forward_retries.labels(endpoint).inc()
             log.warning("%s: attempt %d failed (%s); retrying", endpoint, state.attempt_number,
                         reason)
@@ -259,6 +263,7 @@ class Forwarder:
                 m.forward_requests.labels(endpoint, type(result).__name__.lower()).inc()
             if not attempt.retry_state.outcome.failed:  # type: ignore[union-attr]
                 attempt.retry_state.set_result(result)
+        self.retrying = False
         if isinstance(result, Accepted):
             m.forward_samples.labels(endpoint).inc(samples)
             self.status.sent_samples += samples
@@ -285,7 +290,7 @@ class Forwarder:
         deleted, freed = await self._db.write(
             lambda conn: store.advance_cursor(conn, self.endpoint, frame_id, now_ms, endpoints))
         self.status.cursor = frame_id
-        self._on_freed(deleted, freed)
+        self._on_progress(deleted, freed)
 
 
 def _describe(entry: bytes) -> str:

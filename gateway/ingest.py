@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import threading
 import time
 from collections import deque
@@ -54,6 +55,9 @@ class Inbox:
         self._slots = threading.Semaphore(max_in_hand)
         self._event = asyncio.Event()
         self._wake_pending = False
+        # How many queued items the consumer waits for; 0 while it is busy. The producer wakes
+        # the loop only when that many are there: one wake-up per batch, not per message.
+        self._wanted = 0
         self._closed = False
 
     # --- paho thread
@@ -66,7 +70,10 @@ class Inbox:
             self._slots.release()
             return False
         self._items.append(item)
-        if not self._wake_pending:
+        # Append first, read _wanted second (the consumer sets it, then re-checks the deque):
+        # either we see it waiting or it sees our item. The GIL orders the two.
+        wanted = self._wanted
+        if wanted and len(self._items) >= wanted and not self._wake_pending:
             self._wake_pending = True
             self._loop.call_soon_threadsafe(self._wake)
         return True
@@ -79,24 +86,31 @@ class Inbox:
     async def get_batch(self, max_items: int, max_delay_s: float) -> list[InboundMessage]:
         """Wait for at least one message, then up to max_delay_s for max_items of them."""
         items = self._items
-        while not items:
-            if self._closed:
-                return []
-            self._event.clear()
-            if items:
-                break
-            await self._event.wait()
-        if len(items) < max_items and max_delay_s > 0 and not self._closed:
-            deadline = self._loop.time() + max_delay_s
-            while len(items) < max_items:
-                remaining = deadline - self._loop.time()
-                if remaining <= 0:
-                    break
+        try:
+            while not items:
+                if self._closed:
+                    return []
                 self._event.clear()
-                try:
-                    await asyncio.wait_for(self._event.wait(), remaining)
-                except TimeoutError:
+                self._wanted = 1
+                if items:
                     break
+                await self._event.wait()
+            if len(items) < max_items and max_delay_s > 0 and not self._closed:
+                deadline = self._loop.time() + max_delay_s
+                while len(items) < max_items:
+                    remaining = deadline - self._loop.time()
+                    if remaining <= 0:
+                        break
+                    self._event.clear()
+                    self._wanted = max_items
+                    if len(items) >= max_items:
+                        break
+                    try:
+                        await asyncio.wait_for(self._event.wait(), remaining)
+                    except TimeoutError:
+                        break
+        finally:
+            self._wanted = 0
         count = min(max_items, len(items))
         return [items.popleft() for _ in range(count)]
 
@@ -115,6 +129,51 @@ class Inbox:
 
 
 _PUBACK = bytes((PUBACK, 2))  # MQTT 5 PUBACK, short form: reason "success" implied
+_READ_CHUNK = 65536
+
+
+class _BufferedSocket:
+    """A plain TCP socket whose recv() serves paho's many small reads from one large read.
+
+    paho reads every packet in several recv() calls (header byte, length bytes, body): four
+    system calls per telemetry frame, about a fifth of the gateway's CPU. pending() is the hook
+    paho already has for TLS sockets: while it is non-zero paho's select() does not wait, so no
+    buffered byte is ever left unread. Everything else is the socket's own.
+    """
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(max(bufsize, _READ_CHUNK))  # BlockingIOError, b"" at EOF
+            if len(data) <= bufsize:
+                return data
+            self._buf, self._pos = data, 0
+        start = self._pos
+        self._pos = min(start + bufsize, len(self._buf))
+        return self._buf[start:self._pos]
+
+    def pending(self) -> int:
+        return len(self._buf) - self._pos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _Client(mqtt.Client):
+    """paho's client with buffered reads on plain TCP (TLS sockets buffer by themselves)."""
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        if type(sock) is socket.socket:
+            return _BufferedSocket(sock)
+        return sock
+
 
 
 class MqttIngest:
@@ -128,7 +187,7 @@ class MqttIngest:
         self._stopping = False
         self._failures = 0
         self._state_topic = state_topic_for(config.topic_prefix, config.gateway_id)
-        client = mqtt.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2, client_id=config.client_id,
             protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
         if config.username:

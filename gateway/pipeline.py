@@ -87,6 +87,7 @@ class Pipeline:
                  next_frame_id: int, buffer_bytes: int, buffer_frames: int,
                  held: dict[LedgerKey, list[HeldFrame]] | None = None,
                  on_committed: Callable[[int], None] = lambda frame_id: None,
+                 forwarders_keeping_up: Callable[[], bool] = lambda: False,
                  max_future_skew_ms: int = 300_000) -> None:
         self._db = db
         self._mqtt = mqtt
@@ -106,8 +107,9 @@ class Pipeline:
         self.buffer_frames = buffer_frames
         self.held: dict[LedgerKey, list[HeldFrame]] = held or {}
         self._on_committed = on_committed
+        self._forwarders_keeping_up = forwarders_keeping_up
         self._rebirth_sent: dict[str, int] = {}
-        self._space_freed = asyncio.Event()
+        self._progress = asyncio.Event()
         self.last_commit_ok = True
         metrics.frames_held.set(sum(len(v) for v in self.held.values()))
 
@@ -228,7 +230,21 @@ class Pipeline:
         log.warning("quarantined frame from %s on %s: %s", device_id or "?", message.topic, exc)
 
     # ------------------------------------------------------------------ commit and apply
+    async def _pace(self) -> None:
+        """Hold ingest while healthy forwarders are about to fall out of the entry cache.
+
+        Frames that fall out must later be read back from SQLite and decoded again: with every
+        endpoint up, taking them faster than they can be forwarded only doubles the work. An
+        endpoint that is failing does not hold ingest: the buffer is there for that.
+        """
+        cache = self._cache
+        limit = cache.max_samples * 3 // 4
+        while cache.samples > limit and self._forwarders_keeping_up():
+            self._progress.clear()
+            await self._progress.wait()
+
     async def handle(self, messages: list[InboundMessage]) -> None:
+        await self._pace()
         now_ms = int(time.time() * 1000)
         plan = self.plan(messages, now_ms)
         await self._make_room(plan)
@@ -264,8 +280,8 @@ class Pipeline:
         # An empty buffer takes any batch: one batch larger than the cap must not wait forever.
         while (self.buffer_bytes > 0
                and self.buffer_bytes + plan.added_bytes > self._config.max_buffer_bytes):
-            self._space_freed.clear()
-            await self._space_freed.wait()
+            self._progress.clear()
+            await self._progress.wait()
 
     def _log_commit_retry(self, retry_state: object) -> None:
         self.last_commit_ok = False
@@ -341,4 +357,4 @@ class Pipeline:
         self.buffer_frames -= frames
         self._metrics.buffer_bytes.set(self.buffer_bytes)
         self._metrics.buffer_frames.set(self.buffer_frames)
-        self._space_freed.set()
+        self._progress.set()

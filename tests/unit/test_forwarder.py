@@ -29,7 +29,7 @@ def make_forwarder(h: Harness, client: FakeRemoteWrite, *, cache: EntryCache | N
         cache=cache if cache is not None else h.cache, births=h.pipeline.births,
         compiler=FrameCompiler(SeriesEncoder()), metrics=h.metrics, cursor=cursor,
         all_endpoints=endpoints, committed_upto=lambda: h.pipeline.committed_upto,
-        on_freed=lambda frames, size: freed.append((frames, size)))
+        on_progress=lambda frames, size: freed.append((frames, size)))
     forwarder.freed_log = freed  # type: ignore[attr-defined]
     return forwarder
 

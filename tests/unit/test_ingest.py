@@ -81,3 +81,29 @@ def test_paho_still_has_the_packet_queue_the_batched_ack_uses() -> None:
     params = list(inspect.signature(mqtt.Client._packet_queue).parameters)
     assert params[:5] == ["self", "command", "packet", "mid", "qos"]
     assert mqtt.PUBACK == 0x40
+
+
+def test_buffered_socket_serves_small_reads_from_one_large_read() -> None:
+    import socket
+
+    from gateway.ingest import _BufferedSocket
+
+    a, b = socket.socketpair()
+    try:
+        b.sendall(b"\x30\x05hello" + b"\x30\x03abc")
+        buffered = _BufferedSocket(a)
+        assert buffered.recv(1) == b"\x30"  # one system call took all 12 bytes
+        assert buffered.pending() == 11
+        assert buffered.recv(1) == b"\x05"
+        assert buffered.recv(5) == b"hello"
+        assert buffered.recv(100) == b"\x30\x03abc"  # a short read: what is buffered
+        assert buffered.pending() == 0
+        b.close()
+        assert buffered.recv(1) == b""  # EOF passes through
+        assert buffered.fileno() == a.fileno()
+    finally:
+        a.close()
+
+
+def test_paho_still_creates_sockets_where_the_buffered_reader_hooks_in() -> None:
+    assert list(inspect.signature(mqtt.Client._create_socket).parameters) == ["self"]
