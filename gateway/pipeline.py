@@ -52,6 +52,7 @@ from gateway.settings import StoreConfig
 log = logging.getLogger(__name__)
 
 REBIRTH_REQUEST_INTERVAL_MS = 30_000  # don't nag a device more often than this
+TOPIC_CACHE_SIZE = 300_000  # three topics a device: a 100k-device fleet stays parsed
 HeldFrame = tuple[int, int, bytes]  # (seq, received_ms, payload)
 
 
@@ -109,6 +110,7 @@ class Pipeline:
         self._on_committed = on_committed
         self._forwarders_keeping_up = forwarders_keeping_up
         self._rebirth_sent: dict[str, int] = {}
+        self._topics: dict[str, tuple[str, FrameKind]] = {}  # valid topics, parsed once
         self._progress = asyncio.Event()
         self.last_commit_ok = True
         metrics.frames_held.set(sum(len(v) for v in self.held.values()))
@@ -116,12 +118,19 @@ class Pipeline:
     # ------------------------------------------------------------------ planning (pure)
     def plan(self, messages: Sequence[InboundMessage], now_ms: int) -> BatchPlan:
         plan = BatchPlan(overlay=self.ledger.overlay())
+        topics = self._topics
         for message in messages:
-            try:
-                device_id, kind = parse_topic(message.topic, self._prefix)
-            except ProtocolError as exc:
-                self._quarantine(plan, message, None, exc)
-                continue
+            parsed = topics.get(message.topic)
+            if parsed is None:
+                try:
+                    parsed = parse_topic(message.topic, self._prefix)
+                except ProtocolError as exc:
+                    self._quarantine(plan, message, None, exc)
+                    continue
+                if len(topics) >= TOPIC_CACHE_SIZE:
+                    topics.clear()
+                topics[message.topic] = parsed
+            device_id, kind = parsed
             plan.kinds[kind.value] = plan.kinds.get(kind.value, 0) + 1
             try:
                 if kind is FrameKind.TELEMETRY:
