@@ -17,7 +17,7 @@ import httpx
 import publisher
 import pytest
 from publisher import Publisher
-from receivers import account, expected_temperatures, prom_counts, prom_samples, vm_samples
+from receivers import expected_temperatures, prom_counts, prom_samples, vm_account
 
 from gateway.devstack import GatewayProcess, Mosquitto, Prometheus, VictoriaMetrics, wait_for
 
@@ -159,8 +159,8 @@ def test_one_endpoint_down_holds_its_backlog_while_the_other_stays_live(
 
     victoria_metrics.start()  # same port, same data dir
     wait_for(gw.caught_up, 60, what="backlog forwarded after VictoriaMetrics returned")
-    received = vm_samples(victoria_metrics, METRIC)
-    assert account(received, expected_temperatures(devices, range(100))) == (0, 0)
+    expected = expected_temperatures(devices, range(100))
+    assert vm_account(victoria_metrics, METRIC, expected) == (0, 0)
     assert _in_order(prometheus, devices, range(100), base) == []
     assert gw.metric("fleetgate_forward_dead_letters_total") == 0
     assert _buffer_frames(gw) == 0
@@ -212,7 +212,7 @@ def test_sigkilled_gateway_loses_nothing_and_resends_at_most_one_batch_per_kill(
     wait_for(lambda: gw.caught_up() and prom_counts(prometheus, METRIC) == expected, 90,
              what="every frame forwarded after the last restart")
     assert _in_order(prometheus, devices, seqs, base) == []
-    lost, doubled = account(vm_samples(victoria_metrics, METRIC),
+    lost, doubled = vm_account(victoria_metrics, METRIC,
                             expected_temperatures(devices, seqs))
     print(f"VictoriaMetrics after {kills} SIGKILLs: lost {lost}, doubled {doubled} "
           f"(bound {kills * max_samples})")
@@ -240,8 +240,8 @@ def test_frames_published_while_the_gateway_is_down_wait_in_its_broker_session(
     gw.start()
     wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == sent and gw.caught_up(), 60,
              what="the queued frames to be stored and forwarded")
-    received = vm_samples(victoria_metrics, METRIC)
-    assert account(received, expected_temperatures(devices, seqs)) == (0, 0)
+    expected = expected_temperatures(devices, seqs)
+    assert vm_account(victoria_metrics, METRIC, expected) == (0, 0)
     assert gw.metric("fleetgate_frames_duplicate_total") == 0
 
 
@@ -269,8 +269,8 @@ def test_broker_restart_between_two_phases_the_gateway_reconnects_and_nothing_is
         pub.publish(publisher.telemetry(devices, second, base))
     wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == 20 * 201 and gw.caught_up(),
              60, what="both phases stored and forwarded")
-    received = vm_samples(victoria_metrics, METRIC)
-    assert account(received, expected_temperatures(devices, range(200))) == (0, 0)
+    expected = expected_temperatures(devices, range(200))
+    assert vm_account(victoria_metrics, METRIC, expected) == (0, 0)
     assert gw.metric("fleetgate_mqtt_connected") == 1
 
 
