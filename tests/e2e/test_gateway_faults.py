@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import factories as f
 import httpx
+import msgpack
 import publisher
 import pytest
 from publisher import Publisher
@@ -311,3 +312,30 @@ def test_samples_prometheus_refuses_are_dead_lettered_and_never_block_newer_data
     assert dead_devices == set(old_devices)
     assert not any(f'"{f.device_id(i)}"' in d["series"] for d in dead for i in live_devices)
     assert _buffer_frames(gw) == 0
+
+
+def test_sigterm_while_the_receiver_is_down_exits_cleanly_and_keeps_the_backlog(
+        mosquitto: Mosquitto, prometheus: Prometheus,
+        gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(mosquitto, prometheus, shutdown_forward_deadline_s="2", **FAST_RETRY)
+    devices, seqs = range(10), range(50)
+    base = f.now_ms() - 120_000
+    prometheus.stop()
+    state: list[bytes] = []
+    with Publisher(mosquitto.url, client_id="state-watcher") as watcher:
+        watcher.client.on_message = lambda c, u, m: state.append(m.payload)
+        watcher.client.subscribe("fleet/_gateway/gw1/state", qos=1)
+        with Publisher(mosquitto.url) as pub:
+            pub.publish(publisher.births(devices))
+            pub.publish(publisher.telemetry(devices, seqs, base))
+        wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == 10 * 51, 30)
+        started = time.monotonic()
+        gw.stop()  # SIGTERM: the last forward fails for 2 s, then the gateway exits
+        assert gw._proc is not None and gw._proc.returncode == 0, gw.log_tail()
+        assert time.monotonic() - started < 10
+        wait_for(lambda: bool(state) and msgpack.unpackb(state[-1])["online"] is False, 10,
+                 what="the retained state topic to say offline")
+    prometheus.start()
+    gw.start()  # the backlog is still in SQLite and goes out now
+    wait_for(lambda: prom_counts(prometheus, METRIC) == {f.device_id(i): 50 for i in devices},
+             60, what="the backlog kept through the shutdown to reach Prometheus")
