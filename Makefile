@@ -24,6 +24,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy device_protocol gateway firmware_sim
 	$(BIN)/pytest
 
 lint: venv

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -141,8 +143,8 @@ class Gateway:
         task = next(t for t in self._tasks if t.get_name() == "api")
         return task.done()
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
         task.set_name(name)
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
@@ -215,8 +217,8 @@ class Gateway:
         for forwarder in self.forwarders:
             age = 0.0
             if forwarder.cursor < self.pipeline.committed_upto:
-                cursor = forwarder.cursor
-                oldest = await self.db.read(lambda conn, c=cursor: store.oldest_unsent_ms(conn, c))
+                oldest = await self.db.read(
+                    functools.partial(store.oldest_unsent_ms, after_id=forwarder.cursor))
                 if oldest is not None:
                     age = max(0.0, (now_ms - oldest) / 1000)
             self.metrics.oldest_unsent_age.labels(forwarder.endpoint).set(age)

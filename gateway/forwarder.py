@@ -180,12 +180,12 @@ class Forwarder:
             return cached
         try:
             if row.kind == store.KIND_BIRTH:
-                birth = decode_birth(row.payload)
-                return [self._compiler.encoder.info_entry(row.device_id, birth,
+                stored_birth = decode_birth(row.payload)
+                return [self._compiler.encoder.info_entry(row.device_id, stored_birth,
                                                           row.received_ms)]
             raw = decode_telemetry(row.payload)
-            birth = self._births.get(row.device_id, raw.boot)
-            return self._compiler.entries(row.device_id, raw, birth)
+            known = self._births.get(row.device_id, raw.boot)
+            return self._compiler.entries(row.device_id, raw, known)
         except (ProtocolError, LabelValidationError) as exc:
             # Stored frames were valid when stored: this is a bug or a bad disk. Skip, loudly.
             log.error("%s: stored frame %d of %s no longer decodes (%s); skipped", self.endpoint,

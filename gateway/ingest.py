@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import PUBACK
@@ -285,7 +285,8 @@ class MqttIngest:
                     self._client_delay)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._inbox.put(InboundMessage(message.topic, message.payload, message.mid, message.qos,
+        self._inbox.put(InboundMessage(message.topic, cast(bytes, message.payload), message.mid,
+                                       message.qos,
                                        self._generation, int(time.time() * 1000)))
 
     def _set_connected(self, connected: bool) -> None:

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
@@ -56,7 +57,7 @@ TOPIC_CACHE_SIZE = 300_000  # three topics a device: a 100k-device fleet stays p
 HeldFrame = tuple[int, int, bytes]  # (seq, received_ms, payload)
 
 
-class Acknowledger:
+class Acknowledger(Protocol):
     """What the pipeline needs of the MQTT side (the real one is gateway.ingest.MqttIngest)."""
 
     def ack(self, messages: list[InboundMessage]) -> int: ...
