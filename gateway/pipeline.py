@@ -69,6 +69,7 @@ class BatchPlan:
     write: store.BatchWrite = field(default_factory=store.BatchWrite)
     overlay: LedgerOverlay | None = None
     births: list[tuple[str, Birth]] = field(default_factory=list)
+    birth_index: dict[tuple[str, int], Birth] = field(default_factory=dict)
     held: dict[LedgerKey, list[HeldFrame]] = field(default_factory=dict)
     released: list[LedgerKey] = field(default_factory=list)
     entries: list[tuple[int, Sequence[bytes]]] = field(default_factory=list)
@@ -80,6 +81,18 @@ class BatchPlan:
     kinds: dict[str, int] = field(default_factory=dict)
     added_bytes: int = 0
     last_frame_id: int = 0
+
+
+def _as_protocol_error(exc: Exception, device_id: str | None) -> ProtocolError:
+    """Per-frame failures become a quarantine reason. Anything but a ProtocolError here is a
+    bug: it must cost one frame, not the gateway (a crash would be redelivered the same frame
+    after restart and crash-loop), so it is logged with its traceback and quarantined."""
+    if isinstance(exc, ProtocolError):
+        return exc
+    if isinstance(exc, LabelValidationError):
+        return SchemaError("invalid series", str(exc))
+    log.error("internal error on a frame from %s", device_id, exc_info=exc)
+    return SchemaError("internal error", f"{type(exc).__name__}: {exc}")
 
 
 class Pipeline:
@@ -141,16 +154,8 @@ class Pipeline:
                 elif kind is FrameKind.DEATH:
                     death = decode_death(message.payload, limits=self._limits)
                     plan.deaths.append((device_id, death.boot))
-            except ProtocolError as exc:
-                self._quarantine(plan, message, device_id, exc)
-            except LabelValidationError as exc:
-                self._quarantine(plan, message, device_id, SchemaError("invalid series", str(exc)))
             except Exception as exc:
-                # A bug must cost one frame, not the gateway: a crash here would be redelivered
-                # the same frame after restart and crash-loop. Logged with the traceback.
-                log.exception("internal error on a frame from %s", device_id)
-                self._quarantine(plan, message, device_id,
-                                 SchemaError("internal error", f"{type(exc).__name__}: {exc}"))
+                self._quarantine(plan, message, device_id, _as_protocol_error(exc, device_id))
         assert plan.overlay is not None
         for key, ranges in plan.overlay.changed.items():
             plan.write.ledger.append((key[0], key[1], encode_ranges(ranges), now_ms))
@@ -192,6 +197,7 @@ class Pipeline:
                     now_ms: int) -> None:
         birth = decode_birth(message.payload, limits=self._limits, now_ms=now_ms)
         plan.births.append((device_id, birth))
+        plan.birth_index[device_id, birth.boot] = birth
         plan.write.births.append((device_id, birth.boot, message.received_ms, message.payload))
         frame_id = self._next_frame_id
         self._next_frame_id += 1
@@ -212,18 +218,17 @@ class Pipeline:
             try:
                 raw = decode_telemetry(payload, limits=self._limits)
                 self._add_frame(plan, device_id, raw, birth, received_ms, payload)
-            except ProtocolError as exc:
+            except Exception as exc:  # one bad held frame must not lose the others
                 held_message = InboundMessage(message.topic.rsplit("/", 1)[0] + "/telemetry",
                                               payload, 0, 0, 0, received_ms)
-                self._quarantine(plan, held_message, device_id, exc)
+                self._quarantine(plan, held_message, device_id,
+                                 _as_protocol_error(exc, device_id))
         log.info("device %s: birth for boot %d released %d held frames", device_id, birth.boot,
                  len(waiting))
 
     def _birth_for(self, plan: BatchPlan, device_id: str, boot: int) -> Birth | None:
-        for planned_device, birth in reversed(plan.births):
-            if planned_device == device_id and birth.boot == boot:
-                return birth
-        return self.births.get(device_id, boot)
+        planned = plan.birth_index.get((device_id, boot))
+        return planned if planned is not None else self.births.get(device_id, boot)
 
     def _maybe_request_rebirth(self, plan: BatchPlan, device_id: str, now_ms: int) -> None:
         last = self._rebirth_sent.get(device_id)

@@ -214,3 +214,23 @@ def test_dropping_old_held_frames_releases_their_space(tmp_path: Path) -> None:
         await h.db.close()
 
     run(go)
+
+
+def test_a_bad_held_frame_is_quarantined_and_the_others_are_released(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    base = f.now_ms() - 60_000
+    unknown_alias = msgpack.packb({"v": 1, "b": f.boot_id(5), "s": 1, "t": base,
+                                   "m": [[99, 1.0]]})
+
+    async def go() -> None:
+        p = await h.open()
+        await p.handle([tele_msg(5, 0, base), msg("fleet/dev-0005/telemetry", unknown_alias),
+                        tele_msg(5, 2, base)])
+        assert h.rows("SELECT COUNT(*) FROM held") == [(3,)]
+        await p.handle([birth_msg(5)])
+        await h.db.close()
+
+    run(go)
+    assert h.rows("SELECT kind, seq FROM frames ORDER BY id") == [(1, None), (0, 0), (0, 2)]
+    assert h.rows("SELECT reason FROM quarantine") == [("unknown alias",)]
+    assert h.rows("SELECT COUNT(*) FROM held") == [(0,)]
