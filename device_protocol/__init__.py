@@ -9,6 +9,7 @@ from .codec import (
     decode_death,
     decode_gateway_state,
     decode_telemetry,
+    decode_telemetry_rows,
     encode_birth,
     encode_command,
     encode_death,
@@ -45,7 +46,9 @@ from .frames import (
     RawSample,
     RawTelemetry,
     Sample,
+    SampleRow,
     Telemetry,
+    TelemetryRows,
 )
 from .limits import DEFAULT_LIMITS, Limits
 from .topics import (
@@ -86,8 +89,10 @@ __all__ = [
     "RawSample",
     "RawTelemetry",
     "Sample",
+    "SampleRow",
     "SchemaError",
     "Telemetry",
+    "TelemetryRows",
     "TimestampOutOfRange",
     "UnknownAlias",
     "UnsupportedVersion",
@@ -99,6 +104,7 @@ __all__ = [
     "decode_death",
     "decode_gateway_state",
     "decode_telemetry",
+    "decode_telemetry_rows",
     "device_subscriptions",
     "encode_birth",
     "encode_command",

@@ -23,7 +23,7 @@ from .encode import (
 from .frames import Command, Death, GatewayState
 from .limits import DEFAULT_LIMITS, Limits
 from .resolve import resolve_telemetry
-from .telemetry import decode_telemetry
+from .telemetry import decode_telemetry, decode_telemetry_rows
 from .wire import check_version, get_bool, get_time_ms, get_uint32, unpack_map
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "decode_death",
     "decode_gateway_state",
     "decode_telemetry",
+    "decode_telemetry_rows",
     "encode_birth",
     "encode_command",
     "encode_death",

@@ -81,6 +81,34 @@ class RawTelemetry:
     historical: bool
 
 
+SampleRow = tuple[int | str, "float | HistogramValue", int, Labels]
+"""A RawSample as a plain tuple (metric, value, dt_ms, labels): the hot path's form."""
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryRows:
+    """A decoded, validated telemetry frame whose samples are plain tuples (SampleRow).
+
+    Same content and same validation as RawTelemetry; a tuple costs a fifth of a RawSample to
+    build, which matters at thousands of frames a second (the gateway's ingest path)."""
+
+    boot: int
+    seq: int
+    time_ms: int
+    rows: tuple[SampleRow, ...]
+    historical: bool
+
+    def to_raw(self) -> RawTelemetry:
+        return RawTelemetry(self.boot, self.seq, self.time_ms,
+                            tuple(RawSample(*row) for row in self.rows), self.historical)
+
+    @classmethod
+    def from_raw(cls, raw: RawTelemetry) -> TelemetryRows:
+        return cls(raw.boot, raw.seq, raw.time_ms,
+                   tuple((s.metric, s.value, s.dt_ms, s.labels) for s in raw.samples),
+                   raw.historical)
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """One resolved sample of a gauge or counter."""

@@ -11,7 +11,7 @@ import math
 import sqlite3
 from dataclasses import dataclass, field
 
-from device_protocol import Birth, HistogramValue, Labels, RawTelemetry
+from device_protocol import Birth, HistogramValue, Labels, TelemetryRows
 
 
 @dataclass(slots=True)
@@ -35,7 +35,7 @@ class DeviceRecord:
     # The newest frame, folded into `samples` only when read or checkpointed (every 5 s): the
     # hot path stores one reference per frame instead of one entry per sample. A metric sent
     # only in frames between two folds is missed by this view (it still reaches Prometheus).
-    newest: RawTelemetry | None = None
+    newest: TelemetryRows | None = None
 
     def fold(self) -> None:
         frame = self.newest
@@ -44,8 +44,8 @@ class DeviceRecord:
         self.newest = None
         samples = self.samples
         base_ms = frame.time_ms
-        for sample in frame.samples:
-            samples[sample.metric, sample.labels] = (sample.value, base_ms + sample.dt_ms)
+        for metric, value, dt_ms, labels in frame.rows:
+            samples[metric, labels] = (value, base_ms + dt_ms)
 
     def latest(self) -> dict[str, tuple[float, int]]:
         """Series (metric name and the sample's own labels) -> (value, timestamp ms)."""
@@ -104,7 +104,7 @@ class FleetState:
         record.last_seen_ms = max(record.last_seen_ms, now_ms)
         record.online = True
 
-    def observe_telemetry(self, device_id: str, telemetry: RawTelemetry, now_ms: int) -> None:
+    def observe_telemetry(self, device_id: str, telemetry: TelemetryRows, now_ms: int) -> None:
         record = self._record(device_id, now_ms)
         record.last_seen_ms = max(record.last_seen_ms, now_ms)
         record.online = True

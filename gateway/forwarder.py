@@ -27,7 +27,7 @@ from itertools import chain
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_never
 from tenacity.wait import wait_random_exponential
 
-from device_protocol import ProtocolError, decode_birth, decode_telemetry
+from device_protocol import ProtocolError, decode_birth, decode_telemetry_rows
 from gateway import store
 from gateway.births import BirthRegistry
 from gateway.db import Database
@@ -183,7 +183,7 @@ class Forwarder:
                 stored_birth = decode_birth(row.payload)
                 return [self._compiler.encoder.info_entry(row.device_id, stored_birth,
                                                           row.received_ms)]
-            raw = decode_telemetry(row.payload)
+            raw = decode_telemetry_rows(row.payload)
             known = self._births.get(row.device_id, raw.boot)
             return self._compiler.entries(row.device_id, raw, known)
         except (ProtocolError, LabelValidationError) as exc:

@@ -18,6 +18,8 @@ from device_protocol import (
     HistogramValue,
     RawSample,
     RawTelemetry,
+    SampleRow,
+    TelemetryRows,
     resolve_telemetry,
 )
 from gateway.remote_write import encode_varint
@@ -37,7 +39,7 @@ class FrameCompiler:
         self._series = 0
         self.max_series = max_series  # bounds memory; clearing only costs re-learning
 
-    def entries(self, device_id: str, raw: RawTelemetry, birth: Birth | None) -> list[bytes]:
+    def entries(self, device_id: str, raw: TelemetryRows, birth: Birth | None) -> list[bytes]:
         """Entries of every sample of raw, in order. Raises what resolve_telemetry raises."""
         if birth is None or birth.boot != raw.boot:
             raise BirthRequired("birth required", f"no birth known for boot {raw.boot}")
@@ -52,39 +54,42 @@ class FrameCompiler:
         base_ms = raw.time_ms
         last_ts = -1
         ts_bytes = b""
-        for sample in raw.samples:
-            value = sample.value
+        for row in raw.rows:
+            metric, value, dt_ms, labels = row
             if type(value) is HistogramValue:
-                out.extend(self._long_way(device_id, raw, sample, birth))
+                out.extend(self._long_way(device_id, raw, row, birth))
                 continue
-            ts = base_ms + sample.dt_ms
+            ts = base_ms + dt_ms
             if ts != last_ts:
                 last_ts, ts_bytes = ts, encode_varint(ts)
-            prefix = prefixes.get((sample.metric, sample.labels))
+            prefix = prefixes.get((metric, labels))
             if prefix is None:
-                prefix = self._learn(device_id, raw, sample, birth, prefixes)
+                prefix = self._learn(device_id, raw, row, birth, prefixes)
             if len(ts_bytes) == _TS_LEN:
                 append(prefix + pack(0x09, value, 0x10) + ts_bytes)
             else:
-                out.extend(self._long_way(device_id, raw, sample, birth))
+                out.extend(self._long_way(device_id, raw, row, birth))
         return out
 
-    def _long_way(self, device_id: str, raw: RawTelemetry, sample: RawSample,
-                  birth: Birth) -> list[bytes]:
-        single = RawTelemetry(raw.boot, raw.seq, raw.time_ms, (sample,), raw.historical)
-        return self._encoder.frame_entries(device_id, resolve_telemetry(single, birth))
+    @staticmethod
+    def _single(raw: TelemetryRows, row: SampleRow) -> RawTelemetry:
+        return RawTelemetry(raw.boot, raw.seq, raw.time_ms, (RawSample(*row),), raw.historical)
 
-    def _learn(self, device_id: str, raw: RawTelemetry, sample: RawSample, birth: Birth,
+    def _long_way(self, device_id: str, raw: TelemetryRows, row: SampleRow,
+                  birth: Birth) -> list[bytes]:
+        resolved = resolve_telemetry(self._single(raw, row), birth)
+        return self._encoder.frame_entries(device_id, resolved)
+
+    def _learn(self, device_id: str, raw: TelemetryRows, row: SampleRow, birth: Birth,
                prefixes: dict[SeriesKey, bytes]) -> bytes:
         # resolve_telemetry validates: the alias is declared and not as a histogram.
-        single = RawTelemetry(raw.boot, raw.seq, raw.time_ms, (sample,), raw.historical)
-        resolved = resolve_telemetry(single, birth).samples[0]
+        resolved = resolve_telemetry(self._single(raw, row), birth).samples[0]
         prefix = self._encoder.series_prefix(device_id, resolved.name, resolved.labels)
         if self._series >= self.max_series:
             for _, other in self._boots.values():
                 other.clear()
             self._series = 0
-        prefixes[(sample.metric, sample.labels)] = prefix
+        prefixes[(row[0], row[3])] = prefix
         self._series += 1
         return prefix
 

@@ -27,12 +27,12 @@ from device_protocol import (
     FrameKind,
     Limits,
     ProtocolError,
-    RawTelemetry,
     SchemaError,
+    TelemetryRows,
     cmd_topic,
     decode_birth,
     decode_death,
-    decode_telemetry,
+    decode_telemetry_rows,
     encode_command,
     parse_topic,
 )
@@ -73,7 +73,7 @@ class BatchPlan:
     held: dict[LedgerKey, list[HeldFrame]] = field(default_factory=dict)
     released: list[LedgerKey] = field(default_factory=list)
     entries: list[tuple[int, Sequence[bytes]]] = field(default_factory=list)
-    telemetry: list[tuple[str, RawTelemetry, int]] = field(default_factory=list)
+    telemetry: list[tuple[str, TelemetryRows, int]] = field(default_factory=list)
     deaths: list[tuple[str, int]] = field(default_factory=list)
     rebirths: list[str] = field(default_factory=list)
     duplicates: int = 0
@@ -164,7 +164,7 @@ class Pipeline:
 
     def _plan_telemetry(self, plan: BatchPlan, message: InboundMessage, device_id: str,
                         now_ms: int) -> None:
-        raw = decode_telemetry(message.payload, limits=self._limits, now_ms=now_ms)
+        raw = decode_telemetry_rows(message.payload, limits=self._limits, now_ms=now_ms)
         key = (device_id, raw.boot)
         assert plan.overlay is not None
         if not plan.overlay.add(key, raw.seq):
@@ -182,7 +182,7 @@ class Pipeline:
         # A known birth that lacks an alias is a firmware bug: the ProtocolError quarantines it.
         self._add_frame(plan, device_id, raw, birth, message.received_ms, message.payload)
 
-    def _add_frame(self, plan: BatchPlan, device_id: str, raw: RawTelemetry, birth: Birth,
+    def _add_frame(self, plan: BatchPlan, device_id: str, raw: TelemetryRows, birth: Birth,
                    received_ms: int, payload: bytes) -> None:
         entries = self._compiler.entries(device_id, raw, birth)  # may raise ProtocolError
         frame_id = self._next_frame_id
@@ -216,7 +216,7 @@ class Pipeline:
         for _seq, received_ms, payload in sorted(waiting):
             plan.added_bytes -= len(payload)  # moves from held to frames
             try:
-                raw = decode_telemetry(payload, limits=self._limits)
+                raw = decode_telemetry_rows(payload, limits=self._limits)
                 self._add_frame(plan, device_id, raw, birth, received_ms, payload)
             except Exception as exc:  # one bad held frame must not lose the others
                 held_message = InboundMessage(message.topic.rsplit("/", 1)[0] + "/telemetry",

@@ -16,6 +16,7 @@ from device_protocol import (
     RawSample,
     RawTelemetry,
     SchemaError,
+    TelemetryRows,
     UnknownAlias,
     resolve_telemetry,
 )
@@ -23,6 +24,10 @@ from gateway.frame_compiler import FrameCompiler
 from gateway.series import SeriesEncoder
 
 BIRTH = f.birth(1)
+
+
+def rows(*args: object) -> TelemetryRows:
+    return TelemetryRows.from_raw(RawTelemetry(*args))  # type: ignore[arg-type]
 
 scalar = st.tuples(st.sampled_from([0, 1, "free_named_gauge"]),
                    st.floats(allow_nan=False, allow_infinity=False),
@@ -37,8 +42,9 @@ def test_fast_entries_equal_the_long_way(samples: list[tuple], time_ms: int) -> 
     encoder = SeriesEncoder((("region", "eu"),))
     compiler = FrameCompiler(SeriesEncoder((("region", "eu"),)))
     expected = encoder.frame_entries("dev-1", resolve_telemetry(raw, BIRTH))
-    assert compiler.entries("dev-1", raw, BIRTH) == expected
-    assert compiler.entries("dev-1", raw, BIRTH) == expected  # warm cache too
+    frame = TelemetryRows.from_raw(raw)
+    assert compiler.entries("dev-1", frame, BIRTH) == expected
+    assert compiler.entries("dev-1", frame, BIRTH) == expected  # warm cache too
 
 
 def test_histograms_and_far_timestamps_take_the_long_way() -> None:
@@ -48,30 +54,31 @@ def test_histograms_and_far_timestamps_take_the_long_way() -> None:
         RawSample(0, 2.0, -1_789_000_000_000, ()),  # 1971: a 5-byte varint timestamp
     ), False)
     expected = SeriesEncoder().frame_entries("d", resolve_telemetry(raw, BIRTH))
-    assert FrameCompiler(SeriesEncoder()).entries("d", raw, BIRTH) == expected
+    frame = TelemetryRows.from_raw(raw)
+    assert FrameCompiler(SeriesEncoder()).entries("d", frame, BIRTH) == expected
 
 
 def test_it_raises_what_resolve_raises() -> None:
     compiler = FrameCompiler(SeriesEncoder())
     with pytest.raises(BirthRequired):
-        compiler.entries("d", RawTelemetry(999, 0, 1, (), False), BIRTH)
+        compiler.entries("d", rows(999, 0, 1, (), False), BIRTH)
     with pytest.raises(BirthRequired):
-        compiler.entries("d", RawTelemetry(BIRTH.boot, 0, 1, (), False), None)
+        compiler.entries("d", rows(BIRTH.boot, 0, 1, (), False), None)
     with pytest.raises(UnknownAlias):
-        compiler.entries("d", RawTelemetry(BIRTH.boot, 0, 1, (RawSample(42, 1.0, 0, ()),),
+        compiler.entries("d", rows(BIRTH.boot, 0, 1, (RawSample(42, 1.0, 0, ()),),
                                            False), BIRTH)
     with pytest.raises(SchemaError):  # a plain number for a declared histogram
-        compiler.entries("d", RawTelemetry(BIRTH.boot, 0, 1, (RawSample(2, 1.0, 0, ()),),
+        compiler.entries("d", rows(BIRTH.boot, 0, 1, (RawSample(2, 1.0, 0, ()),),
                                            False), BIRTH)
 
 
 def test_a_new_birth_for_the_same_boot_replaces_the_learned_series() -> None:
     compiler = FrameCompiler(SeriesEncoder())
     raw = RawTelemetry(BIRTH.boot, 0, 1_790_000_000_000, (RawSample(0, 1.0, 0, ()),), False)
-    first = compiler.entries("d", raw, BIRTH)
+    first = compiler.entries("d", TelemetryRows.from_raw(raw), BIRTH)
     renamed = Birth(BIRTH.boot, BIRTH.time_ms, BIRTH.platform, BIRTH.firmware, BIRTH.labels,
                     BIRTH.interval_ms, (MetricDef(0, "renamed_metric", MetricType.GAUGE),))
-    second = compiler.entries("d", raw, renamed)
+    second = compiler.entries("d", TelemetryRows.from_raw(raw), renamed)
     assert first != second and b"renamed_metric" in second[0]
 
 
@@ -80,4 +87,4 @@ def test_the_series_cap_clears_and_relearns() -> None:
     raw = RawTelemetry(BIRTH.boot, 0, 1_790_000_000_000, tuple(
         RawSample("m", float(i), 0, (("k", str(i)),)) for i in range(5)), False)
     expected = SeriesEncoder().frame_entries("d", resolve_telemetry(raw, BIRTH))
-    assert compiler.entries("d", raw, BIRTH) == expected
+    assert compiler.entries("d", TelemetryRows.from_raw(raw), BIRTH) == expected
