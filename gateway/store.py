@@ -10,6 +10,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 KIND_TELEMETRY = 0
 KIND_BIRTH = 1
@@ -76,9 +77,8 @@ def write_batch(conn: sqlite3.Connection, batch: BatchWrite) -> Dropped:
         if dropped.frames:
             bump_counters(conn, {"dropped_buffer_full": dropped.frames})
     if batch.frames:
-        conn.executemany(
-            "INSERT INTO frames (id, kind, device_id, boot, seq, received_ms, payload)"
-            " VALUES (?,?,?,?,?,?,?)", batch.frames)
+        insert_rows(conn, "INSERT INTO frames (id, kind, device_id, boot, seq, received_ms,"
+                          " payload) VALUES ", batch.frames)
     if batch.births:
         conn.executemany(
             "INSERT OR REPLACE INTO births (device_id, boot, received_ms, payload)"
@@ -91,9 +91,8 @@ def write_batch(conn: sqlite3.Connection, batch: BatchWrite) -> Dropped:
             "INSERT INTO held (device_id, boot, seq, received_ms, payload) VALUES (?,?,?,?,?)",
             batch.held)
     if batch.ledger:
-        conn.executemany(
-            "INSERT OR REPLACE INTO ledger (device_id, boot, ranges, updated_ms) VALUES (?,?,?,?)",
-            batch.ledger)
+        insert_rows(conn, "INSERT OR REPLACE INTO ledger (device_id, boot, ranges, updated_ms)"
+                          " VALUES ", batch.ledger)
     if batch.quarantine:
         conn.executemany(
             "INSERT INTO quarantine (received_ms, topic, device_id, reason, detail, payload)"
@@ -104,6 +103,24 @@ def write_batch(conn: sqlite3.Connection, batch: BatchWrite) -> Dropped:
     if batch.counters:
         bump_counters(conn, batch.counters)
     return dropped
+
+
+ROWS_PER_STATEMENT = 256  # x 7 columns stays far below SQLite's 32,766 bound parameters
+
+
+def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """INSERT many rows with multi-row VALUES statements instead of executemany.
+
+    executemany steps once per row, and the sqlite3 module releases and re-takes the GIL around
+    every step: with the event loop busy, the writer thread then waits for the GIL once per
+    row. One statement per ROWS_PER_STATEMENT rows makes that once per statement.
+    """
+    width = len(rows[0])
+    group = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start:start + ROWS_PER_STATEMENT]
+        conn.execute(head + ",".join([group] * len(chunk)),
+                     [value for row in chunk for value in row])
 
 
 def bump_counters(conn: sqlite3.Connection, counters: dict[str, int]) -> None:
