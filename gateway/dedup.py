@@ -103,7 +103,10 @@ class SeqRanges:
 
 def encode_ranges(ranges: SeqRanges) -> str:
     """Compact text form for the ledger table: "0-200,250-251" (half-open)."""
-    return ",".join(f"{s}-{e}" for s, e in ranges.ranges())
+    starts, ends = ranges._starts, ranges._ends
+    if len(starts) == 1:  # the usual case: no gaps
+        return f"{starts[0]}-{ends[0]}"
+    return ",".join(f"{s}-{e}" for s, e in zip(starts, ends, strict=True))
 
 
 def decode_ranges(text: str) -> SeqRanges:

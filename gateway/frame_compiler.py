@@ -28,7 +28,8 @@ from gateway.series import SeriesEncoder
 _SAMPLE = struct.Struct("<BdB")
 _TS_LEN = 6  # SeriesEncoder prefixes assume a 6-byte varint timestamp (years 1971..2109)
 
-SeriesKey = tuple[int | str, tuple[tuple[str, str], ...]]  # (alias or name, own labels)
+# alias or name alone when the sample has no labels of its own, else (alias or name, labels)
+SeriesKey = int | str | tuple[int | str, tuple[tuple[str, str], ...]]
 
 
 class FrameCompiler:
@@ -62,7 +63,8 @@ class FrameCompiler:
             ts = base_ms + dt_ms
             if ts != last_ts:
                 last_ts, ts_bytes = ts, encode_varint(ts)
-            prefix = prefixes.get((metric, labels))
+            # Unlabelled samples (most) are keyed by the metric alone: no tuple per sample.
+            prefix = prefixes.get((metric, labels) if labels else metric)
             if prefix is None:
                 prefix = self._learn(device_id, raw, row, birth, prefixes)
             if len(ts_bytes) == _TS_LEN:
@@ -89,7 +91,7 @@ class FrameCompiler:
             for _, other in self._boots.values():
                 other.clear()
             self._series = 0
-        prefixes[(row[0], row[3])] = prefix
+        prefixes[(row[0], row[3]) if row[3] else row[0]] = prefix
         self._series += 1
         return prefix
 

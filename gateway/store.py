@@ -226,10 +226,10 @@ def add_dead_letters(conn: sqlite3.Connection,
 
 
 def checkpoint_devices(conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
-    conn.executemany(
-        "INSERT OR REPLACE INTO devices (device_id, platform, firmware, boot, interval_ms, labels,"
-        " first_seen_ms, last_seen_ms, last_seq, online, latest)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+    if rows:
+        insert_rows(conn, "INSERT OR REPLACE INTO devices (device_id, platform, firmware, boot,"
+                          " interval_ms, labels, first_seen_ms, last_seen_ms, last_seq, online,"
+                          " latest) VALUES ", rows)
 
 
 def quarantine_rows(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, object]]:
