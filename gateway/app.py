@@ -22,18 +22,17 @@ from typing import Any
 
 import uvicorn
 
-from device_protocol import Limits, ProtocolError, decode_birth
+from device_protocol import Limits
 from gateway import store
 from gateway.births import BirthRegistry
 from gateway.db import Database
-from gateway.dedup import Ledger, decode_ranges
 from gateway.entry_cache import EntryCache
 from gateway.fleet import FleetState
 from gateway.forwarder import Forwarder
 from gateway.frame_compiler import FrameCompiler
 from gateway.ingest import Inbox, MqttIngest
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import HeldFrame, Pipeline
+from gateway.pipeline import Pipeline, restore_state
 from gateway.remote_write_client import HttpRemoteWriteClient
 from gateway.series import SeriesEncoder
 from gateway.settings import Settings, parse_listen
@@ -82,9 +81,6 @@ class Gateway:
                                  on_connection_change=self.metrics.mqtt_connected.set)
         forward = s.forward_config()
         compiler = FrameCompiler(SeriesEncoder(forward.external_labels))
-        held: dict[tuple[str, int], list[HeldFrame]] = {}
-        for device_id, boot, seq, received_ms, payload in state.held:
-            held.setdefault((device_id, boot), []).append((seq, received_ms, payload))
         self.pipeline = Pipeline(
             db=self.db, mqtt=self.ingest, config=s.store_config(),
             limits=Limits(max_payload_bytes=s.max_frame_bytes,
@@ -93,7 +89,7 @@ class Gateway:
             topic_prefix=s.topic_prefix, compiler=compiler, births=self.births,
             ledger=self.ledger, fleet=self.fleet, cache=self.cache, metrics=self.metrics,
             next_frame_id=state.next_frame_id, buffer_bytes=state.buffer_bytes,
-            buffer_frames=state.buffer_frames, held=held, on_committed=self._on_committed,
+            buffer_frames=state.buffer_frames, held=self._held, on_committed=self._on_committed,
             forwarders_keeping_up=self._forwarders_keeping_up)
         for endpoint in forward.endpoints:
             self.forwarders.append(Forwarder(
@@ -116,14 +112,8 @@ class Gateway:
                  s.gateway_id, s.mqtt_url, len(self.forwarders), state.buffer_frames, self.db.path)
 
     def _restore(self, state: store.StoredState) -> None:
-        self.ledger = Ledger(self.settings.ledger_max_ranges)
-        for device_id, boot, ranges in state.ledger:
-            self.ledger.load((device_id, boot), decode_ranges(ranges))
-        for device_id, boot, payload in state.births:
-            try:
-                self.births.put(device_id, decode_birth(payload))
-            except ProtocolError as exc:
-                log.error("stored birth of %s boot %d unreadable: %s", device_id, boot, exc)
+        restored = restore_state(state, self.settings.ledger_max_ranges)
+        self.ledger, self.births, self._held = restored.ledger, restored.births, restored.held
         self.fleet.load(state.devices)
 
     async def _start_api(self) -> None:

@@ -40,7 +40,7 @@ from device_protocol import Command as DeviceCommand
 from gateway import store
 from gateway.births import BirthRegistry
 from gateway.db import Database
-from gateway.dedup import Ledger, LedgerKey, LedgerOverlay, encode_ranges
+from gateway.dedup import Ledger, LedgerKey, LedgerOverlay, decode_ranges, encode_ranges
 from gateway.entry_cache import EntryCache
 from gateway.errors import StoreError
 from gateway.fleet import FleetState
@@ -81,6 +81,30 @@ class BatchPlan:
     kinds: dict[FrameKind, int] = field(default_factory=dict)
     added_bytes: int = 0
     last_frame_id: int = 0
+
+
+@dataclass(slots=True)
+class RestoredState:
+    ledger: Ledger
+    births: BirthRegistry
+    held: dict[LedgerKey, list[HeldFrame]]
+
+
+def restore_state(state: store.StoredState, ledger_max_ranges: int) -> RestoredState:
+    """The pipeline's memory rebuilt from what SQLite holds, at start-up."""
+    ledger = Ledger(ledger_max_ranges)
+    for device_id, boot, ranges in state.ledger:
+        ledger.load((device_id, boot), decode_ranges(ranges))
+    births = BirthRegistry()
+    for device_id, boot, payload in state.births:
+        try:
+            births.put(device_id, decode_birth(payload))
+        except ProtocolError as exc:  # a damaged row must not stop the gateway
+            log.error("stored birth of %s boot %d unreadable: %s", device_id, boot, exc)
+    held: dict[LedgerKey, list[HeldFrame]] = {}
+    for device_id, boot, seq, received_ms, payload in state.held:
+        held.setdefault((device_id, boot), []).append((seq, received_ms, payload))
+    return RestoredState(ledger, births, held)
 
 
 def _as_protocol_error(exc: Exception, device_id: str | None) -> ProtocolError:

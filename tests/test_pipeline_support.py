@@ -11,17 +11,15 @@ from typing import Any
 import factories as f
 from fakes import FakeMqtt
 
-from device_protocol import Limits, decode_birth
+from device_protocol import Limits
 from gateway import store
-from gateway.births import BirthRegistry
 from gateway.db import Database
-from gateway.dedup import Ledger, decode_ranges
 from gateway.entry_cache import EntryCache
 from gateway.fleet import FleetState
 from gateway.frame_compiler import FrameCompiler
 from gateway.ingest import InboundMessage
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, restore_state
 from gateway.series import SeriesEncoder
 from gateway.settings import StoreConfig
 
@@ -56,15 +54,8 @@ class Harness:
         self.db = db or Database(self.path, "normal")
         await self.db.open()
         state = await self.db.read(store.load_state)
-        ledger = Ledger(100)
-        for device_id, boot, ranges in state.ledger:
-            ledger.load((device_id, boot), decode_ranges(ranges))
-        births = BirthRegistry()
-        for device_id, _boot, payload in state.births:
-            births.put(device_id, decode_birth(payload))
-        held: dict[tuple[str, int], list[tuple[int, int, bytes]]] = {}
-        for device_id, boot, seq, received_ms, payload in state.held:
-            held.setdefault((device_id, boot), []).append((seq, received_ms, payload))
+        restored = restore_state(state, 100)
+        births, ledger, held = restored.births, restored.ledger, restored.held
         self.pipeline = Pipeline(
             db=self.db, mqtt=self.mqtt, config=self.config, limits=Limits(),
             topic_prefix="fleet", compiler=FrameCompiler(SeriesEncoder()), births=births,
