@@ -16,6 +16,7 @@ import functools
 import gc
 import logging
 import signal
+import socket
 import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
@@ -27,6 +28,7 @@ from gateway import store
 from gateway.births import BirthRegistry
 from gateway.db import Database
 from gateway.entry_cache import EntryCache
+from gateway.errors import ConfigError
 from gateway.fleet import FleetState
 from gateway.forwarder import Forwarder
 from gateway.frame_compiler import FrameCompiler
@@ -101,13 +103,13 @@ class Gateway:
                 committed_upto=lambda: self.pipeline.committed_upto, on_progress=self._on_progress))
         self.metrics.buffer_frames.set(state.buffer_frames)
         self.metrics.buffer_bytes.set(state.buffer_bytes)
+        await self._start_api()  # first: a taken port fails the start before MQTT is touched
         self.ingest.start()
         self._spawn(self.pipeline.run(self.inbox), "pipeline")
         for forwarder in self.forwarders:
             self._spawn(forwarder.run(), f"forward:{forwarder.endpoint}")
         self._spawn(self._checkpoint_loop(), "fleet-checkpoint")
         self._spawn(self._maintenance_loop(), "maintenance")
-        await self._start_api()
         log.info("fleetgate %s started: mqtt %s, %d endpoint(s), buffer %d frames, db %s",
                  s.gateway_id, s.mqtt_url, len(self.forwarders), state.buffer_frames, self.db.path)
 
@@ -120,13 +122,24 @@ class Gateway:
         from gateway.api import create_api  # FastAPI import is heavy; keep it out of unit tests
 
         host, port = parse_listen(self.settings.api_listen)
-        config = uvicorn.Config(create_api(self), host=host, port=port, log_level="warning",
-                                lifespan="off", access_log=False)
+        # Bind here, not in uvicorn: its bind failure is a SystemExit that would tear down the
+        # event loop instead of a clear error.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((host, port))
+        except OSError as exc:
+            listener.close()
+            raise ConfigError(f"the API could not listen on {self.settings.api_listen}: {exc}",
+                              hint="another process holds the port? set api_listen") from exc
+        config = uvicorn.Config(create_api(self), log_level="warning", lifespan="off",
+                                access_log=False)
         self._server = _EmbeddedServer(config)
-        self._spawn(self._server.serve(), "api")
-        while not self._server.started:
+        self._spawn(self._server.serve(sockets=[listener]), "api")
+        while not self._server.started:  # uvicorn sets a flag, no event to await
             if self._server_task_failed():
-                raise RuntimeError(f"API could not listen on {self.settings.api_listen}")
+                raise ConfigError(f"the API on {self.settings.api_listen} did not start")
             await asyncio.sleep(0.01)
 
     def _server_task_failed(self) -> bool:
@@ -227,6 +240,8 @@ class Gateway:
         if not hasattr(self, "pipeline"):  # start() failed before anything ran
             await self.db.close()
             return
+        if self._server is not None and not self._server.started:  # the API never came up
+            self._server.should_exit = True
         log.info("shutting down: stopping ingest")
         await self.ingest.stop()
         pipeline_task = self._task("pipeline")

@@ -42,3 +42,22 @@ def test_config_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     config.write_text(f'data_dir = "{tmp_path / "from-toml"}"\n')
     assert main(["db", "migrate", "--config", str(config)]) == 0
     assert (tmp_path / "from-toml" / "fleetgate.db").exists()
+
+
+def test_run_fails_fast_when_the_api_port_is_taken(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
+               "FLEETGATE_API_LISTEN": f"127.0.0.1:{port}",
+               "FLEETGATE_MQTT_URL": "mqtt://127.0.0.1:1"}  # never reached
+        result = subprocess.run([sys.executable, "-m", "gateway.cli", "run"], env=env,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"could not listen on 127.0.0.1:{port}" in result.stderr
