@@ -53,24 +53,30 @@ class FrameCompiler:
         append = out.append
         pack = _SAMPLE.pack
         base_ms = raw.time_ms
-        last_ts = -1
-        ts_bytes = b""
+        frame_ts = encode_varint(base_ms)
+        # The common sample: no labels of its own, no time offset, a plain number, and a
+        # timestamp of the 6-byte varint size the cached prefixes are built for.
+        plain_ok = len(frame_ts) == _TS_LEN
         for row in raw.rows:
             metric, value, dt_ms, labels = row
+            if plain_ok and not dt_ms and not labels and type(value) is not HistogramValue:
+                prefix = prefixes.get(metric)
+                if prefix is None:
+                    prefix = self._learn(device_id, raw, row, birth, prefixes)
+                append(prefix + pack(0x09, value, 0x10) + frame_ts)
+                continue
             if type(value) is HistogramValue:
                 out.extend(self._long_way(device_id, raw, row, birth))
                 continue
-            ts = base_ms + dt_ms
-            if ts != last_ts:
-                last_ts, ts_bytes = ts, encode_varint(ts)
-            # Unlabelled samples (most) are keyed by the metric alone: no tuple per sample.
+            ts_bytes = encode_varint(base_ms + dt_ms)
+            if len(ts_bytes) != _TS_LEN:
+                out.extend(self._long_way(device_id, raw, row, birth))
+                continue
+            # Unlabelled samples are keyed by the metric alone: no tuple per sample.
             prefix = prefixes.get((metric, labels) if labels else metric)
             if prefix is None:
                 prefix = self._learn(device_id, raw, row, birth, prefixes)
-            if len(ts_bytes) == _TS_LEN:
-                append(prefix + pack(0x09, value, 0x10) + ts_bytes)
-            else:
-                out.extend(self._long_way(device_id, raw, row, birth))
+            append(prefix + pack(0x09, value, 0x10) + ts_bytes)
         return out
 
     @staticmethod
