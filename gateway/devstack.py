@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -92,7 +93,7 @@ def _stop_leftovers() -> None:
             proc.stop(timeout=5)
 
 
-class ManagedProcess:
+class ManagedProcess(ABC):
     """One service process: start, wait until ready, stop by PID. Subclasses say how."""
 
     name: str = "service"
@@ -109,14 +110,16 @@ class ManagedProcess:
         self._log_offset = 0  # where this run's output begins in the (appended) log
 
     # --- what subclasses provide
+    @abstractmethod
     def _command(self, binary: str) -> list[str]:
-        raise NotImplementedError
+        """The command line that runs the service."""
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> None:  # noqa: B027 - optional hook, most services need no files
         """Write config files; called before every start."""
 
+    @abstractmethod
     def _is_ready(self) -> bool:
-        raise NotImplementedError
+        """True once the service answers."""
 
     def _env(self) -> dict[str, str] | None:
         """Environment of the child (None: inherit ours)."""
