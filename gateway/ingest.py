@@ -166,13 +166,24 @@ class _BufferedSocket:
 
 
 class _Client(mqtt.Client):
-    """paho's client with buffered reads on plain TCP (TLS sockets buffer by themselves)."""
+    """paho's client with buffered reads on plain TCP (TLS sockets buffer by themselves) and a
+    direct message hand-off: fleetgate registers no per-topic callbacks, so paho's topic
+    matcher and callback locks (run for every message) are skipped."""
+
+    deliver: Callable[[mqtt.MQTTMessage], None] | None = None
 
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
         if type(sock) is socket.socket:
             return _BufferedSocket(sock)
         return sock
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        deliver = self.deliver
+        if deliver is None:
+            super()._handle_on_message(message)
+        else:
+            deliver(message)
 
 
 
@@ -197,6 +208,7 @@ class MqttIngest:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.deliver = self._deliver
         client.max_inflight_messages_set(1000)  # our own publishes (state, rebirth commands)
         self._client = client
         self._client_delay = 0.0
@@ -285,9 +297,15 @@ class MqttIngest:
                     self._client_delay)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._inbox.put(InboundMessage(message.topic, cast(bytes, message.payload), message.mid,
-                                       message.qos,
-                                       self._generation, int(time.time() * 1000)))
+        self._deliver(message)
+
+    def _deliver(self, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # the pipeline quarantines it (it is no valid topic)
+            topic = message._topic.decode("utf-8", "replace")
+        self._inbox.put(InboundMessage(topic, cast(bytes, message.payload), message.mid,
+                                       message.qos, self._generation, int(time.time() * 1000)))
 
     def _set_connected(self, connected: bool) -> None:
         if connected != self.connected:

@@ -107,3 +107,8 @@ def test_buffered_socket_serves_small_reads_from_one_large_read() -> None:
 
 def test_paho_still_creates_sockets_where_the_buffered_reader_hooks_in() -> None:
     assert list(inspect.signature(mqtt.Client._create_socket).parameters) == ["self"]
+
+
+def test_paho_still_hands_messages_to_the_hook_the_adapter_overrides() -> None:
+    assert list(inspect.signature(mqtt.Client._handle_on_message).parameters) == [
+        "self", "message"]
