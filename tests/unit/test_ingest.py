@@ -112,3 +112,35 @@ def test_paho_still_creates_sockets_where_the_buffered_reader_hooks_in() -> None
 def test_paho_still_hands_messages_to_the_hook_the_adapter_overrides() -> None:
     assert list(inspect.signature(mqtt.Client._handle_on_message).parameters) == [
         "self", "message"]
+
+
+def test_loop_read_drains_everything_buffered_in_one_call() -> None:
+    import socket
+
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+    from gateway.ingest import _BufferedSocket, _Client
+
+    client = _Client(CallbackAPIVersion.VERSION2)
+    a, b = socket.socketpair()
+    try:
+        buffered = _BufferedSocket(a)
+        client._buffered = buffered
+        b.sendall(b"x" * 10)
+        reads: list[int] = []
+
+        def fake_loop_read(self: object, max_packets: int = 1) -> MQTTErrorCode:
+            reads.append(len(buffered.recv(3)))  # paho reads a packet: here 3 bytes a time
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+        original = mqtt.Client.loop_read
+        mqtt.Client.loop_read = fake_loop_read  # type: ignore[method-assign]
+        try:
+            assert client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+        finally:
+            mqtt.Client.loop_read = original  # type: ignore[method-assign]
+        assert reads == [3, 3, 3, 1]  # one select wake-up, every buffered byte handled
+        assert buffered.pending() == 0
+    finally:
+        a.close()
+        b.close()
