@@ -165,6 +165,39 @@ class _BufferedSocket:
         return getattr(self._sock, name)
 
 
+def _split_publish(packet: bytes | bytearray, qos: int) -> tuple[bytes, bytes, int] | None:
+    """(topic, payload, packet id) of an MQTT 5 PUBLISH body, or None if it does not parse."""
+    size = len(packet)
+    if size < 3:
+        return None
+    end = 2 + ((packet[0] << 8) | packet[1])
+    mid = 0
+    if qos:
+        if end + 2 > size:
+            return None
+        mid = (packet[end] << 8) | packet[end + 1]
+        pos = end + 2
+    else:
+        pos = end
+    # property length: a variable byte integer (1-4 bytes), then the properties themselves
+    props = shift = 0
+    for _ in range(4):
+        if pos >= size:
+            return None
+        byte = packet[pos]
+        pos += 1
+        props |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+    else:
+        return None
+    pos += props
+    if end > size or pos > size:
+        return None
+    return bytes(packet[2:end]), bytes(packet[pos:]), mid
+
+
 class _Client(mqtt.Client):
     """paho's client with buffered reads on plain TCP (TLS sockets buffer by themselves) and a
     direct message hand-off: fleetgate registers no per-topic callbacks, so paho's topic
@@ -197,6 +230,27 @@ class _Client(mqtt.Client):
         else:
             deliver(message)
 
+    deliver_raw: Callable[[bytes, bytes, int, int], None] | None = None
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        """QoS 0/1 PUBLISH straight to deliver_raw(topic, payload, mid, qos).
+
+        paho builds an MQTTMessage and parses the MQTT 5 properties of every PUBLISH (a
+        Properties object per message: about a tenth of the gateway's CPU). The gateway reads
+        no publish properties, so this skips them. Anything unusual (QoS 2, a packet whose
+        lengths do not add up) goes to paho's own handler, which raises its proper errors.
+        """
+        deliver = self.deliver_raw
+        command = self._in_packet["command"]
+        qos = (command & 0x06) >> 1
+        packet = self._in_packet["packet"]
+        parsed = _split_publish(packet, qos) if deliver is not None and qos < 2 else None
+        if deliver is None or parsed is None:
+            return super()._handle_publish()
+        topic, payload, mid = parsed
+        deliver(topic, payload, mid, qos)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
 
 
 class MqttIngest:
@@ -221,6 +275,7 @@ class MqttIngest:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.deliver = self._deliver
+        client.deliver_raw = self._deliver_raw
         client.max_inflight_messages_set(1000)  # our own publishes (state, rebirth commands)
         self._client = client
         self._client_delay = 0.0
@@ -310,6 +365,14 @@ class MqttIngest:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self._deliver(message)
+
+    def _deliver_raw(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
+        try:
+            text = topic.decode()
+        except UnicodeDecodeError:  # the pipeline quarantines it (it is no valid topic)
+            text = topic.decode("utf-8", "replace")
+        self._inbox.put(InboundMessage(text, payload, mid, qos, self._generation,
+                                       int(time.time() * 1000)))
 
     def _deliver(self, message: mqtt.MQTTMessage) -> None:
         try:

@@ -144,3 +144,36 @@ def test_loop_read_drains_everything_buffered_in_one_call() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_split_publish_reads_topic_mid_and_payload_past_mqtt5_properties() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from gateway.ingest import _split_publish
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    @given(st.binary(max_size=300), st.binary(max_size=500), st.integers(0, 65535),
+           st.sampled_from([0, 1]), st.binary(max_size=200))
+    def check(topic: bytes, payload: bytes, mid: int, qos: int, props: bytes) -> None:
+        body = len(topic).to_bytes(2, "big") + topic
+        if qos:
+            body += mid.to_bytes(2, "big")
+        body += varint(len(props)) + props + payload
+        assert _split_publish(bytearray(body), qos) == (topic, payload, mid if qos else 0)
+        # truncated bodies never parse into something wrong: None (paho's handler decides)
+        for cut in range(len(body) - len(payload)):
+            assert _split_publish(body[:cut], qos) is None
+
+    check()
+
+
+def test_paho_still_routes_publish_packets_through_the_overridden_handler() -> None:
+    assert list(inspect.signature(mqtt.Client._handle_publish).parameters) == ["self"]
