@@ -1,8 +1,10 @@
 """MQTT ingest: the one adapter around paho-mqtt.
 
-paho runs on its own network thread and never touches asyncio state. Its on_message callback only
-appends the raw message to the Inbox (a deque) and, when the consumer may be asleep, schedules one
-wake-up with `loop.call_soon_threadsafe`. Nothing is decoded, stored or acknowledged there.
+paho runs on its own network thread and never touches asyncio state. For each message it only
+appends (topic, payload, packet id) to the Inbox (a deque) and, when the consumer waits for that
+many, schedules one wake-up with `loop.call_soon_threadsafe`. Nothing is decoded, stored or
+acknowledged there. `_Client` trims paho's per-message work (buffered reads, every buffered
+packet per wake-up, a lean QoS 0/1 PUBLISH parser); see docs/architecture.md for the figures.
 
 Acknowledgement is manual: the pipeline calls `ack()` after the frames' SQLite transaction has
 committed. Messages received on an earlier connection are never acked on a later one (their packet
@@ -171,6 +173,8 @@ def _split_publish(packet: bytes | bytearray, qos: int) -> tuple[bytes, bytes, i
     if size < 3:
         return None
     end = 2 + ((packet[0] << 8) | packet[1])
+    if end == 2:  # an empty topic means a topic alias (a property): leave it to paho
+        return None
     mid = 0
     if qos:
         if end + 2 > size:
@@ -199,9 +203,10 @@ def _split_publish(packet: bytes | bytearray, qos: int) -> tuple[bytes, bytes, i
 
 
 class _Client(mqtt.Client):
-    """paho's client with buffered reads on plain TCP (TLS sockets buffer by themselves) and a
-    direct message hand-off: fleetgate registers no per-topic callbacks, so paho's topic
-    matcher and callback locks (run for every message) are skipped."""
+    """paho's client, cheaper per message: buffered reads on plain TCP (TLS sockets buffer by
+    themselves), every buffered packet handled per wake-up, and QoS 0/1 PUBLISH handed straight
+    to the adapter (fleetgate registers no per-topic callbacks and reads no publish properties).
+    The hooks are private paho methods: tests/unit/test_ingest.py pins their signatures."""
 
     deliver: Callable[[mqtt.MQTTMessage], None] | None = None
     _buffered: _BufferedSocket | None = None
@@ -250,7 +255,6 @@ class _Client(mqtt.Client):
         topic, payload, mid = parsed
         deliver(topic, payload, mid, qos)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
-
 
 
 class MqttIngest:
