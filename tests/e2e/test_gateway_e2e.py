@@ -170,3 +170,32 @@ def test_acknowledged_frames_are_not_redelivered_after_a_restart(
         wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == 1, 30, what="marker")
     assert gw.metric("fleetgate_frames_received_total") == 1
     assert gw.metric("fleetgate_frames_duplicate_total") == 0
+
+
+def test_qos0_and_large_frames_cross_the_buffered_reader_intact(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    from device_protocol import RawSample, RawTelemetry, encode_telemetry
+
+    gw = gateway_factory(mosquitto, victoria_metrics)
+    base = f.now_ms() - 60_000
+    big_frames = []
+    for seq in range(20):  # ~54 KiB each: most span two of the reader's 64 KiB chunks
+        samples = tuple(
+            RawSample("big_metric", float(seq * 1000 + k), 0, (("k", f"{k:04d}-" + "v" * 28),))
+            for k in range(900))
+        big_frames.append(("fleet/dev-0009/telemetry", encode_telemetry(
+            RawTelemetry(f.boot_id(9), seq, base + seq * 1000, samples, False))))
+    assert all(40_000 < len(p) < 65_536 for _, p in big_frames)
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(range(8, 10)))
+        pub.publish(big_frames)
+        for topic, payload in publisher.telemetry(range(8, 9), range(30), base):
+            pub.client.publish(topic, payload, qos=0)  # QoS 0: no packet id, no PUBACK
+        pub.publish(publisher.telemetry(range(8, 9), range(30, 31), base))  # a QoS 1 marker
+    wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == 2 + 20 + 31
+             and gw.caught_up(), 60, what="big and QoS 0 frames stored and forwarded")
+    assert gw.metric("fleetgate_frames_invalid_total") == 0
+    wait_for(lambda: sum(len(r["values"]) for r in victoria_metrics.export(
+        '{__name__="big_metric"}')) == 20 * 900, 20, what="every sample of the big frames")
+    expected = expected_temperatures(range(8, 9), range(31))
+    assert vm_account(victoria_metrics, "device_temperature_celsius", expected) == (0, 0)
