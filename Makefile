@@ -31,6 +31,9 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy device_protocol gateway firmware_sim
 
+faults: install
+	FAULTS_LONG=1 $(BIN)/pytest tests/faults tests/e2e/test_gateway_faults.py
+
 bench: install
 	$(BIN)/python bench/throughput.py
 

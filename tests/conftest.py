@@ -10,13 +10,14 @@ uniquely labelled data and never restart or reconfigure the service.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
 from gateway.devstack import (
+    GatewayProcess,
     ManagedProcess,
     Mosquitto,
     Prometheus,
@@ -66,3 +67,24 @@ def victoria_metrics_session(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[VictoriaMetrics]:
     yield from _running(VictoriaMetrics(tmp_path_factory.mktemp("victoria-metrics-session")))
+
+
+GatewayFactory = Callable[..., GatewayProcess]
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
+    """make(mosquitto, *receivers, **settings) -> a started gateway, stopped at teardown."""
+    started: list[GatewayProcess] = []
+
+    def make(mosquitto: Mosquitto, *receivers: Prometheus | VictoriaMetrics,
+             **settings: str) -> GatewayProcess:
+        gw = GatewayProcess(tmp_path / "gateway", mqtt_url=mosquitto.url,
+                            remote_write_urls=[r.remote_write_url for r in receivers],
+                            settings=settings)
+        started.append(gw)
+        return gw.start()
+
+    yield make
+    for gw in started:
+        gw.stop()
