@@ -82,7 +82,7 @@ class Gateway:
         self.ingest = MqttIngest(mqtt_config, self.inbox,
                                  on_connection_change=self.metrics.mqtt_connected.set)
         forward = s.forward_config()
-        compiler = FrameCompiler(SeriesEncoder(forward.external_labels))
+        self.compiler = compiler = FrameCompiler(SeriesEncoder(forward.external_labels))
         self.pipeline = Pipeline(
             db=self.db, mqtt=self.ingest, config=s.store_config(),
             limits=Limits(max_payload_bytes=s.max_frame_bytes,
@@ -196,6 +196,7 @@ class Gateway:
             self.ledger.forget(key)
         for device_id, boot in birth_keys:
             self.births.forget(device_id, boot)
+            self.compiler.forget(device_id, boot)
         if held:
             dropped = self.pipeline.drop_held_before(before_ms)
             self.metrics.frames_dropped.labels("held_without_birth").inc(dropped)

@@ -47,6 +47,8 @@ class FrameCompiler:
         boot_key = (device_id, raw.boot)
         cached = self._boots.get(boot_key)
         if cached is None or cached[0] is not birth:
+            if len(self._boots) >= self.max_series:  # boots come and go: bound them too
+                self._forget_all()
             cached = self._boots[boot_key] = (birth, {})
         prefixes = cached[1]
         out: list[bytes] = []
@@ -94,12 +96,19 @@ class FrameCompiler:
         resolved = resolve_telemetry(self._single(raw, row), birth).samples[0]
         prefix = self._encoder.series_prefix(device_id, resolved.name, resolved.labels)
         if self._series >= self.max_series:
-            for _, other in self._boots.values():
-                other.clear()
-            self._series = 0
+            self._forget_all()
+            self._boots[(device_id, raw.boot)] = (birth, prefixes)
         prefixes[(row[0], row[3]) if row[3] else row[0]] = prefix
         self._series += 1
         return prefix
+
+    def _forget_all(self) -> None:
+        # Drops the Birth objects too (pruned boots must not stay alive here); clearing the
+        # dicts in place keeps a caller's reference to its boot's prefixes valid and empty.
+        for _, prefixes in self._boots.values():
+            prefixes.clear()
+        self._boots = {}
+        self._series = 0
 
     def forget(self, device_id: str, boot: int) -> None:
         cached = self._boots.pop((device_id, boot), None)

@@ -88,3 +88,15 @@ def test_the_series_cap_clears_and_relearns() -> None:
         RawSample("m", float(i), 0, (("k", str(i)),)) for i in range(5)), False)
     expected = SeriesEncoder().frame_entries("d", resolve_telemetry(raw, BIRTH))
     assert compiler.entries("d", TelemetryRows.from_raw(raw), BIRTH) == expected
+
+
+def test_boots_and_their_births_are_bounded_and_forgettable() -> None:
+    compiler = FrameCompiler(SeriesEncoder(), max_series=5)
+    for i in range(40):  # 40 boots of 40 devices, one series each
+        birth = f.birth(i)
+        raw = RawTelemetry(birth.boot, 0, 1_790_000_000_000, (RawSample(0, 1.0, 0, ()),), False)
+        expected = SeriesEncoder().frame_entries(f"d{i}", resolve_telemetry(raw, birth))
+        assert compiler.entries(f"d{i}", TelemetryRows.from_raw(raw), birth) == expected
+        assert len(compiler._boots) <= 5 and compiler._series <= 5
+    compiler.forget("d39", f.birth(39).boot)
+    assert ("d39", f.birth(39).boot) not in compiler._boots
