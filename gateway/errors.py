@@ -4,13 +4,13 @@ whether retrying can help.
     GatewayError
     ├── ConfigError            settings invalid at start-up (never retryable)
     ├── StoreError             SQLite failed; `retryable` when the cause may pass (disk full, busy)
-    │   ├── MigrationError     a migration file failed or the schema is newer than this build
-    │   └── BufferFull         the buffer's size cap is reached under the "block" policy
-    └── ForwardError           a remote-write endpoint could not take a batch
-        └── BatchRejected      the endpoint refused samples (4xx); they go to the dead letters
+    │   └── MigrationError     a migration file failed or the schema is newer than this build
 
 Protocol problems of a single frame are `device_protocol.ProtocolError`: they are handled per
-frame (quarantine) and never escape the pipeline.
+frame (quarantine) and never escape the pipeline. Remote-write outcomes are values, not errors
+(`remote_write_client.Accepted | Retryable | Rejected`): a refusal is an expected result that the
+forwarder handles (split, dead-letter), and a full buffer under the "block" policy makes ingest
+wait rather than fail.
 """
 
 from __future__ import annotations
@@ -40,18 +40,3 @@ class StoreError(GatewayError):
 
 class MigrationError(StoreError):
     pass
-
-
-class BufferFull(StoreError):
-    retryable = True
-
-
-class ForwardError(GatewayError):
-    def __init__(self, message: str, *, endpoint: str, hint: str = "",
-                 retryable: bool | None = None) -> None:
-        super().__init__(f"{endpoint}: {message}", hint=hint, retryable=retryable)
-        self.endpoint = endpoint
-
-
-class BatchRejected(ForwardError):
-    retryable = False

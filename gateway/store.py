@@ -6,7 +6,6 @@ file in tmp_path.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -280,7 +279,3 @@ def prune_dedup_state(conn: sqlite3.Connection, before_ms: int
     if held:
         bump_counters(conn, {"dropped_held_without_birth": held})
     return ledger, births, held
-
-
-def dumps_json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, default=str)
