@@ -208,7 +208,8 @@ class _Client(mqtt.Client):
     to the adapter (fleetgate registers no per-topic callbacks and reads no publish properties).
     The hooks are private paho methods: tests/unit/test_ingest.py pins their signatures."""
 
-    deliver: Callable[[mqtt.MQTTMessage], None] | None = None
+    # Receives (topic, payload, packet id, qos) of every message; set by MqttIngest.
+    deliver_raw: Callable[[bytes, bytes, int, int], None] | None = None
     _buffered: _BufferedSocket | None = None
 
     def _create_socket(self) -> Any:
@@ -229,13 +230,12 @@ class _Client(mqtt.Client):
         return rc
 
     def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
-        deliver = self.deliver
+        # Messages paho decoded itself (QoS 2, or a PUBLISH the lean parser left to it).
+        deliver = self.deliver_raw
         if deliver is None:
             super()._handle_on_message(message)
         else:
-            deliver(message)
-
-    deliver_raw: Callable[[bytes, bytes, int, int], None] | None = None
+            deliver(message._topic, cast(bytes, message.payload), message.mid, message.qos)
 
     def _handle_publish(self) -> MQTTErrorCode:
         """QoS 0/1 PUBLISH straight to deliver_raw(topic, payload, mid, qos).
@@ -277,8 +277,6 @@ class MqttIngest:
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.deliver = self._deliver
         client.deliver_raw = self._deliver_raw
         client.max_inflight_messages_set(1000)  # our own publishes (state, rebirth commands)
         self._client = client
@@ -367,9 +365,6 @@ class MqttIngest:
         log.warning("MQTT disconnected (%s); reconnecting in %.1f s", reason_code,
                     self._client_delay)
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._deliver(message)
-
     def _deliver_raw(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
         try:
             text = topic.decode()
@@ -377,14 +372,6 @@ class MqttIngest:
             text = topic.decode("utf-8", "replace")
         self._inbox.put(InboundMessage(text, payload, mid, qos, self._generation,
                                        int(time.time() * 1000)))
-
-    def _deliver(self, message: mqtt.MQTTMessage) -> None:
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:  # the pipeline quarantines it (it is no valid topic)
-            topic = message._topic.decode("utf-8", "replace")
-        self._inbox.put(InboundMessage(topic, cast(bytes, message.payload), message.mid,
-                                       message.qos, self._generation, int(time.time() * 1000)))
 
     def _set_connected(self, connected: bool) -> None:
         if connected != self.connected:

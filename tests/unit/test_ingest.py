@@ -179,3 +179,17 @@ def test_split_publish_reads_topic_mid_and_payload_past_mqtt5_properties() -> No
 
 def test_paho_still_routes_publish_packets_through_the_overridden_handler() -> None:
     assert list(inspect.signature(mqtt.Client._handle_publish).parameters) == ["self"]
+
+
+def test_messages_paho_decodes_itself_reach_the_same_hand_off() -> None:
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gateway.ingest import _Client
+
+    client = _Client(CallbackAPIVersion.VERSION2)
+    seen: list[tuple[bytes, bytes, int, int]] = []
+    client.deliver_raw = lambda *args: seen.append(args)
+    message = mqtt.MQTTMessage(mid=5, topic=b"fleet/dev-1/telemetry")
+    message.payload, message.qos = b"frame", 2
+    client._handle_on_message(message)
+    assert seen == [(b"fleet/dev-1/telemetry", b"frame", 5, 2)]
