@@ -78,6 +78,7 @@ class BatchPlan:
     rebirths: list[str] = field(default_factory=list)
     duplicates: int = 0
     invalid: dict[str, int] = field(default_factory=dict)
+    first_invalid: str | None = None
     kinds: dict[FrameKind, int] = field(default_factory=dict)
     added_bytes: int = 0
     last_frame_id: int = 0
@@ -266,7 +267,8 @@ class Pipeline:
         plan.write.quarantine.append((message.received_ms, message.topic, device_id, exc.reason,
                                       exc.detail[:500],
                                       message.payload[:store.QUARANTINE_PAYLOAD_BYTES]))
-        log.warning("quarantined frame from %s on %s: %s", device_id or "?", message.topic, exc)
+        if plan.first_invalid is None:
+            plan.first_invalid = f"{device_id or '?'} on {message.topic}: {exc}"
 
     # ------------------------------------------------------------------ commit and apply
     async def _pace(self) -> None:
@@ -359,6 +361,9 @@ class Pipeline:
         m.frames_duplicate.inc(plan.duplicates)
         for reason, count in plan.invalid.items():
             m.frames_invalid.labels(reason).inc(count)
+        if plan.invalid:  # one line per group commit: a flood of bad frames is no log flood
+            log.warning("quarantined %d frame(s) %s, e.g. %s", sum(plan.invalid.values()),
+                        dict(plan.invalid), plan.first_invalid)
         m.frames_held.set(sum(len(v) for v in self.held.values()))
         m.buffer_bytes.set(self.buffer_bytes)
         m.buffer_frames.set(self.buffer_frames)
