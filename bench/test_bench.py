@@ -14,6 +14,7 @@ import loadgen
 import procstat
 import profile_summary
 import pytest
+import results_file
 
 from device_protocol import decode_birth, decode_telemetry, resolve_telemetry
 from gateway.devstack import Mosquitto
@@ -136,3 +137,29 @@ def test_compacted_profile_reads_the_same(tmp_path: Path) -> None:
     assert profile_summary.by_category(full) == profile_summary.by_category(small)
     assert (full.total, full.waiting) == (small.total, small.waiting)
     assert ":36)" not in compact.read_text()  # line numbers dropped
+
+
+def test_a_section_is_replaced_and_everything_else_kept(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# old single report\n\nstale figures\n\n" + results_file.NOTES_MARKER
+                    + "\n## Notes\nhand-written\n")
+
+    results_file.write_section(path, "drain", "## Drain\n\n| 1 |")
+    results_file.write_section(path, "throughput", "## Throughput\n\nfirst")
+    results_file.write_section(path, "throughput", "## Throughput\n\nsecond")
+
+    text = path.read_text()
+    assert "stale figures" not in text  # generated text outside any section is rewritten
+    assert text.endswith(results_file.NOTES_MARKER + "\n## Notes\nhand-written\n")
+    sections, notes = results_file.split(text)
+    assert notes == "\n## Notes\nhand-written\n"
+    assert sections == {"throughput": "## Throughput\n\nsecond", "drain": "## Drain\n\n| 1 |"}
+    # throughput comes before drain whatever order they were written in
+    assert text.index("## Throughput") < text.index("## Drain")
+
+
+def test_a_section_cannot_smuggle_in_markers(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="marker"):
+        results_file.write_section(tmp_path / "R.md", "x", "a\n<!-- end x -->\nb")
+    with pytest.raises(ValueError, match="section name"):
+        results_file.write_section(tmp_path / "R.md", "a b", "text")

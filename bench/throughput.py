@@ -1,7 +1,8 @@
 """End-to-end throughput of the gateway against a same-run baseline.
 
-One run measures two consumers of the same fixed workload (default 1,000 devices x 60 frames
-x 20 samples, QoS 1), each on a fresh Mosquitto started from the shipped config:
+One run measures two consumers of the same fixed workload (default: 1,000 devices x 60 frames
+x 20 samples, then 10,000 devices x 6 frames x 20 samples; QoS 1), each on a fresh Mosquitto
+started from the shipped config:
 
   1. bench/bare_subscriber.py: a paho subscriber that only counts QoS 1 messages, the ceiling
      for any Python ingest;
@@ -14,10 +15,10 @@ between the moment telemetry starts and the moment the consumer is done; peak RS
 For the gateway, "done" means every frame committed and every endpoint caught up, found by
 polling /api/v1/pipeline; then VictoriaMetrics is checked for every sample (count and sum).
 
-    .venv/bin/python bench/throughput.py [--repeat 3] [--gateway-setting KEY=VALUE ...]
-                                         [--profile]
+    .venv/bin/python bench/throughput.py [--repeat 3] [--workload 1000x60 ...]
+                                         [--gateway-setting KEY=VALUE ...] [--profile]
 
-Results go to stdout and bench/RESULTS.md (whose notes section, after NOTES_MARKER, is kept).
+Results go to stdout and the "throughput" section of bench/RESULTS.md (results_file.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import procstat
 import profile_summary
 import profiling
 import report
+import results_file
 from loadgen import metric_name, sample_value
 from profiling import GatewayProfiler
 
@@ -53,6 +55,9 @@ PROFILE_MAX_KEPT_BYTES = 200_000
 POLL_INTERVAL_S = 0.1
 STALL_TIMEOUT_S = 60.0
 VM_SETTLE_TIMEOUT_S = 30.0
+# The same 60,000 frames as 1,000 devices x 60 and as 10,000 devices x 6: what changes is the
+# number of devices (series, births, per-device state), not the amount of work.
+DEFAULT_WORKLOADS = ("1000x60", "10000x6")
 
 
 class BenchError(RuntimeError):
@@ -329,8 +334,11 @@ def parse_setting(text: str) -> tuple[str, str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--devices", type=int, default=1000, help="devices, one birth each")
-    ap.add_argument("--frames", type=int, default=60, help="telemetry frames per device")
+    ap.add_argument("--workload", action="append", type=parse_workload, default=[],
+                    metavar="DEVICESxFRAMES",
+                    help="devices (one birth each) x telemetry frames per device; repeat the "
+                    "flag for several workloads, run interleaved in each repeat (default: "
+                    f"{' and '.join(DEFAULT_WORKLOADS)}: the same number of frames)")
     ap.add_argument("--samples", type=int, default=20, help="samples per frame")
     ap.add_argument("--connections", type=int, default=4, help="load generator connections")
     ap.add_argument("--repeat", type=int, default=1, help="run the pair N times; report medians")
@@ -345,7 +353,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="keep service dirs and logs here (default: a temp dir, removed)")
     args = ap.parse_args(argv)
     args.gateway_settings = dict(args.gateway_setting)
+    args.workloads = args.workload or [parse_workload(w) for w in DEFAULT_WORKLOADS]
     return args
+
+
+def parse_workload(text: str) -> tuple[int, int]:
+    devices, sep, frames = text.lower().replace(",", "").replace("_", "").partition("x")
+    try:
+        parsed = int(devices), int(frames)
+    except ValueError:
+        parsed = (0, 0)
+    if not sep or min(parsed) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected DEVICESxFRAMES, e.g. 1000x60")
+    return parsed
+
+
+def for_workload(args: argparse.Namespace, devices: int, frames: int) -> argparse.Namespace:
+    """args with one workload's devices and frames, as run_bare/run_gateway read them."""
+    return argparse.Namespace(**{**vars(args), "devices": devices, "frames": frames})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,21 +378,24 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([".venv/bin/python", "bench/throughput.py",
                           *(sys.argv[1:] if argv is None else argv)])
     root = args.workdir or Path(tempfile.mkdtemp(prefix="fleetgate-bench-"))
-    bare_runs: list[dict[str, Any]] = []
-    gw_runs: list[dict[str, Any]] = []
+    workloads = [for_workload(args, d, f) for d, f in args.workloads]
+    bare_runs: list[list[dict[str, Any]]] = [[] for _ in workloads]
+    gw_runs: list[list[dict[str, Any]]] = [[] for _ in workloads]
     profile: str | None = None
     kept_profile: str | None = None
     try:
         for i in range(args.repeat):
-            print(f"run {i + 1}/{args.repeat}: bare subscriber ...", flush=True)
-            bare_runs.append(run_bare(args, root / f"run{i}-bare"))
-            print(f"run {i + 1}/{args.repeat}: gateway ...", flush=True)
-            gw_runs.append(run_gateway(args, root / f"run{i}-gateway"))
-            print(report.run_line(bare_runs[-1], gw_runs[-1]), flush=True)
+            for w, wl in enumerate(workloads):
+                name = f"{wl.devices}x{wl.frames}"
+                print(f"run {i + 1}/{args.repeat}, {name}: bare subscriber ...", flush=True)
+                bare_runs[w].append(run_bare(wl, root / f"run{i}-{name}-bare"))
+                print(f"run {i + 1}/{args.repeat}, {name}: gateway ...", flush=True)
+                gw_runs[w].append(run_gateway(wl, root / f"run{i}-{name}-gateway"))
+                print(report.run_line(bare_runs[w][-1], gw_runs[w][-1]), flush=True)
         if args.profile:
             print("profiling the gateway (an extra run under py-spy) ...", flush=True)
             profiler = GatewayProfiler(root / "profile")
-            profiled = run_gateway(args, root / "profile-gateway", profiler)
+            profiled = run_gateway(workloads[0], root / "profile-gateway", profiler)
             profile = (profiling.gc_markdown(profiler.gc_time(), profiled["cpu_s"]) + "\n\n"
                        + profile_summary.markdown(profile_summary.load(profiler.raw)))
             compacted = profile_summary.compact(profiler.raw)
@@ -382,14 +410,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
-    bare, gw = median_run(bare_runs), median_run(gw_runs)
-    text = report.markdown(args=args, command=command, machine=procstat.machine(), bare=bare,
-                           gw=gw, bare_runs=bare_runs, gw_runs=gw_runs, profile=profile,
-                           profile_file=kept_profile)
-    print(report.table(bare, gw, args))
-    report.write(args.results, text)
-    print(f"wrote {args.results}")
-    problems = report.problems(gw)
+    results = [report.WorkloadResult(wl, median_run(b), median_run(g), b, g)
+               for wl, b, g in zip(workloads, bare_runs, gw_runs, strict=True)]
+    text = report.markdown(args=args, command=command, machine=procstat.machine(),
+                           results=results, profile=profile, profile_file=kept_profile)
+    problems = []
+    for result in results:
+        print(f"{result.title}:")
+        print(report.table(result.bare, result.gw, result.args))
+        problems += [f"{result.title}: {p}" for p in report.problems(result.gw)]
+    results_file.write_section(args.results, "throughput", text)
+    print(f"wrote section 'throughput' of {args.results}")
     for problem in problems:
         print(f"CHECK FAILED: {problem}", file=sys.stderr)
     return 1 if problems else 0
