@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 
 import factories as f
@@ -29,6 +30,11 @@ class Publisher:
     def publish(self, messages: Iterable[tuple[str, bytes]], timeout: float = 120.0) -> int:
         infos = [self.client.publish(topic, payload, qos=1) for topic, payload in messages]
         for info in infos:
+            if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                # Published while the broker is away: paho keeps QoS 1 messages and sends them
+                # after its automatic reconnect (firmware does the same from its ring buffer),
+                # but marks them failed. Mark them pending so the wait below sees the PUBACK.
+                info.rc = mqtt.MQTT_ERR_AGAIN
             info.wait_for_publish(timeout)
             if not info.is_published():
                 raise TimeoutError(f"message {info.mid} not acknowledged by the broker")
@@ -55,3 +61,34 @@ def telemetry(devices: range, seqs: range, base_ms: int, prefix: str = "fleet",
     return [(f"{prefix}/{f.device_id(i)}/telemetry",
              f.telemetry_payload(i, s, base_ms=base_ms, **kwargs))  # type: ignore[arg-type]
             for s in seqs for i in devices]
+
+
+class PacedFleet(threading.Thread):
+    """A fleet publishing from its own thread at a steady pace: one frame per device per round,
+    so a test can break things on the main thread while traffic flows."""
+
+    def __init__(self, mqtt_url: str, devices: range, seqs: range, base_ms: int,
+                 round_interval_s: float, client_id: str = "paced-fleet") -> None:
+        super().__init__(name="paced-fleet", daemon=True)
+        self.mqtt_url = mqtt_url
+        self.devices = devices
+        self.seqs = seqs
+        self.base_ms = base_ms
+        self.round_interval_s = round_interval_s
+        self.client_id = client_id
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with Publisher(self.mqtt_url, client_id=self.client_id) as pub:
+                self.sent += pub.publish(births(self.devices))
+                next_round = time.monotonic()
+                for seq in self.seqs:
+                    self.sent += pub.publish(telemetry(self.devices, range(seq, seq + 1),
+                                                       self.base_ms))
+                    next_round += self.round_interval_s
+                    # Pacing a publisher is the one place a sleep is the point.
+                    time.sleep(max(0.0, next_round - time.monotonic()))
+        except BaseException as exc:
+            self.error = exc
