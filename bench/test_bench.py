@@ -10,14 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import drain
 import loadgen
+import pacer
 import procstat
 import profile_summary
 import pytest
 import results_file
+import stats
+import vmagent_peer
 
 from device_protocol import decode_birth, decode_telemetry, resolve_telemetry
 from gateway.devstack import Mosquitto
+from gateway.remote_write import decode_write_request, decompress
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -163,3 +168,53 @@ def test_a_section_cannot_smuggle_in_markers(tmp_path: Path) -> None:
         results_file.write_section(tmp_path / "R.md", "x", "a\n<!-- end x -->\nb")
     with pytest.raises(ValueError, match="section name"):
         results_file.write_section(tmp_path / "R.md", "a b", "text")
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert stats.percentile(values, 50) == 50
+    assert stats.percentile(values, 99) == 99
+    assert stats.percentile(values, 100) == 100
+    assert stats.percentile([3.0, 1.0, 2.0], 50) == 2  # order of input does not matter
+    assert stats.percentile([7.0], 99) == 7
+    with pytest.raises(ValueError):
+        stats.percentile([], 50)
+
+
+def test_medians_keep_agreeing_values_and_list_disagreeing_text() -> None:
+    runs = [{"rate": 1.0, "n": 5, "note": "a"}, {"rate": 3.0, "n": 5, "note": "b"},
+            {"rate": 2.0, "n": 5, "note": "a"}]
+    assert stats.medians(runs) == {"rate": 2.0, "n": 5, "note": ["a", "b", "a"]}
+
+
+def test_requests_for_vmagent_carry_every_sample_as_the_gateway_encodes_it() -> None:
+    workload = loadgen.Workload(devices=3, frames=2, samples=4, base_ms=1_700_000_000_000)
+    bodies = vmagent_peer.build_requests(workload, max_samples=10)
+    decoded = [series for body in bodies
+               for series in decode_write_request(decompress(body))]
+    assert [len(decode_write_request(decompress(b))) for b in bodies] == [12, 12]
+    assert decoded[5] == ({"__name__": "bench_m01", "device_id": "bench-00001"},
+                          [(loadgen.sample_value(1, 0, 1), 1_700_000_000_000)])
+    assert decoded[-1][1] == [(loadgen.sample_value(2, 1, 3), 1_700_000_001_000)]
+
+
+def test_pacer_stamps_the_publish_time_into_a_prebuilt_packet() -> None:
+    (packet, offset), = pacer.build_packets(devices=1, frames=1, samples=3)
+    pacer.stamp(packet, offset, 1_800_000_000_123)
+    at = packet.index(b"fleet/live-00000/telemetry") + len("fleet/live-00000/telemetry") + 2
+    raw = decode_telemetry(bytes(packet[at:]))
+    assert raw.time_ms == 1_800_000_000_123 and raw.seq == 0 and len(raw.samples) == 3
+
+
+def test_pacer_schedule_never_runs_ahead_or_past_the_end() -> None:
+    assert pacer.scheduled(-0.1, 1000, 50) == 0
+    assert pacer.scheduled(0.0, 1000, 50) == 1  # the first frame goes at once
+    assert pacer.scheduled(0.0105, 1000, 50) == 11
+    assert pacer.scheduled(10.0, 1000, 50) == 50
+
+
+def test_live_lateness_counts_from_the_first_publish_until_data_arrives() -> None:
+    assert drain.lateness_s(110.0, None, first_publish_s=100.0) == 10.0
+    assert drain.lateness_s(110.0, 108.5, first_publish_s=100.0) == 1.5
+    # a live sample stamped a moment after the poll reads as 0, never negative
+    assert drain.lateness_s(110.0, 110.2, first_publish_s=100.0) == 0.0
