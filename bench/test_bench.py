@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +18,13 @@ import procstat
 import profile_summary
 import pytest
 import results_file
+import rw_recorder
 import stats
 import vmagent_peer
 
 from device_protocol import decode_birth, decode_telemetry, resolve_telemetry
 from gateway.devstack import Mosquitto
-from gateway.remote_write import decode_write_request, decompress
+from gateway.remote_write import decode_write_request, decompress, encode_varint
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -218,3 +220,27 @@ def test_live_lateness_counts_from_the_first_publish_until_data_arrives() -> Non
     assert drain.lateness_s(110.0, 108.5, first_publish_s=100.0) == 1.5
     # a live sample stamped a moment after the poll reads as 0, never negative
     assert drain.lateness_s(110.0, 110.2, first_publish_s=100.0) == 0.0
+
+
+def test_recorded_requests_yield_each_live_sample_of_one_metric() -> None:
+    from gateway.remote_write import compress, encode_entry, encode_labels
+    from gateway.series import SeriesEncoder
+
+    encoder = SeriesEncoder()
+
+    def entry(device: str, metric: str, ts: int) -> bytes:
+        prefix = encoder.series_prefix(device, metric, ())
+        return prefix + struct.pack("<BdB", 0x09, 1.5, 0x10) + encode_varint(ts)
+
+    other = encode_entry(encode_labels([("__name__", "bench_m00"), ("device_id", "x")]),
+                         2.0, 1_700_000_000_000)
+    body = compress(entry("live-00007", "bench_m00", 1_700_000_000_123)
+                    + entry("live-00007", "bench_m01", 1_700_000_000_123)
+                    + entry("bench-00001", "bench_m00", 1_700_000_000_456) + other
+                    + entry("live-00042", "bench_m00", 1_700_000_000_789))
+    ok = rw_recorder.Request(received=1.0, answered=2.0, status=204, body=body)
+    refused = rw_recorder.Request(received=1.0, answered=2.0, status=400, body=body)
+    pattern = rw_recorder.sample_pattern("bench_m00", "live-00000")
+
+    found = [(device, ts) for device, ts, _ in rw_recorder.arrivals([ok, refused], pattern)]
+    assert found == [(b"00007", 1_700_000_000_123), (b"00042", 1_700_000_000_789)]
