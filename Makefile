@@ -34,8 +34,14 @@ lint: venv
 faults: install
 	FAULTS_LONG=1 $(BIN)/pytest tests/faults tests/e2e/test_gateway_faults.py
 
+# Every benchmark with 3 interleaved repeats (~20 min on 2 cores); each rewrites its own section
+# of bench/RESULTS.md. Profiles are added when py-spy is installed (.venv/bin/pip install py-spy).
+PROFILE = $(if $(wildcard $(BIN)/py-spy),--profile,)
 bench: install
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/throughput.py --repeat 3 $(PROFILE)
+	$(BIN)/python bench/latency.py --repeat 3
+	$(BIN)/python bench/drain.py --repeat 3 $(PROFILE)
+	$(BIN)/python bench/vmagent_peer.py --repeat 3
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache .hypothesis
