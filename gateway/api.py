@@ -122,6 +122,9 @@ def create_api(gateway: Gateway) -> FastAPI:
                  "dead_letters": f.status.dead_letters, "last_error": f.status.last_error,
                  "last_success_ms": f.status.last_success_ms}
                 for f in gateway.forwarders],
+            # The newest start-up recovery of a damaged database (null if there never was one):
+            # what was found, where the damaged copy is, salvaged and lost rows per table.
+            "last_recovery": gateway.db.last_recovery,
         }
 
     @api.get("/api/v1/quarantine", tags=["pipeline"])

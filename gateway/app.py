@@ -24,7 +24,7 @@ from typing import Any
 import uvicorn
 
 from device_protocol import Limits
-from gateway import store
+from gateway import recovery, store
 from gateway.births import BirthRegistry
 from gateway.db import Database
 from gateway.entry_cache import EntryCache
@@ -60,7 +60,9 @@ class Gateway:
         self.fleet = FleetState()
         self.births = BirthRegistry()
         self.cache = EntryCache()
-        self.db = Database(settings.store_config().db_path, settings.sqlite_synchronous)
+        self.db = Database(settings.store_config().db_path, settings.sqlite_synchronous,
+                           startup_check=settings.sqlite_startup_check,
+                           endpoints=settings.forward_config().endpoints)
         self.forwarders: list[Forwarder] = []
         self.started_ms = int(time.time() * 1000)
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,6 +105,9 @@ class Gateway:
                 committed_upto=lambda: self.pipeline.committed_upto, on_progress=self._on_progress))
         self.metrics.buffer_frames.set(state.buffer_frames)
         self.metrics.buffer_bytes.set(state.buffer_bytes)
+        self.metrics.store_recoveries.inc(state.counters.get(recovery.COUNTER_RECOVERIES, 0))
+        self.metrics.store_unreadable_frames.inc(
+            state.counters.get(recovery.COUNTER_UNREADABLE_FRAMES, 0))
         await self._start_api()  # first: a taken port fails the start before MQTT is touched
         self.ingest.start()
         self._spawn(self.pipeline.run(self.inbox), "pipeline")

@@ -13,12 +13,13 @@ import asyncio
 import logging
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
+from gateway import recovery
 from gateway.errors import MigrationError, StoreError
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,16 @@ def connect(path: Path, synchronous: Literal["full", "normal"] = "full") -> sqli
 
 
 class Database:
-    def __init__(self, path: Path, synchronous: Literal["full", "normal"] = "full") -> None:
+    def __init__(self, path: Path, synchronous: Literal["full", "normal"] = "full", *,
+                 startup_check: recovery.StartupCheck = "quick",
+                 endpoints: Sequence[str] = ()) -> None:
         self.path = path
         self._synchronous = synchronous
+        self._startup_check: recovery.StartupCheck = startup_check
+        self._endpoints = tuple(endpoints)  # whose cursors bound the frames a salvage expects
+        # Set by open(): the recovery this start performed, and the newest one on record.
+        self.recovery: recovery.Recovery | None = None
+        self.last_recovery: dict[str, Any] | None = None
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._writer: sqlite3.Connection | None = None
@@ -104,6 +112,12 @@ class Database:
         loop = asyncio.get_running_loop()
 
         def open_writer() -> sqlite3.Connection:
+            # A damaged file is set aside and salvaged before anything writes to it.
+            self.recovery = recovery.recover(
+                self.path, migrate=apply_migrations, startup_check=self._startup_check,
+                endpoints=self._endpoints)
+            self.last_recovery = (self.recovery.as_dict() if self.recovery
+                                  else recovery.last_report(self.path))
             conn = connect(self.path, self._synchronous)
             apply_migrations(conn)
             return conn

@@ -57,6 +57,13 @@ class GatewayMetrics:
             "fleetgate_forward_request_duration_seconds", "Remote-write request time",
             ["endpoint"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        # Durable totals: started from the database's counters table at every start.
+        self.store_recoveries = Counter(
+            "fleetgate_store_recoveries", "Damaged databases set aside and salvaged at start-up",
+            registry=r)
+        self.store_unreadable_frames = Counter(
+            "fleetgate_store_unreadable_frames",
+            "Acknowledged frames lost in the unreadable parts of a damaged database", registry=r)
         self.mqtt_connected = Gauge(
             "fleetgate_mqtt_connected", "1 while connected to the broker", registry=r)
         self.devices = Gauge("fleetgate_devices", "Devices known, by state", ["state"], registry=r)

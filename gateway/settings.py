@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # current boot never is). Must exceed the longest a device or the broker may replay a frame;
     # the broker session lasts mqtt_session_expiry_s (7 days).
     dedup_retention_days: float = Field(30.0, gt=0)
+    # Start-up check of the database file: "quick" runs PRAGMA quick_check (reads the whole
+    # file, ~1 s per GB from page cache); "off" only opens it. Damage found is salvaged.
+    sqlite_startup_check: Literal["quick", "off"] = "quick"
 
     # --- forward
     remote_write_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
