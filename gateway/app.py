@@ -119,7 +119,8 @@ class Gateway:
                  s.gateway_id, s.mqtt_url, len(self.forwarders), state.buffer_frames, self.db.path)
 
     def _restore(self, state: store.StoredState) -> None:
-        restored = restore_state(state, self.settings.ledger_max_ranges)
+        restored = restore_state(state, self.settings.ledger_max_ranges,
+                                 clock_tolerance_ms=int(self.settings.max_clock_skew_s * 1000))
         self.ledger, self.births, self._held = restored.ledger, restored.births, restored.held
         self.fleet.load(state.devices)
 

@@ -29,7 +29,7 @@ from tenacity.wait import wait_random_exponential
 
 from device_protocol import ProtocolError, decode_birth, decode_telemetry_rows
 from gateway import store
-from gateway.births import BirthRegistry
+from gateway.births import BirthRegistry, shifted
 from gateway.db import Database
 from gateway.entry_cache import EntryCache
 from gateway.errors import StoreError
@@ -184,7 +184,11 @@ class Forwarder:
                 return [self._compiler.encoder.info_entry(row.device_id, stored_birth,
                                                           row.received_ms)]
             raw = decode_telemetry_rows(row.payload)
-            known = self._births.get(row.device_id, raw.boot)
+            births = self._births
+            known = births.get(row.device_id, raw.boot)
+            ahead_ms = births.clock_ahead_ms(row.device_id, raw.boot)
+            if ahead_ms:  # as the pipeline did when it stored the frame
+                raw = shifted(raw, ahead_ms)
             return self._compiler.entries(row.device_id, raw, known)
         except (ProtocolError, LabelValidationError) as exc:
             # Stored frames were valid when stored: this is a bug or a bad disk. Skip, loudly.

@@ -23,12 +23,14 @@ from typing import Protocol
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
 from device_protocol import (
+    DEFAULT_LIMITS,
     Birth,
     FrameKind,
     Limits,
     ProtocolError,
     SchemaError,
     TelemetryRows,
+    TimestampOutOfRange,
     cmd_topic,
     decode_birth,
     decode_death,
@@ -38,7 +40,7 @@ from device_protocol import (
 )
 from device_protocol import Command as DeviceCommand
 from gateway import store
-from gateway.births import BirthRegistry
+from gateway.births import BirthRegistry, clock_ahead_ms, shifted
 from gateway.db import Database
 from gateway.dedup import Ledger, LedgerKey, LedgerOverlay, decode_ranges, encode_ranges
 from gateway.entry_cache import EntryCache
@@ -68,8 +70,8 @@ class Acknowledger(Protocol):
 class BatchPlan:
     write: store.BatchWrite = field(default_factory=store.BatchWrite)
     overlay: LedgerOverlay | None = None
-    births: list[tuple[str, Birth]] = field(default_factory=list)
-    birth_index: dict[tuple[str, int], Birth] = field(default_factory=dict)
+    births: list[tuple[str, Birth, int]] = field(default_factory=list)  # (.., clock ahead ms)
+    birth_index: dict[tuple[str, int], tuple[Birth, int]] = field(default_factory=dict)
     held: dict[LedgerKey, list[HeldFrame]] = field(default_factory=dict)
     released: list[LedgerKey] = field(default_factory=list)
     entries: list[tuple[int, Sequence[bytes]]] = field(default_factory=list)
@@ -91,15 +93,18 @@ class RestoredState:
     held: dict[LedgerKey, list[HeldFrame]]
 
 
-def restore_state(state: store.StoredState, ledger_max_ranges: int) -> RestoredState:
+def restore_state(state: store.StoredState, ledger_max_ranges: int,
+                  clock_tolerance_ms: int = DEFAULT_LIMITS.max_future_skew_ms) -> RestoredState:
     """The pipeline's memory rebuilt from what SQLite holds, at start-up."""
     ledger = Ledger(ledger_max_ranges)
     for device_id, boot, ranges in state.ledger:
         ledger.load((device_id, boot), decode_ranges(ranges))
     births = BirthRegistry()
-    for device_id, boot, payload in state.births:
+    for device_id, boot, received_ms, payload in state.births:
         try:
-            births.put(device_id, decode_birth(payload))
+            birth = decode_birth(payload)
+            births.put(device_id, birth,
+                       clock_ahead_ms(birth.time_ms, received_ms, clock_tolerance_ms))
         except ProtocolError as exc:  # a damaged row must not stop the gateway
             log.error("stored birth of %s boot %d unreadable: %s", device_id, boot, exc)
     held: dict[LedgerKey, list[HeldFrame]] = {}
@@ -189,13 +194,16 @@ class Pipeline:
 
     def _plan_telemetry(self, plan: BatchPlan, message: InboundMessage, device_id: str,
                         now_ms: int) -> None:
-        raw = decode_telemetry_rows(message.payload, limits=self._limits, now_ms=now_ms)
+        try:
+            raw = decode_telemetry_rows(message.payload, limits=self._limits, now_ms=now_ms)
+        except TimestampOutOfRange as exc:
+            raw = self._decode_clock_ahead(plan, device_id, message.payload, now_ms, exc)
         key = (device_id, raw.boot)
         assert plan.overlay is not None
         if not plan.overlay.add(key, raw.seq):
             plan.duplicates += 1
             return
-        birth = self._birth_for(plan, device_id, raw.boot)
+        birth, ahead_ms = self._birth_for(plan, device_id, raw.boot)
         if birth is None:
             held = (raw.seq, message.received_ms, message.payload)
             plan.held.setdefault(key, []).append(held)
@@ -204,8 +212,25 @@ class Pipeline:
             plan.added_bytes += len(message.payload)
             self._maybe_request_rebirth(plan, device_id, now_ms)
             return
+        if ahead_ms:
+            raw = shifted(raw, ahead_ms)
         # A known birth that lacks an alias is a firmware bug: the ProtocolError quarantines it.
         self._add_frame(plan, device_id, raw, birth, message.received_ms, message.payload)
+
+    def _decode_clock_ahead(self, plan: BatchPlan, device_id: str, payload: bytes,
+                            now_ms: int, exc: TimestampOutOfRange) -> TelemetryRows:
+        """A frame "from the future": fine if its boot's clock is known to run ahead (it is
+        then checked against the device's clock), or if its boot's birth has not come yet (it
+        is held, and checked when the birth comes). Otherwise the error stands."""
+        if exc.reason != "timestamp in the future":
+            raise exc
+        raw = decode_telemetry_rows(payload, limits=self._limits)
+        birth, ahead_ms = self._birth_for(plan, device_id, raw.boot)
+        if birth is None:
+            return raw
+        if not ahead_ms:
+            raise exc
+        return decode_telemetry_rows(payload, limits=self._limits, now_ms=now_ms + ahead_ms)
 
     def _add_frame(self, plan: BatchPlan, device_id: str, raw: TelemetryRows, birth: Birth,
                    received_ms: int, payload: bytes) -> None:
@@ -220,9 +245,15 @@ class Pipeline:
 
     def _plan_birth(self, plan: BatchPlan, message: InboundMessage, device_id: str,
                     now_ms: int) -> None:
-        birth = decode_birth(message.payload, limits=self._limits, now_ms=now_ms)
-        plan.births.append((device_id, birth))
-        plan.birth_index[device_id, birth.boot] = birth
+        # No future check: a clock that runs ahead is measured here and corrected for.
+        birth = decode_birth(message.payload, limits=self._limits)
+        ahead_ms = clock_ahead_ms(birth.time_ms, message.received_ms,
+                                  self._limits.max_future_skew_ms)
+        if ahead_ms and self.births.clock_ahead_ms(device_id, birth.boot) == 0:
+            log.warning("device %s boot %d: clock %.0f s ahead of the gateway's; its timestamps "
+                        "are moved back by that much", device_id, birth.boot, ahead_ms / 1000)
+        plan.births.append((device_id, birth, ahead_ms))
+        plan.birth_index[device_id, birth.boot] = (birth, ahead_ms)
         plan.write.births.append((device_id, birth.boot, message.received_ms, message.payload))
         frame_id = self._next_frame_id
         self._next_frame_id += 1
@@ -241,7 +272,11 @@ class Pipeline:
         for _seq, received_ms, payload in sorted(waiting):
             plan.added_bytes -= len(payload)  # moves from held to frames
             try:
-                raw = decode_telemetry_rows(payload, limits=self._limits)
+                # Checked against the device's clock when it was received.
+                raw = decode_telemetry_rows(payload, limits=self._limits,
+                                            now_ms=received_ms + ahead_ms)
+                if ahead_ms:
+                    raw = shifted(raw, ahead_ms)
                 self._add_frame(plan, device_id, raw, birth, received_ms, payload)
             except Exception as exc:  # one bad held frame must not lose the others
                 held_message = InboundMessage(message.topic.rsplit("/", 1)[0] + "/telemetry",
@@ -251,9 +286,14 @@ class Pipeline:
         log.info("device %s: birth for boot %d released %d held frames", device_id, birth.boot,
                  len(waiting))
 
-    def _birth_for(self, plan: BatchPlan, device_id: str, boot: int) -> Birth | None:
+    def _birth_for(self, plan: BatchPlan, device_id: str,
+                   boot: int) -> tuple[Birth | None, int]:
+        """The boot's birth (planned in this batch or known) and its clock-ahead ms."""
         planned = plan.birth_index.get((device_id, boot))
-        return planned if planned is not None else self.births.get(device_id, boot)
+        if planned is not None:
+            return planned
+        births = self.births
+        return births.get(device_id, boot), births.clock_ahead_ms(device_id, boot)
 
     def _maybe_request_rebirth(self, plan: BatchPlan, device_id: str, now_ms: int) -> None:
         last = self._rebirth_sent.get(device_id)
@@ -334,8 +374,8 @@ class Pipeline:
     def _apply(self, plan: BatchPlan) -> None:
         assert plan.overlay is not None
         self.ledger.apply(plan.overlay)
-        for device_id, birth in plan.births:
-            self.births.put(device_id, birth)
+        for device_id, birth, ahead_ms in plan.births:
+            self.births.put(device_id, birth, ahead_ms)
             self._fleet.observe_birth(device_id, birth, int(time.time() * 1000))
         for key in plan.released:
             self.held.pop(key, None)

@@ -52,7 +52,7 @@ class FrameRow:
 @dataclass(slots=True)
 class StoredState:
     next_frame_id: int
-    births: list[tuple[str, int, bytes]]
+    births: list[tuple[str, int, int, bytes]]  # (device, boot, received_ms, payload)
     ledger: list[tuple[str, int, str]]
     held: list[tuple[str, int, int, int, bytes]]
     cursors: dict[str, int]
@@ -143,7 +143,8 @@ def load_state(conn: sqlite3.Connection) -> StoredState:
         conn.row_factory = None
     return StoredState(
         next_frame_id=next_id,
-        births=conn.execute("SELECT device_id, boot, payload FROM births").fetchall(),
+        births=conn.execute(
+            "SELECT device_id, boot, received_ms, payload FROM births").fetchall(),
         ledger=conn.execute("SELECT device_id, boot, ranges FROM ledger").fetchall(),
         held=conn.execute(
             "SELECT device_id, boot, seq, received_ms, payload FROM held ORDER BY id").fetchall(),

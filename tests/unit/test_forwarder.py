@@ -146,6 +146,28 @@ def test_read_back_after_restart_sends_the_same_series_as_the_live_path(tmp_path
     assert sorted(map(repr, cold.accepted)) == sorted(map(repr, live.accepted))
 
 
+def test_read_back_moves_a_clock_ahead_back_as_the_live_path_did(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    live, cold = FakeRemoteWrite(), FakeRemoteWrite()
+    live.endpoint, cold.endpoint = "fake://live", "fake://cold"  # type: ignore[misc]
+    both = (live.endpoint, cold.endpoint)
+    day_ms, now = 86_400_000, f.now_ms()
+
+    async def go() -> None:
+        await h.open()
+        await h.pipeline.handle([birth_msg(1, time_ms=now + day_ms),
+                                 *[tele_msg(1, s, now + day_ms - 10_000) for s in range(5)]])
+        await drain(make_forwarder(h, live, endpoints=both))
+        await drain(make_forwarder(h, cold, cache=EntryCache(), endpoints=both))
+        await h.db.close()
+
+    asyncio.run(go())
+    stamps = [ts for labels, samples in cold.accepted for _, ts in samples
+              if labels["__name__"] == "device_temperature_celsius"]
+    assert len(stamps) == 5 and all(abs(ts - now) < 20_000 for ts in stamps)
+    assert sorted(map(repr, cold.accepted)) == sorted(map(repr, live.accepted))
+
+
 def test_stop_while_the_endpoint_is_down_keeps_the_cursor_and_the_frames(tmp_path: Path) -> None:
     h = Harness(tmp_path / "db")
     client = FakeRemoteWrite(lambda series: Retryable(503, "down", None))

@@ -74,7 +74,7 @@ def test_write_batch_and_load_state_round_trip(conn: sqlite3.Connection) -> None
     ))
     state = store.load_state(conn)
     assert state.next_frame_id == 4
-    assert state.births == [("d1", 1, birth_payload)]
+    assert state.births == [("d1", 1, T0, birth_payload)]
     assert state.ledger == [("d1", 1, "2-4")]
     assert state.held == [("d2", 9, 4, T0 + 4, b"held-a"), ("d2", 9, 5, T0 + 5, b"held-bb")]
     assert state.cursors == {}
@@ -107,7 +107,7 @@ def test_later_batches_replace_births_and_ledger_rows_and_add_counters(
     write(conn, BatchWrite(births=[("d1", 1, T0 + 1, b"new")],
                            ledger=[("d1", 1, "0-9", T0 + 1)], counters={"dup": 5}))
     state = store.load_state(conn)
-    assert state.births == [("d1", 1, b"new")]
+    assert state.births == [("d1", 1, T0 + 1, b"new")]
     assert state.ledger == [("d1", 1, "0-9")]
     assert state.counters == {"dup": 7, "other": 1}
 
@@ -331,7 +331,7 @@ def test_prune_forgets_only_past_boots_untouched_since_the_cutoff(
     assert held == 0
     state = store.load_state(conn)
     assert sorted((d, b) for d, b, _ in state.ledger) == [("d1", 2), ("d1", 3), ("d2", 7)]
-    assert sorted((d, b) for d, b, _ in state.births) == [("d1", 2), ("d1", 3), ("d2", 7)]
+    assert sorted((d, b) for d, b, _, _ in state.births) == [("d1", 2), ("d1", 3), ("d2", 7)]
 
 
 def test_prune_drops_held_frames_that_waited_too_long_and_counts_them(
@@ -359,4 +359,4 @@ def test_prune_keeps_the_birth_of_a_boot_whose_frames_are_still_buffered(
                            births=[("d1", 1, old, b"birth of boot 1")],
                            ledger=[("d1", 1, "0-2", old)]))
     tx(conn, lambda c: store.prune_dedup_state(c, T0 - 30 * DAY_MS))
-    assert ("d1", 1, b"birth of boot 1") in store.load_state(conn).births
+    assert ("d1", 1, old, b"birth of boot 1") in store.load_state(conn).births

@@ -1,0 +1,126 @@
+"""Devices rebooting and replaying their buffers, with clocks right, a day ahead and a day
+behind. A clock ahead is measured at birth and corrected (samples from "the future" would push
+Prometheus's head forward and get everyone's current data refused); a clock behind cannot be
+told from a delayed delivery, so its samples keep their times: VictoriaMetrics takes them and
+Prometheus refuses them as too old, which dead-letters them with its reason, counted."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import factories as f
+import pytest
+from publisher import Publisher
+from receivers import prom_counts
+
+from device_protocol import RawSample, RawTelemetry, encode_telemetry
+from faults.conftest import FaultReport
+from faults.probes import METRIC, GatewayFactory
+from gateway.devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+
+pytestmark = pytest.mark.e2e
+
+DAY_MS = 86_400_000
+RIGHT, AHEAD, BEHIND = range(0, 5), range(5, 10), range(10, 15)
+CLOCK = {**{i: 0 for i in RIGHT}, **{i: DAY_MS for i in AHEAD}, **{i: -DAY_MS for i in BEHIND}}
+BOOT0_SEQS, BOOT1_SEQS = range(40), range(20)
+LIVE_BEFORE_REBOOT = range(30)  # boot 0 frames 30..39 were buffered, sent only as a replay
+
+
+def value(device: int, reboot: int, seq: int) -> float:
+    return float(device * 100_000 + reboot * 10_000 + seq)
+
+
+def frame(device: int, reboot: int, seq: int, t0_ms: int, historical: bool = False,
+          ) -> tuple[str, bytes]:
+    """t0_ms: when boot `reboot`'s seq 0 was built, on the device's own clock."""
+    raw = RawTelemetry(boot=f.boot_id(device, reboot), seq=seq, time_ms=t0_ms + seq * 1000,
+                       samples=(RawSample(0, value(device, reboot, seq), 0, ()),
+                                RawSample(1, float(seq), 0, ())), historical=historical)
+    return f"fleet/{f.device_id(device)}/telemetry", encode_telemetry(raw)
+
+
+def birth(device: int, reboot: int, now_ms: int) -> tuple[str, bytes]:
+    return (f"fleet/{f.device_id(device)}/birth",
+            f.birth_payload(device, reboot=reboot, time_ms=now_ms + CLOCK[device]))
+
+
+def test_devices_reboot_and_replay_with_clocks_a_day_ahead_or_behind(
+        mosquitto: Mosquitto, prometheus: Prometheus, victoria_metrics: VictoriaMetrics,
+        gateway_factory: GatewayFactory, fault_report: FaultReport) -> None:
+    """Devices rebooting and replaying their buffers, clocks right, a day ahead, a day behind."""
+    gw = gateway_factory(mosquitto, prometheus, victoria_metrics)
+    devices = range(15)
+    now = f.now_ms()
+    boot0_t0 = {i: now + CLOCK[i] - 120_000 for i in devices}  # device clocks
+    boot1_t0 = {i: now + CLOCK[i] - 30_000 for i in devices}
+    with Publisher(mosquitto.url) as pub:
+        sent = pub.publish([birth(i, 0, f.now_ms()) for i in devices])
+        sent += pub.publish([frame(i, 0, s, boot0_t0[i]) for s in LIVE_BEFORE_REBOOT
+                             for i in devices])
+        # Reboot: a new boot id, seq from 0; then the ring buffer is replayed with h=true,
+        # overlapping what was already delivered (those are duplicates); then a few resends.
+        sent += pub.publish([birth(i, 1, f.now_ms()) for i in devices])
+        sent += pub.publish([frame(i, 1, s, boot1_t0[i]) for s in BOOT1_SEQS for i in devices])
+        sent += pub.publish([frame(i, 0, s, boot0_t0[i], historical=True) for s in range(20, 40)
+                             for i in devices])
+        sent += pub.publish([frame(i, 1, s, boot1_t0[i]) for s in range(5) for i in devices])
+    duplicates = len(devices) * (10 + 5)
+    frames_unique = len(devices) * (2 + len(BOOT0_SEQS) + len(BOOT1_SEQS))
+    wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == frames_unique
+             and gw.metric("fleetgate_frames_duplicate_total") == duplicates
+             and gw.caught_up(), 60, what="every frame stored (duplicates dropped) and forwarded")
+    assert gw.metric("fleetgate_frames_invalid_total") == 0
+
+    expected = {f.device_id(i): {value(i, r, s): t0[i] + s * 1000
+                                 for r, seqs, t0 in ((0, BOOT0_SEQS, boot0_t0),
+                                                     (1, BOOT1_SEQS, boot1_t0))
+                                 for s in seqs}
+                for i in devices}
+    samples_in = sum(len(v) for v in expected.values())
+
+    def vm_rows() -> dict[str, list[tuple[int, float]]]:
+        out: dict[str, list[tuple[int, float]]] = {}
+        for row in victoria_metrics.export(f'{{__name__="{METRIC}"}}'):
+            out.setdefault(row["metric"]["device_id"], []).extend(
+                zip(row["timestamps"], row["values"], strict=True))
+        return out
+
+    wait_for(lambda: sum(len(v) for v in vm_rows().values()) >= samples_in, 30,
+             what="VictoriaMetrics to show every sample")
+    received = vm_rows()
+    lost = doubled = misplaced = 0
+    for i in devices:
+        device = f.device_id(i)
+        counts = Counter(v for _, v in received.get(device, []))
+        lost += sum(1 for v in expected[device] if counts[v] == 0)
+        doubled += sum(c - 1 for c in counts.values() if c > 1)
+        # where each sample landed: at the device's time, less the clock error if ahead (the
+        # error measured at birth is short by the birth's delivery delay: a few ms)
+        correction = CLOCK[i] if CLOCK[i] > 0 else 0
+        for ts, v in received.get(device, []):
+            want = expected[device][v] - correction
+            misplaced += not (want <= ts <= want + 5_000)
+    fault_report.record(
+        frames_in=sent, samples_in=samples_in, samples_out=samples_in - lost, lost=lost,
+        doubled=doubled, note=f"{duplicates} replayed/resent frames dropped as duplicates; "
+                              f"clock a day ahead moved back, a day behind kept ({misplaced} "
+                              f"samples misplaced)")
+
+    # Prometheus: right and corrected clocks arrive; a day behind is refused as too old.
+    counts = prom_counts(prometheus, METRIC)
+    per_device = len(BOOT0_SEQS) + len(BOOT1_SEQS)
+    refused = gw.metric("fleetgate_forward_dead_letters_total",
+                        endpoint=prometheus.remote_write_url)
+    prom_out = sum(counts.values())
+    fault_report.record(
+        frames_in=sent, samples_in=samples_in, samples_out=prom_out,
+        lost=samples_in - prom_out - len(BEHIND) * per_device, doubled=0, receiver="Prometheus",
+        note=f"the day-behind devices' {len(BEHIND) * per_device} samples refused as too old: "
+             f"dead-lettered with Prometheus's reason ({refused:.0f} incl. counters)")
+    assert (lost, doubled, misplaced) == (0, 0, 0)
+    assert counts == {f.device_id(i): per_device for i in (*RIGHT, *AHEAD)}
+    assert refused == len(BEHIND) * per_device * 2
+    assert gw.metric("fleetgate_forward_dead_letters_total",
+                     endpoint=victoria_metrics.remote_write_url) == 0
+    assert gw.metric("fleetgate_forward_retries_total") == 0
