@@ -153,8 +153,13 @@ def check(path: Path, startup_check: StartupCheck = "quick") -> str | None:
     problem = wal_header_problem(wal)
     if problem:
         return problem
-    if path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+    has_wal = wal.exists() and wal.stat().st_size > 0
+    size = path.stat().st_size
+    if size == 0 and not has_wal:
         return "the database file is empty (zero length)"
+    problem = _size_problem(path, size, has_wal)
+    if problem:
+        return problem
     try:
         conn = _connect_ro(path)
     except sqlite3.Error as exc:
@@ -170,6 +175,23 @@ def check(path: Path, startup_check: StartupCheck = "quick") -> str | None:
         return str(exc)
     finally:
         conn.close()
+    return None
+
+
+def _size_problem(path: Path, size: int, has_wal: bool) -> str | None:
+    """Truncation seen from the header alone: free, so it is caught with the check off too."""
+    with path.open("rb") as f:
+        header = f.read(100)
+    page_size = _header_page_size(header)
+    if page_size is None:
+        return None  # not a database header at all: opening it says so
+    if size % page_size:
+        return f"the file is {size} bytes, not a whole number of {page_size}-byte pages"
+    change_counter, pages = struct.unpack(">II", header[24:32])
+    valid_for = struct.unpack(">I", header[92:96])[0]
+    # The header's page count is trusted only when valid and no WAL may be ahead of it.
+    if not has_wal and pages and valid_for == change_counter and size < pages * page_size:
+        return f"the file is truncated: {size // page_size} of {pages} pages"
     return None
 
 

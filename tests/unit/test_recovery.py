@@ -222,7 +222,7 @@ def test_truncated_to_half(built: Built) -> None:
     whole = {p for p in built.frame_leaves if p * PAGE <= cut}
     check_salvage(built, {"fleetgate.db": data[:cut]}, result, ids_on_pages(built, whole))
     assert result is not None and result.lost_frames > 0
-    assert "malformed" in result.problem
+    assert "truncated" in result.problem
 
 
 def test_truncated_mid_page(built: Built) -> None:
@@ -426,7 +426,7 @@ def test_summary_is_one_line_naming_the_copy_and_the_losses(built: Built) -> Non
 @pytest.mark.parametrize("mode", ["quick", "off"])
 def test_check_modes(built: Built, mode: recovery.StartupCheck) -> None:
     """'off' skips quick_check (damage inside a page goes unseen) but still catches a file
-    that cannot be opened."""
+    that cannot be opened or is shorter than its header says."""
     data = bytearray(built.path.read_bytes())
     page = built.frame_leaves[len(built.frame_leaves) // 2]
     data[(page - 1) * PAGE:page * PAGE] = bytes(PAGE)
@@ -435,3 +435,9 @@ def test_check_modes(built: Built, mode: recovery.StartupCheck) -> None:
     assert (found is not None) == (mode == "quick")
     built.path.write_bytes(bytes(100) + bytes(data[100:]))
     assert recovery.check(built.path, mode) == "file is not a database"
+    pages = len(data) // PAGE
+    built.path.write_bytes(bytes(data[:len(data) // 2 // PAGE * PAGE]))
+    truncated = f"the file is truncated: {pages // 2} of {pages} pages"
+    assert recovery.check(built.path, mode) == truncated
+    built.path.write_bytes(bytes(data[:len(data) // 2 + 100]))
+    assert "not a whole number of 4096-byte pages" in str(recovery.check(built.path, mode))
