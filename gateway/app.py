@@ -26,6 +26,7 @@ import uvicorn
 from device_protocol import Limits
 from gateway import recovery, store
 from gateway.births import BirthRegistry
+from gateway.datadir_lock import DataDirLock
 from gateway.db import Database
 from gateway.entry_cache import EntryCache
 from gateway.errors import ConfigError
@@ -63,6 +64,7 @@ class Gateway:
         self.db = Database(settings.store_config().db_path, settings.sqlite_synchronous,
                            startup_check=settings.sqlite_startup_check,
                            endpoints=settings.forward_config().endpoints)
+        self.lock = DataDirLock(settings.data_dir)
         self.forwarders: list[Forwarder] = []
         self.started_ms = int(time.time() * 1000)
         self._tasks: list[asyncio.Task[None]] = []
@@ -75,6 +77,7 @@ class Gateway:
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
         s = self.settings
+        self.lock.acquire()  # before the database: recovery may move files aside
         await self.db.open()
         state = await self.db.read(store.load_state)
         self._restore(state)
@@ -246,6 +249,7 @@ class Gateway:
     async def shutdown(self) -> None:
         if not hasattr(self, "pipeline"):  # start() failed before anything ran
             await self.db.close()
+            self.lock.release()
             return
         if self._server is not None and not self._server.started:  # the API never came up
             self._server.should_exit = True
@@ -279,6 +283,7 @@ class Gateway:
         for forwarder in self.forwarders:
             await forwarder.aclose()
         await self.db.close()
+        self.lock.release()
         log.info("stopped")
 
 

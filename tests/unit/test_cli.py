@@ -61,3 +61,39 @@ def test_run_fails_fast_when_the_api_port_is_taken(tmp_path: Path) -> None:
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert f"could not listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_run_refuses_a_data_dir_another_gateway_holds(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from gateway.datadir_lock import DataDirLock
+    from gateway.devstack import free_port
+
+    other = DataDirLock(tmp_path / "data")
+    other.acquire()  # as a running gateway holds it
+    try:
+        env = {**os.environ, "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
+               "FLEETGATE_API_LISTEN": f"127.0.0.1:{free_port()}",
+               "FLEETGATE_MQTT_URL": "mqtt://127.0.0.1:1"}  # never reached
+        result = subprocess.run([sys.executable, "-m", "gateway.cli", "run"], env=env,
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        other.release()
+    assert result.returncode == 2, result.stderr
+    assert f"is in use by another fleetgate (pid {os.getpid()})" in result.stderr
+    assert not (tmp_path / "data" / "fleetgate.db").exists()  # refused before touching it
+
+
+def test_the_data_dir_lock_is_free_again_once_released(tmp_path: Path) -> None:
+    from gateway.datadir_lock import DataDirLock
+    from gateway.errors import ConfigError
+
+    first, second = DataDirLock(tmp_path), DataDirLock(tmp_path)
+    first.acquire()
+    with pytest.raises(ConfigError):
+        second.acquire()
+    first.release()
+    second.acquire()
+    second.release()
