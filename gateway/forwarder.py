@@ -1,7 +1,9 @@
 """One forwarder per remote-write endpoint: frames after its cursor -> requests -> cursor.
 
 Order: a single request in flight per endpoint and frames taken in id (commit) order, so the
-samples of every series reach the endpoint in the order the gateway stored them.
+samples of every series reach the endpoint in the order the gateway stored them. While a
+request is in flight the next batch is prepared (read back from SQLite and encoded when it is no
+longer in the entry cache), so the gateway's CPU and the receiver's overlap during a drain.
 
 Outcomes of a request:
 - accepted: the cursor moves past its frames (own transaction; frames every endpoint has passed
@@ -17,9 +19,11 @@ The one at-least-once window: a kill between a 2xx and the cursor commit resends
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -75,6 +79,8 @@ class Forwarder:
         self.retrying = False  # the endpoint is failing right now
         self.status = ForwarderStatus(cursor=cursor)
         self._new_data = asyncio.Event()
+        # Rows read back from SQLite that the last request had no room for, in id order.
+        self._read_ahead: deque[store.FrameRow] = deque()
         self._draining = False
         self._stopping = False
 
@@ -115,42 +121,57 @@ class Forwarder:
                 await asyncio.sleep(delay)
 
     async def _forward(self) -> None:
-        flush_after: float | None = None
-        loop = asyncio.get_running_loop()
-        while True:
-            upto = self._committed_upto()
-            if self.cursor >= upto:
-                if self._draining:
-                    return
-                self._new_data.clear()
-                await self._new_data.wait()
-                continue
-            frames, last_id, full = await self._collect(upto)
-            if not full and not self._draining:
-                # A partial batch waits up to the flush deadline for more samples.
-                if flush_after is None:
-                    flush_after = loop.time() + self._config.flush_deadline_s
-                remaining = flush_after - loop.time()
-                if remaining > 0:
+        prepared: asyncio.Task[tuple[list[Frame], int, bool]] | None = None
+        try:
+            flush_after: float | None = None
+            loop = asyncio.get_running_loop()
+            while True:
+                upto = self._committed_upto()
+                if self.cursor >= upto:
+                    if self._draining:
+                        return
                     self._new_data.clear()
-                    try:
-                        await asyncio.wait_for(self._new_data.wait(), remaining)
-                    except TimeoutError:
-                        pass
-                    if loop.time() < flush_after:
-                        continue
-            flush_after = None
-            delivered = await self._deliver(frames)
-            if not delivered:
-                return  # stopping: the cursor stays, the frames stay in SQLite
-            await self._advance(last_id)
+                    await self._new_data.wait()
+                    continue
+                if prepared is not None:  # taken right after the cursor while sending
+                    frames, last_id, full = await prepared
+                    prepared = None
+                else:
+                    frames, last_id, full = await self._collect(self.cursor, upto)
+                if not full and not self._draining:
+                    # A partial batch waits up to the flush deadline for more samples.
+                    if flush_after is None:
+                        flush_after = loop.time() + self._config.flush_deadline_s
+                    remaining = flush_after - loop.time()
+                    if remaining > 0:
+                        self._new_data.clear()
+                        try:
+                            await asyncio.wait_for(self._new_data.wait(), remaining)
+                        except TimeoutError:
+                            pass
+                        if loop.time() < flush_after:
+                            continue
+                flush_after = None
+                if full:  # more is waiting: prepare the next batch while this one is sent
+                    prepared = asyncio.create_task(
+                        self._collect(last_id, self._committed_upto()),
+                        name=f"forward-prepare:{self.endpoint}")
+                delivered = await self._deliver(frames)
+                if not delivered:
+                    return  # stopping: the cursor stays, the frames stay in SQLite
+                await self._advance(last_id)
+        finally:
+            if prepared is not None:  # owned here: never left running past the loop
+                prepared.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StoreError):
+                    await prepared
 
-    async def _collect(self, upto: int) -> tuple[list[Frame], int, bool]:
-        """Frames after the cursor, up to max_samples_per_request: (frames, last id, full)."""
+    async def _collect(self, after: int, upto: int) -> tuple[list[Frame], int, bool]:
+        """Frames after `after`, up to max_samples_per_request: (frames, last id, full)."""
         limit = self._config.max_samples_per_request
         frames: list[Frame] = []
         samples = 0
-        frame_id = self.cursor
+        frame_id = after
         cache = self._cache
         # Fast path: the frames right after the cursor are still encoded in the cache.
         while frame_id < upto:
@@ -160,18 +181,25 @@ class Forwarder:
             frame_id += 1
             frames.append((frame_id, entries))
             samples += len(entries)
-        if frame_id == self.cursor:  # behind the cache (outage, restart, drops): read back
-            rows = await self._db.read(
-                lambda conn: store.fetch_frames(conn, self.cursor, FETCH_FRAMES))
-            for row in rows:
+        if frame_id == after:  # behind the cache (outage, restart, drops): read back
+            ahead = self._read_ahead
+            while ahead and ahead[0].id <= after:
+                ahead.popleft()
+            if not ahead:
+                rows = await self._db.read(
+                    lambda conn: store.fetch_frames(conn, after, FETCH_FRAMES))
+                if not rows:
+                    return frames, upto, False  # everything up to upto was dropped or deleted
+                ahead.extend(rows)
+            while ahead:
+                row = ahead[0]
                 entries = self._entries_for(row)
                 if samples and samples + len(entries) > limit:
                     break
+                ahead.popleft()
                 frame_id = row.id
                 frames.append((row.id, entries))
                 samples += len(entries)
-            if not rows:
-                frame_id = upto  # everything up to upto was dropped or deleted
         return frames, frame_id, frame_id < upto or samples >= limit
 
     def _entries_for(self, row: store.FrameRow) -> Sequence[bytes]:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import factories as f
+import pytest
 from fakes import Accepted, FakeRemoteWrite, Rejected, Retryable
 from test_pipeline_support import Harness, birth_msg, tele_msg
 
@@ -185,3 +186,35 @@ def test_stop_while_the_endpoint_is_down_keeps_the_cursor_and_the_frames(tmp_pat
 
     asyncio.run(go())
     assert h.rows("SELECT COUNT(*) FROM frames") == [(6,)]
+
+
+def test_read_back_reads_each_row_once_and_keeps_order(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import store
+
+    h = Harness(tmp_path / "db")
+    client = FakeRemoteWrite()
+    rows_read: list[int] = []
+    real_fetch = store.fetch_frames
+
+    def counting_fetch(conn, after_id, limit):  # type: ignore[no-untyped-def]
+        rows = real_fetch(conn, after_id, limit)
+        rows_read.extend(row.id for row in rows)
+        return rows
+
+    monkeypatch.setattr(store, "fetch_frames", counting_fetch)
+
+    async def go() -> None:
+        await h.open()
+        await fill(h, devices=3, frames=100)
+        # as after a restart: nothing cached, every frame read back (50 samples a request)
+        await drain(make_forwarder(h, client, cache=EntryCache()))
+        await h.db.close()
+
+    asyncio.run(go())
+    assert sorted(rows_read) == list(range(1, 3 + 3 * 100 + 1))  # each row read once
+    temps = values_of(client.accepted, "device_temperature_celsius")
+    assert sorted(temps) == sorted(f.sample_value(i, s) for i in range(3) for s in range(100))
+    for i in range(3):  # per series, in seq order
+        mine = [v for v in temps if int(v) // 100_000 == i]
+        assert mine == sorted(mine)
