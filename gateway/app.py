@@ -28,7 +28,7 @@ from gateway import recovery, store
 from gateway.births import BirthRegistry
 from gateway.datadir_lock import DataDirLock
 from gateway.db import Database
-from gateway.entry_cache import EntryCache
+from gateway.entry_cache import EntryCache, serves_next_frame_of
 from gateway.errors import ConfigError
 from gateway.fleet import FleetState
 from gateway.forwarder import Forwarder
@@ -177,7 +177,12 @@ class Gateway:
             forwarder.notify()
 
     def _forwarders_keeping_up(self) -> bool:
-        return bool(self.forwarders) and not any(f.retrying for f in self.forwarders)
+        """Every forwarder is healthy and takes its next frame from the cache: only then is it
+        worth holding ingest so they stay there. One draining a backlog from SQLite is past
+        that; holding ingest would only make live data wait behind the backlog at the broker."""
+        forwarders = self.forwarders
+        return (bool(forwarders) and not any(f.retrying for f in forwarders)
+                and serves_next_frame_of(self.cache, (f.cursor for f in forwarders)))
 
     def _on_progress(self, frames: int, size: int) -> None:
         self.pipeline.freed(frames, size)

@@ -8,7 +8,7 @@ bytes from here and never touch SQLite or the decoder. A forwarder that falls be
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 # ~150 bytes an entry: 400k samples is ~60 MiB, i.e. 20 s at 20k samples/s of headroom.
 DEFAULT_MAX_SAMPLES = 400_000
@@ -40,9 +40,19 @@ class EntryCache:
                 break
             self._samples -= len(frames.popitem(last=False)[1])
 
+    def oldest_id(self) -> int | None:
+        return next(iter(self._frames), None)
+
     def __len__(self) -> int:
         return len(self._frames)
 
     @property
     def samples(self) -> int:
         return self._samples
+
+
+def serves_next_frame_of(cache: EntryCache, cursors: Iterable[int]) -> bool:
+    """Every cursor's next frame is in the cache (or nothing is cached yet): the forwarders
+    read from memory, not from SQLite."""
+    oldest = cache.oldest_id()
+    return oldest is None or all(cursor + 1 >= oldest for cursor in cursors)

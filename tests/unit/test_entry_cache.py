@@ -91,3 +91,14 @@ def test_cache_matches_a_fifo_model(ops: list[tuple[str, int]], cap: int) -> Non
         for frame_id in range(1, next_id):
             expected = entries(frame_id, model[frame_id]) if frame_id in model else None
             assert cache.get(frame_id) == expected
+
+
+def test_serves_next_frame_only_when_every_cursor_is_within_the_cache() -> None:
+    from gateway.entry_cache import serves_next_frame_of
+
+    cache = EntryCache(max_samples=3)
+    assert serves_next_frame_of(cache, [0, 50])  # nothing cached yet
+    for frame_id in range(1, 6):
+        cache.put(frame_id, [b"e"])  # holds frames 3..5
+    assert serves_next_frame_of(cache, [2, 4])  # next frames 3 and 5: in memory
+    assert not serves_next_frame_of(cache, [1, 4])  # frame 2 is only in SQLite now
