@@ -120,7 +120,9 @@ def create_api(gateway: Gateway) -> FastAPI:
                 {"endpoint": f.endpoint, "cursor": f.cursor, "behind_frames":
                  max(0, p.committed_upto - f.cursor), "sent_samples": f.status.sent_samples,
                  "dead_letters": f.status.dead_letters, "last_error": f.status.last_error,
-                 "last_success_ms": f.status.last_success_ms}
+                 "last_success_ms": f.status.last_success_ms,
+                 # (live_from, live_upto) while new frames go ahead of a backlog, else null
+                 "live_lane": f.status.live_lane}
                 for f in gateway.forwarders],
             # The newest start-up recovery of a damaged database (null if there never was one):
             # what was found, where the damaged copy is, salvaged and lost rows per table.

@@ -105,7 +105,8 @@ class Gateway:
                 db=self.db, config=forward, cache=self.cache, births=self.births,
                 compiler=compiler, metrics=self.metrics, cursor=state.cursors.get(endpoint, 0),
                 all_endpoints=forward.endpoints,
-                committed_upto=lambda: self.pipeline.committed_upto, on_progress=self._on_progress))
+                committed_upto=lambda: self.pipeline.committed_upto, on_progress=self._on_progress,
+                live_lane=state.live_lanes.get(endpoint)))
         self.metrics.buffer_frames.set(state.buffer_frames)
         self.metrics.buffer_bytes.set(state.buffer_bytes)
         self.metrics.store_recoveries.inc(state.counters.get(recovery.COUNTER_RECOVERIES, 0))

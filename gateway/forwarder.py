@@ -14,6 +14,14 @@ Outcomes of a request:
   to the dead-letter table with the endpoint's reason, the rest are delivered.
 
 The one at-least-once window: a kill between a 2xx and the cursor commit resends that batch.
+
+Live lane (remote_write_live_first, for receivers that accept out-of-order samples): when the
+forwarder finds itself draining a backlog of more than LIVE_LANE_MIN_BACKLOG frames from SQLite,
+it opens a live lane at the newest committed frame and alternates requests: new frames, then a
+backlog batch. The lane's range (live_from, live_upto] is committed after each live request like
+the cursor, so a kill resends at most one batch either way; when the backlog reaches live_from
+the cursor jumps to live_upto and the lane closes. Per series, samples then arrive out of order
+(the backlog after newer live samples): hence off by default.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -48,6 +57,8 @@ log = logging.getLogger(__name__)
 Item = tuple[int, bytes]  # (frame id, one encoded TimeSeries entry)
 Frame = tuple[int, Sequence[bytes]]  # (frame id, its entries)
 FETCH_FRAMES = 2000  # rows per read-back from SQLite when behind the cache
+LIVE_LANE_MIN_BACKLOG = 5000  # frames behind, read back from SQLite, before live goes first
+Batch = tuple[list[Frame], int, bool]  # (frames, last frame id, full)
 
 
 @dataclass(slots=True)
@@ -57,6 +68,7 @@ class ForwarderStatus:
     dead_letters: int = 0
     last_error: str | None = None
     last_success_ms: int | None = None
+    live_lane: tuple[int, int] | None = None  # (live_from, live_upto) while one is open
 
 
 class Forwarder:
@@ -64,7 +76,8 @@ class Forwarder:
                  config: ForwardConfig, cache: EntryCache, births: BirthRegistry,
                  compiler: FrameCompiler, metrics: GatewayMetrics, cursor: int,
                  all_endpoints: Sequence[str], committed_upto: Callable[[], int],
-                 on_progress: Callable[[int, int], None]) -> None:
+                 on_progress: Callable[[int, int], None],
+                 live_lane: tuple[int, int] | None = None) -> None:
         self.endpoint = endpoint
         self._all_endpoints = tuple(all_endpoints)
         self._client = client
@@ -77,10 +90,11 @@ class Forwarder:
         self._committed_upto = committed_upto
         self._on_progress = on_progress  # (frames deleted, bytes freed)
         self.retrying = False  # the endpoint is failing right now
-        self.status = ForwarderStatus(cursor=cursor)
+        self.status = ForwarderStatus(cursor=cursor, live_lane=live_lane)
         self._new_data = asyncio.Event()
         # Rows read back from SQLite that the last request had no room for, in id order.
         self._read_ahead: deque[store.FrameRow] = deque()
+        self._live_read_ahead: deque[store.FrameRow] = deque()
         self._draining = False
         self._stopping = False
 
@@ -121,24 +135,43 @@ class Forwarder:
                 await asyncio.sleep(delay)
 
     async def _forward(self) -> None:
-        prepared: asyncio.Task[tuple[list[Frame], int, bool]] | None = None
+        prepared: tuple[int, asyncio.Task[Batch]] | None = None  # (after, next backlog batch)
         try:
             flush_after: float | None = None
             loop = asyncio.get_running_loop()
+            live_turn = True
             while True:
                 upto = self._committed_upto()
-                if self.cursor >= upto:
+                self._maybe_open_live_lane(upto)
+                live = self.status.live_lane
+                if live is not None and live_turn and live[1] < upto:
+                    live_turn = False
+                    frames, last_id, _ = await self._collect(live[1], upto,
+                                                             self._live_read_ahead)
+                    if not await self._deliver(frames):
+                        return
+                    await self._advance_live((live[0], last_id))
+                    continue
+                live_turn = True
+                bound = live[0] if live is not None else upto
+                if self.cursor >= bound:
+                    if live is not None:  # the backlog has reached the live lane
+                        await self._close_live_lane()
+                        continue
                     if self._draining:
                         return
                     self._new_data.clear()
                     await self._new_data.wait()
                     continue
-                if prepared is not None:  # taken right after the cursor while sending
-                    frames, last_id, full = await prepared
-                    prepared = None
+                if prepared is not None and prepared[0] == self.cursor:
+                    frames, last_id, full = await prepared[1]
                 else:
-                    frames, last_id, full = await self._collect(self.cursor, upto)
-                if not full and not self._draining:
+                    if prepared is not None:
+                        prepared[1].cancel()
+                    frames, last_id, full = await self._collect(self.cursor, bound,
+                                                                self._read_ahead)
+                prepared = None
+                if live is None and not full and not self._draining:
                     # A partial batch waits up to the flush deadline for more samples.
                     if flush_after is None:
                         flush_after = loop.time() + self._config.flush_deadline_s
@@ -153,21 +186,31 @@ class Forwarder:
                             continue
                 flush_after = None
                 if full:  # more is waiting: prepare the next batch while this one is sent
-                    prepared = asyncio.create_task(
-                        self._collect(last_id, self._committed_upto()),
-                        name=f"forward-prepare:{self.endpoint}")
-                delivered = await self._deliver(frames)
-                if not delivered:
+                    prepared = (last_id, asyncio.create_task(
+                        self._collect(last_id, bound, self._read_ahead),
+                        name=f"forward-prepare:{self.endpoint}"))
+                if not await self._deliver(frames):
                     return  # stopping: the cursor stays, the frames stay in SQLite
                 await self._advance(last_id)
         finally:
             if prepared is not None:  # owned here: never left running past the loop
-                prepared.cancel()
+                prepared[1].cancel()
                 with contextlib.suppress(asyncio.CancelledError, StoreError):
-                    await prepared
+                    await prepared[1]
 
-    async def _collect(self, after: int, upto: int) -> tuple[list[Frame], int, bool]:
-        """Frames after `after`, up to max_samples_per_request: (frames, last id, full)."""
+    def _maybe_open_live_lane(self, upto: int) -> None:
+        if (self.status.live_lane is None and self._config.live_first and not self._draining
+                and upto - self.cursor > LIVE_LANE_MIN_BACKLOG
+                and self._cache.get(self.cursor + 1) is None):
+            # Recorded with the first live request: until then nothing was sent out of order.
+            self.status.live_lane = (upto, upto)
+            log.info("%s: %d frames behind; live frames go first from frame %d",
+                     self.endpoint, upto - self.cursor, upto)
+
+    async def _collect(self, after: int, upto: int,
+                       ahead: deque[store.FrameRow]) -> Batch:
+        """Frames in (after, upto], up to max_samples_per_request: (frames, last id, full).
+        `ahead` keeps the rows read back from SQLite that did not fit, for the next call."""
         limit = self._config.max_samples_per_request
         frames: list[Frame] = []
         samples = 0
@@ -182,7 +225,6 @@ class Forwarder:
             frames.append((frame_id, entries))
             samples += len(entries)
         if frame_id == after:  # behind the cache (outage, restart, drops): read back
-            ahead = self._read_ahead
             while ahead and ahead[0].id <= after:
                 ahead.popleft()
             if not ahead:
@@ -193,6 +235,9 @@ class Forwarder:
                 ahead.extend(rows)
             while ahead:
                 row = ahead[0]
+                if row.id > upto:  # nothing left in (frame_id, upto]: deleted or dropped
+                    frame_id = upto
+                    break
                 entries = self._entries_for(row)
                 if samples and samples + len(entries) > limit:
                     break
@@ -315,6 +360,29 @@ class Forwarder:
         self._metrics.forward_dead_letters.labels(self.endpoint).inc(len(rows))
         log.error("%s: %d samples refused and dead-lettered, e.g. %s: %s", self.endpoint,
                   len(rows), rows[0][5], rows[0][4])
+
+    async def _advance_live(self, live: tuple[int, int]) -> None:
+        now_ms = int(time.time() * 1000)
+        cursor = self.cursor
+        await self._db.write(
+            lambda conn: store.set_live_lane(conn, self.endpoint, cursor, live, now_ms))
+        self.status.live_lane = live
+
+    async def _close_live_lane(self) -> None:
+        live = self.status.live_lane
+        assert live is not None
+        now_ms = int(time.time() * 1000)
+        endpoints, endpoint, cursor = self._all_endpoints, self.endpoint, self.cursor
+
+        def close(conn: sqlite3.Connection) -> tuple[int, int]:
+            store.set_live_lane(conn, endpoint, cursor, None, now_ms)
+            return store.advance_cursor(conn, endpoint, live[1], now_ms, endpoints)
+
+        deleted, freed = await self._db.write(close)
+        self.status.cursor = live[1]
+        self.status.live_lane = None
+        log.info("%s: backlog sent; the live lane closes at frame %d", endpoint, live[1])
+        self._on_progress(deleted, freed)
 
     async def _advance(self, frame_id: int) -> None:
         now_ms = int(time.time() * 1000)

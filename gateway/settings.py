@@ -66,6 +66,7 @@ class ForwardConfig:
     retry_max_s: float
     external_labels: tuple[tuple[str, str], ...]
     shutdown_deadline_s: float
+    live_first: bool = False
 
 
 class Settings(BaseSettings):
@@ -125,6 +126,9 @@ class Settings(BaseSettings):
     remote_write_retry_max_s: float = Field(30.0, gt=0)
     external_labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     shutdown_forward_deadline_s: float = Field(5.0, ge=0)  # last forward attempt on SIGTERM
+    # While a backlog drains, send new frames ahead of it. Only for receivers that accept
+    # out-of-order samples (see docs/operations.md): off by default.
+    remote_write_live_first: bool = False
 
     # --- protocol limits
     max_frame_bytes: int = Field(65536, gt=0)
@@ -251,6 +255,7 @@ class Settings(BaseSettings):
             retry_min_s=self.remote_write_retry_min_s, retry_max_s=self.remote_write_retry_max_s,
             external_labels=tuple(sorted(self.external_labels.items())),
             shutdown_deadline_s=self.shutdown_forward_deadline_s,
+            live_first=self.remote_write_live_first,
         )
 
 

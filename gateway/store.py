@@ -56,6 +56,7 @@ class StoredState:
     ledger: list[tuple[str, int, str]]
     held: list[tuple[str, int, int, int, bytes]]
     cursors: dict[str, int]
+    live_lanes: dict[str, tuple[int, int]]  # endpoint -> (live_from, live_upto)
     devices: list[sqlite3.Row]
     buffer_frames: int
     buffer_bytes: int
@@ -149,6 +150,9 @@ def load_state(conn: sqlite3.Connection) -> StoredState:
         held=conn.execute(
             "SELECT device_id, boot, seq, received_ms, payload FROM held ORDER BY id").fetchall(),
         cursors=dict(conn.execute("SELECT endpoint, frame_id FROM cursors").fetchall()),
+        live_lanes={endpoint: (live_from, live_upto) for endpoint, live_from, live_upto
+                    in conn.execute("SELECT endpoint, live_from, live_upto FROM cursors"
+                                    " WHERE live_from IS NOT NULL").fetchall()},
         devices=devices,
         buffer_frames=frames,
         buffer_bytes=size + held_size,
@@ -185,6 +189,18 @@ def advance_cursor(conn: sqlite3.Connection, endpoint: str, frame_id: int, now_m
     if row[0] < len(endpoints):  # an endpoint that has taken nothing yet holds everything
         return 0, 0
     return delete_frames_upto(conn, row[1])
+
+
+def set_live_lane(conn: sqlite3.Connection, endpoint: str, cursor: int,
+                  live: tuple[int, int] | None, now_ms: int) -> None:
+    """Record an endpoint's live lane (None closes it; the cursor is then advanced with
+    advance_cursor in the same transaction)."""
+    live_from, live_upto = live if live is not None else (None, None)
+    conn.execute(
+        "INSERT INTO cursors (endpoint, frame_id, updated_ms, live_from, live_upto)"
+        " VALUES (?,?,?,?,?) ON CONFLICT(endpoint) DO UPDATE SET live_from = excluded.live_from,"
+        " live_upto = excluded.live_upto, updated_ms = excluded.updated_ms",
+        (endpoint, cursor, now_ms, live_from, live_upto))
 
 
 def delete_frames_upto(conn: sqlite3.Connection, frame_id: int) -> tuple[int, int]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -218,3 +221,102 @@ def test_read_back_reads_each_row_once_and_keeps_order(tmp_path: Path,
     for i in range(3):  # per series, in seq order
         mine = [v for v in temps if int(v) // 100_000 == i]
         assert mine == sorted(mine)
+
+
+class SlowRemoteWrite(FakeRemoteWrite):
+    """A receiver that takes a little while per request, so live frames arrive mid-drain."""
+
+    async def send(self, compressed_body: bytes):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.01)
+        return await super().send(compressed_body)
+
+
+LIVE_FIRST = dataclasses.replace(CONFIG, live_first=True)
+
+
+def temperature_seqs(requests: list[list[tuple[dict[str, str], list[tuple[float, int]]]]],
+                     ) -> list[list[tuple[int, int]]]:
+    """(device, seq) of every temperature sample, request by request."""
+    return [[(int(v) // 100_000, int(v) % 100_000) for labels, samples in series
+             if labels["__name__"] == "device_temperature_celsius" for v, _ in samples]
+            for series in requests]
+
+
+async def start_backlog_and_live(h: Harness, forwarder: Forwarder, client: FakeRemoteWrite,
+                                 base: int) -> asyncio.Task[None]:
+    task = asyncio.create_task(forwarder.run())
+    await wait_until(lambda: len(client.requests) >= 2)  # draining the backlog by now
+    await h.pipeline.handle([tele_msg(i, s, base) for s in range(100, 110) for i in range(3)])
+    return task
+
+
+def test_live_lane_sends_new_frames_ahead_of_the_backlog_each_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import forwarder as forwarder_module
+
+    monkeypatch.setattr(forwarder_module, "LIVE_LANE_MIN_BACKLOG", 20)
+    h = Harness(tmp_path / "db")
+    h.cache = EntryCache(max_samples=40)  # the backlog is only in SQLite
+    client = SlowRemoteWrite()
+    base = f.now_ms() - 600_000
+
+    async def go() -> None:
+        await h.open()
+        await fill(h, devices=3, frames=100)
+        forwarder = make_forwarder(h, client)
+        object.__setattr__(forwarder, "_config", LIVE_FIRST)
+        task = await start_backlog_and_live(h, forwarder, client, base)
+        forwarder.begin_drain()
+        await asyncio.wait_for(task, 10)
+        assert forwarder.cursor == h.pipeline.committed_upto
+        assert forwarder.status.live_lane is None
+        assert h.rows("SELECT live_from, live_upto FROM cursors") == [(None, None)]
+        await h.db.close()
+
+    asyncio.run(go())
+    per_request = temperature_seqs(client.requests)
+    sent = [x for request in per_request for x in request]
+    assert sorted(sent) == sorted((i, s) for i in range(3) for s in range(110))  # each once
+    first_live = next(n for n, r in enumerate(per_request) if any(s >= 100 for _, s in r))
+    last_backlog = max(n for n, r in enumerate(per_request) if any(s < 100 for _, s in r))
+    assert first_live < last_backlog  # the live frames did not wait for the backlog
+
+
+def test_a_live_lane_survives_a_kill_and_nothing_is_lost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import forwarder as forwarder_module
+    from gateway import store
+
+    monkeypatch.setattr(forwarder_module, "LIVE_LANE_MIN_BACKLOG", 20)
+    h = Harness(tmp_path / "db")
+    h.cache = EntryCache(max_samples=40)
+    before, after = SlowRemoteWrite(), SlowRemoteWrite()
+    base = f.now_ms() - 600_000
+    lanes: list[dict[str, tuple[int, int]]] = []
+
+    async def go() -> None:
+        await h.open()
+        await fill(h, devices=3, frames=100)
+        forwarder = make_forwarder(h, before)
+        object.__setattr__(forwarder, "_config", LIVE_FIRST)
+        task = await start_backlog_and_live(h, forwarder, before, base)
+        await wait_until(lambda: forwarder.status.live_lane is not None
+                         and forwarder.status.live_lane[1] > forwarder.status.live_lane[0])
+        task.cancel()  # as a kill: whatever was committed is all that is known
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        state = await h.db.read(store.load_state)
+        lanes.append(state.live_lanes)
+        endpoint = before.endpoint
+        restarted = make_forwarder(h, after, cursor=state.cursors[endpoint])
+        restarted.status.live_lane = state.live_lanes.get(endpoint)
+        await drain(restarted)
+        assert restarted.cursor == h.pipeline.committed_upto
+        await h.db.close()
+
+    asyncio.run(go())
+    assert lanes[0]  # the lane was on disk when the gateway "died"
+    sent = Counter(x for client in (before, after)
+                   for request in temperature_seqs(client.requests) for x in request)
+    assert set(sent) == {(i, s) for i in range(3) for s in range(110)}  # nothing lost
+    assert sum(c - 1 for c in sent.values()) <= CONFIG.max_samples_per_request  # one batch
