@@ -19,10 +19,23 @@ from pathlib import Path
 import fault_matrix
 import pytest
 
+LONG_RUN_TIMEOUT_S = 1800  # the 10-minute outage and the 20 kills take longer than 300 s
+
+
+def _long() -> bool:
+    return os.environ.get("FAULTS_LONG", "") not in ("", "0")
+
 
 @pytest.fixture
 def long_run() -> bool:
-    return os.environ.get("FAULTS_LONG", "") not in ("", "0")
+    return _long()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if _long():
+        for item in items:
+            if "/faults/" in str(item.path):
+                item.add_marker(pytest.mark.timeout(LONG_RUN_TIMEOUT_S))
 
 
 @dataclass
