@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     remote_write_flush_ms: int = Field(200, ge=0)  # a partial batch waits at most this long
     remote_write_timeout_s: float = Field(15.0, gt=0)
     remote_write_retry_min_s: float = Field(0.5, gt=0)
-    remote_write_retry_max_s: float = Field(30.0, gt=0)
+    remote_write_retry_max_s: float = Field(5.0, gt=0)
     external_labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     shutdown_forward_deadline_s: float = Field(5.0, ge=0)  # last forward attempt on SIGTERM
     # While a backlog drains, send new frames ahead of it. Only for receivers that accept
