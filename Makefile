@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python bench/throughput.py --repeat 3 $(PROFILE)
 	$(BIN)/python bench/latency.py --repeat 3
 	$(BIN)/python bench/drain.py --repeat 3 $(PROFILE)
+	$(BIN)/python bench/drain.py --repeat 3 --gateway-setting remote_write_live_first=true --section drain-live-first --title " with remote_write_live_first"
 	$(BIN)/python bench/vmagent_peer.py --repeat 3
 
 clean:

@@ -222,7 +222,7 @@ def markdown(args: argparse.Namespace, command: str, machine: dict[str, str],
         return "**met**" if ok else "**missed**"
 
     out = [
-        "## Backlog drain (`bench/drain.py`)",
+        f"## Backlog drain (`bench/drain.py`){args.title}",
         "",
         f"- Command: `{command}`",
         f"- Date: {machine['date']}; commit {machine['commit']}; {machine['cpus']} CPUs "
@@ -277,10 +277,15 @@ def markdown(args: argparse.Namespace, command: str, machine: dict[str, str],
         "",
         "Lateness is measured at VictoriaMetrics: the age of the newest live sample it "
         f"returns, polled every {POLL_S} s after a force_flush; live frames are stamped with "
-        "their publish time. The forwarder sends strictly in commit order with one request in "
-        "flight, so live frames committed after the backlog wait until the backlog is out: "
-        "their lateness grows with the drain time. Gateway CPU per drained frame is its whole "
-        "CPU from VM start to the end of the drain divided by backlog frames, so it includes "
+        "their publish time. " + (
+            "With `remote_write_live_first` the forwarder opens a live lane and alternates "
+            "live and backlog requests, so live frames go ahead of the backlog."
+            if args.gateway_settings.get("remote_write_live_first") == "true" else
+            "By default the forwarder sends strictly in commit order with one request in "
+            "flight, so live frames committed after the backlog wait until the backlog is out: "
+            "their lateness grows with the drain time.")
+        + " Gateway CPU per drained frame is its whole CPU from VM start to the end of the "
+        "drain divided by backlog frames, so it includes "
         "ingesting the live frames of that period.",
     ]
     if profile is not None:
@@ -307,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600, help="per phase, seconds")
     ap.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
     ap.add_argument("--workdir", type=Path, default=None, help="keep service dirs here")
+    ap.add_argument("--section", default="drain",
+                    help="RESULTS.md section to write (one per gateway configuration)")
+    ap.add_argument("--title", default="", help="appended to the section's heading")
     args = ap.parse_args(argv)
     args.gateway_settings = dict(args.gateway_setting)
     command = shlex.join([".venv/bin/python", "bench/drain.py",
@@ -342,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     text = markdown(args, command, procstat.machine(), gw_runs, agent_runs, profile)
     print(text)
-    results_file.write_section(args.results, "drain", text)
+    results_file.write_section(args.results, args.section, text)
     lost = sum(r["lost_samples"] for r in gw_runs + agent_runs)
     dups = sum(r["duplicates"] for r in gw_runs)
     if lost or dups:
