@@ -42,7 +42,10 @@ from gateway.settings import Settings, parse_listen
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_INTERVAL_S = 5.0  # fleet state is advisory; losing 5 s of "last seen" is harmless
+GAUGE_INTERVAL_S = 5.0  # device counts and the oldest unsent age, for alerting
+# Fleet state is advisory: losing 30 s of "last seen" to a kill is harmless, while writing it
+# encodes every active device's latest values (at 10,000 devices every 5 s: 9% of the CPU).
+FLEET_CHECKPOINT_INTERVAL_S = 30.0
 MAINTENANCE_INTERVAL_S = 3600.0  # pruning past boots' dedup state is slow-moving work
 
 
@@ -191,9 +194,15 @@ class Gateway:
             self.cache.evict_upto(min(f.cursor for f in self.forwarders))
 
     async def _checkpoint_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        checkpointed = loop.time()
         while True:
-            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
-            await self.checkpoint()
+            await asyncio.sleep(GAUGE_INTERVAL_S)
+            if loop.time() - checkpointed >= FLEET_CHECKPOINT_INTERVAL_S:
+                checkpointed = loop.time()
+                await self.checkpoint()
+            else:
+                await self.update_gauges()
 
     async def _maintenance_loop(self) -> None:
         while True:
@@ -225,6 +234,9 @@ class Gateway:
         rows = self.fleet.take_dirty_rows()
         if rows:
             await self.db.write(lambda conn: store.checkpoint_devices(conn, rows))
+        await self.update_gauges()
+
+    async def update_gauges(self) -> None:
         counts = self.fleet.counts()
         for state, count in counts.items():
             self.metrics.devices.labels(state).set(count)
@@ -304,7 +316,10 @@ def tune_gc() -> None:
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    # Measured (bench/throughput.py, 10,000 devices x 30 frames): (50k, 20) spent 19% of the
+    # CPU in gen0/gen1 collections; (200k, 100) cut the gateway's CPU per frame by a quarter
+    # with the same peak RSS.
+    gc.set_threshold(200_000, 100, 20)
 
 
 async def serve(settings: Settings) -> int:
