@@ -31,7 +31,6 @@ import math
 import queue
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import profile_summary
 import profiling
 import report
 import results_file
+import stats
 from loadgen import metric_name, sample_value
 from profiling import GatewayProfiler
 
@@ -313,18 +313,6 @@ def _verify(args: argparse.Namespace, gw: GatewayProcess, vm: VictoriaMetrics,
 
 
 # ---------------------------------------------------------------------------- main
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in runs[0].items():
-        if all(r[key] == value for r in runs):
-            out[key] = value
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            out[key] = [r[key] for r in runs]
-        else:
-            out[key] = statistics.median(r[key] for r in runs)
-    return out
-
-
 def parse_setting(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -411,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
-    results = [report.WorkloadResult(wl, median_run(b), median_run(g), b, g)
+    results = [report.WorkloadResult(wl, stats.medians(b), stats.medians(g), b, g)
                for wl, b, g in zip(workloads, bare_runs, gw_runs, strict=True)]
     text = report.markdown(args=args, command=command, machine=procstat.machine(),
                            results=results, profile=profile, profile_file=kept_profile)
