@@ -54,6 +54,7 @@ from gateway.settings import StoreConfig
 
 log = logging.getLogger(__name__)
 
+SLOW_COMMIT_S = 0.5  # a group commit slower than this is logged
 REBIRTH_REQUEST_INTERVAL_MS = 30_000  # don't nag a device more often than this
 TOPIC_CACHE_SIZE = 300_000  # three topics a device: a 100k-device fleet stays parsed
 HeldFrame = tuple[int, int, bytes]  # (seq, received_ms, payload)
@@ -344,7 +345,11 @@ class Pipeline:
             self._cache.evict_upto(dropped.upto_id)
             self.buffer_bytes -= dropped.bytes
             self.buffer_frames -= dropped.frames
-        self._metrics.commit_seconds.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self._metrics.commit_seconds.observe(took)
+        if took > SLOW_COMMIT_S:  # every PUBACK of the batch waited this long
+            log.warning("group commit of %d messages took %.2f s (disk stall? see "
+                        "fleetgate_commit_duration_seconds)", len(messages), took)
         self._metrics.commit_frames.observe(len(messages))
         self._apply(plan)
         self._mqtt.ack(messages)
