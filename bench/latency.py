@@ -192,11 +192,13 @@ def main(argv: list[str] | None = None) -> int:
                     metavar="KEY=VALUE")
     ap.add_argument("--timeout", type=float, default=600, help="per phase, seconds")
     ap.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep service dirs and logs here (default: a temp dir, removed)")
     args = ap.parse_args(argv)
     args.gateway_settings = dict(args.gateway_setting)
     command = shlex.join([".venv/bin/python", "bench/latency.py",
                           *(sys.argv[1:] if argv is None else argv)])
-    root = Path(tempfile.mkdtemp(prefix="fleetgate-latency-"))
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="fleetgate-latency-"))
     maxima: list[float] = []
     runs: list[dict[str, Any]] = []
     try:
@@ -217,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 2
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
     text = markdown(args, command, procstat.machine(), maxima, runs)
     print(text)
     results_file.write_section(args.results, "latency", text)
