@@ -166,8 +166,8 @@ class Forwarder:
                 if prepared is not None and prepared[0] == self.cursor:
                     frames, last_id, full = await prepared[1]
                 else:
-                    if prepared is not None:
-                        prepared[1].cancel()
+                    if prepared is not None:  # stale: the cursor jumped (a live lane closed)
+                        await _discard(prepared[1])
                     frames, last_id, full = await self._collect(self.cursor, bound,
                                                                 self._read_ahead)
                 prepared = None
@@ -194,9 +194,7 @@ class Forwarder:
                 await self._advance(last_id)
         finally:
             if prepared is not None:  # owned here: never left running past the loop
-                prepared[1].cancel()
-                with contextlib.suppress(asyncio.CancelledError, StoreError):
-                    await prepared[1]
+                await _discard(prepared[1])
 
     def _maybe_open_live_lane(self, upto: int) -> None:
         if (self.status.live_lane is None and self._config.live_first and not self._draining
@@ -391,6 +389,13 @@ class Forwarder:
             lambda conn: store.advance_cursor(conn, self.endpoint, frame_id, now_ms, endpoints))
         self.status.cursor = frame_id
         self._on_progress(deleted, freed)
+
+
+async def _discard(task: asyncio.Task[Batch]) -> None:
+    """Cancel a prepared batch and wait for it: it shares the read-ahead rows."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StoreError):
+        await task
 
 
 def _describe(entry: bytes) -> str:
