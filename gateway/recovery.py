@@ -237,7 +237,7 @@ def recover(path: Path, *, migrate: Callable[[sqlite3.Connection], object],
         with contextlib.suppress(FileNotFoundError):
             _sibling(path, suffix).unlink()
     os.replace(fresh, path)
-    _fsync_dir(path.parent)
+    _fsync(path.parent)
     log.error("%s", result.summary())
     return result
 
@@ -266,14 +266,6 @@ def _remove_leftovers(path: Path) -> None:
             _sibling(path, suffix).unlink()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _quarantine(path: Path, now: datetime.datetime,
                 present: Sequence[str]) -> tuple[Path, list[str]]:
     """Hard-link (or, across devices, copy) the damaged files into a new quarantine entry."""
@@ -296,8 +288,8 @@ def _quarantine(path: Path, now: datetime.datetime,
             except OSError:
                 shutil.copy2(source, target)
             files.append(source.name)
-        _fsync_dir(entry)
-        _fsync_dir(root)
+        _fsync(entry)
+        _fsync(root)
     except OSError as exc:
         raise StoreError(f"database {path} is damaged and could not be set aside: {exc}",
                          hint=f"free space or permissions on {path.parent}; or move "
@@ -320,10 +312,11 @@ def _bump(db: Path, counters: dict[str, int]) -> None:
                          " DO UPDATE SET value = value + excluded.value", list(counters.items()))
     finally:
         conn.close()
-    _fsync_file(db)
+    _fsync(db)
 
 
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file, or a directory (so a rename or link in it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -620,7 +613,7 @@ def _salvage(entry: Path, name: str, fresh: Path, result: Recovery,
             src.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _fsync_file(fresh)
+    _fsync(fresh)
 
 
 def _copy_all(src: sqlite3.Connection, dest: sqlite3.Connection, result: Recovery,

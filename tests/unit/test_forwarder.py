@@ -26,14 +26,16 @@ CONFIG = ForwardConfig(endpoints=("fake://endpoint",), max_samples_per_request=5
 
 
 def make_forwarder(h: Harness, client: FakeRemoteWrite, *, cache: EntryCache | None = None,
-                   cursor: int = 0, endpoints: tuple[str, ...] = CONFIG.endpoints) -> Forwarder:
+                   cursor: int = 0, endpoints: tuple[str, ...] = CONFIG.endpoints,
+                   config: ForwardConfig = CONFIG,
+                   live_lane: tuple[int, int] | None = None) -> Forwarder:
     freed: list[tuple[int, int]] = []
     forwarder = Forwarder(
-        endpoint=client.endpoint, client=client, db=h.db, config=CONFIG,
+        endpoint=client.endpoint, client=client, db=h.db, config=config,
         cache=cache if cache is not None else h.cache, births=h.pipeline.births,
         compiler=FrameCompiler(SeriesEncoder()), metrics=h.metrics, cursor=cursor,
         all_endpoints=endpoints, committed_upto=lambda: h.pipeline.committed_upto,
-        on_progress=lambda frames, size: freed.append((frames, size)))
+        on_progress=lambda frames, size: freed.append((frames, size)), live_lane=live_lane)
     forwarder.freed_log = freed  # type: ignore[attr-defined]
     return forwarder
 
@@ -242,6 +244,17 @@ def temperature_seqs(requests: list[list[tuple[dict[str, str], list[tuple[float,
             for series in requests]
 
 
+def live_lane_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
+    """A pipeline whose entry cache is too small for the backlog (so it is read back from
+    SQLite) and a live-lane threshold a small test backlog exceeds."""
+    from gateway import forwarder as forwarder_module
+
+    monkeypatch.setattr(forwarder_module, "LIVE_LANE_MIN_BACKLOG", 20)
+    h = Harness(tmp_path / "db")
+    h.cache = EntryCache(max_samples=40)
+    return h
+
+
 async def start_backlog_and_live(h: Harness, forwarder: Forwarder, client: FakeRemoteWrite,
                                  base: int) -> asyncio.Task[None]:
     task = asyncio.create_task(forwarder.run())
@@ -252,19 +265,14 @@ async def start_backlog_and_live(h: Harness, forwarder: Forwarder, client: FakeR
 
 def test_live_lane_sends_new_frames_ahead_of_the_backlog_each_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import forwarder as forwarder_module
-
-    monkeypatch.setattr(forwarder_module, "LIVE_LANE_MIN_BACKLOG", 20)
-    h = Harness(tmp_path / "db")
-    h.cache = EntryCache(max_samples=40)  # the backlog is only in SQLite
+    h = live_lane_harness(tmp_path, monkeypatch)
     client = SlowRemoteWrite()
     base = f.now_ms() - 600_000
 
     async def go() -> None:
         await h.open()
         await fill(h, devices=3, frames=100)
-        forwarder = make_forwarder(h, client)
-        object.__setattr__(forwarder, "_config", LIVE_FIRST)
+        forwarder = make_forwarder(h, client, config=LIVE_FIRST)
         task = await start_backlog_and_live(h, forwarder, client, base)
         forwarder.begin_drain()
         await asyncio.wait_for(task, 10)
@@ -284,12 +292,9 @@ def test_live_lane_sends_new_frames_ahead_of_the_backlog_each_once(
 
 def test_a_live_lane_survives_a_kill_and_nothing_is_lost(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import forwarder as forwarder_module
     from gateway import store
 
-    monkeypatch.setattr(forwarder_module, "LIVE_LANE_MIN_BACKLOG", 20)
-    h = Harness(tmp_path / "db")
-    h.cache = EntryCache(max_samples=40)
+    h = live_lane_harness(tmp_path, monkeypatch)
     before, after = SlowRemoteWrite(), SlowRemoteWrite()
     base = f.now_ms() - 600_000
     lanes: list[dict[str, tuple[int, int]]] = []
@@ -297,8 +302,7 @@ def test_a_live_lane_survives_a_kill_and_nothing_is_lost(
     async def go() -> None:
         await h.open()
         await fill(h, devices=3, frames=100)
-        forwarder = make_forwarder(h, before)
-        object.__setattr__(forwarder, "_config", LIVE_FIRST)
+        forwarder = make_forwarder(h, before, config=LIVE_FIRST)
         task = await start_backlog_and_live(h, forwarder, before, base)
         await wait_until(lambda: forwarder.status.live_lane is not None
                          and forwarder.status.live_lane[1] > forwarder.status.live_lane[0])
@@ -308,8 +312,8 @@ def test_a_live_lane_survives_a_kill_and_nothing_is_lost(
         state = await h.db.read(store.load_state)
         lanes.append(state.live_lanes)
         endpoint = before.endpoint
-        restarted = make_forwarder(h, after, cursor=state.cursors[endpoint])
-        restarted.status.live_lane = state.live_lanes.get(endpoint)
+        restarted = make_forwarder(h, after, cursor=state.cursors[endpoint],
+                                   live_lane=state.live_lanes.get(endpoint))
         await drain(restarted)
         assert restarted.cursor == h.pipeline.committed_upto
         await h.db.close()
