@@ -17,10 +17,10 @@ if [[ $(id -u) -ne 0 ]]; then
     fi
 fi
 
-SERVICE_PACKAGES=(mosquitto mosquitto-clients prometheus victoria-metrics)
+SERVICE_PACKAGES=(mosquitto mosquitto-clients prometheus victoria-metrics chromium chromium-driver)
 # Where Debian's packages put them; gateway/devstack.py looks in the same places.
 BINARIES=(/usr/sbin/mosquitto /usr/bin/mosquitto_pub /usr/bin/prometheus /usr/bin/promtool
-          /usr/bin/victoria-metrics /usr/bin/vmagent)
+          /usr/bin/victoria-metrics /usr/bin/vmagent /usr/bin/chromium /usr/bin/chromedriver)
 # Debian service names and the ports they would hold.
 SERVICES=(mosquitto:1883 prometheus:9090 victoria-metrics:8428)
 
@@ -33,7 +33,7 @@ if ((${#missing[@]})); then
     say "missing: ${missing[*]}"
     packages+=("${SERVICE_PACKAGES[@]}")
 else
-    say "ok: mosquitto, prometheus, promtool, victoria-metrics, vmagent already installed"
+    say "ok: mosquitto, prometheus, promtool, victoria-metrics, vmagent, chromium already installed"
 fi
 
 if python3 -c 'import ensurepip' >/dev/null 2>&1; then
