@@ -2,7 +2,9 @@
 
     MqttIngest -> Inbox -> Pipeline (decode, dedup, store, ack) -> EntryCache/SQLite
                                                                 -> Forwarder per endpoint
-    FleetState and the API beside them, on the same event loop.
+    FleetState and the API beside them, on the same event loop. The lifecycle task moves
+    devices to late/offline, writes their events, streams them (EventHub) and sends stale
+    markers; the fleet-metrics task writes the fleet as metrics through the buffer.
 
 Shutdown order (SIGTERM/SIGINT): stop ingest (unacked messages stay at the broker), commit what
 is in hand, try a last forward under a deadline, checkpoint the fleet, close the database.
@@ -18,19 +20,22 @@ import logging
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import uvicorn
 
 from device_protocol import Limits
-from gateway import recovery, store
+from gateway import completeness, recovery, store
 from gateway.births import BirthRegistry
 from gateway.datadir_lock import DataDirLock
 from gateway.db import Database
 from gateway.entry_cache import EntryCache, serves_next_frame_of
 from gateway.errors import ConfigError
-from gateway.fleet import FleetState
+from gateway.event_hub import EventHub
+from gateway.fleet import DeviceRecord, FleetState
+from gateway.fleet_series import FleetCollector, fleet_metric_entries, stale_entries
 from gateway.forwarder import Forwarder
 from gateway.frame_compiler import FrameCompiler
 from gateway.ingest import Inbox, MqttIngest
@@ -38,6 +43,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline, restore_state
 from gateway.remote_write_client import HttpRemoteWriteClient
 from gateway.series import SeriesEncoder
+from gateway.series_budget import SeriesBudget
 from gateway.settings import Settings, parse_listen
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,8 @@ GAUGE_INTERVAL_S = 5.0  # device counts and the oldest unsent age, for alerting
 # encodes every active device's latest values (at 10,000 devices every 5 s: 9% of the CPU).
 FLEET_CHECKPOINT_INTERVAL_S = 30.0
 MAINTENANCE_INTERVAL_S = 3600.0  # pruning past boots' dedup state is slow-moving work
+LIFECYCLE_TICK_S = 1.0  # late/offline found within a second; events written within one
+ENTRIES_PER_FRAME = 2000  # gateway-made entries (stale markers, fleet metrics) per buffer frame
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -61,7 +69,14 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = GatewayMetrics()
-        self.fleet = FleetState()
+        self.started_ms = int(time.time() * 1000)
+        self.fleet = FleetState(late_after_intervals=settings.device_late_after_intervals,
+                                offline_after_intervals=settings.device_offline_after_intervals,
+                                started_ms=self.started_ms)
+        self.series_budget = SeriesBudget(settings.device_series_budget)
+        self.events = EventHub()
+        self._fleet_changed = asyncio.Event()
+        self.metrics.registry.register(FleetCollector(self.fleet, self.missing_of))
         self.births = BirthRegistry()
         self.cache = EntryCache()
         self.db = Database(settings.store_config().db_path, settings.sqlite_synchronous,
@@ -69,7 +84,9 @@ class Gateway:
                            endpoints=settings.forward_config().endpoints)
         self.lock = DataDirLock(settings.data_dir)
         self.forwarders: list[Forwarder] = []
-        self.started_ms = int(time.time() * 1000)
+        self.unsent_age_s: dict[str, float] = {}
+        # (monotonic s, samples sent) per endpoint, every GAUGE_INTERVAL_S over the last minute
+        self._sent_history: dict[str, deque[tuple[float, int]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_requested = asyncio.Event()
         self._server: _EmbeddedServer | None = None
@@ -90,7 +107,8 @@ class Gateway:
         self.ingest = MqttIngest(mqtt_config, self.inbox,
                                  on_connection_change=self.metrics.mqtt_connected.set)
         forward = s.forward_config()
-        self.compiler = compiler = FrameCompiler(SeriesEncoder(forward.external_labels))
+        self.compiler = compiler = FrameCompiler(SeriesEncoder(forward.external_labels),
+                                                 budget=self.series_budget)
         self.pipeline = Pipeline(
             db=self.db, mqtt=self.ingest, config=s.store_config(),
             limits=Limits(max_payload_bytes=s.max_frame_bytes,
@@ -100,7 +118,8 @@ class Gateway:
             ledger=self.ledger, fleet=self.fleet, cache=self.cache, metrics=self.metrics,
             next_frame_id=state.next_frame_id, buffer_bytes=state.buffer_bytes,
             buffer_frames=state.buffer_frames, held=self._held, on_committed=self._on_committed,
-            forwarders_keeping_up=self._forwarders_keeping_up)
+            forwarders_keeping_up=self._forwarders_keeping_up,
+            on_fleet_change=self._on_fleet_change)
         for endpoint in forward.endpoints:
             self.forwarders.append(Forwarder(
                 endpoint=endpoint,
@@ -121,6 +140,12 @@ class Gateway:
         for forwarder in self.forwarders:
             self._spawn(forwarder.run(), f"forward:{forwarder.endpoint}")
         self._spawn(self._checkpoint_loop(), "fleet-checkpoint")
+        self._spawn(self._lifecycle_loop(), "lifecycle")
+        if s.fleet_metrics_interval_s and self.forwarders:
+            self._spawn(self._fleet_metrics_loop(s.fleet_metrics_interval_s), "fleet-metrics")
+        if not s.api_tokens:
+            log.warning("api_tokens is empty: the operator API is open to anyone who can reach "
+                        "%s (set FLEETGATE_API_TOKENS=token:read,token:admin)", s.api_listen)
         self._spawn(self._maintenance_loop(), "maintenance")
         log.info("fleetgate %s started: mqtt %s, %d endpoint(s), buffer %d frames, db %s",
                  s.gateway_id, s.mqtt_url, len(self.forwarders), state.buffer_frames, self.db.path)
@@ -129,7 +154,7 @@ class Gateway:
         restored = restore_state(state, self.settings.ledger_max_ranges,
                                  clock_tolerance_ms=int(self.settings.max_clock_skew_s * 1000))
         self.ledger, self.births, self._held = restored.ledger, restored.births, restored.held
-        self.fleet.load(state.devices)
+        self.fleet.load(state.devices, self.births.get)
 
     async def _start_api(self) -> None:
         from gateway.api import create_api  # FastAPI import is heavy; keep it out of unit tests
@@ -147,7 +172,7 @@ class Gateway:
             raise ConfigError(f"the API could not listen on {self.settings.api_listen}: {exc}",
                               hint="another process holds the port? set api_listen") from exc
         config = uvicorn.Config(create_api(self), log_level="warning", lifespan="off",
-                                access_log=False)
+                                access_log=False, timeout_graceful_shutdown=2)
         self._server = _EmbeddedServer(config)
         self._spawn(self._server.serve(sockets=[listener]), "api")
         while not self._server.started:  # uvicorn sets a flag, no event to await
@@ -188,6 +213,16 @@ class Gateway:
         return (bool(forwarders) and not any(f.retrying for f in forwarders)
                 and serves_next_frame_of(self.cache, (f.cursor for f in forwarders)))
 
+    def _on_fleet_change(self) -> None:
+        if self.fleet.has_events():
+            self._fleet_changed.set()
+
+    def missing_of(self, record: DeviceRecord) -> int:
+        """Seqs missing in the device's known boots (0 at once for a device without gaps)."""
+        if record.device_id not in self.fleet.incomplete:
+            return 0
+        return completeness.totals(record, self.pipeline.ledger)[1]
+
     def _on_progress(self, frames: int, size: int) -> None:
         self.pipeline.freed(frames, size)
         if self.forwarders:
@@ -207,7 +242,74 @@ class Gateway:
     async def _maintenance_loop(self) -> None:
         while True:
             await self.prune_dedup_state()
+            await self.prune_events()
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+
+    async def prune_events(self, now_ms: int | None = None) -> int:
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        before_ms = now_ms - int(self.settings.device_event_retention_days * 86_400_000)
+        return await self.db.write(lambda conn: store.prune_events(conn, before_ms))
+
+    async def _lifecycle_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._fleet_changed.wait(), LIFECYCLE_TICK_S)
+            self._fleet_changed.clear()
+            await self.process_fleet_events()
+
+    async def process_fleet_events(self, now_ms: int | None = None) -> int:
+        """Sweep for late/offline devices; write, stream and act on the events. Returns how
+        many events there were."""
+        self.fleet.sweep(now_ms if now_ms is not None else int(time.time() * 1000))
+        events = await self._write_events()
+        for event in events:
+            if event.kind == "state" and event.state == "offline":
+                await self._send_stale_markers(event.device_id)
+        return len(events)
+
+    async def _write_events(self) -> list[Any]:
+        events = self.fleet.take_events()
+        if not events:
+            return events
+        rows = [(e.device_id, e.ts_ms, e.kind, e.state, e.previous, e.boot, e.previous_boot,
+                 e.reason) for e in events]
+        first_id = await self.db.write(lambda conn: store.insert_events(conn, rows))
+        self.events.publish(e.as_dict(first_id + i) for i, e in enumerate(events))
+        for e in events:
+            self.metrics.device_events.labels(e.state or e.kind).inc()
+        return events
+
+    async def _send_stale_markers(self, device_id: str) -> None:
+        record = self.fleet.devices.get(device_id)
+        if record is None or record.online or not self.forwarders:
+            return  # forgotten, or back already: its series are live again
+        entries = stale_entries(record, self.compiler.encoder, self.series_budget)
+        for start in range(0, len(entries), ENTRIES_PER_FRAME):
+            await self.pipeline.commit_entries(device_id,
+                                               entries[start:start + ENTRIES_PER_FRAME])
+        self.metrics.stale_markers.inc(len(entries))
+
+    async def _fleet_metrics_loop(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.write_fleet_metrics()
+
+    async def write_fleet_metrics(self, now_ms: int | None = None) -> int:
+        """The fleet as metrics, through the buffer to every endpoint. Returns the entries."""
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        chunk: list[bytes] = []
+        written = 0
+        for entry in fleet_metric_entries(self.fleet, self.compiler.encoder, self.missing_of,
+                                          self.settings.gateway_id, now_ms):
+            chunk.append(entry)
+            if len(chunk) >= ENTRIES_PER_FRAME:
+                await self.pipeline.commit_entries("", chunk)
+                written += len(chunk)
+                chunk = []
+        if chunk:
+            await self.pipeline.commit_entries("", chunk)
+            written += len(chunk)
+        return written
 
     async def prune_dedup_state(self, now_ms: int | None = None) -> None:
         """Forget past boots' ledgers and births, and held frames whose birth never came."""
@@ -253,6 +355,18 @@ class Gateway:
                 if oldest is not None:
                     age = max(0.0, (now_ms - oldest) / 1000)
             self.metrics.oldest_unsent_age.labels(forwarder.endpoint).set(age)
+            self.unsent_age_s[forwarder.endpoint] = age
+            history = self._sent_history.setdefault(
+                forwarder.endpoint, deque(maxlen=int(60 / GAUGE_INTERVAL_S) + 1))
+            history.append((time.monotonic(), forwarder.status.sent_samples))
+
+    def send_rate(self, endpoint: str) -> float:
+        """Samples per second an endpoint took over about the last minute."""
+        history = self._sent_history.get(endpoint)
+        if not history or len(history) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = history[0], history[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
     # ------------------------------------------------------------------ stop
     def request_stop(self) -> None:
@@ -287,6 +401,7 @@ class Gateway:
             if pending:
                 log.warning("last forward did not finish in %.1f s; the rest stays buffered",
                             deadline)
+        self.events.close()  # server-sent event streams end, so uvicorn can stop
         if self._server is not None:
             self._server.should_exit = True
         api_task = self._task("api")
@@ -295,6 +410,7 @@ class Gateway:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
+            await self._write_events()
             await self.checkpoint()
         except Exception as exc:  # the fleet checkpoint is advisory; the buffer is safe
             log.warning("final fleet checkpoint failed: %s", exc)

@@ -20,13 +20,14 @@ LedgerKey = tuple[str, int]  # (device_id, boot)
 class SeqRanges:
     """Sorted, disjoint, non-adjacent half-open ranges [start, end) of seqs."""
 
-    __slots__ = ("_ends", "_starts")
+    __slots__ = ("_count", "_ends", "_starts")
 
     def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
         self._starts: list[int] = []
         self._ends: list[int] = []
         for start, end in sorted(ranges):
             self._append_merged(start, end)
+        self._count = sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
 
     def _append_merged(self, start: int, end: int) -> None:
         if self._ends and start <= self._ends[-1]:
@@ -39,6 +40,7 @@ class SeqRanges:
         clone = SeqRanges()
         clone._starts = self._starts.copy()
         clone._ends = self._ends.copy()
+        clone._count = self._count
         return clone
 
     def __contains__(self, seq: int) -> bool:
@@ -53,10 +55,12 @@ class SeqRanges:
         starts, ends = self._starts, self._ends
         if ends and seq == ends[-1]:  # next in order: extend the last range
             ends[-1] = seq + 1
+            self._count += 1
             return True
         i = bisect_right(starts, seq) - 1
         if i >= 0 and seq < ends[i]:
             return False
+        self._count += 1
         joins_left = i >= 0 and ends[i] == seq
         joins_right = i + 1 < len(starts) and starts[i + 1] == seq + 1
         if joins_left and joins_right:
@@ -79,13 +83,28 @@ class SeqRanges:
         # Fold the first excess+1 ranges into one: the gaps between them are forgotten.
         self._starts[excess] = self._starts[0]
         del self._starts[:excess], self._ends[:excess]
+        # The forgotten gaps now count as seen: that is what the ledger believes from here on.
+        self._count = sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
         return excess
 
     def ranges(self) -> Iterator[tuple[int, int]]:
         return zip(self._starts, self._ends, strict=True)
 
     def count(self) -> int:
-        return sum(e - s for s, e in self.ranges())
+        """Seqs received (kept up to date by add; O(1))."""
+        return self._count
+
+    def missing(self) -> int:
+        """Seqs absent between the first and the last received: the gaps' total size."""
+        if not self._starts:
+            return 0
+        return self._ends[-1] - self._starts[0] - self._count
+
+    def first(self) -> int | None:
+        return self._starts[0] if self._starts else None
+
+    def last(self) -> int | None:
+        return self._ends[-1] - 1 if self._ends else None
 
     def gaps(self) -> list[tuple[int, int]]:
         """Missing seqs between the first and last seen, as half-open ranges."""

@@ -5,6 +5,7 @@ whether retrying can help.
     ├── ConfigError            settings invalid at start-up (never retryable)
     ├── StoreError             SQLite failed; `retryable` when the cause may pass (disk full, busy)
     │   └── MigrationError     a migration file failed or the schema is newer than this build
+    └── ForwardUnavailable     an endpoint cannot be reached now (a dead-letter replay asked)
 
 Protocol problems of a single frame are `device_protocol.ProtocolError`: they are handled per
 frame (quarantine) and never escape the pipeline. Remote-write outcomes are values, not errors
@@ -40,3 +41,13 @@ class StoreError(GatewayError):
 
 class MigrationError(StoreError):
     pass
+
+
+class ForwardUnavailable(GatewayError):
+    retryable = True
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        super().__init__(f"{endpoint} cannot be reached: {reason}",
+                         hint="retry when the endpoint is back (see /api/v1/pipeline)")
+        self.endpoint = endpoint
+        self.reason = reason

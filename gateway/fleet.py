@@ -1,17 +1,65 @@
-"""Fleet state in memory: what each device last said. Checkpointed to SQLite periodically.
+"""Fleet state in memory: each device's lifecycle state, what it last said, its counters.
 
-This is the first cut the API needs (issue 2); lifecycle states and the completeness ledger
-build on it.
+Pure: the pipeline tells it what arrived (births, telemetry, deaths, duplicates), the lifecycle
+task asks it to `sweep` the clock, and both collect the resulting events with `take_events`.
+The gateway checkpoints it to SQLite every 30 s; it is advisory (losing 30 s of "last seen" to
+a kill is harmless), unlike the frames, ledger and births, which are committed before any ack.
+
+States (see docs/api.md): `online`, `late` (no frame for `late_after_intervals` of the device's
+declared interval), `offline` (a death of its current boot, or no frame for
+`offline_after_intervals`). Timeouts are found with one heap entry per device that is not
+offline, re-queued at its next deadline when popped: a frame costs no heap work at all.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import sqlite3
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 from device_protocol import Birth, HistogramValue, Labels, TelemetryRows
+
+MAX_BOOTS_KEPT = 8  # per device, for the completeness view; older boots' stats are dropped
+
+
+class DeviceState(StrEnum):
+    ONLINE = "online"
+    LATE = "late"
+    OFFLINE = "offline"
+
+
+@dataclass(slots=True, frozen=True)
+class DeviceEvent:
+    """A state change (kind "state") or a reboot (kind "reboot"), as stored and streamed."""
+
+    device_id: str
+    ts_ms: int
+    kind: str
+    state: str | None = None
+    previous: str | None = None
+    boot: int | None = None
+    previous_boot: int | None = None
+    reason: str | None = None
+
+    def as_dict(self, event_id: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": event_id, "device_id": self.device_id, "ts_ms": self.ts_ms,
+                               "kind": self.kind, "boot": self.boot}
+        if self.kind == "state":
+            out.update(state=self.state, previous=self.previous, reason=self.reason)
+        else:
+            out["previous_boot"] = self.previous_boot
+        return out
+
+
+# The newest value of a series: a number, or for a histogram (count, sum) and nothing else.
+SeriesValue = float | HistogramValue
+SeriesId = tuple[str, Labels]  # (metric name, the sample's own labels)
 
 
 @dataclass(slots=True)
@@ -25,17 +73,27 @@ class DeviceRecord:
     first_seen_ms: int = 0
     last_seen_ms: int = 0
     last_seq: int | None = None
-    online: bool = False
+    state: DeviceState = DeviceState.OFFLINE
+    state_since_ms: int = 0
     birth: Birth | None = None  # names the aliases of the raw samples below
-    # Latest raw sample per (alias or name, own labels): one dict store per sample on the hot
-    # path; names and labels are formatted only when read.
-    samples: dict[tuple[int | str, Labels], tuple[float | HistogramValue, int]] = field(
+    # Latest raw sample per (alias or name, own labels) of the current boot: one dict store per
+    # sample when folded; names are resolved only when read.
+    samples: dict[tuple[int | str, Labels], tuple[SeriesValue, int]] = field(
         default_factory=dict)
-    restored: dict[str, tuple[float, int]] = field(default_factory=dict)  # from a checkpoint
-    # The newest frame, folded into `samples` only when read or checkpointed (every 5 s): the
-    # hot path stores one reference per frame instead of one entry per sample. A metric sent
-    # only in frames between two folds is missed by this view (it still reaches Prometheus).
+    # Series by name: from a checkpoint, or from a past boot (a new boot may reuse aliases).
+    restored: dict[SeriesId, tuple[SeriesValue, int]] = field(default_factory=dict)
+    # The newest frame, folded into `samples` only when read or checkpointed: the hot path
+    # stores one reference per frame instead of one entry per sample. A metric sent only in
+    # frames between two folds is missed by this view (it still reaches Prometheus).
     newest: TelemetryRows | None = None
+    frames: int = 0  # telemetry frames accepted (not duplicates), all boots
+    duplicates: dict[int, int] = field(default_factory=dict)  # per boot
+    boots: list[int] = field(default_factory=list)  # newest last, at most MAX_BOOTS_KEPT
+    queued: bool = False  # has an entry in FleetState's deadline heap
+
+    @property
+    def online(self) -> bool:
+        return self.state is not DeviceState.OFFLINE
 
     def fold(self) -> None:
         frame = self.newest
@@ -47,26 +105,44 @@ class DeviceRecord:
         for metric, value, dt_ms, labels in frame.rows:
             samples[metric, labels] = (value, base_ms + dt_ms)
 
-    def latest(self) -> dict[str, tuple[float, int]]:
-        """Series (metric name and the sample's own labels) -> (value, timestamp ms)."""
+    def series(self) -> dict[SeriesId, tuple[SeriesValue, int]]:
+        """Every series' newest value and timestamp (ms), by (name, own labels)."""
         self.fold()
         out = dict(self.restored)
         names = {m.alias: m.name for m in self.birth.metrics} if self.birth else {}
-        for (metric, labels), (value, ts) in self.samples.items():
+        for (metric, labels), value_ts in self.samples.items():
             name = metric if isinstance(metric, str) else names.get(metric, f"alias_{metric}")
-            key = series_key(name, labels)
-            if isinstance(value, HistogramValue):
-                out[key + "_count"] = (value.count, ts)
-                out[key + "_sum"] = (value.sum, ts)
-            else:
-                out[key] = (float(value), ts)
+            out[name, labels] = value_ts
         return out
 
-    def row(self) -> tuple:
+    def latest(self) -> dict[str, tuple[float, int]]:
+        """Series key (name and own labels, Prometheus-style) -> (value, timestamp ms)."""
+        out: dict[str, tuple[float, int]] = {}
+        for (name, labels), (value, ts) in self.series().items():
+            if isinstance(value, HistogramValue):
+                out[series_key(name + "_count", labels)] = (value.count, ts)
+                out[series_key(name + "_sum", labels)] = (value.sum, ts)
+            else:
+                out[series_key(name, labels)] = (float(value), ts)
+        return out
+
+    def _note_boot(self, boot: int) -> None:
+        if boot not in self.boots:
+            self.boots.append(boot)
+            del self.boots[:-MAX_BOOTS_KEPT]
+
+    def row(self) -> tuple[Any, ...]:
+        series = [[name, [list(p) for p in labels],
+                   [_json_float(v.count), _json_float(v.sum)] if isinstance(v, HistogramValue)
+                   else _json_float(float(v)), ts]
+                  for (name, labels), (v, ts) in self.series().items()]
+        stats = {"frames": self.frames, "duplicates": {str(b): n for b, n in
+                                                        self.duplicates.items()},
+                 "boots": self.boots}
         return (self.device_id, self.platform, self.firmware, self.boot, self.interval_ms,
                 json.dumps(self.labels), self.first_seen_ms, self.last_seen_ms, self.last_seq,
-                int(self.online), json.dumps({k: [_json_float(v), t]
-                                              for k, (v, t) in self.latest().items()}))
+                int(self.online), json.dumps(series), self.state.value, self.state_since_ms,
+                json.dumps(stats))
 
 
 def _json_float(value: float) -> float | str:
@@ -79,35 +155,80 @@ def series_key(name: str, labels: tuple[tuple[str, str], ...]) -> str:
     return name + "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
 
 
-class FleetState:
-    def __init__(self) -> None:
-        self.devices: dict[str, DeviceRecord] = {}
-        self._dirty: set[str] = set()
+def _restored_series(text: str | None) -> dict[SeriesId, tuple[SeriesValue, int]]:
+    data = json.loads(text or "[]")
+    out: dict[SeriesId, tuple[SeriesValue, int]] = {}
+    if isinstance(data, dict):  # schema v1-v2 checkpoints: {series key: [value, ts]}
+        for key, (value, ts) in data.items():
+            out[key, ()] = (float(value), int(ts))
+        return out
+    for name, labels, value, ts in data:
+        own = tuple((str(k), str(v)) for k, v in labels)
+        if isinstance(value, list):
+            out[name, own] = (HistogramValue(float(value[0]), float(value[1]), ()), int(ts))
+        else:
+            out[name, own] = (float(value), int(ts))
+    return out
 
+
+class FleetState:
+    def __init__(self, *, late_after_intervals: float = 2.0,
+                 offline_after_intervals: float = 6.0, started_ms: int = 0) -> None:
+        if not 0 < late_after_intervals < offline_after_intervals:
+            raise ValueError("need 0 < late_after_intervals < offline_after_intervals")
+        self.devices: dict[str, DeviceRecord] = {}
+        self.late_after = late_after_intervals
+        self.offline_after = offline_after_intervals
+        # Timeouts count from the gateway's start at the earliest: after a restart, devices
+        # are not declared late for the time the gateway itself was away.
+        self.started_ms = started_ms
+        self.state_counts: Counter[DeviceState] = Counter()
+        self.platforms: Counter[str] = Counter()  # devices by platform, kept as births come
+        self.firmwares: Counter[str] = Counter()
+        self.incomplete: set[str] = set()  # devices whose ledger may have gaps
+        self._dirty: set[str] = set()
+        self._events: list[DeviceEvent] = []
+        self._deadlines: list[tuple[int, str]] = []
+        self._sorted_ids: list[str] | None = None
+
+    # ------------------------------------------------------------------ observations
     def _record(self, device_id: str, now_ms: int) -> DeviceRecord:
         record = self.devices.get(device_id)
         if record is None:
-            record = self.devices[device_id] = DeviceRecord(device_id, first_seen_ms=now_ms)
+            record = self.devices[device_id] = DeviceRecord(
+                device_id, first_seen_ms=now_ms, state_since_ms=now_ms)
+            self.state_counts[record.state] += 1
+            self._sorted_ids = None
         self._dirty.add(device_id)
         return record
 
     def observe_birth(self, device_id: str, birth: Birth, now_ms: int) -> None:
         record = self._record(device_id, now_ms)
-        record.platform, record.firmware = birth.platform, birth.firmware
-        record.boot, record.interval_ms = birth.boot, birth.interval_ms
+        if record.platform != birth.platform or record.firmware != birth.firmware:
+            self._count_versions(record, -1)
+            record.platform, record.firmware = birth.platform, birth.firmware
+            self._count_versions(record, +1)
+        record.interval_ms = birth.interval_ms
         record.labels = dict(birth.labels)
-        if record.birth is not None and record.birth.boot != birth.boot:
-            record.fold()
-            record.restored = record.latest()  # keep the old boot's values under their names
+        if record.boot is not None and record.boot != birth.boot:
+            self._events.append(DeviceEvent(device_id, now_ms, "reboot", boot=birth.boot,
+                                            previous_boot=record.boot))
+            record.restored = record.series()  # keep the old boot's values under their names
             record.samples.clear()  # a new boot may declare other aliases
+            record.last_seq = None
+        record.boot = birth.boot
+        record._note_boot(birth.boot)
         record.birth = birth
         record.last_seen_ms = max(record.last_seen_ms, now_ms)
-        record.online = True
+        if record.state is not DeviceState.ONLINE:
+            self._set_state(record, DeviceState.ONLINE, now_ms, "birth")
 
     def observe_telemetry(self, device_id: str, telemetry: TelemetryRows, now_ms: int) -> None:
         record = self._record(device_id, now_ms)
         record.last_seen_ms = max(record.last_seen_ms, now_ms)
-        record.online = True
+        record.frames += 1
+        if record.state is not DeviceState.ONLINE:
+            self._set_state(record, DeviceState.ONLINE, now_ms, "telemetry")
         if telemetry.historical or (record.boot == telemetry.boot and record.last_seq is not None
                                     and telemetry.seq < record.last_seq):
             return  # a replay or a late frame: not the device's latest word
@@ -115,26 +236,138 @@ class FleetState:
         record.last_seq = telemetry.seq
         record.newest = telemetry
 
-    def observe_death(self, device_id: str, now_ms: int) -> None:
-        record = self._record(device_id, now_ms)
-        record.online = False
+    def observe_death(self, device_id: str, boot: int, now_ms: int) -> bool:
+        """A death of the device's current boot takes it offline; True if it did. A death of
+        a past boot (an old connection's Will delivered after the reboot) changes nothing."""
+        record = self.devices.get(device_id)
+        if record is None or (record.boot is not None and boot != record.boot):
+            return False
+        if record.state is DeviceState.OFFLINE:
+            return False
+        self._dirty.add(device_id)
+        self._set_state(record, DeviceState.OFFLINE, now_ms, "death")
+        return True
 
-    def take_dirty_rows(self) -> list[tuple]:
-        rows = [self.devices[d].row() for d in self._dirty]
+    def observe_duplicates(self, keys: list[tuple[str, int]]) -> None:
+        for device_id, boot in keys:
+            record = self.devices.get(device_id)
+            if record is not None:
+                record.duplicates[boot] = record.duplicates.get(boot, 0) + 1
+                self._dirty.add(device_id)
+
+    def observe_gaps(self, device_id: str) -> None:
+        """The device's ledger may now have gaps (checked when read)."""
+        self.incomplete.add(device_id)
+
+    def _count_versions(self, record: DeviceRecord, delta: int) -> None:
+        if record.platform is not None:
+            self.platforms[record.platform] += delta
+            if not self.platforms[record.platform]:
+                del self.platforms[record.platform]
+        if record.firmware is not None:
+            self.firmwares[record.firmware] += delta
+            if not self.firmwares[record.firmware]:
+                del self.firmwares[record.firmware]
+
+    def forget(self, device_id: str) -> bool:
+        record = self.devices.pop(device_id, None)
+        if record is None:
+            return False
+        self.state_counts[record.state] -= 1
+        self._count_versions(record, -1)
+        self.incomplete.discard(device_id)
+        self._dirty.discard(device_id)
+        self._sorted_ids = None
+        return True
+
+    # ------------------------------------------------------------------ lifecycle
+    def _set_state(self, record: DeviceRecord, state: DeviceState, now_ms: int,
+                   reason: str) -> None:
+        previous = record.state
+        self.state_counts[previous] -= 1
+        self.state_counts[state] += 1
+        record.state, record.state_since_ms = state, now_ms
+        self._dirty.add(record.device_id)
+        self._events.append(DeviceEvent(record.device_id, now_ms, "state", state=state.value,
+                                        previous=previous.value, boot=record.boot,
+                                        reason=reason))
+        if state is not DeviceState.OFFLINE and not record.queued and record.interval_ms:
+            self._queue(record, now_ms)
+
+    def _queue(self, record: DeviceRecord, due_ms: int) -> None:
+        record.queued = True
+        heapq.heappush(self._deadlines, (due_ms, record.device_id))
+
+    def sweep(self, now_ms: int) -> None:
+        """Move devices whose deadline passed to late or offline (events via take_events)."""
+        heap = self._deadlines
+        while heap and heap[0][0] <= now_ms:
+            _, device_id = heapq.heappop(heap)
+            record = self.devices.get(device_id)
+            if record is None:
+                continue
+            record.queued = False
+            if record.state is DeviceState.OFFLINE or not record.interval_ms:
+                continue
+            base = max(record.last_seen_ms, self.started_ms)
+            late_at = base + int(record.interval_ms * self.late_after)
+            offline_at = base + int(record.interval_ms * self.offline_after)
+            if now_ms >= offline_at:
+                self._set_state(record, DeviceState.OFFLINE, now_ms, "timeout")
+            elif now_ms >= late_at:
+                if record.state is DeviceState.ONLINE:
+                    self._set_state(record, DeviceState.LATE, now_ms, "timeout")
+                self._queue(record, offline_at)
+            else:
+                self._queue(record, late_at)
+
+    def take_events(self) -> list[DeviceEvent]:
+        events, self._events = self._events, []
+        return events
+
+    # ------------------------------------------------------------------ views
+    def sorted_ids(self) -> list[str]:
+        if self._sorted_ids is None:
+            self._sorted_ids = sorted(self.devices)
+        return self._sorted_ids
+
+    def counts(self) -> dict[str, int]:
+        return {state.value: self.state_counts[state] for state in DeviceState}
+
+    # ------------------------------------------------------------------ persistence
+    def take_dirty_rows(self) -> list[tuple[Any, ...]]:
+        rows = [self.devices[d].row() for d in self._dirty if d in self.devices]
         self._dirty.clear()
         return rows
 
-    def load(self, rows: list[sqlite3.Row]) -> None:
+    def has_events(self) -> bool:
+        return bool(self._events)
+
+    def load(self, rows: list[sqlite3.Row],
+             birth_of: Callable[[str, int], Birth | None] = lambda d, b: None) -> None:
         for row in rows:
-            latest = json.loads(row["latest"] or "{}")
-            self.devices[row["device_id"]] = DeviceRecord(
+            keys = row.keys()
+            state = (DeviceState(row["state"]) if "state" in keys and row["state"]
+                     else DeviceState.ONLINE if row["online"] else DeviceState.OFFLINE)
+            stats = json.loads(row["stats"] or "{}") if "stats" in keys else {}
+            record = DeviceRecord(
                 device_id=row["device_id"], platform=row["platform"], firmware=row["firmware"],
                 boot=row["boot"], interval_ms=row["interval_ms"],
                 labels=json.loads(row["labels"] or "{}"), first_seen_ms=row["first_seen_ms"],
-                last_seen_ms=row["last_seen_ms"], last_seq=row["last_seq"],
-                online=bool(row["online"]),
-                restored={k: (float(v), int(t)) for k, (v, t) in latest.items()})
-
-    def counts(self) -> dict[str, int]:
-        online = sum(1 for d in self.devices.values() if d.online)
-        return {"online": online, "offline": len(self.devices) - online}
+                last_seen_ms=row["last_seen_ms"], last_seq=row["last_seq"], state=state,
+                state_since_ms=(row["state_since_ms"] if "state_since_ms" in keys
+                                and row["state_since_ms"] is not None
+                                else row["last_seen_ms"]) or 0,
+                restored=_restored_series(row["latest"]),
+                frames=int(stats.get("frames", 0)),
+                duplicates={int(b): int(n) for b, n in stats.get("duplicates", {}).items()},
+                boots=[int(b) for b in stats.get("boots", [])])
+            if record.boot is not None:
+                record.birth = birth_of(record.device_id, record.boot)
+                record._note_boot(record.boot)
+            self.devices[record.device_id] = record
+            self.state_counts[state] += 1
+            self._count_versions(record, +1)
+            if record.online and record.interval_ms:
+                self._queue(record, max(record.last_seen_ms, self.started_ms))
+        self._sorted_ids = None

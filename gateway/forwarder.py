@@ -45,10 +45,15 @@ from gateway import store
 from gateway.births import BirthRegistry, shifted
 from gateway.db import Database
 from gateway.entry_cache import EntryCache
-from gateway.errors import StoreError
+from gateway.errors import ForwardUnavailable, StoreError
 from gateway.frame_compiler import FrameCompiler
 from gateway.metrics import GatewayMetrics
-from gateway.remote_write import LabelValidationError, compress, decode_write_request
+from gateway.remote_write import (
+    LabelValidationError,
+    compress,
+    decode_write_request,
+    split_entries,
+)
 from gateway.remote_write_client import Accepted, Rejected, RemoteWriteClient, Retryable
 from gateway.settings import ForwardConfig
 
@@ -66,6 +71,7 @@ class ForwarderStatus:
     cursor: int
     sent_samples: int = 0
     dead_letters: int = 0
+    retries: int = 0
     last_error: str | None = None
     last_success_ms: int | None = None
     live_lane: tuple[int, int] | None = None  # (live_from, live_upto) while one is open
@@ -250,6 +256,8 @@ class Forwarder:
         if cached is not None:
             return cached
         try:
+            if row.kind == store.KIND_ENTRIES:
+                return split_entries(row.payload)
             if row.kind == store.KIND_BIRTH:
                 stored_birth = decode_birth(row.payload)
                 return [self._compiler.encoder.info_entry(row.device_id, stored_birth,
@@ -261,7 +269,7 @@ class Forwarder:
             if ahead_ms:  # as the pipeline did when it stored the frame
                 raw = shifted(raw, ahead_ms)
             return self._compiler.entries(row.device_id, raw, known)
-        except (ProtocolError, LabelValidationError) as exc:
+        except (ProtocolError, LabelValidationError, ValueError) as exc:
             # Stored frames were valid when stored: this is a bug or a bad disk. Skip, loudly.
             log.error("%s: stored frame %d of %s no longer decodes (%s); skipped", self.endpoint,
                       row.id, row.device_id, exc)
@@ -325,6 +333,7 @@ class Forwarder:
                 self.retrying = True
                 self._on_progress(0, 0)  # ingest must not wait on a forwarder that is stuck
             m.forward_retries.labels(endpoint).inc()
+            self.status.retries += 1
             log.warning("%s: attempt %d failed (%s); retrying", endpoint, state.attempt_number,
                         reason)
 
@@ -347,6 +356,28 @@ class Forwarder:
         if isinstance(result, Rejected):
             return result
         return None  # still retryable but we are stopping
+
+    async def replay(self, letters: Sequence[tuple[int, bytes]]
+                     ) -> tuple[list[int], list[tuple[int, str, int]]]:
+        """Send dead letters (id, entry) again, once, outside the cursor's order: returns the
+        ids the endpoint took and (status, reason, id) of those it refused again. Raises
+        ForwardUnavailable when it cannot be reached (nothing is changed then)."""
+        if not letters:
+            return [], []
+        result = await self._client.send(compress(b"".join(e for _, e in letters)))
+        if isinstance(result, Accepted):
+            return [i for i, _ in letters], []
+        if isinstance(result, Retryable):
+            raise ForwardUnavailable(self.endpoint, result.reason)
+        if len(letters) == 1:
+            return [], [(result.status, result.reason, letters[0][0])]
+        delivered: list[int] = []
+        refused: list[tuple[int, str, int]] = []
+        for letter in letters:  # dead letters are few: one request each finds the refused
+            took, again = await self.replay([letter])
+            delivered += took
+            refused += again
+        return delivered, refused
 
     async def _dead_letter(self, dead: list[tuple[Item, Rejected]]) -> None:
         now_ms = int(time.time() * 1000)

@@ -24,6 +24,7 @@ from device_protocol import (
 )
 from gateway.remote_write import encode_varint
 from gateway.series import SeriesEncoder
+from gateway.series_budget import SeriesBudget
 
 _SAMPLE = struct.Struct("<BdB")
 _TS_LEN = 6  # SeriesEncoder prefixes assume a 6-byte varint timestamp (years 1971..2109)
@@ -33,15 +34,20 @@ SeriesKey = int | str | tuple[int | str, tuple[tuple[str, str], ...]]
 
 
 class FrameCompiler:
-    def __init__(self, encoder: SeriesEncoder, max_series: int = 500_000) -> None:
+    def __init__(self, encoder: SeriesEncoder, max_series: int = 500_000,
+                 budget: SeriesBudget | None = None) -> None:
         self.encoder = encoder
         self._encoder = encoder
+        self.budget = budget if budget is not None else SeriesBudget(2**62)
         self._boots: dict[tuple[str, int], tuple[Birth, dict[SeriesKey, bytes]]] = {}
         self._series = 0
         self.max_series = max_series  # bounds memory; clearing only costs re-learning
 
-    def entries(self, device_id: str, raw: TelemetryRows, birth: Birth | None) -> list[bytes]:
-        """Entries of every sample of raw, in order. Raises what resolve_telemetry raises."""
+    def entries(self, device_id: str, raw: TelemetryRows, birth: Birth | None,
+                count_refused: bool = False) -> list[bytes]:
+        """Entries of every sample of raw, in order, but those of series beyond the device's
+        budget. Raises what resolve_telemetry raises. count_refused: count the samples the
+        budget refused (at ingest; not again when a forwarder re-reads the frame)."""
         if birth is None or birth.boot != raw.boot:
             raise BirthRequired("birth required", f"no birth known for boot {raw.boot}")
         boot_key = (device_id, raw.boot)
@@ -59,26 +65,39 @@ class FrameCompiler:
         # The common sample: no labels of its own, no time offset, a plain number, and a
         # timestamp of the 6-byte varint size the cached prefixes are built for.
         plain_ok = len(frame_ts) == _TS_LEN
+        refused = 0
         for row in raw.rows:
             metric, value, dt_ms, labels = row
             if plain_ok and not dt_ms and not labels and type(value) is not HistogramValue:
                 prefix = prefixes.get(metric)
                 if prefix is None:
                     prefix = self._learn(device_id, raw, row, birth, prefixes)
-                append(prefix + pack(0x09, value, 0x10) + frame_ts)
+                if prefix:  # b"": a series over the device's budget
+                    append(prefix + pack(0x09, value, 0x10) + frame_ts)
+                else:
+                    refused += 1
                 continue
             if type(value) is HistogramValue:
-                out.extend(self._long_way(device_id, raw, row, birth))
+                long_way = self._long_way(device_id, raw, row, birth)
+                out.extend(long_way)
+                refused += not long_way
                 continue
             ts_bytes = encode_varint(base_ms + dt_ms)
             if len(ts_bytes) != _TS_LEN:
-                out.extend(self._long_way(device_id, raw, row, birth))
+                long_way = self._long_way(device_id, raw, row, birth)
+                out.extend(long_way)
+                refused += not long_way
                 continue
             # Unlabelled samples are keyed by the metric alone: no tuple per sample.
             prefix = prefixes.get((metric, labels) if labels else metric)
             if prefix is None:
                 prefix = self._learn(device_id, raw, row, birth, prefixes)
-            append(prefix + pack(0x09, value, 0x10) + ts_bytes)
+            if prefix:
+                append(prefix + pack(0x09, value, 0x10) + ts_bytes)
+            else:
+                refused += 1
+        if refused and count_refused:
+            self.budget.count_refused(device_id, refused)
         return out
 
     @staticmethod
@@ -88,13 +107,20 @@ class FrameCompiler:
     def _long_way(self, device_id: str, raw: TelemetryRows, row: SampleRow,
                   birth: Birth) -> list[bytes]:
         resolved = resolve_telemetry(self._single(raw, row), birth)
-        return self._encoder.frame_entries(device_id, resolved)
+        entries = self._encoder.frame_entries(device_id, resolved)
+        sample = resolved.samples[0]
+        if not self.budget.admit(device_id, sample.name, sample.labels, len(entries)):
+            return []
+        return entries
 
     def _learn(self, device_id: str, raw: TelemetryRows, row: SampleRow, birth: Birth,
                prefixes: dict[SeriesKey, bytes]) -> bytes:
         # resolve_telemetry validates: the alias is declared and not as a histogram.
         resolved = resolve_telemetry(self._single(raw, row), birth).samples[0]
-        prefix = self._encoder.series_prefix(device_id, resolved.name, resolved.labels)
+        if self.budget.admit(device_id, resolved.name, resolved.labels):
+            prefix = self._encoder.series_prefix(device_id, resolved.name, resolved.labels)
+        else:
+            prefix = b""  # cached too: the next samples of the series are refused at once
         if self._series >= self.max_series:
             self._forget_all()
             self._boots[(device_id, raw.boot)] = (birth, prefixes)

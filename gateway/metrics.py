@@ -67,3 +67,9 @@ class GatewayMetrics:
         self.mqtt_connected = Gauge(
             "fleetgate_mqtt_connected", "1 while connected to the broker", registry=r)
         self.devices = Gauge("fleetgate_devices", "Devices known, by state", ["state"], registry=r)
+        self.device_events = Counter(
+            "fleetgate_device_events", "Device events: state entered, or reboot", ["event"],
+            registry=r)
+        self.stale_markers = Counter(
+            "fleetgate_stale_markers", "Stale markers queued for devices gone offline",
+            registry=r)

@@ -76,10 +76,13 @@ class BatchPlan:
     held: dict[LedgerKey, list[HeldFrame]] = field(default_factory=dict)
     released: list[LedgerKey] = field(default_factory=list)
     entries: list[tuple[int, Sequence[bytes]]] = field(default_factory=list)
-    telemetry: list[tuple[str, TelemetryRows, int]] = field(default_factory=list)
-    deaths: list[tuple[str, int]] = field(default_factory=list)
+    # What the fleet is told, in arrival order (a death then a birth is not a birth then a
+    # death): ("birth", device, Birth, ms) | ("telemetry", device, TelemetryRows, received_ms)
+    # | ("death", device, boot, ms)
+    fleet: list[tuple[str, str, object, int]] = field(default_factory=list)
     rebirths: list[str] = field(default_factory=list)
     duplicates: int = 0
+    duplicate_keys: list[LedgerKey] = field(default_factory=list)
     invalid: dict[str, int] = field(default_factory=dict)
     first_invalid: str | None = None
     kinds: dict[FrameKind, int] = field(default_factory=dict)
@@ -134,6 +137,7 @@ class Pipeline:
                  held: dict[LedgerKey, list[HeldFrame]] | None = None,
                  on_committed: Callable[[int], None] = lambda frame_id: None,
                  forwarders_keeping_up: Callable[[], bool] = lambda: False,
+                 on_fleet_change: Callable[[], None] = lambda: None,
                  max_future_skew_ms: int = 300_000) -> None:
         self._db = db
         self._mqtt = mqtt
@@ -154,6 +158,9 @@ class Pipeline:
         self.held: dict[LedgerKey, list[HeldFrame]] = held or {}
         self._on_committed = on_committed
         self._forwarders_keeping_up = forwarders_keeping_up
+        self._on_fleet_change = on_fleet_change
+        # One plan-commit-apply at a time: frame ids are handed out in commit order.
+        self._commit_lock = asyncio.Lock()
         self._rebirth_sent: dict[str, int] = {}
         self._topics: dict[str, tuple[str, FrameKind]] = {}  # valid topics, parsed once
         self._progress = asyncio.Event()
@@ -184,7 +191,7 @@ class Pipeline:
                     self._plan_birth(plan, message, device_id, now_ms)
                 elif kind is FrameKind.DEATH:
                     death = decode_death(message.payload, limits=self._limits)
-                    plan.deaths.append((device_id, death.boot))
+                    plan.fleet.append(("death", device_id, death.boot, message.received_ms))
             except Exception as exc:
                 self._quarantine(plan, message, device_id, _as_protocol_error(exc, device_id))
         assert plan.overlay is not None
@@ -203,6 +210,7 @@ class Pipeline:
         assert plan.overlay is not None
         if not plan.overlay.add(key, raw.seq):
             plan.duplicates += 1
+            plan.duplicate_keys.append(key)
             return
         birth, ahead_ms = self._birth_for(plan, device_id, raw.boot)
         if birth is None:
@@ -235,13 +243,14 @@ class Pipeline:
 
     def _add_frame(self, plan: BatchPlan, device_id: str, raw: TelemetryRows, birth: Birth,
                    received_ms: int, payload: bytes) -> None:
-        entries = self._compiler.entries(device_id, raw, birth)  # may raise ProtocolError
+        # May raise ProtocolError; drops (and counts) samples beyond the device's series budget.
+        entries = self._compiler.entries(device_id, raw, birth, count_refused=True)
         frame_id = self._next_frame_id
         self._next_frame_id += 1
         plan.write.frames.append((frame_id, store.KIND_TELEMETRY, device_id, raw.boot,
                                   raw.seq, received_ms, payload))
         plan.entries.append((frame_id, entries))
-        plan.telemetry.append((device_id, raw, received_ms))
+        plan.fleet.append(("telemetry", device_id, raw, received_ms))
         plan.added_bytes += len(payload)
 
     def _plan_birth(self, plan: BatchPlan, message: InboundMessage, device_id: str,
@@ -254,6 +263,7 @@ class Pipeline:
             log.warning("device %s boot %d: clock %.0f s ahead of the gateway's; its timestamps "
                         "are moved back by that much", device_id, birth.boot, ahead_ms / 1000)
         plan.births.append((device_id, birth, ahead_ms))
+        plan.fleet.append(("birth", device_id, birth, message.received_ms))
         plan.birth_index[device_id, birth.boot] = (birth, ahead_ms)
         plan.write.births.append((device_id, birth.boot, message.received_ms, message.payload))
         frame_id = self._next_frame_id
@@ -327,9 +337,15 @@ class Pipeline:
 
     async def handle(self, messages: list[InboundMessage]) -> None:
         await self._pace()
-        now_ms = int(time.time() * 1000)
-        plan = self.plan(messages, now_ms)
-        await self._make_room(plan)
+        async with self._commit_lock:
+            now_ms = int(time.time() * 1000)
+            plan = self.plan(messages, now_ms)
+            await self._make_room(plan)
+            await self._commit(plan, len(messages))
+            self._apply(plan)
+            self._mqtt.ack(messages)
+
+    async def _commit(self, plan: BatchPlan, messages: int) -> None:
         started = time.perf_counter()
         async for attempt in AsyncRetrying(
                 retry=retry_if_exception(lambda e: isinstance(e, StoreError)),
@@ -349,10 +365,9 @@ class Pipeline:
         self._metrics.commit_seconds.observe(took)
         if took > SLOW_COMMIT_S:  # every PUBACK of the batch waited this long
             log.warning("group commit of %d messages took %.2f s (disk stall? see "
-                        "fleetgate_commit_duration_seconds)", len(messages), took)
-        self._metrics.commit_frames.observe(len(messages))
-        self._apply(plan)
-        self._mqtt.ack(messages)
+                        "fleetgate_commit_duration_seconds)", messages, took)
+        if messages:
+            self._metrics.commit_frames.observe(messages)
 
     async def _make_room(self, plan: BatchPlan) -> None:
         over = self.buffer_bytes + plan.added_bytes - self._config.max_buffer_bytes
@@ -381,17 +396,13 @@ class Pipeline:
         self.ledger.apply(plan.overlay)
         for device_id, birth, ahead_ms in plan.births:
             self.births.put(device_id, birth, ahead_ms)
-            self._fleet.observe_birth(device_id, birth, int(time.time() * 1000))
         for key in plan.released:
             self.held.pop(key, None)
         for key, frames in plan.held.items():
             self.held.setdefault(key, []).extend(frames)
         for frame_id, entries in plan.entries:
             self._cache.put(frame_id, entries)
-        for device_id, telemetry, received_ms in plan.telemetry:
-            self._fleet.observe_telemetry(device_id, telemetry, received_ms)
-        for device_id, _boot in plan.deaths:
-            self._fleet.observe_death(device_id, int(time.time() * 1000))
+        self._tell_fleet(plan)
         for device_id in plan.rebirths:
             self._mqtt.publish(cmd_topic(self._prefix, device_id),
                                encode_command(DeviceCommand(rebirth=True)), qos=1)
@@ -415,6 +426,50 @@ class Pipeline:
         if plan.write.frames:
             self.committed_upto = plan.last_frame_id
             self._on_committed(plan.last_frame_id)
+
+    def _tell_fleet(self, plan: BatchPlan) -> None:
+        fleet = self._fleet
+        observe_telemetry = fleet.observe_telemetry
+        for kind, device_id, item, ms in plan.fleet:
+            if kind == "telemetry":
+                observe_telemetry(device_id, item, ms)  # type: ignore[arg-type]
+            elif kind == "birth":
+                fleet.observe_birth(device_id, item, ms)  # type: ignore[arg-type]
+            else:
+                fleet.observe_death(device_id, item, ms)  # type: ignore[arg-type]
+        if plan.duplicate_keys:
+            fleet.observe_duplicates(plan.duplicate_keys)
+        assert plan.overlay is not None
+        for key, ranges in plan.overlay.changed.items():
+            if len(ranges) > 1:
+                fleet.observe_gaps(key[0])
+        if plan.fleet:
+            self._on_fleet_change()
+
+    async def commit_entries(self, device_id: str, entries: Sequence[bytes]) -> int:
+        """Commit entries the gateway made itself (stale markers, fleet metrics) as one frame of
+        the buffer, so they reach every endpoint through outages like device frames do."""
+        async with self._commit_lock:
+            now_ms = int(time.time() * 1000)
+            frame_id = self._next_frame_id
+            self._next_frame_id += 1
+            payload = b"".join(entries)
+            write = store.BatchWrite(frames=[(frame_id, store.KIND_ENTRIES, device_id, 0, None,
+                                              now_ms, payload)])
+            plan = BatchPlan(write=write, overlay=self.ledger.overlay(),
+                             entries=[(frame_id, list(entries))], added_bytes=len(payload),
+                             last_frame_id=frame_id)
+            await self._make_room(plan)
+            await self._commit(plan, 0)
+            # Not _apply: these are no device's frames (fleetgate_frames_stored counts those).
+            self._cache.put(frame_id, plan.entries[0][1])
+            self.buffer_bytes += plan.added_bytes
+            self.buffer_frames += 1
+            self._metrics.buffer_bytes.set(self.buffer_bytes)
+            self._metrics.buffer_frames.set(self.buffer_frames)
+            self.committed_upto = frame_id
+            self._on_committed(frame_id)
+            return frame_id
 
     async def run(self, inbox: Inbox) -> None:
         """Take group after group from the inbox until it is closed and empty."""

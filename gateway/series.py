@@ -150,6 +150,36 @@ class SeriesEncoder:
         prefix = self._cache.get(key)
         return prefix if prefix is not None else self._series(key)
 
+    def histogram_prefixes(self, device_id: str, name: str, labels: Labels,
+                           bounds: Sequence[float]) -> tuple[bytes, ...]:
+        """Prefixes of a histogram's series: one bucket per bound (+Inf added), _sum, _count."""
+        with_inf = tuple(bounds) if bounds and bounds[-1] == _INF else (*bounds, _INF)
+        key = (name, device_id, labels, with_inf)
+        group = self._hist_cache.get(key)
+        return group if group is not None else self._histogram_series(key)
+
+    def uncached_prefix(self, device_id: str, name: str, labels: Labels = ()) -> bytes:
+        """series_prefix without caching: for series written once a minute per device (the
+        fleet's own metrics), which would only evict the telemetry series from the cache."""
+        return _prefix(encode_labels(self._labels(name, device_id, labels, ())))
+
+    def gateway_series_prefix(self, name: str, labels: Labels) -> bytes:
+        """Prefix of a series of the gateway's own (no device_id), with the external labels."""
+        merged = dict(self._external)
+        merged.update(labels)
+        merged["__name__"] = name
+        pairs = sorted(merged.items())
+        validate_labels(pairs)
+        return _prefix(encode_labels(pairs))
+
+    @staticmethod
+    def entry(prefix: bytes, value: float, timestamp_ms: int) -> bytes:
+        """An entry of the series whose prefix this is (see series_prefix)."""
+        ts_bytes = encode_varint(timestamp_ms)
+        if len(ts_bytes) == _TS_LEN:
+            return prefix + _SAMPLE_HEAD.pack(0x09, value, 0x10) + ts_bytes
+        return encode_entry(_label_bytes(prefix), value, timestamp_ms)
+
     def info_entry(self, device_id: str, birth: Birth, timestamp_ms: int) -> bytes:
         """``fleet_device_info{device_id, platform, firmware, <birth labels>} 1``.
 

@@ -136,8 +136,25 @@ class Settings(BaseSettings):
     # Samples further ahead of the gateway's clock are rejected at decode.
     max_clock_skew_s: float = Field(300.0, ge=0)
 
+    # --- fleet
+    # A device is "late" after this many of its declared intervals without a frame, and
+    # "offline" after this many (or at once, on a death of its current boot).
+    device_late_after_intervals: float = Field(2.0, gt=0)
+    device_offline_after_intervals: float = Field(6.0, gt=0)
+    device_event_retention_days: float = Field(7.0, gt=0)  # state changes kept in SQLite
+    # Distinct series one device may create; samples of further series are dropped, counted
+    # (fleet API: over_series_budget, refused_samples) and never reach a receiver.
+    device_series_budget: int = Field(2000, gt=0)
+    # How often the fleet is written as metrics through remote-write (fleet_device_up, ...);
+    # 0 turns that off (the /metrics endpoint still has them).
+    fleet_metrics_interval_s: float = Field(60.0, ge=0)
+
     # --- API
     api_listen: str = "127.0.0.1:8080"
+    # "token:scope,token:scope" with scope read or admin. Empty: the API is open (a warning is
+    # logged at start-up). /, /healthz, /readyz and /metrics are always open.
+    api_tokens: Annotated[dict[str, Literal["read", "admin"]], NoDecode] = Field(
+        default_factory=dict, repr=False)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @field_validator("remote_write_url", mode="before")
@@ -175,6 +192,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"external label {name!r} has an empty value")
         return labels
 
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        tokens: dict[str, str] = {}
+        for pair in (p.strip() for p in value.split(",")):
+            if not pair:
+                continue
+            token, sep, scope = pair.rpartition(":")
+            if not sep or not token or scope not in ("read", "admin"):
+                raise ValueError("api_tokens must be token:scope pairs, comma-separated, with "
+                                 "scope read or admin (a pair without one was given)")
+            tokens[token] = scope
+        return tokens
+
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, url: str) -> str:
@@ -207,6 +240,9 @@ class Settings(BaseSettings):
             raise ValueError("mqtt_reconnect_min_s must not exceed mqtt_reconnect_max_s")
         if self.remote_write_retry_min_s > self.remote_write_retry_max_s:
             raise ValueError("remote_write_retry_min_s must not exceed remote_write_retry_max_s")
+        if self.device_late_after_intervals >= self.device_offline_after_intervals:
+            raise ValueError("device_late_after_intervals must be below "
+                             "device_offline_after_intervals")
         return self
 
     @classmethod

@@ -13,6 +13,9 @@ from typing import Any
 
 KIND_TELEMETRY = 0
 KIND_BIRTH = 1
+# Entries the gateway made itself (stale markers, the fleet's metrics): the payload is the
+# encoded remote-write TimeSeries entries, concatenated; device_id names the device or "".
+KIND_ENTRIES = 2
 
 # Newest rows kept for inspection (the counters keep the totals); payloads are cut to
 # QUARANTINE_PAYLOAD_BYTES so hostile input can use at most ~160 MiB of disk here.
@@ -245,7 +248,38 @@ def checkpoint_devices(conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
     if rows:
         insert_rows(conn, "INSERT OR REPLACE INTO devices (device_id, platform, firmware, boot,"
                           " interval_ms, labels, first_seen_ms, last_seen_ms, last_seq, online,"
-                          " latest) VALUES ", rows)
+                          " latest, state, state_since_ms, stats) VALUES ", rows)
+
+
+EVENT_COLUMNS = ("device_id", "ts_ms", "kind", "state", "previous", "boot", "previous_boot",
+                 "reason")
+
+
+def insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Insert event rows (EVENT_COLUMNS order) with consecutive ids; return the first id."""
+    first = (conn.execute("SELECT COALESCE(MAX(id), 0) FROM device_events").fetchone()[0]) + 1
+    conn.executemany(
+        f"INSERT INTO device_events (id, {', '.join(EVENT_COLUMNS)}) VALUES (?,?,?,?,?,?,?,?,?)",
+        [(first + i, *row) for i, row in enumerate(rows)])
+    return first
+
+
+def device_events(conn: sqlite3.Connection, device_id: str, limit: int,
+                  before_id: int | None = None) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        f"SELECT id, {', '.join(EVENT_COLUMNS)} FROM device_events WHERE device_id = ?"
+        " AND id < ? ORDER BY id DESC LIMIT ?",
+        (device_id, before_id if before_id is not None else 2**63 - 1, limit)).fetchall()
+    return [dict(zip(("id", *EVENT_COLUMNS), row, strict=True)) for row in rows]
+
+
+def prune_events(conn: sqlite3.Connection, before_ms: int) -> int:
+    return conn.execute("DELETE FROM device_events WHERE ts_ms < ?", (before_ms,)).rowcount
+
+
+def forget_device(conn: sqlite3.Connection, device_id: str) -> None:
+    conn.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
+    conn.execute("DELETE FROM device_events WHERE device_id = ?", (device_id,))
 
 
 def quarantine_rows(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, object]]:
@@ -254,6 +288,25 @@ def quarantine_rows(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str
         " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
     keys = ("id", "received_ms", "topic", "device_id", "reason", "detail", "size")
     return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def dead_letters_to_replay(conn: sqlite3.Connection, endpoint: str | None,
+                           limit: int) -> list[tuple[int, str, bytes]]:
+    """(id, endpoint, entry) of the oldest dead letters, of one endpoint or all."""
+    if endpoint is None:
+        return conn.execute("SELECT id, endpoint, entry FROM dead_letters ORDER BY id LIMIT ?",
+                            (limit,)).fetchall()
+    return conn.execute("SELECT id, endpoint, entry FROM dead_letters WHERE endpoint = ?"
+                        " ORDER BY id LIMIT ?", (endpoint, limit)).fetchall()
+
+
+def settle_dead_letters(conn: sqlite3.Connection, delivered: Sequence[int],
+                        refused: Sequence[tuple[int, str, int]]) -> int:
+    """Delete the replayed dead letters an endpoint took; record the new refusal of the
+    others as (status, reason, id). Returns how many dead letters remain."""
+    conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in delivered])
+    conn.executemany("UPDATE dead_letters SET status = ?, reason = ? WHERE id = ?", refused)
+    return conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
 
 
 def dead_letter_rows(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, object]]:

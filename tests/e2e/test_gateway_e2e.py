@@ -136,9 +136,9 @@ def test_api_reports_devices_health_and_metrics(
     assert gw.http.get("/healthz").json() == {"status": "ok"}
     assert gw.http.get("/readyz").json() == {"ready": True, "problems": []}
     listing = gw.http.get("/api/v1/devices").json()
-    assert listing["count"] == 3
-    online = {d["device_id"]: d["online"] for d in listing["devices"]}
-    assert online == {"dev-0000": True, "dev-0001": True, "dev-0002": False}
+    assert (listing["total"], listing["counts"]) == (3, {"online": 2, "late": 0, "offline": 1})
+    states = {d["device_id"]: d["state"] for d in listing["devices"]}
+    assert states == {"dev-0000": "online", "dev-0001": "online", "dev-0002": "offline"}
     detail = gw.http.get("/api/v1/devices/dev-0001").json()
     assert (detail["platform"], detail["firmware"], detail["boot"], detail["last_seq"]) == (
         "esp32-s3", "2.1.0", f.boot_id(1), 4)

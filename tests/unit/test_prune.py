@@ -18,7 +18,7 @@ def setup_db(path: Path) -> sqlite3.Connection:
 
 
 def device_row(device_id: str, boot: int) -> tuple:
-    return (device_id, "esp32", "1.0", boot, 1000, "{}", 0, 0, 0, 1, "{}")
+    return (device_id, "esp32", "1.0", boot, 1000, "{}", 0, 0, 0, 1, "[]", "online", 0, "{}")
 
 
 def test_prune_forgets_old_boots_but_never_the_current_one(tmp_path: Path) -> None:

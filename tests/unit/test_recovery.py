@@ -101,7 +101,8 @@ def build(tmp_path: Path) -> Built:
         counters={"dropped_buffer_full": 4}))
     store.add_dead_letters(conn, [(EP, 100 + k, 7000, 400, "refused", "s", b"e")
                                   for k in range(10)])
-    store.checkpoint_devices(conn, [(d, "esp32", "2.1", 7, 1000, "{}", 1, 2, seqs - 1, 1, "{}")
+    store.checkpoint_devices(conn, [(d, "esp32", "2.1", 7, 1000, "{}", 1, 2, seqs - 1, 1, "[]",
+                                     "online", 1, "{}")
                                     for d in devices])
     store.advance_cursor(conn, EP, CURSOR, 1, [EP])
     conn.execute("COMMIT")

@@ -126,14 +126,17 @@ def test_released_held_frames_are_deleted_but_new_ones_of_that_boot_kept(
 
 def test_devices_checkpoint_is_loaded_back(conn: sqlite3.Connection) -> None:
     row = ("d1", "esp32-s3", "2.1.0", 5, 1000, '{"site":"lab"}', T0, T0 + 9, 42, 1,
-           '{"temp":[41.5,1]}')
+           '[["temp",[],41.5,1]]', "online", T0, '{"frames":3}')
     tx(conn, lambda c: store.checkpoint_devices(c, [row]))
-    tx(conn, lambda c: store.checkpoint_devices(c, [(*row[:8], 43, 0, row[10])]))
+    tx(conn, lambda c: store.checkpoint_devices(
+        c, [(*row[:8], 43, 0, row[10], "offline", T0 + 20, row[13])]))
     (device,) = store.load_state(conn).devices
     assert dict(device) == {"device_id": "d1", "platform": "esp32-s3", "firmware": "2.1.0",
                             "boot": 5, "interval_ms": 1000, "labels": '{"site":"lab"}',
                             "first_seen_ms": T0, "last_seen_ms": T0 + 9, "last_seq": 43,
-                            "online": 0, "latest": '{"temp":[41.5,1]}'}
+                            "online": 0, "latest": '[["temp",[],41.5,1]]',
+                            "state": "offline", "state_since_ms": T0 + 20,
+                            "stats": '{"frames":3}'}
     assert conn.row_factory is None  # load_state leaves the connection as it found it
 
 
@@ -311,7 +314,7 @@ DAY_MS = 86_400_000
 
 
 def device_row(device_id: str, boot: int) -> tuple[object, ...]:
-    return (device_id, "esp32", "1.0", boot, 1000, "{}", T0, T0, 0, 1, "{}")
+    return (device_id, "esp32", "1.0", boot, 1000, "{}", T0, T0, 0, 1, "[]", "online", T0, "{}")
 
 
 def test_prune_forgets_only_past_boots_untouched_since_the_cutoff(

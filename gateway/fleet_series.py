@@ -1,0 +1,109 @@
+"""Remote-write entries the gateway makes about the fleet (pure; sent through the buffer).
+
+- Stale markers for a device that went offline: one per series it wrote, 1 ms after that
+  series' newest sample, so dashboards stop showing its last value from where it stopped.
+- The fleet mirrored as metrics, every `fleet_metrics_interval_s`: `fleet_device_up`,
+  `fleet_device_last_seen_timestamp_seconds`, per-device frame counters and `fleet_devices`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from device_protocol import HistogramValue, Labels, MetricType
+from gateway.fleet import DeviceRecord, FleetState
+from gateway.remote_write import STALE_NAN
+from gateway.series import SeriesEncoder
+from gateway.series_budget import SeriesBudget
+
+# name, help, type; the same families are served on /metrics (gateway/metrics.py)
+DEVICE_UP = "fleet_device_up"
+DEVICE_LAST_SEEN = "fleet_device_last_seen_timestamp_seconds"
+DEVICE_FRAMES = "fleet_device_frames_received_total"
+DEVICE_DUPLICATES = "fleet_device_frames_duplicate_total"
+DEVICE_MISSING = "fleet_device_frames_missing"
+DEVICES = "fleet_devices"
+
+
+def merge_labels(base: Labels, own: Labels) -> Labels:
+    """A sample's labels as device_protocol.resolve_telemetry makes them."""
+    if not own:
+        return base
+    combined = dict(base)
+    combined.update(own)
+    return tuple(sorted(combined.items()))
+
+
+def stale_entries(record: DeviceRecord, encoder: SeriesEncoder,
+                  budget: SeriesBudget) -> list[bytes]:
+    birth = record.birth
+    base = birth.labels if birth is not None else tuple(sorted(record.labels.items()))
+    bounds = ({m.name: m.bounds for m in birth.metrics if m.type is MetricType.HISTOGRAM}
+              if birth is not None else {})
+    device_id = record.device_id
+    out: list[bytes] = []
+    for (name, own), (value, ts) in record.series().items():
+        labels = merge_labels(base, own)
+        if not budget.admitted(device_id, name, labels):
+            continue  # never written (over budget, or not since the gateway started)
+        if isinstance(value, HistogramValue):
+            if name not in bounds:
+                continue  # the bucket bounds are gone with the birth
+            prefixes = encoder.histogram_prefixes(device_id, name, labels, bounds[name])
+        else:
+            prefixes = (encoder.series_prefix(device_id, name, labels),)
+        out.extend(encoder.entry(prefix, STALE_NAN, ts + 1) for prefix in prefixes)
+    return out
+
+
+def fleet_metric_entries(fleet: FleetState, encoder: SeriesEncoder,
+                         missing_of: Callable[[DeviceRecord], int], gateway_id: str,
+                         now_ms: int) -> Iterator[bytes]:
+    entry = encoder.entry
+    prefix = encoder.uncached_prefix
+    for state, count in fleet.counts().items():
+        labels = (("gateway", gateway_id), ("state", state))
+        yield entry(encoder.gateway_series_prefix(DEVICES, labels), count, now_ms)
+    for device_id, record in list(fleet.devices.items()):
+        yield entry(prefix(device_id, DEVICE_UP, ()), float(record.online), now_ms)
+        yield entry(prefix(device_id, DEVICE_LAST_SEEN, ()), record.last_seen_ms / 1000, now_ms)
+        yield entry(prefix(device_id, DEVICE_FRAMES, ()), record.frames, now_ms)
+        yield entry(prefix(device_id, DEVICE_DUPLICATES, ()), sum(record.duplicates.values()),
+                    now_ms)
+        yield entry(prefix(device_id, DEVICE_MISSING, ()), missing_of(record), now_ms)
+
+
+class FleetCollector:
+    """The same families on the gateway's /metrics, computed when scraped."""
+
+    def __init__(self, fleet: FleetState, missing_of: Callable[[DeviceRecord], int]) -> None:
+        self._fleet = fleet
+        self._missing_of = missing_of
+
+    def collect(self) -> Iterator[Metric]:
+        fleet = self._fleet
+        devices = GaugeMetricFamily(DEVICES, "Devices known to the gateway, by state",
+                                    labels=["state"])
+        for state, count in fleet.counts().items():
+            devices.add_metric([state], count)
+        up = GaugeMetricFamily(DEVICE_UP, "1 unless the device is offline", labels=["device_id"])
+        seen = GaugeMetricFamily(DEVICE_LAST_SEEN, "When the gateway last heard from the device",
+                                 labels=["device_id"])
+        frames = CounterMetricFamily(DEVICE_FRAMES.removesuffix("_total"),
+                                     "Telemetry frames accepted from the device",
+                                     labels=["device_id"])
+        duplicates = CounterMetricFamily(DEVICE_DUPLICATES.removesuffix("_total"),
+                                         "Telemetry frames of the device dropped as duplicates",
+                                         labels=["device_id"])
+        missing = GaugeMetricFamily(DEVICE_MISSING, "Seqs missing in the device's known boots "
+                                    "(gaps; falls when a replay fills them)", labels=["device_id"])
+        for device_id, record in list(fleet.devices.items()):
+            key = [device_id]
+            up.add_metric(key, float(record.online))
+            seen.add_metric(key, record.last_seen_ms / 1000)
+            frames.add_metric(key, record.frames)
+            duplicates.add_metric(key, sum(record.duplicates.values()))
+            missing.add_metric(key, self._missing_of(record))
+        yield from (devices, up, seen, frames, duplicates, missing)
