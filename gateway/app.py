@@ -283,7 +283,8 @@ class Gateway:
         record = self.fleet.devices.get(device_id)
         if record is None or record.online or not self.forwarders:
             return  # forgotten, or back already: its series are live again
-        entries = stale_entries(record, self.compiler.encoder, self.series_budget)
+        entries = stale_entries(record, self.compiler.encoder, self.series_budget,
+                                int(time.time() * 1000))
         for start in range(0, len(entries), ENTRIES_PER_FRAME):
             await self.pipeline.commit_entries(device_id,
                                                entries[start:start + ENTRIES_PER_FRAME])

@@ -36,8 +36,14 @@ def merge_labels(base: Labels, own: Labels) -> Labels:
     return tuple(sorted(combined.items()))
 
 
-def stale_entries(record: DeviceRecord, encoder: SeriesEncoder,
-                  budget: SeriesBudget) -> list[bytes]:
+# Prometheus shows a series for 5 minutes after its newest sample (the query lookback): a
+# series older than that is already gone from dashboards, and a marker for it would only be
+# refused as too old by receivers that keep no history that far back.
+STALE_LOOKBACK_MS = 300_000
+
+
+def stale_entries(record: DeviceRecord, encoder: SeriesEncoder, budget: SeriesBudget,
+                  now_ms: int) -> list[bytes]:
     birth = record.birth
     base = birth.labels if birth is not None else tuple(sorted(record.labels.items()))
     bounds = ({m.name: m.bounds for m in birth.metrics if m.type is MetricType.HISTOGRAM}
@@ -45,6 +51,8 @@ def stale_entries(record: DeviceRecord, encoder: SeriesEncoder,
     device_id = record.device_id
     out: list[bytes] = []
     for (name, own), (value, ts) in record.series().items():
+        if ts < now_ms - STALE_LOOKBACK_MS:
+            continue
         labels = merge_labels(base, own)
         if not budget.admitted(device_id, name, labels):
             continue  # never written (over budget, or not since the gateway started)

@@ -29,8 +29,10 @@ def boot_id(device_index: int, reboot: int = 0) -> int:
     return (device_index * 7919 + reboot * 104729 + 1) % 2**32
 
 
+# A minute: tests that burst frames and then wait must not see their devices time out (late,
+# offline, stale markers); lifecycle tests pass a short interval or short thresholds.
 def birth(device_index: int, *, reboot: int = 0, time_ms: int | None = None,
-          interval_ms: int = 1000) -> Birth:
+          interval_ms: int = 60_000) -> Birth:
     return Birth(boot=boot_id(device_index, reboot), time_ms=time_ms or now_ms(),
                  platform="esp32-s3", firmware="2.1.0", labels=(("site", "lab"),),
                  interval_ms=interval_ms, metrics=METRICS)

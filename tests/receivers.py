@@ -15,7 +15,10 @@ def vm_samples(vm: VictoriaMetrics, metric: str) -> dict[str, list[tuple[int, fl
     out: dict[str, list[tuple[int, float]]] = {}
     for row in vm.export(f'{{__name__="{metric}"}}'):
         device = row["metric"]["device_id"]
-        out.setdefault(device, []).extend(zip(row["timestamps"], row["values"], strict=True))
+        # A stale marker (a device gone offline) is exported as null: it is no sample.
+        out.setdefault(device, []).extend(
+            (ts, v) for ts, v in zip(row["timestamps"], row["values"], strict=True)
+            if v is not None)
     return out
 
 

@@ -83,7 +83,8 @@ def test_devices_reboot_and_replay_with_clocks_a_day_ahead_or_behind(
         out: dict[str, list[tuple[int, float]]] = {}
         for row in victoria_metrics.export(f'{{__name__="{METRIC}"}}'):
             out.setdefault(row["metric"]["device_id"], []).extend(
-                zip(row["timestamps"], row["values"], strict=True))
+                (ts, v) for ts, v in zip(row["timestamps"], row["values"], strict=True)
+                if v is not None)  # null: a stale marker (the device went offline)
         return out
 
     wait_for(lambda: sum(len(v) for v in vm_rows().values()) >= samples_in, 30,

@@ -1,0 +1,261 @@
+"""Fleet status end to end: lifecycle states and events, stale markers in a real Prometheus,
+the event stream, the completeness ledger, the series budget, auth and dead-letter replay."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import factories as f
+import httpx
+import msgpack
+import publisher
+import pytest
+from faultproxy import Fault, FaultyReceiver
+from publisher import Publisher
+from receivers import vm_account
+
+from device_protocol import RawSample, RawTelemetry, encode_telemetry
+from gateway.devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+
+pytestmark = pytest.mark.e2e
+
+# Devices declare 60 s intervals (tests/factories.py): late after 1.2 s, offline after 2.4 s.
+FAST_LIFECYCLE = {"device_late_after_intervals": "0.02",
+                  "device_offline_after_intervals": "0.04"}
+
+
+def death(device_index: int) -> tuple[str, bytes]:
+    return (f"fleet/{f.device_id(device_index)}/death",
+            msgpack.packb({"v": 1, "b": f.boot_id(device_index)}))
+
+
+def device(gw: Any, device_id: str) -> dict[str, Any]:
+    return gw.http.get(f"/api/v1/devices/{device_id}").raise_for_status().json()
+
+
+def test_a_silent_device_goes_late_then_offline_and_its_series_go_stale_in_prometheus(
+        mosquitto: Mosquitto, prometheus: Prometheus, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, prometheus, **FAST_LIFECYCLE)
+    base = f.now_ms() - 4_000  # samples at base + seq s: the newest is about 1 s old
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(range(2)))
+        pub.publish(publisher.telemetry(range(2), range(3), base, with_histogram=True))
+    wait_for(lambda: gw.caught_up() and len(prometheus.query(
+        'device_temperature_celsius{device_id="dev-0000"}')) == 1, 30, what="live series")
+
+    wait_for(lambda: device(gw, "dev-0000")["state"] == "offline", 30, what="offline")
+    events = gw.http.get("/api/v1/devices/dev-0000/events").json()["events"]
+    changes = [(e["previous"], e["state"], e["reason"]) for e in reversed(events)
+               if e["kind"] == "state"]
+    assert changes == [("offline", "online", "birth"), ("online", "late", "timeout"),
+                       ("late", "offline", "timeout")]
+    # Stale markers 1 ms after each series' newest sample: an instant query no longer finds
+    # the device's last value, although it is well within the 5-minute lookback.
+    wait_for(lambda: gw.caught_up() and not prometheus.query(
+        '{device_id="dev-0000", __name__=~"device_temperature_celsius|inference_total|'
+        'inference_seconds_bucket|inference_seconds_count|inference_seconds_sum"}'),
+        30, what="stale series")
+    stale = gw.metric("fleetgate_stale_markers_total")
+    assert stale == 2 * (2 + 4 + 2)  # 2 devices x (gauge, counter, 4 buckets, _sum, _count)
+    # The samples themselves are all there: staleness hides, never deletes.
+    assert len(prometheus.query('count_over_time(device_temperature_celsius'
+                                '{device_id="dev-0000"}[10m])')) == 1
+
+    with Publisher(mosquitto.url) as pub:  # it comes back
+        pub.publish(publisher.telemetry(range(1), range(3, 4), f.now_ms() - 3_000))
+    wait_for(lambda: device(gw, "dev-0000")["state"] == "online", 30, what="back online")
+    newest = gw.http.get("/api/v1/devices/dev-0000/events?limit=1").json()["events"][0]
+    assert (newest["previous"], newest["state"], newest["reason"]) == (
+        "offline", "online", "telemetry")
+
+
+def test_death_reboot_and_gaps_reach_the_api_and_the_event_stream(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, victoria_metrics)
+    received: list[dict[str, Any]] = []
+    connected = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{gw.url}/api/v1/events/stream?device_id=dev-0001",
+                          timeout=30) as stream:
+            event = None
+            for line in stream.iter_lines():
+                if line.startswith(": connected"):
+                    connected.set()
+                elif line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: ") and event == "device":
+                    received.append(json.loads(line.removeprefix("data: ")))
+                    if len(received) == 3:
+                        return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert connected.wait(10)
+    base = f.now_ms() - 60_000
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(range(3)))
+        # dev-0001 loses seqs 3-5 and 8, and sends seq 2 three times
+        seqs = [0, 1, 2, 2, 2, 6, 7, 9]
+        pub.publish([(t, p) for s in seqs for t, p in publisher.telemetry(range(1, 2),
+                                                                          range(s, s + 1), base)])
+        pub.publish([death(1)])
+        pub.publish([("fleet/dev-0001/birth", f.birth_payload(1, reboot=1))])
+    listener.join(30)
+    kinds = [(e["kind"], e.get("state"), e.get("reason")) for e in received]
+    assert kinds == [("state", "online", "birth"), ("state", "offline", "death"),
+                     ("reboot", None, None)] or kinds == [
+        ("state", "online", "birth"), ("state", "offline", "death"), ("state", "online", "birth")]
+    assert all(e["device_id"] == "dev-0001" for e in received)
+
+    wait_for(lambda: device(gw, "dev-0001")["boot"] == f.boot_id(1, reboot=1), 30)
+    detail = device(gw, "dev-0001")
+    assert detail["state"] == "online"
+    old_boot = next(b for b in detail["completeness"]["boots"] if b["boot"] == f.boot_id(1))
+    assert (old_boot["received"], old_boot["duplicates"], old_boot["missing"]) == (6, 2, 4)
+    assert old_boot["gaps"] == [[3, 6], [8, 9]]
+    assert old_boot["completeness_pct"] == pytest.approx(60.0)
+    assert [e["kind"] for e in detail["events"]][:2] in (["reboot", "state"],
+                                                          ["state", "reboot"])
+
+    summary = gw.http.get("/api/v1/fleet/summary").json()
+    assert summary["by_state"] == {"online": 3, "late": 0, "offline": 0}
+    assert summary["by_platform"] == {"esp32-s3": 3}
+    assert [w["device_id"] for w in summary["worst"]] == ["dev-0001"]
+    assert summary["worst"][0]["missing"] == 4
+    worst_first = gw.http.get("/api/v1/devices?sort=completeness&limit=1").json()
+    assert worst_first["devices"][0]["device_id"] == "dev-0001"
+
+    # A replay of the missing frames (h: true) fills the gaps: they leave the ledger.
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.telemetry(range(1, 2), range(3, 6), base, historical=True))
+        pub.publish(publisher.telemetry(range(1, 2), range(8, 9), base, historical=True))
+    wait_for(lambda: gw.metric("fleet_device_frames_missing", device_id="dev-0001") == 0, 30)
+    detail = device(gw, "dev-0001")
+    old_boot = next(b for b in detail["completeness"]["boots"] if b["boot"] == f.boot_id(1))
+    assert (old_boot["received"], old_boot["missing"], old_boot["gaps"]) == (10, 0, [])
+    assert gw.metric("fleet_device_frames_duplicate_total", device_id="dev-0001") == 2
+    assert gw.metric("fleet_device_up", device_id="dev-0001") == 1
+
+
+def test_device_list_filters_sorts_and_pages(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, victoria_metrics)
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(range(25)))
+        pub.publish([death(i) for i in range(0, 25, 5)])
+    wait_for(lambda: gw.http.get("/api/v1/devices").json()["counts"]["offline"] == 5, 30)
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": "7", **({"cursor": cursor} if cursor else {})}
+        page = gw.http.get("/api/v1/devices", params=params).json()
+        seen += [d["device_id"] for d in page["devices"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f.device_id(i) for i in range(25)]
+
+    offline = gw.http.get("/api/v1/devices", params={"state": "offline", "sort": "-device_id"})
+    assert [d["device_id"] for d in offline.json()["devices"]] == [
+        f.device_id(i) for i in (20, 15, 10, 5, 0)]
+    both = gw.http.get("/api/v1/devices", params=[("state", "late,offline"), ("q", "DEV-001")])
+    assert [d["device_id"] for d in both.json()["devices"]] == ["dev-0010", "dev-0015"]
+    labelled = gw.http.get("/api/v1/devices", params={"label": "site=lab", "limit": "1000"})
+    assert len(labelled.json()["devices"]) == 25
+    assert gw.http.get("/api/v1/devices", params={"label": "site=elsewhere"}).json()[
+        "devices"] == []
+    newest = gw.http.get("/api/v1/devices", params={"sort": "-last_seen", "limit": "1000"})
+    last_seen = [d["last_seen_ms"] for d in newest.json()["devices"]]
+    assert last_seen == sorted(last_seen, reverse=True) and len(last_seen) == 25
+    bad = gw.http.get("/api/v1/devices", params={"state": "sleeping"})
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_request"
+    assert gw.http.get("/api/v1/devices", params={"cursor": "%%%"}).status_code == 422
+
+
+def test_a_device_over_its_series_budget_is_cut_off_and_flagged(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, victoria_metrics, device_series_budget="10")
+    base = f.now_ms() - 60_000
+    # dev-0000 invents a label value per frame (a cardinality attack); dev-0001 behaves.
+    attack = [("fleet/dev-0000/telemetry", encode_telemetry(RawTelemetry(
+        boot=f.boot_id(0), seq=seq, time_ms=base + seq,
+        samples=(RawSample("request_seconds", 0.5, 0, (("request_id", f"r{seq}"),)),),
+        historical=False)))
+        for seq in range(30)]
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(range(2)))
+        pub.publish(attack)
+        pub.publish(publisher.telemetry(range(1, 2), range(30), base))
+    wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == 62 and gw.caught_up(), 30)
+    attacker = device(gw, "dev-0000")
+    assert attacker["over_series_budget"] is True
+    assert attacker["series_budget"] == {"limit": 10, "series": 10, "refused_samples": 20}
+    assert device(gw, "dev-0001")["over_series_budget"] is False
+    assert len(victoria_metrics.export('request_seconds{device_id="dev-0000"}')) == 10
+    summary = gw.http.get("/api/v1/fleet/summary").json()
+    assert summary["over_series_budget"] == [
+        {"device_id": "dev-0000", "series": 10, "refused_samples": 20}]
+
+
+def test_tokens_guard_the_api_but_not_health_and_metrics(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, victoria_metrics,
+                         api_tokens="reader-secret:read,admin-secret:admin")
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(range(1)))
+    http = gw.http
+    reader = {"Authorization": "Bearer reader-secret"}
+    admin = {"Authorization": "Bearer admin-secret"}
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert http.get(path).status_code == 200, path
+    missing = http.get("/api/v1/devices")
+    assert missing.status_code == 401 and missing.json()["error"] == "unauthorized"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert http.get("/api/v1/devices", headers={"Authorization": "Bearer nope"}
+                    ).status_code == 401
+    wait_for(lambda: http.get("/api/v1/devices", headers=reader).json()["total"] == 1, 30)
+    assert http.get("/api/v1/devices/unknown", headers=reader).json()["error"] == "not_found"
+    forbidden = http.delete("/api/v1/devices/dev-0000", headers=reader)
+    assert forbidden.status_code == 403 and forbidden.json()["error"] == "forbidden"
+    assert http.post("/api/v1/dead-letters/replay", headers=reader).status_code == 403
+    with httpx.stream("GET", f"{gw.url}/api/v1/events/stream?access_token=reader-secret",
+                      timeout=10) as stream:
+        assert stream.status_code == 200
+        assert next(stream.iter_lines()) == ": connected"
+    assert http.get("/api/v1/events/stream", params={"access_token": "nope"}
+                    ).status_code == 401
+    assert http.delete("/api/v1/devices/dev-0000", headers=admin).status_code == 204
+    assert http.get("/api/v1/devices/dev-0000", headers=reader).status_code == 404
+
+
+def test_dead_letters_are_replayed_to_the_endpoint_that_refused_them(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    with FaultyReceiver(victoria_metrics.remote_write_url) as receiver:
+        gw = gateway_factory(mosquitto, receiver)
+        base = f.now_ms() - 60_000
+        with Publisher(mosquitto.url) as pub:
+            pub.publish(publisher.births(range(1)))
+            wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == 1
+                     and gw.caught_up(), 30)
+            # One frame of two samples: its request and both halves are refused.
+            receiver.faults.extend([Fault(400, "refused for the test")] * 3)
+            pub.publish(publisher.telemetry(range(1), range(1), base))
+        wait_for(lambda: gw.pipeline()["endpoints"][0]["dead_letters"] == 2, 30)
+        letters = gw.http.get("/api/v1/dead-letters").json()
+        assert len(letters) == 2
+        assert {d["reason"] for d in letters} == {"HTTP 400: refused for the test"}
+        assert len(receiver.faults) == 0
+
+        receiver.faults.append(Fault(503, "down"))
+        unavailable = gw.http.post("/api/v1/dead-letters/replay")
+        assert unavailable.status_code == 503 and unavailable.json()["error"] == "unavailable"
+        assert len(gw.http.get("/api/v1/dead-letters").json()) == 2  # nothing lost
+
+        result = gw.http.post("/api/v1/dead-letters/replay", json={"limit": 100}).json()
+        assert result == {"replayed": 2, "refused": 0, "remaining": 0}
+    expected = {"dev-0000": {f.sample_value(0, 0)}}
+    assert vm_account(victoria_metrics, "device_temperature_celsius", expected) == (0, 0)
