@@ -5,7 +5,7 @@
 const TOKEN_KEY = "fleetgate.apiToken";
 const STATES = ["online", "late", "offline"];
 const RECONNECT_DELAY_MS = 2000;
-const PIPELINE_POLL_MS = 5000;
+const PIPELINE_POLL_MS = 2000;
 // State changes arrive on the event stream; completeness and platforms change without an
 // event, so the summary is also polled.
 const SUMMARY_POLL_MS = 15000;
