@@ -540,6 +540,7 @@ def create_api(gateway: Gateway) -> FastAPI:
         view.device_or_404(device_id)
         gateway.fleet.forget(device_id)
         gateway.series_budget.forget(device_id)
+        gateway.compiler.forget_device(device_id)
         await gateway.db.write(lambda conn: store.forget_device(conn, device_id))
         return Response(status_code=204)
 

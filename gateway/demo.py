@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"""
 fleetgate demo is running ({args.devices} simulated devices, a frame every {args.interval:g} s)
 
+  Fleet page            {gateway.url}/
   Prometheus graph      {graph}
   Gateway API docs      {gateway.url}/docs
   Devices               {gateway.url}/api/v1/devices

@@ -7,8 +7,10 @@ a kill is harmless), unlike the frames, ledger and births, which are committed b
 
 States (see docs/api.md): `online`, `late` (no frame for `late_after_intervals` of the device's
 declared interval), `offline` (a death of its current boot, or no frame for
-`offline_after_intervals`). Timeouts are found with one heap entry per device that is not
-offline, re-queued at its next deadline when popped: a frame costs no heap work at all.
+`offline_after_intervals`). Timeouts are found with a heap of deadlines: each device that is
+not offline has one live entry (`due_ms`), re-queued at its next deadline when popped, so a
+frame costs no heap work at all. An entry whose time no longer matches the device's `due_ms`
+is stale (the device came back, or its interval changed) and is skipped when popped.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ class DeviceRecord:
     frames: int = 0  # telemetry frames accepted (not duplicates), all boots
     duplicates: dict[int, int] = field(default_factory=dict)  # per boot
     boots: list[int] = field(default_factory=list)  # newest last, at most MAX_BOOTS_KEPT
-    queued: bool = False  # has an entry in FleetState's deadline heap
+    due_ms: int | None = None  # when its live entry in FleetState's deadline heap is due
+    new: bool = True  # no state change yet: its first event has previous = None
 
     @property
     def online(self) -> bool:
@@ -222,19 +225,34 @@ class FleetState:
         record.last_seen_ms = max(record.last_seen_ms, now_ms)
         if record.state is not DeviceState.ONLINE:
             self._set_state(record, DeviceState.ONLINE, now_ms, "birth")
+        self._schedule(record)  # also when the interval changed, or is known only now
 
     def observe_telemetry(self, device_id: str, telemetry: TelemetryRows, now_ms: int) -> None:
         record = self._record(device_id, now_ms)
         record.last_seen_ms = max(record.last_seen_ms, now_ms)
         record.frames += 1
+        if self._is_latest(record, telemetry):
+            if record.boot != telemetry.boot:
+                record.boot = telemetry.boot
+                record._note_boot(telemetry.boot)
+            record.last_seq = telemetry.seq
+            record.newest = telemetry
         if record.state is not DeviceState.ONLINE:
             self._set_state(record, DeviceState.ONLINE, now_ms, "telemetry")
-        if telemetry.historical or (record.boot == telemetry.boot and record.last_seq is not None
-                                    and telemetry.seq < record.last_seq):
-            return  # a replay or a late frame: not the device's latest word
-        record.boot = telemetry.boot
-        record.last_seq = telemetry.seq
-        record.newest = telemetry
+            self._schedule(record)
+
+    @staticmethod
+    def _is_latest(record: DeviceRecord, telemetry: TelemetryRows) -> bool:
+        """Is this frame the device's latest word? Not a replay, not a late frame of its
+        boot, not a frame of a boot that came before the current one."""
+        if telemetry.historical:
+            return False
+        if record.boot == telemetry.boot:
+            return record.last_seq is None or telemetry.seq >= record.last_seq
+        boots = record.boots
+        if record.boot in boots and telemetry.boot in boots:
+            return boots.index(telemetry.boot) > boots.index(record.boot)
+        return True  # a boot unknown to the fleet view (its row was lost): take it
 
     def observe_death(self, device_id: str, boot: int, now_ms: int) -> bool:
         """A death of the device's current boot takes it offline; True if it did. A death of
@@ -289,24 +307,32 @@ class FleetState:
         record.state, record.state_since_ms = state, now_ms
         self._dirty.add(record.device_id)
         self._events.append(DeviceEvent(record.device_id, now_ms, "state", state=state.value,
-                                        previous=previous.value, boot=record.boot,
-                                        reason=reason))
-        if state is not DeviceState.OFFLINE and not record.queued and record.interval_ms:
-            self._queue(record, now_ms)
+                                        previous=None if record.new else previous.value,
+                                        boot=record.boot, reason=reason))
+        record.new = False
+
+    def _schedule(self, record: DeviceRecord) -> None:
+        """Queue an online device at its late deadline unless an entry due earlier exists."""
+        if record.state is not DeviceState.ONLINE or not record.interval_ms:
+            return
+        due = (max(record.last_seen_ms, self.started_ms)
+               + int(record.interval_ms * self.late_after))
+        if record.due_ms is None or due < record.due_ms:
+            self._queue(record, due)
 
     def _queue(self, record: DeviceRecord, due_ms: int) -> None:
-        record.queued = True
+        record.due_ms = due_ms
         heapq.heappush(self._deadlines, (due_ms, record.device_id))
 
     def sweep(self, now_ms: int) -> None:
         """Move devices whose deadline passed to late or offline (events via take_events)."""
         heap = self._deadlines
         while heap and heap[0][0] <= now_ms:
-            _, device_id = heapq.heappop(heap)
+            due, device_id = heapq.heappop(heap)
             record = self.devices.get(device_id)
-            if record is None:
-                continue
-            record.queued = False
+            if record is None or record.due_ms != due:
+                continue  # forgotten, or a stale entry: the live one is elsewhere in the heap
+            record.due_ms = None
             if record.state is DeviceState.OFFLINE or not record.interval_ms:
                 continue
             base = max(record.last_seen_ms, self.started_ms)
@@ -362,6 +388,7 @@ class FleetState:
                 frames=int(stats.get("frames", 0)),
                 duplicates={int(b): int(n) for b, n in stats.get("duplicates", {}).items()},
                 boots=[int(b) for b in stats.get("boots", [])])
+            record.new = False
             if record.boot is not None:
                 record.birth = birth_of(record.device_id, record.boot)
                 record._note_boot(record.boot)
@@ -369,5 +396,6 @@ class FleetState:
             self.state_counts[state] += 1
             self._count_versions(record, +1)
             if record.online and record.interval_ms:
+                # Evaluated at the first sweep: timeouts count from the start at the earliest.
                 self._queue(record, max(record.last_seen_ms, self.started_ms))
         self._sorted_ids = None

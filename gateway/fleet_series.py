@@ -1,7 +1,8 @@
 """Remote-write entries the gateway makes about the fleet (pure; sent through the buffer).
 
-- Stale markers for a device that went offline: one per series it wrote, 1 ms after that
-  series' newest sample, so dashboards stop showing its last value from where it stopped.
+- Stale markers for a device that went offline: one per series it wrote (as far as the
+  fleet view saw it), 1 ms after the device's newest sample, so dashboards stop showing its
+  last values from where it stopped.
 - The fleet mirrored as metrics, every `fleet_metrics_interval_s`: `fleet_device_up`,
   `fleet_device_last_seen_timestamp_seconds`, per-device frame counters and `fleet_devices`.
 """
@@ -50,7 +51,14 @@ def stale_entries(record: DeviceRecord, encoder: SeriesEncoder, budget: SeriesBu
               if birth is not None else {})
     device_id = record.device_id
     out: list[bytes] = []
-    for (name, own), (value, ts) in record.series().items():
+    series = record.series()
+    if not series:
+        return out
+    # All at once, 1 ms after the device's newest sample: the fleet view folds only a device's
+    # newest frame now and then, so a series' own newest time there may be behind what the
+    # receiver holds (a marker before it would be refused as out of order).
+    stale_ts = max(ts for _, ts in series.values()) + 1
+    for (name, own), (value, ts) in series.items():
         if ts < now_ms - STALE_LOOKBACK_MS:
             continue
         labels = merge_labels(base, own)
@@ -62,7 +70,7 @@ def stale_entries(record: DeviceRecord, encoder: SeriesEncoder, budget: SeriesBu
             prefixes = encoder.histogram_prefixes(device_id, name, labels, bounds[name])
         else:
             prefixes = (encoder.series_prefix(device_id, name, labels),)
-        out.extend(encoder.entry(prefix, STALE_NAN, ts + 1) for prefix in prefixes)
+        out.extend(encoder.entry(prefix, STALE_NAN, stale_ts) for prefix in prefixes)
     return out
 
 

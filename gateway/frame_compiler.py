@@ -136,6 +136,11 @@ class FrameCompiler:
         self._boots = {}
         self._series = 0
 
+    def forget_device(self, device_id: str) -> None:
+        """Forget a device's cached series (with SeriesBudget.forget: budgeted afresh)."""
+        for key in [k for k in self._boots if k[0] == device_id]:
+            self.forget(*key)
+
     def forget(self, device_id: str, boot: int) -> None:
         cached = self._boots.pop((device_id, boot), None)
         if cached is not None:

@@ -49,7 +49,7 @@ def test_a_silent_device_goes_late_then_offline_and_its_series_go_stale_in_prome
     events = gw.http.get("/api/v1/devices/dev-0000/events").json()["events"]
     changes = [(e["previous"], e["state"], e["reason"]) for e in reversed(events)
                if e["kind"] == "state"]
-    assert changes == [("offline", "online", "birth"), ("online", "late", "timeout"),
+    assert changes == [(None, "online", "birth"), ("online", "late", "timeout"),
                        ("late", "offline", "timeout")]
     # Stale markers 1 ms after each series' newest sample: an instant query no longer finds
     # the device's last value, although it is well within the 5-minute lookback.

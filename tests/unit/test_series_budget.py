@@ -224,14 +224,11 @@ def test_an_unbudgeted_compiler_passes_everything() -> None:
     assert fc.budget.refused == {}
 
 
-@pytest.mark.xfail(strict=True, reason="FrameCompiler caches each series' admission per "
-                   "(device, boot); SeriesBudget.forget (DELETE /api/v1/devices/{id}) leaves "
-                   "that cache, so cached series pass unbudgeted and the device gets its limit "
-                   "again on top of them")
 def test_a_forgotten_devices_series_are_budgeted_afresh() -> None:
     fc = compiler(2)
     fc.entries("d", frame(gauge(0), gauge(1), gauge(2)), BIRTH, count_refused=True)
-    fc.budget.forget("d")  # what the API's DELETE does
+    fc.budget.forget("d")  # what the API's DELETE does, with:
+    fc.forget_device("d")
     entries = fc.entries("d", frame(gauge(0), gauge(1), gauge(3), gauge(4), seq=1), BIRTH,
                          count_refused=True)
     passed = {core for _, core, _ in series_of(entries)}
