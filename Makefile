@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps venv demo test lint bench faults clean
+.PHONY: install system-deps venv demo test lint bench bench-api faults clean
 
 install: system-deps venv
 
@@ -43,6 +43,11 @@ bench: install
 	$(BIN)/python bench/drain.py --repeat 3 $(PROFILE)
 	$(BIN)/python bench/drain.py --repeat 3 --gateway-setting remote_write_live_first=true --section drain-live-first --title " with remote_write_live_first"
 	$(BIN)/python bench/vmagent_peer.py --repeat 3
+
+# The operator API's latency with 100,000 devices (~12 min on 2 cores): p50/p99 per query into
+# the "api" section of bench/RESULTS.md. Smaller: make bench-api API_BENCH_ARGS="--devices 10000"
+bench-api: install
+	$(BIN)/python bench/api.py $(API_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache .hypothesis

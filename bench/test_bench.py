@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import api as api_bench
 import drain
 import loadgen
 import pacer
@@ -244,3 +245,37 @@ def test_recorded_requests_yield_each_live_sample_of_one_metric() -> None:
 
     found = [(device, ts) for device, ts, _ in rw_recorder.arrivals([ok, refused], pattern)]
     assert found == [(b"00007", 1_700_000_000_123), (b"00042", 1_700_000_000_789)]
+
+
+def test_api_bench_fleet_varies_and_its_frames_decode() -> None:
+    devices = [api_bench.plan_device(i, frames=4) for i in range(1000)]
+    assert {d.platform for d in devices} == set(api_bench.PLATFORMS)
+    assert {d.firmware for d in devices} == set(api_bench.FIRMWARES)
+    assert {d.site for d in devices} == set(api_bench.SITES)
+    gaps = [d for d in devices if d.missing]
+    assert len(gaps) == 10 and {d.missing for d in gaps} == {1, 2, 3, 4, 5}
+    assert all(len(d.seqs) == 4 and d.seqs[0] == 0 for d in devices)
+    assert sum(d.dies for d in devices) == 10
+
+    device = gaps[0]
+    birth = decode_birth(api_bench.birth_payload(device, interval_ms=600_000, time_ms=1))
+    assert (birth.platform, birth.firmware, birth.labels) == (
+        device.platform, device.firmware, (("site", device.site),))
+    raw = decode_telemetry(api_bench.telemetry_payload(device, device.seqs[1], 2))
+    frame = resolve_telemetry(raw, birth)
+    assert frame.seq == device.seqs[1] == 1 + device.missing
+    assert len(frame.samples) == len(api_bench.SAMPLE_SERIES)
+
+
+def test_api_bench_runs_small_and_writes_its_section(tmp_path: Path) -> None:
+    """The whole script on a tiny fleet: every answer checks out and the section is written."""
+    results = tmp_path / "RESULTS.md"
+    done = subprocess.run([sys.executable, str(BENCH_DIR / "api.py"), "--devices", "300",
+                           "--requests", "3", "--deep-pages", "2", "--results", str(results)],
+                          timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sections, _ = results_file.split(results.read_text())
+    section = sections["api"]
+    assert section.startswith("## Operator API at 300 devices")
+    assert "| `GET /healthz` (baseline: one HTTP round trip) |" in section
+    assert "deep page: `?cursor=` after following next_cursor 2 times" in section
