@@ -259,10 +259,16 @@ class FleetView:
         return ranked
 
     def page(self, match: Callable[[DeviceRecord], bool], sort: Sort, limit: int,
-             cursor: list[Any] | None) -> tuple[list[DeviceRecord], list[Any] | None]:
+             cursor: list[Any] | None, states: set[DeviceState] | None = None
+             ) -> tuple[list[DeviceRecord], list[Any] | None]:
         devices = self.fleet.devices
         if sort in ("device_id", "-device_id"):
-            return self._page_by_id(match, sort == "-device_id", limit, cursor)
+            ids = None
+            if states:
+                wanted = sum(len(self.fleet.by_state[s]) for s in states)
+                if wanted * 5 < len(devices):  # a rare state: sort its few ids, don't scan
+                    ids = sorted(set().union(*(self.fleet.by_state[s] for s in states)))
+            return self._page_by_id(match, sort == "-device_id", limit, cursor, ids)
         if sort == "completeness":
             return self._page_by_completeness(match, limit, cursor)
         newest_first = sort == "-last_seen"
@@ -286,8 +292,10 @@ class FleetView:
         return chosen, next_key
 
     def _page_by_id(self, match: Callable[[DeviceRecord], bool], descending: bool, limit: int,
-                    cursor: list[Any] | None) -> tuple[list[DeviceRecord], list[Any] | None]:
-        ids = self.fleet.sorted_ids()
+                    cursor: list[Any] | None, ids: list[str] | None = None
+                    ) -> tuple[list[DeviceRecord], list[Any] | None]:
+        if ids is None:
+            ids = self.fleet.sorted_ids()
         devices = self.fleet.devices
         if descending:
             end = bisect.bisect_left(ids, str(cursor[0])) if cursor else len(ids)
@@ -458,8 +466,8 @@ def create_api(gateway: Gateway) -> FastAPI:
         cursor: str | None = None,
     ) -> DeviceList:
         checks: list[Callable[[DeviceRecord], bool]] = []
+        wanted: set[DeviceState] = set()
         if state:
-            wanted = set()
             for part in (p.strip() for s in state for p in s.split(",")):
                 if part not in DeviceState.__members__.values():
                     raise ApiError(422, "invalid_request",
@@ -486,7 +494,7 @@ def create_api(gateway: Gateway) -> FastAPI:
         position = _decode_cursor(cursor) if cursor else None
         try:
             records, next_key = view.page(match if checks else lambda r: True, sort, limit,
-                                          position)
+                                          position, wanted)
         except (IndexError, TypeError, ValueError) as exc:
             raise ApiError(422, "invalid_request", "cursor does not fit this sort") from exc
         fleet = gateway.fleet

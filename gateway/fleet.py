@@ -185,7 +185,8 @@ class FleetState:
         # Timeouts count from the gateway's start at the earliest: after a restart, devices
         # are not declared late for the time the gateway itself was away.
         self.started_ms = started_ms
-        self.state_counts: Counter[DeviceState] = Counter()
+        # Device ids by state: counts in O(1), and a rare state's devices without a scan.
+        self.by_state: dict[DeviceState, set[str]] = {state: set() for state in DeviceState}
         self.platforms: Counter[str] = Counter()  # devices by platform, kept as births come
         self.firmwares: Counter[str] = Counter()
         self.incomplete: set[str] = set()  # devices whose ledger may have gaps
@@ -200,7 +201,7 @@ class FleetState:
         if record is None:
             record = self.devices[device_id] = DeviceRecord(
                 device_id, first_seen_ms=now_ms, state_since_ms=now_ms)
-            self.state_counts[record.state] += 1
+            self.by_state[record.state].add(device_id)
             self._sorted_ids = None
         self._dirty.add(device_id)
         return record
@@ -291,7 +292,7 @@ class FleetState:
         record = self.devices.pop(device_id, None)
         if record is None:
             return False
-        self.state_counts[record.state] -= 1
+        self.by_state[record.state].discard(device_id)
         self._count_versions(record, -1)
         self.incomplete.discard(device_id)
         self._dirty.discard(device_id)
@@ -302,8 +303,8 @@ class FleetState:
     def _set_state(self, record: DeviceRecord, state: DeviceState, now_ms: int,
                    reason: str) -> None:
         previous = record.state
-        self.state_counts[previous] -= 1
-        self.state_counts[state] += 1
+        self.by_state[previous].discard(record.device_id)
+        self.by_state[state].add(record.device_id)
         record.state, record.state_since_ms = state, now_ms
         self._dirty.add(record.device_id)
         self._events.append(DeviceEvent(record.device_id, now_ms, "state", state=state.value,
@@ -358,7 +359,7 @@ class FleetState:
         return self._sorted_ids
 
     def counts(self) -> dict[str, int]:
-        return {state.value: self.state_counts[state] for state in DeviceState}
+        return {state.value: len(ids) for state, ids in self.by_state.items()}
 
     # ------------------------------------------------------------------ persistence
     def take_dirty_rows(self) -> list[tuple[Any, ...]]:
@@ -393,7 +394,7 @@ class FleetState:
                 record.birth = birth_of(record.device_id, record.boot)
                 record._note_boot(record.boot)
             self.devices[record.device_id] = record
-            self.state_counts[state] += 1
+            self.by_state[state].add(record.device_id)
             self._count_versions(record, +1)
             if record.online and record.interval_ms:
                 # Evaluated at the first sweep: timeouts count from the start at the earliest.

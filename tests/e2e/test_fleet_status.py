@@ -259,3 +259,32 @@ def test_dead_letters_are_replayed_to_the_endpoint_that_refused_them(
         assert result == {"replayed": 2, "refused": 0, "remaining": 0}
     expected = {"dev-0000": {f.sample_value(0, 0)}}
     assert vm_account(victoria_metrics, "device_temperature_celsius", expected) == (0, 0)
+
+
+def test_the_fleet_is_mirrored_as_metrics_through_remote_write(
+        mosquitto: Mosquitto, prometheus: Prometheus, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, prometheus, fleet_metrics_interval_s="0.5",
+                         gateway_id="gw-test")
+    base = f.now_ms() - 60_000
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(range(3)))
+        pub.publish(publisher.telemetry(range(3), range(4), base))
+        pub.publish(publisher.telemetry(range(3), range(4), base))  # all duplicates
+        pub.publish([death(2)])
+
+    def fleet_in_prometheus() -> dict[str, float]:
+        rows = prometheus.query('{__name__=~"fleet_device_up|fleet_devices|'
+                                'fleet_device_frames_received_total|'
+                                'fleet_device_frames_duplicate_total"}')
+        return {f'{r["metric"]["__name__"]}:{r["metric"].get("device_id") or r["metric"]["state"]}':
+                float(r["value"][1]) for r in rows}
+
+    wanted = {"fleet_device_up:dev-0000": 1.0, "fleet_device_up:dev-0002": 0.0,
+              "fleet_devices:online": 2.0, "fleet_devices:offline": 1.0,
+              "fleet_device_frames_received_total:dev-0001": 4.0,
+              "fleet_device_frames_duplicate_total:dev-0001": 4.0}
+    wait_for(lambda: wanted.items() <= fleet_in_prometheus().items(), 30,
+             what="the fleet's own metrics in Prometheus")
+    gateways = {r["metric"]["gateway"] for r in prometheus.query("fleet_devices")}
+    assert gateways == {"gw-test"}
+    assert gw.metric("fleet_device_up", device_id="dev-0002") == 0

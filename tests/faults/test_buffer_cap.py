@@ -18,7 +18,11 @@ from faults.probes import GatewayFactory
 from gateway.devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
 
 DEVICES, FRAMES = range(20), range(30)
-SETTINGS = {"buffer_max_bytes": "6000", "remote_write_retry_max_s": "0.5"}
+# Batches well under the cap: an empty buffer takes any one batch whole (so that a batch larger
+# than the cap cannot wait forever), and on a loaded machine the inbox can gather every frame
+# into the first batch, which would then never meet the cap.
+SETTINGS = {"buffer_max_bytes": "6000", "remote_write_retry_max_s": "0.5",
+            "commit_max_frames": "50"}
 
 
 def publish_while_receiver_down(mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics,
