@@ -45,6 +45,7 @@ import loadgen
 import procstat
 import results_file
 import stats
+from prometheus_client.parser import text_string_to_metric_families
 from throughput import BenchError, parse_setting
 
 from device_protocol import (
@@ -186,31 +187,62 @@ def build_fleet(devices: int, frames: int, interval_ms: int, connections: int) -
                  encode_s=time.process_time() - began)
 
 
+class MetricsPoller:
+    """The gateway's /metrics polled while it loads, and its slowest answer: the API shares the
+    gateway's event loop with ingest, so a slow answer is a stalled loop (devstack's own
+    client gives up after 10 s; this one waits and reports how long it took)."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=LOAD_TIMEOUT_S)
+        self.slowest_s = 0.0
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples carrying `labels` (0 when absent)."""
+        began = time.monotonic()
+        text = self.http.get("/metrics").raise_for_status().text
+        self.slowest_s = max(self.slowest_s, time.monotonic() - began)
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples if sample.name == name
+                   and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+    def close(self) -> None:
+        self.http.close()
+
+
 def publish(mqtt_url: str, fleet: Fleet, gw: GatewayProcess, window: int) -> dict[str, float]:
     """Births, wait until stored; then telemetry and deaths, wait until the gateway shows it
-    all. Returns the wall time of each phase."""
+    all. Returns the wall time of each phase and the slowest /metrics answer meanwhile."""
     url = urlsplit(mqtt_url)
     conns = [loadgen.Connection(url.hostname or "127.0.0.1", url.port or 1883,
                                 f"bench-api-{c}") for c in range(len(fleet.births))]
+    poller = MetricsPoller(gw.url)
+    n = len(fleet.devices)
+    stored = n + fleet.telemetry_frames
+
+    def stored_frames() -> float:
+        return poller.value("fleetgate_frames_stored_total")
+
+    def all_in() -> bool:
+        return (stored_frames() >= stored and poller.value(
+            "fleetgate_frames_received_total", kind="death") >= fleet.deaths)
+
     try:
         began = time.monotonic()
         birth_streams = loadgen.build_streams(fleet.births, [0] * len(conns))
         loadgen.send_phase(conns, birth_streams, window, timeout_s=LOAD_TIMEOUT_S)
-        n = len(fleet.devices)
-        wait_for(lambda: gw.metric("fleetgate_frames_stored_total") >= n, LOAD_TIMEOUT_S,
-                 0.2, f"gateway did not store {n:,} births")
+        wait_for(lambda: stored_frames() >= n, LOAD_TIMEOUT_S, 0.2,
+                 f"gateway did not store {n:,} births")
         births_s = time.monotonic() - began
         rest = loadgen.build_streams(fleet.rest, [s.count for s in birth_streams])
         loadgen.send_phase(conns, rest, window, timeout_s=LOAD_TIMEOUT_S)
+        wait_for(all_in, LOAD_TIMEOUT_S, 0.2,
+                 f"gateway did not store {stored:,} frames and receive {fleet.deaths:,} deaths")
     finally:
         for conn in conns:
             conn.close()
-    stored = n + fleet.telemetry_frames
-    wait_for(lambda: gw.metric("fleetgate_frames_stored_total") >= stored
-             and gw.metric("fleetgate_frames_received_total", kind="death") >= fleet.deaths,
-             LOAD_TIMEOUT_S, 0.2, f"gateway did not store {stored:,} frames and "
-             f"receive {fleet.deaths:,} deaths")
-    return {"births_s": births_s, "load_s": time.monotonic() - began}
+        poller.close()
+    return {"births_s": births_s, "load_s": time.monotonic() - began,
+            "slowest_metrics_s": poller.slowest_s}
 
 
 # ------------------------------------------------------------------------------- requests
@@ -400,8 +432,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         with httpx.Client(base_url=gw.url, headers=headers, timeout=HTTP_TIMEOUT_S) as http:
             counts = fleet_counts(http, fleet)
             rss, peak = vm_rss_mb(gw.pid), procstat.peak_rss_mb(gw.pid)
-            print(f"loaded in {load['load_s']:.1f} s (births {load['births_s']:.1f} s); gateway "
-                  f"RSS {rss:,.0f} MB; timing ...", flush=True)
+            print(f"loaded in {load['load_s']:.1f} s (births {load['births_s']:.1f} s, slowest "
+                  f"/metrics {load['slowest_metrics_s']:.1f} s); gateway RSS {rss:,.0f} MB; "
+                  "timing ...", flush=True)
             lines = build_lines(http, fleet, args)
             cpu0 = procstat.cpu(gw.pid)
             load_before = os.getloadavg()[0]
@@ -464,7 +497,8 @@ def markdown(args: argparse.Namespace, command: str, machine: dict[str, str],
         f"- Gateway: defaults{settings}, no remote-write endpoint (frames stay buffered), "
         f"a read token in api_tokens sent as `Authorization: Bearer`. Load until all stored "
         f"and seen: {result['load']['load_s']:.0f} s, of which births "
-        f"{result['load']['births_s']:.0f} s",
+        f"{result['load']['births_s']:.0f} s; slowest answer to a /metrics poll (every "
+        f"0.2 s) meanwhile: {result['load']['slowest_metrics_s']:.1f} s",
         f"- **Gateway memory after loading: RSS {result['rss_mb']:,.0f} MB** (peak "
         f"{result['peak_rss_mb']:,.0f} MB)",
         f"- Timing: one httpx client, keep-alive, one request at a time; {WARMUP} warm-up "
@@ -529,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="fleetgate-api-bench-"))
     try:
         result = run(args, root)
-    except (BenchError, TimeoutError, KeyError) as exc:
+    except (BenchError, TimeoutError, KeyError, httpx.HTTPError) as exc:
         print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     finally:
