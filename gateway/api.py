@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway import __version__, completeness, store
 from gateway.errors import ForwardUnavailable
 from gateway.fleet import DeviceRecord, DeviceState
+from gateway.fleet_series import device_exposition
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -42,6 +43,7 @@ RECENT_EVENTS = 20
 bearer = HTTPBearer(auto_error=False, description="token:scope pairs from api_tokens")
 WORST_DEVICES = 10
 Scope = Literal["read", "admin"]
+STATES_PATTERN = r"^(online|late|offline)(,(online|late|offline))*$"
 Sort = Literal["device_id", "-device_id", "last_seen", "-last_seen", "completeness"]
 
 
@@ -389,6 +391,9 @@ def create_api(gateway: Gateway) -> FastAPI:
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body": like any bad request
+            return JSONResponse({"error": "invalid_request", "detail": str(exc.detail)},
+                                status_code=422)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
         return JSONResponse({"error": code, "detail": str(exc.detail)},
                             status_code=exc.status_code)
@@ -446,18 +451,24 @@ def create_api(gateway: Gateway) -> FastAPI:
 
     @api.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:
-        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # In a thread: with per-device families, 100,000 devices make ~30 MB of text, a
+        # quarter second that would otherwise stall ingest (the renderers copy what they read).
+        def render() -> bytes:
+            return (generate_latest(gateway.metrics.registry)
+                    + device_exposition(gateway.fleet, gateway.missing_of))
+
+        return Response(await asyncio.to_thread(render), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ fleet
     @api.get("/api/v1/devices", response_model=DeviceList, tags=["fleet"], dependencies=read,
              responses=ERRORS)
     async def devices(
-        state: Annotated[list[str] | None, Query(
+        state: Annotated[list[Annotated[str, Query(pattern=STATES_PATTERN)]] | None, Query(
             description="online, late or offline; repeat or comma-separate")] = None,
         platform: str | None = None,
         firmware: str | None = None,
-        label: Annotated[list[str] | None, Query(description="name=value, all must match")
-                         ] = None,
+        label: Annotated[list[Annotated[str, Query(pattern=r"^[^=]+=")]] | None, Query(
+            description="name=value, all must match")] = None,
         seen_after_ms: int | None = None,
         seen_before_ms: int | None = None,
         q: Annotated[str | None, Query(description="substring of the id, any case")] = None,

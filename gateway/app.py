@@ -76,7 +76,7 @@ class Gateway:
         self.series_budget = SeriesBudget(settings.device_series_budget)
         self.events = EventHub()
         self._fleet_changed = asyncio.Event()
-        self.metrics.registry.register(FleetCollector(self.fleet, self.missing_of))
+        self.metrics.registry.register(FleetCollector(self.fleet))
         self.births = BirthRegistry()
         self.cache = EntryCache()
         self.db = Database(settings.store_config().db_path, settings.sqlite_synchronous,

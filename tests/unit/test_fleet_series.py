@@ -32,6 +32,7 @@ from gateway.fleet_series import (
     DEVICES,
     STALE_LOOKBACK_MS,
     FleetCollector,
+    device_exposition,
     fleet_metric_entries,
     merge_labels,
     stale_entries,
@@ -301,8 +302,9 @@ def test_an_empty_fleet_still_reports_its_zero_counts() -> None:
 def test_the_collector_serves_the_same_families_on_metrics() -> None:
     fleet = fleet_of_three()
     registry = CollectorRegistry()
-    registry.register(FleetCollector(fleet, lambda r: MISSING[r.device_id]))
-    text = generate_latest(registry).decode()
+    registry.register(FleetCollector(fleet))
+    text = (generate_latest(registry)
+            + device_exposition(fleet, lambda r: MISSING[r.device_id])).decode()
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(text) for s in family.samples}
     expected: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
@@ -324,10 +326,11 @@ def test_the_collector_serves_the_same_families_on_metrics() -> None:
 def test_the_collector_follows_the_fleet_between_scrapes() -> None:
     fleet = FleetState()
     registry = CollectorRegistry()
-    registry.register(FleetCollector(fleet, lambda r: 0))
+    registry.register(FleetCollector(fleet))
     assert registry.get_sample_value(DEVICES, {"state": "online"}) == 0
     fleet.observe_birth("x", birth(), T0)
     assert registry.get_sample_value(DEVICES, {"state": "online"}) == 1
-    assert registry.get_sample_value(DEVICE_UP, {"device_id": "x"}) == 1
+    assert b'fleet_device_up{device_id="x"} 1\n' in device_exposition(fleet, lambda r: 0)
     fleet.forget("x")
-    assert registry.get_sample_value(DEVICE_UP, {"device_id": "x"}) is None
+    assert registry.get_sample_value(DEVICES, {"state": "online"}) == 0
+    assert b'device_id="x"' not in device_exposition(fleet, lambda r: 0)
