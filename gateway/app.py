@@ -163,7 +163,10 @@ class Gateway:
         # Bind here, not in uvicorn: its bind failure is a SystemExit that would tear down the
         # event loop instead of a clear error.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says
+        # TCP, and accepted sockets inherit proto 0 from socket(family, SOCK_STREAM). Without
+        # it every small answer (headers, then body) waited 40 ms for a delayed ACK.
+        listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             listener.bind((host, port))
