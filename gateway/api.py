@@ -13,7 +13,7 @@ import bisect
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -273,25 +273,43 @@ class FleetView:
             return self._page_by_id(match, sort == "-device_id", limit, cursor, ids)
         if sort == "completeness":
             return self._page_by_completeness(match, limit, cursor)
-        newest_first = sort == "-last_seen"
-        after: tuple[int, str] | None = None
+        return self._page_by_last_seen(match, sort == "-last_seen", limit, cursor)
+
+    def _page_by_last_seen(self, match: Callable[[DeviceRecord], bool], newest_first: bool,
+                           limit: int, cursor: list[Any] | None
+                           ) -> tuple[list[DeviceRecord], list[Any] | None]:
+        """In FleetState's recency order: no sort of the fleet. Cursor: [last_seen_ms, id];
+        a page resumes after that device among those seen in the same millisecond."""
+        devices = self.fleet.devices
+        order = self.fleet.by_last_seen(newest_first)
+        out: list[DeviceRecord] = []
         if cursor is not None:
-            after = (int(cursor[0]), str(cursor[1]))
-        # One pass with a bounded heap: O(n log limit), no full sort of the fleet.
-        import heapq
-
-        def key(r: DeviceRecord) -> tuple[int, str]:
-            return (-r.last_seen_ms if newest_first else r.last_seen_ms, r.device_id)
-
-        candidates: Iterable[DeviceRecord] = (r for r in devices.values() if match(r))
-        if after is not None:
-            bound = (-after[0] if newest_first else after[0], after[1])
-            candidates = (r for r in candidates if key(r) > bound)
-        chosen = heapq.nsmallest(limit + 1, candidates, key=key)
-        more = len(chosen) > limit
-        chosen = chosen[:limit]
-        next_key = [chosen[-1].last_seen_ms, chosen[-1].device_id] if more and chosen else None
-        return chosen, next_key
+            seen_ms, last_id = int(cursor[0]), str(cursor[1])
+            passed = False
+            for device_id in order:
+                record = devices.get(device_id)
+                if record is None:
+                    continue
+                ahead = (record.last_seen_ms > seen_ms if newest_first
+                         else record.last_seen_ms < seen_ms)
+                if ahead:
+                    continue
+                if record.last_seen_ms == seen_ms and not passed:
+                    passed = device_id == last_id
+                    continue
+                if match(record):
+                    out.append(record)
+                    break
+        for device_id in order:
+            if len(out) > limit:
+                break
+            record = devices.get(device_id)
+            if record is not None and match(record):
+                out.append(record)
+        if len(out) > limit:
+            out = out[:limit]
+            return out, [out[-1].last_seen_ms, out[-1].device_id]
+        return out, None
 
     def _page_by_id(self, match: Callable[[DeviceRecord], bool], descending: bool, limit: int,
                     cursor: list[Any] | None, ids: list[str] | None = None
@@ -572,7 +590,7 @@ def create_api(gateway: Gateway) -> FastAPI:
         for pct, _ in ranked:
             buckets[_completeness_bucket(pct)] += 1
         # Devices without gaps that sent telemetry are complete (checked only when asked).
-        buckets["100"] = sum(1 for r in fleet.devices.values() if r.frames) - len(ranked)
+        buckets["100"] = fleet.reporting - len(ranked)
         worst = []
         for pct, device_id in ranked[:WORST_DEVICES]:
             record = fleet.devices[device_id]

@@ -20,7 +20,7 @@ import json
 import math
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -194,6 +194,10 @@ class FleetState:
         self._events: list[DeviceEvent] = []
         self._deadlines: list[tuple[int, str]] = []
         self._sorted_ids: list[str] | None = None
+        # Device ids in the order their last_seen_ms last advanced, i.e. by last_seen (frames
+        # are observed in arrival order): a page by last seen without sorting the fleet.
+        self._recent: dict[str, None] = {}
+        self.reporting = 0  # devices that sent telemetry at least once
 
     # ------------------------------------------------------------------ observations
     def _record(self, device_id: str, now_ms: int) -> DeviceRecord:
@@ -223,14 +227,16 @@ class FleetState:
         record.boot = birth.boot
         record._note_boot(birth.boot)
         record.birth = birth
-        record.last_seen_ms = max(record.last_seen_ms, now_ms)
+        self._touch(record, now_ms)
         if record.state is not DeviceState.ONLINE:
             self._set_state(record, DeviceState.ONLINE, now_ms, "birth")
         self._schedule(record)  # also when the interval changed, or is known only now
 
     def observe_telemetry(self, device_id: str, telemetry: TelemetryRows, now_ms: int) -> None:
         record = self._record(device_id, now_ms)
-        record.last_seen_ms = max(record.last_seen_ms, now_ms)
+        self._touch(record, now_ms)
+        if not record.frames:
+            self.reporting += 1
         record.frames += 1
         if self._is_latest(record, telemetry):
             if record.boot != telemetry.boot:
@@ -241,6 +247,13 @@ class FleetState:
         if record.state is not DeviceState.ONLINE:
             self._set_state(record, DeviceState.ONLINE, now_ms, "telemetry")
             self._schedule(record)
+
+    def _touch(self, record: DeviceRecord, now_ms: int) -> None:
+        if now_ms >= record.last_seen_ms:
+            record.last_seen_ms = now_ms
+            recent = self._recent
+            recent.pop(record.device_id, None)
+            recent[record.device_id] = None
 
     @staticmethod
     def _is_latest(record: DeviceRecord, telemetry: TelemetryRows) -> bool:
@@ -293,6 +306,8 @@ class FleetState:
         if record is None:
             return False
         self.by_state[record.state].discard(device_id)
+        self._recent.pop(device_id, None)
+        self.reporting -= bool(record.frames)
         self._count_versions(record, -1)
         self.incomplete.discard(device_id)
         self._dirty.discard(device_id)
@@ -358,6 +373,10 @@ class FleetState:
             self._sorted_ids = sorted(self.devices)
         return self._sorted_ids
 
+    def by_last_seen(self, newest_first: bool) -> Iterator[str]:
+        """Device ids by last seen (ties in the order they were seen)."""
+        return iter(reversed(self._recent) if newest_first else self._recent)
+
     def counts(self) -> dict[str, int]:
         return {state.value: len(ids) for state, ids in self.by_state.items()}
 
@@ -395,8 +414,11 @@ class FleetState:
                 record._note_boot(record.boot)
             self.devices[record.device_id] = record
             self.by_state[state].add(record.device_id)
+            self.reporting += bool(record.frames)
             self._count_versions(record, +1)
             if record.online and record.interval_ms:
                 # Evaluated at the first sweep: timeouts count from the start at the earliest.
                 self._queue(record, max(record.last_seen_ms, self.started_ms))
         self._sorted_ids = None
+        devices = self.devices
+        self._recent = dict.fromkeys(sorted(devices, key=lambda d: devices[d].last_seen_ms))

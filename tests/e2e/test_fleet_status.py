@@ -168,9 +168,19 @@ def test_device_list_filters_sorts_and_pages(
     assert len(labelled.json()["devices"]) == 25
     assert gw.http.get("/api/v1/devices", params={"label": "site=elsewhere"}).json()[
         "devices"] == []
-    newest = gw.http.get("/api/v1/devices", params={"sort": "-last_seen", "limit": "1000"})
-    last_seen = [d["last_seen_ms"] for d in newest.json()["devices"]]
-    assert last_seen == sorted(last_seen, reverse=True) and len(last_seen) == 25
+    for sort, newest_first in (("-last_seen", True), ("last_seen", False)):
+        pages: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            params = {"sort": sort, "limit": "4", **({"cursor": cursor} if cursor else {})}
+            page = gw.http.get("/api/v1/devices", params=params).json()
+            pages += page["devices"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        last_seen = [d["last_seen_ms"] for d in pages]
+        assert last_seen == sorted(last_seen, reverse=newest_first), sort
+        assert sorted(d["device_id"] for d in pages) == [f.device_id(i) for i in range(25)]
     bad = gw.http.get("/api/v1/devices", params={"state": "sleeping"})
     assert bad.status_code == 422 and bad.json()["error"] == "invalid_request"
     assert gw.http.get("/api/v1/devices", params={"cursor": "%%%"}).status_code == 422

@@ -742,3 +742,23 @@ def test_the_deadline_heap_holds_one_live_entry_per_device_and_stays_bounded() -
     assert len(fleet._deadlines) <= len(fleet.devices) * (
         fleet.offline_after / fleet.late_after + 1)
 
+
+
+def test_devices_come_in_last_seen_order_without_a_sort() -> None:
+    fleet = FleetState()
+    arrivals = [("b", T0), ("a", T0 + 5), ("c", T0 + 5), ("b", T0 + 9), ("d", T0 + 12)]
+    fleet.observe_birth("a", birth(1), T0 - 1)
+    for device_id, at in arrivals:
+        fleet.observe_telemetry(device_id, frame(1, 0), at)
+    fleet.observe_telemetry("a", frame(1, 0), T0 + 2)  # an older arrival (a held frame): stays
+    assert list(fleet.by_last_seen(newest_first=True)) == ["d", "b", "c", "a"]
+    assert list(fleet.by_last_seen(newest_first=False)) == ["a", "c", "b", "d"]
+    assert fleet.devices["a"].last_seen_ms == T0 + 5
+    fleet.forget("b")
+    assert list(fleet.by_last_seen(newest_first=True)) == ["d", "c", "a"]
+    assert fleet.reporting == 3
+    reloaded = FleetState()
+    reloaded.load(checkpoint(fleet.take_dirty_rows()))
+    order = list(reloaded.by_last_seen(newest_first=True))  # a and c tie: either order
+    assert order[0] == "d" and set(order) == {"a", "c", "d"}
+    assert reloaded.reporting == 3
