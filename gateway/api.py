@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__, completeness, store
@@ -168,7 +168,7 @@ class FleetSummary(BaseModel):
 
 class ReplayRequest(BaseModel):
     endpoint: str | None = None
-    limit: int = Field(1000, ge=1, le=10_000)
+    limit: StrictInt = Field(1000, ge=1, le=10_000)  # strict: true is no count
 
 
 class ReplayResult(BaseModel):

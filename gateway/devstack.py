@@ -579,8 +579,15 @@ class GatewayProcess(_HttpService):
         env.update({f"FLEETGATE_{k.upper()}": v for k, v in self.settings.items()})
         return env
 
+    def auth_headers(self) -> dict[str, str]:
+        """A bearer header with the first of its api_tokens, if it has any."""
+        tokens = self.settings.get("api_tokens", "")
+        token = tokens.split(",")[0].rpartition(":")[0].strip()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def pipeline(self) -> dict[str, Any]:
-        return self.http.get("/api/v1/pipeline").raise_for_status().json()
+        return self.http.get("/api/v1/pipeline",
+                             headers=self.auth_headers()).raise_for_status().json()
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples matching labels, from /metrics (0 when absent)."""
