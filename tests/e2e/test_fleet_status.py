@@ -298,3 +298,29 @@ def test_the_fleet_is_mirrored_as_metrics_through_remote_write(
     gateways = {r["metric"]["gateway"] for r in prometheus.query("fleet_devices")}
     assert gateways == {"gw-test"}
     assert gw.metric("fleet_device_up", device_id="dev-0002") == 0
+
+
+def test_stale_markers_survive_a_receiver_outage(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(mosquitto, victoria_metrics, remote_write_retry_max_s="0.5",
+                         **FAST_LIFECYCLE)
+    base = f.now_ms() - 4_000
+    with Publisher(mosquitto.url) as pub:
+        pub.publish(publisher.births(range(1)))
+        pub.publish(publisher.telemetry(range(1), range(3), base))
+    wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == 4 and gw.caught_up(), 30)
+    victoria_metrics.stop()  # the device goes offline while the receiver is away
+    wait_for(lambda: gw.metric("fleetgate_stale_markers_total") == 2, 30, what="markers queued")
+    assert not gw.caught_up()  # held in the buffer like any frame
+    victoria_metrics.start()
+    wait_for(gw.caught_up, 60, what="the markers delivered after the outage")
+
+    def values(metric: str) -> list[float | None]:
+        rows = victoria_metrics.export(f'{metric}{{device_id="dev-0000"}}')
+        return [v for row in rows for v in row["values"]]
+
+    for metric in ("device_temperature_celsius", "inference_total"):
+        # three samples, then the stale marker (exported as null) after the newest
+        assert values(metric)[:3] == [f.sample_value(0, s) if metric.startswith("device")
+                                      else float(s) for s in range(3)]
+        assert values(metric)[3:] == [None], metric
