@@ -261,12 +261,14 @@ class FleetView:
         return ranked
 
     def page(self, match: Callable[[DeviceRecord], bool], sort: Sort, limit: int,
-             cursor: list[Any] | None, states: set[DeviceState] | None = None
-             ) -> tuple[list[DeviceRecord], list[Any] | None]:
+             cursor: list[Any] | None, states: set[DeviceState] | None = None,
+             q: str | None = None) -> tuple[list[DeviceRecord], list[Any] | None]:
         devices = self.fleet.devices
         if sort in ("device_id", "-device_id"):
             ids = None
-            if states:
+            if q:  # the id search first: it narrows the fleet the most cheaply
+                ids = self.fleet.ids_containing(q)
+            elif states:
                 wanted = sum(len(self.fleet.by_state[s]) for s in states)
                 if wanted * 5 < len(devices):  # a rare state: sort its few ids, don't scan
                     ids = sorted(set().union(*(self.fleet.by_state[s] for s in states)))
@@ -523,7 +525,7 @@ def create_api(gateway: Gateway) -> FastAPI:
         position = _decode_cursor(cursor) if cursor else None
         try:
             records, next_key = view.page(match if checks else lambda r: True, sort, limit,
-                                          position, wanted)
+                                          position, wanted, q)
         except (IndexError, TypeError, ValueError) as exc:
             raise ApiError(422, "invalid_request", "cursor does not fit this sort") from exc
         fleet = gateway.fleet

@@ -194,6 +194,7 @@ class FleetState:
         self._events: list[DeviceEvent] = []
         self._deadlines: list[tuple[int, str]] = []
         self._sorted_ids: list[str] | None = None
+        self._lower_ids: list[str] = []
         # Device ids in the order their last_seen_ms last advanced, i.e. by last_seen (frames
         # are observed in arrival order): a page by last seen without sorting the fleet.
         self._recent: dict[str, None] = {}
@@ -371,7 +372,14 @@ class FleetState:
     def sorted_ids(self) -> list[str]:
         if self._sorted_ids is None:
             self._sorted_ids = sorted(self.devices)
+            self._lower_ids = [device_id.lower() for device_id in self._sorted_ids]
         return self._sorted_ids
+
+    def ids_containing(self, needle: str) -> list[str]:
+        """Sorted ids that contain needle, ignoring case (a scan of strings, no records)."""
+        ids = self.sorted_ids()
+        needle = needle.lower()
+        return [i for i, low in zip(ids, self._lower_ids, strict=True) if needle in low]
 
     def by_last_seen(self, newest_first: bool) -> Iterator[str]:
         """Device ids by last seen (ties in the order they were seen)."""
