@@ -82,13 +82,10 @@ def fleet_metric_entries(fleet: FleetState, encoder: SeriesEncoder,
     for state, count in fleet.counts().items():
         labels = (("gateway", gateway_id), ("state", state))
         yield entry(encoder.gateway_series_prefix(DEVICES, labels), count, now_ms)
+    families = _device_families(missing_of)
     for device_id, record in list(fleet.devices.items()):
-        yield entry(prefix(device_id, DEVICE_UP, ()), float(record.online), now_ms)
-        yield entry(prefix(device_id, DEVICE_LAST_SEEN, ()), record.last_seen_ms / 1000, now_ms)
-        yield entry(prefix(device_id, DEVICE_FRAMES, ()), record.frames, now_ms)
-        yield entry(prefix(device_id, DEVICE_DUPLICATES, ()), sum(record.duplicates.values()),
-                    now_ms)
-        yield entry(prefix(device_id, DEVICE_MISSING, ()), missing_of(record), now_ms)
+        for name, _, _, value in families:
+            yield entry(prefix(device_id, name, ()), float(value(record)), now_ms)
 
 
 class FleetCollector:
@@ -111,20 +108,25 @@ def device_exposition(fleet: FleetState, missing_of: Callable[[DeviceRecord], in
     """The per-device families in the Prometheus text format (device ids need no escaping:
     the protocol allows only [A-Za-z0-9_.-] in them)."""
     records = list(fleet.devices.values())  # one atomic copy: safe from another thread
-    out = [f"# HELP {DEVICE_UP} 1 unless the device is offline\n# TYPE {DEVICE_UP} gauge\n"]
-    out += [f'{DEVICE_UP}{{device_id="{r.device_id}"}} {int(r.online)}\n' for r in records]
-    out.append(f"# HELP {DEVICE_LAST_SEEN} When the gateway last heard from the device\n"
-               f"# TYPE {DEVICE_LAST_SEEN} gauge\n")
-    out += [f'{DEVICE_LAST_SEEN}{{device_id="{r.device_id}"}} {r.last_seen_ms / 1000}\n'
-            for r in records]
-    out.append(f"# HELP {DEVICE_FRAMES} Telemetry frames accepted from the device\n"
-               f"# TYPE {DEVICE_FRAMES} counter\n")
-    out += [f'{DEVICE_FRAMES}{{device_id="{r.device_id}"}} {r.frames}\n' for r in records]
-    out.append(f"# HELP {DEVICE_DUPLICATES} Telemetry frames of the device dropped as "
-               f"duplicates\n# TYPE {DEVICE_DUPLICATES} counter\n")
-    out += [f'{DEVICE_DUPLICATES}{{device_id="{r.device_id}"}} {sum(r.duplicates.values())}\n'
-            for r in records]
-    out.append(f"# HELP {DEVICE_MISSING} Seqs missing in the device's known boots (gaps; falls "
-               f"when a replay fills them)\n# TYPE {DEVICE_MISSING} gauge\n")
-    out += [f'{DEVICE_MISSING}{{device_id="{r.device_id}"}} {missing_of(r)}\n' for r in records]
+    out: list[str] = []
+    for name, kind, help_text, value in _device_families(missing_of):
+        out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        out += [f'{name}{{device_id="{r.device_id}"}} {value(r)}\n' for r in records]
     return "".join(out).encode()
+
+
+def _device_families(missing_of: Callable[[DeviceRecord], int]
+                     ) -> tuple[tuple[str, str, str, Callable[[DeviceRecord], float]], ...]:
+    """(name, type, help, value of a device) of each per-device family."""
+    return (
+        (DEVICE_UP, "gauge", "1 unless the device is offline", lambda r: int(r.online)),
+        (DEVICE_LAST_SEEN, "gauge", "When the gateway last heard from the device",
+         lambda r: r.last_seen_ms / 1000),
+        (DEVICE_FRAMES, "counter", "Telemetry frames accepted from the device",
+         lambda r: r.frames),
+        (DEVICE_DUPLICATES, "counter", "Telemetry frames of the device dropped as duplicates",
+         lambda r: sum(r.duplicates.values())),
+        (DEVICE_MISSING, "gauge",
+         "Seqs missing in the device's known boots (gaps; falls when a replay fills them)",
+         missing_of),
+    )
