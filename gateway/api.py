@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__, completeness, store
@@ -166,9 +166,16 @@ class FleetSummary(BaseModel):
     over_series_budget: list[OverBudget]
 
 
+def _not_a_bool(value: Any) -> Any:
+    """JSON Schema's integer: 7 and 7.0 are counts, true is not (pydantic would take it as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("a count is required, not a boolean")
+    return value
+
+
 class ReplayRequest(BaseModel):
     endpoint: str | None = None
-    limit: StrictInt = Field(1000, ge=1, le=10_000)  # strict: true is no count
+    limit: Annotated[int, BeforeValidator(_not_a_bool)] = Field(1000, ge=1, le=10_000)
 
 
 class ReplayResult(BaseModel):
