@@ -22,6 +22,8 @@ from gateway.completeness import (
 from gateway.dedup import Ledger, SeqRanges, decode_ranges, encode_ranges
 from gateway.fleet import FleetState
 
+from .test_dedup import model_ranges  # the set model the ledger's own tests use
+
 T0 = 1_790_000_000_000
 FAR = 4_000  # beyond every generated seq
 
@@ -29,18 +31,8 @@ FAR = 4_000  # beyond every generated seq
 # ------------------------------------------------------------------ SeqRanges vs a set
 
 
-def model_runs(seqs: set[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for seq in sorted(seqs):
-        if runs and runs[-1][1] == seq:
-            runs[-1] = (runs[-1][0], seq + 1)
-        else:
-            runs.append((seq, seq + 1))
-    return runs
-
-
 def model_trim(seqs: set[int], max_ranges: int) -> set[int]:
-    runs = model_runs(seqs)
+    runs = model_ranges(seqs)
     if len(runs) <= max_ranges:
         return seqs
     merged_end = runs[len(runs) - max_ranges][1]  # the end of the last range folded in
@@ -54,7 +46,7 @@ def assert_matches(ranges: SeqRanges, seqs: set[int]) -> None:
     expected_missing = max(seqs) - min(seqs) + 1 - len(seqs) if seqs else 0
     assert ranges.missing() == expected_missing
     assert sum(end - start for start, end in ranges.gaps()) == expected_missing
-    assert list(ranges.ranges()) == model_runs(seqs)
+    assert list(ranges.ranges()) == model_ranges(seqs)
 
 
 # Small seqs collide, touch and leave gaps; the model fills trimmed gaps seq by seq, so the
@@ -78,7 +70,7 @@ def test_count_missing_first_last_equal_a_set_model(steps: list[tuple[str, int]]
         elif kind == "trim":
             merged = ranges.trim(arg)
             after = model_trim(seqs, arg)
-            assert merged == max(0, len(model_runs(seqs)) - arg)
+            assert merged == max(0, len(model_ranges(seqs)) - arg)
             seqs = after
             assert len(ranges) <= arg
         else:
