@@ -18,11 +18,11 @@ from faults.probes import GatewayFactory
 from gateway.devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
 
 DEVICES, FRAMES = range(20), range(30)
-# Batches well under the cap: an empty buffer takes any one batch whole (so that a batch larger
-# than the cap cannot wait forever), and on a loaded machine the inbox can gather every frame
-# into the first batch, which would then never meet the cap.
-SETTINGS = {"buffer_max_bytes": "6000", "remote_write_retry_max_s": "0.5",
-            "commit_max_frames": "50"}
+SETTINGS = {"buffer_max_bytes": "6000", "remote_write_retry_max_s": "0.5"}
+# For the block policy, batches well under the cap: an empty buffer takes any one batch whole
+# (so that a batch larger than the cap cannot wait forever), and on a loaded machine the inbox
+# can gather every frame into the first batch, which would then never meet the cap.
+SMALL_BATCHES = {"commit_max_frames": "50"}
 
 
 def publish_while_receiver_down(mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics,
@@ -78,7 +78,8 @@ def test_block_policy_loses_nothing(
         fault_report: FaultReport) -> None:
     """Buffer reaching its size cap with buffer_full_policy=block."""
     gw: GatewayProcess = gateway_factory(mosquitto, victoria_metrics,
-                                         buffer_full_policy="block", **SETTINGS)
+                                         buffer_full_policy="block", **SETTINGS,
+                                         **SMALL_BATCHES)
     total = len(DEVICES) * (len(FRAMES) + 1)
     publish_while_receiver_down(  # ingest waits on the full buffer; the rest stays at the broker
         mosquitto, victoria_metrics,
