@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages fleetgate's tests and demo run as real processes: Mosquitto,
-# Prometheus (+ promtool) and VictoriaMetrics (+ vmagent) from Debian bookworm, and python3-venv.
+# Prometheus (+ promtool) and VictoriaMetrics (+ vmagent) from Debian bookworm, and python3-venv;
+# and the tools that check the Docker stack without running it: docker-compose (1.29, for
+# `docker-compose config`; no Docker engine, it is only a Recommends) and Alertmanager's amtool.
 # Idempotent: installs only what is missing. Runs unattended (CI has no stdin); as root, or
 # through sudo when it is there. One line of output per step.
 set -euo pipefail
@@ -17,12 +19,15 @@ if [[ $(id -u) -ne 0 ]]; then
     fi
 fi
 
-SERVICE_PACKAGES=(mosquitto mosquitto-clients prometheus victoria-metrics chromium chromium-driver)
+SERVICE_PACKAGES=(mosquitto mosquitto-clients prometheus victoria-metrics chromium chromium-driver
+                  docker-compose prometheus-alertmanager)
 # Where Debian's packages put them; gateway/devstack.py looks in the same places.
 BINARIES=(/usr/sbin/mosquitto /usr/bin/mosquitto_pub /usr/bin/prometheus /usr/bin/promtool
-          /usr/bin/victoria-metrics /usr/bin/vmagent /usr/bin/chromium /usr/bin/chromedriver)
-# Debian service names and the ports they would hold.
-SERVICES=(mosquitto:1883 prometheus:9090 victoria-metrics:8428)
+          /usr/bin/victoria-metrics /usr/bin/vmagent /usr/bin/chromium /usr/bin/chromedriver
+          /usr/bin/docker-compose /usr/bin/amtool)
+# Debian service names (each the name of its package) and the ports they would hold; 9093 is
+# also the port docker-compose.yml publishes Alertmanager on.
+SERVICES=(mosquitto:1883 prometheus:9090 victoria-metrics:8428 prometheus-alertmanager:9093)
 
 packages=()
 missing=()
@@ -33,7 +38,8 @@ if ((${#missing[@]})); then
     say "missing: ${missing[*]}"
     packages+=("${SERVICE_PACKAGES[@]}")
 else
-    say "ok: mosquitto, prometheus, promtool, victoria-metrics, vmagent, chromium already installed"
+    say "ok: mosquitto, prometheus, promtool, victoria-metrics, vmagent, chromium, docker-compose," \
+        "amtool already installed"
 fi
 
 if python3 -c 'import ensurepip' >/dev/null 2>&1; then
@@ -47,6 +53,17 @@ if ((${#packages[@]} == 0)); then
     say "nothing to install"
     exit 0
 fi
+
+# A service whose package is installed already was set up by an operator (or stopped by an
+# earlier run of this script): the loop at the end leaves it alone. Needed since the package
+# list grows: a machine missing only a new tool must not have its running broker stopped.
+preinstalled=" "
+for entry in "${SERVICES[@]}"; do
+    svc=${entry%%:*}
+    if [[ $(dpkg-query -W -f='${Status}' "$svc" 2>/dev/null) == "install ok installed" ]]; then
+        preinstalled+="$svc "
+    fi
+done
 
 say "apt-get update"
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -o Acquire::Retries=3 update >/dev/null
@@ -63,7 +80,9 @@ if [[ " ${packages[*]} " == *" mosquitto "* ]]; then
     for entry in "${SERVICES[@]}"; do
         svc=${entry%%:*}
         port=${entry##*:}
-        if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+        if [[ $preinstalled == *" $svc "* ]]; then
+            say "ok: $svc was installed before this run; left as it is"
+        elif [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
             if "${SUDO[@]}" systemctl stop "$svc" >/dev/null 2>&1 \
                 && "${SUDO[@]}" systemctl disable "$svc" >/dev/null 2>&1; then
                 say "stopped and disabled $svc.service (frees port $port)"
