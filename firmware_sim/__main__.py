@@ -16,6 +16,7 @@ from types import FrameType
 
 from firmware_sim.config import ConfigError, FleetConfig
 from firmware_sim.device import DEFAULT_RING_SIZE
+from firmware_sim.faults import FAULT_KINDS, FaultSpecError, parse_fault
 from firmware_sim.fleet import Fleet
 from firmware_sim.profiles import PROFILES, UnknownProfileError, parse_profiles
 
@@ -77,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RING_SIZE,
         help="frames each device buffers while offline (%(default)s)",
     )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND=WHO[@PARAM]",
+        help="make devices misbehave; repeatable. WHO: all, N%%, N, or ids (sim-0001,sim-0002). "
+        + "; ".join(f"{kind}: PARAM = {p.meaning} (default {p.default:g})"
+                    for kind, p in FAULT_KINDS.items()),
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        help="spontaneous model faults (overheat, memory leak, accuracy collapse, ...) per "
+        "device-hour (%(default)s)",
+    )
     parser.add_argument("--summary-json", type=Path, default=None, help="write the summary here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -97,6 +114,8 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         device_prefix=args.device_prefix,
         ring_size=args.ring_size,
         samples_per_frame=args.samples_per_frame,
+        faults=tuple(parse_fault(text) for text in args.fault),
+        fault_rate_per_hour=args.fault_rate,
     )
 
 
@@ -123,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         fleet = Fleet(config_from_args(args), progress=None if args.quiet else _print)
-    except (ConfigError, UnknownProfileError) as exc:
+    except (ConfigError, UnknownProfileError, FaultSpecError) as exc:
         parser.error(str(exc))  # exits 2
     if not args.quiet:
         cfg = fleet.config

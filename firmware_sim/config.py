@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from device_protocol import ProtocolError, birth_topic, gateway_state_topic
 from firmware_sim.device import DEFAULT_RING_SIZE
+from firmware_sim.faults import FaultSpec, FaultSpecError
 from firmware_sim.profiles import PROFILES, Profile
 
 
@@ -58,6 +59,9 @@ class FleetConfig:
     # cannot connect for this long starts sampling (and buffering) anyway.
     connect_grace_s: float = 5.0
     stop_timeout_s: float = 10.0  # for the last acks and the deaths at shutdown
+    faults: tuple[FaultSpec, ...] = ()  # --fault KIND=WHO[@PARAM]
+    fault_rate_per_hour: float = 0.0  # spontaneous model faults per device-hour
+    connect_rate: float = 1000.0  # CONNECTs per second at start: a herd, but a paced one
 
     def validate(self) -> None:
         if self.devices <= 0:
@@ -70,7 +74,17 @@ class FleetConfig:
             raise ConfigError(f"--frames must be >= 0, got {self.frames}")
         if self.duration_s is not None and self.duration_s < 0:
             raise ConfigError(f"--duration must be >= 0, got {self.duration_s}")
+        if self.fault_rate_per_hour < 0:
+            raise ConfigError(f"--fault-rate must be >= 0, got {self.fault_rate_per_hour}")
+        if self.connect_rate <= 0:
+            raise ConfigError(f"connect_rate must be positive, got {self.connect_rate}")
         parse_mqtt_url(self.mqtt_url)
+        ids = [f"{self.device_prefix}-{i + 1:04d}" for i in range(self.devices)]
+        for spec in self.faults:
+            try:
+                spec.select(ids, self.seed)
+            except FaultSpecError as exc:
+                raise ConfigError(str(exc)) from exc
         try:
             birth_topic(self.topic_prefix, f"{self.device_prefix}-0001")
             gateway_state_topic(self.topic_prefix, self.gateway_id)

@@ -4,8 +4,10 @@ Pure: no clock, no sockets. The caller passes `now_ms` and decides what is onlin
 only builds frames and keeps its ring buffer. Deterministic for a given `random.Random` seed.
 
 Rules it follows (protocol v1):
-- a boot id is a random uint32 drawn at every boot; `seq` restarts at 0 and grows by one per
-  telemetry frame, whether that frame is sent live or buffered;
+- a boot id is a random uint32 drawn at every boot, from the system's entropy and not from the
+  seed: a fleet restarted with the same seed is new boots, not a replay of frames the gateway
+  has already stored (which it would drop as duplicates); `seq` restarts at 0 and grows by
+  one per telemetry frame, whether that frame is sent live or buffered;
 - the ring buffer models RAM on a microcontroller: bounded, drops the oldest frame when full
   (counted), and is lost on reboot (counted);
 - a replayed frame keeps its boot, seq, time and samples, and is marked `historical=True`.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import secrets
 from collections import deque
 
 from device_protocol import (
@@ -27,11 +30,17 @@ from device_protocol import (
     encode_death,
     encode_telemetry,
 )
-from firmware_sim.profiles import DeviceModel, Profile, Reading
+from firmware_sim.profiles import DeviceModel, ModelFault, Profile, Reading
 
 # A microcontroller keeps a few minutes to an hour of frames in RAM: 1000 frames at 5 s is
 # about 83 minutes, a plausible outage to ride through.
 DEFAULT_RING_SIZE = 1000
+
+# What a cardinality attack looks like: firmware that puts a request id into a label.
+CARDINALITY_METRIC = "sim_request_latency_ms"
+
+# A power cycle clears a leak; a broken fan, a drifted model or full flash survive it.
+_CLEARED_BY_REBOOT = frozenset({ModelFault.MEMORY_LEAK})
 
 
 class SimDevice:
@@ -66,28 +75,58 @@ class SimDevice:
         self.lost_on_reboot = 0  # frames still in the ring when the device rebooted
         self.buffered_total = 0  # frames ever put in the ring
         self.replayed_total = 0  # frames ever drained from the ring
+        self.reboots = 0
+        self.clock_skew_ms = 0  # added to every timestamp the device writes
+        self.cardinality_per_frame = 0  # invented label values added to each frame
+        self._faults: set[ModelFault] = set()
         self._start_boot()
 
     def _start_boot(self) -> None:
-        self.boot = self._rng.getrandbits(32)
+        self.boot = secrets.randbits(32)
         self.seq = 0
-        self._model: DeviceModel = self.profile.new_model(self._rng)
+        self._model: DeviceModel = self.profile.new_model(self._rng, self.platform)
+        for fault in self._faults:
+            self._model.inject(fault)
         self._last_frame_ms: int | None = None
 
     def reboot(self) -> None:
         self.lost_on_reboot += len(self._ring)
         self._ring.clear()
+        self.reboots += 1
+        self._faults -= _CLEARED_BY_REBOOT
         self._start_boot()
+
+    # --- faults ----------------------------------------------------------------------------
+
+    def inject(self, fault: ModelFault) -> None:
+        """Start a model fault (ValueError if the profile has no such fault)."""
+        self._model.inject(fault)
+        self._faults.add(fault)
+
+    @property
+    def faults(self) -> frozenset[ModelFault]:
+        return frozenset(self._faults)
+
+    def malformed_payload(self) -> bytes:
+        """Something a buggy firmware might put on its telemetry topic; consumes no seq."""
+        rng = self._rng
+        kind = rng.randrange(3)
+        if kind == 0:  # a frame cut short, as by a full transmit buffer
+            whole = encode_telemetry(RawTelemetry(self.boot, self.seq, 1, (), False))
+            return whole[: max(1, len(whole) // 2)]
+        if kind == 1:  # valid msgpack, wrong shape: a map without the protocol's keys
+            return b"\x81\xa3bad\xc3"
+        return bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 48)))
 
     # --- frames ----------------------------------------------------------------------------
 
     def birth(self, now_ms: int) -> Birth:
         return Birth(
             boot=self.boot,
-            time_ms=now_ms,
+            time_ms=now_ms + self.clock_skew_ms,
             platform=self.platform,
             firmware=self.profile.firmware,
-            labels=self.profile.birth_labels(),
+            labels=self.profile.birth_labels(self.platform),
             interval_ms=self.interval_ms,
             metrics=self.profile.metrics,
         )
@@ -107,7 +146,7 @@ class SimDevice:
         frame = RawTelemetry(
             boot=self.boot,
             seq=self.seq,
-            time_ms=now_ms,
+            time_ms=now_ms + self.clock_skew_ms,
             samples=self._samples(span_ms),
             historical=False,
         )
@@ -118,6 +157,18 @@ class SimDevice:
         return encode_telemetry(self.next_telemetry(now_ms))
 
     def _samples(self, span_ms: int) -> tuple[RawSample, ...]:
+        samples = self._model_samples(span_ms)
+        if not self.cardinality_per_frame:
+            return samples
+        rng = self._rng
+        invented = tuple(
+            RawSample(CARDINALITY_METRIC, round(rng.uniform(1.0, 50.0), 2), 0,
+                      (("request_id", f"{rng.getrandbits(32):08x}"),))
+            for _ in range(self.cardinality_per_frame)
+        )
+        return samples + invented
+
+    def _model_samples(self, span_ms: int) -> tuple[RawSample, ...]:
         """Fill the frame with `samples_per_frame` samples (default: one reading of each).
 
         More samples than one reading holds are taken as several readings spread over the

@@ -1,11 +1,11 @@
-"""Run simulated devices against a real MQTT broker.
+"""Run simulated devices against a real MQTT broker, thousands of them from one thread.
 
-One paho client per device, each with its own Will on its death topic and its own network
-thread (`loop_start`), as real firmware has one connection per device. A single driver thread
-owns every `SimDevice` and all scheduling: it produces frames on each device's cadence, buffers
-them while the device is offline, replays the ring (paced, oldest first) once back online, and
-moves frames into the ledger when their PUBACK arrives. Paho's threads only flip flags and
-publish births; they never touch a device's ring or sequence.
+Each device has its own paho client, its own TCP connection and its own Will on its death
+topic, as real firmware has one connection per device. paho's own network thread (one per
+client, and `select()`, which stops at file descriptor 1024) cannot carry 10,000 devices, so
+the clients run in paho's external-loop mode: one `selectors` loop (epoll on Linux) reads and
+writes every socket, and one timer heap schedules everything else (frames, replays, reconnects,
+keepalives, faults). paho's callbacks therefore run on the fleet's own thread: no locks.
 
 A device is offline when it is not connected to the broker or when the gateway's retained state
 says it is offline. No state message at all counts as online: a gateway that never announced
@@ -14,8 +14,13 @@ itself should not make the fleet hoard frames forever.
 
 from __future__ import annotations
 
+import functools
+import heapq
+import itertools
 import random
-import threading
+import resource
+import selectors
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,10 +45,17 @@ from device_protocol import (
 )
 from firmware_sim.config import BrokerAddress, FleetConfig, parse_mqtt_url
 from firmware_sim.device import SimDevice
+from firmware_sim.faults import MODEL_FAULTS, FaultKind
 from firmware_sim.ledger import FrameLedger
+from firmware_sim.profiles import ModelFault
 
-_TICK_S = 0.05  # longest the driver sleeps: bounds ack and replay latency
+_MAX_WAIT_S = 0.05  # longest the loop blocks: bounds how late a timer can fire
 _REPLAY_PERIOD_S = 0.1  # one replay batch per device per period
+_KEEPALIVE_SWEEP_S = 1.0  # paho's loop_misc (PINGREQ, ping timeouts) for every client
+_PROGRESS_EVERY_S = 5.0
+_CONNECT_TIMEOUT_S = 2.0  # a blocking TCP connect; a black-holed broker costs this per try
+_RECONNECT_MIN_S, _RECONNECT_MAX_S = 1.0, 10.0
+_FD_HEADROOM = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,15 @@ class DeviceStats:
     dropped: int  # frames pushed out of a full ring
     refused: int  # frames the broker answered with a failure PUBACK (e.g. not authorised)
     births: int
+    reboots: int = 0
+    lost_on_reboot: int = 0  # frames in the ring or awaiting a PUBACK when the device rebooted
+    duplicates: int = 0  # extra copies published on purpose (fault `duplicate`)
+    malformed: int = 0  # malformed payloads published on purpose (fault `malformed`)
+    faults: tuple[str, ...] = ()  # model faults active at the end
+
+
+_COUNTS = ("published", "replayed", "buffered", "dropped", "unsent", "refused", "births",
+           "reboots", "lost_on_reboot", "duplicates", "malformed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,65 +94,82 @@ class FleetSummary:
         return sum(int(getattr(d, name)) for d in self.devices)
 
     def line(self) -> str:
+        faults = "".join(f" {name}={self.total(name)}"
+                         for name in ("reboots", "lost_on_reboot", "duplicates", "malformed")
+                         if self.total(name))
         return (
             f"sim summary: devices={len(self.devices)} published={self.total('published')} "
             f"replayed={self.total('replayed')} buffered={self.total('buffered')} "
             f"dropped={self.total('dropped')} unsent={self.total('unsent')} "
             f"refused={self.total('refused')} "
-            f"births={self.total('births')} deaths={self.deaths} seed={self.seed} "
+            f"births={self.total('births')} deaths={self.deaths}{faults} seed={self.seed} "
             f"elapsed={self.elapsed_s:.1f}s"
         )
 
     def to_json(self) -> dict[str, Any]:
-        names = ("published", "replayed", "buffered", "dropped", "unsent", "refused", "births")
         return {
             "seed": self.seed,
             "elapsed_s": round(self.elapsed_s, 3),
             "devices": len(self.devices),
             "connected": self.connected,
             "deaths": self.deaths,
-            **{name: self.total(name) for name in names},
+            **{name: self.total(name) for name in _COUNTS},
             "per_device": {
-                d.device_id: {"profile": d.profile, "boot": d.boot}
-                | {name: getattr(d, name) for name in names}
+                d.device_id: {"profile": d.profile, "boot": d.boot, "faults": list(d.faults)}
+                | {name: getattr(d, name) for name in _COUNTS}
                 for d in self.devices
             },
             "ledger": self.ledger,
         }
 
 
-class _DeviceLink:
-    """One device and its MQTT client."""
+@dataclass(slots=True)
+class _Pending:
+    frame: RawTelemetry
+    copy: bool = False  # a deliberate duplicate: its PUBACK is not a new frame
 
-    def __init__(self, device: SimDevice, config: FleetConfig, first_due: float) -> None:
+
+class _DeviceLink:
+    """One device, its MQTT client and its schedule. Runs only on the fleet's thread."""
+
+    def __init__(self, fleet: Fleet, device: SimDevice, rng: random.Random) -> None:
+        self.fleet = fleet
         self.device = device
-        self._config = config
+        self.rng = rng  # link-level randomness (faults, back-off), apart from the device's
+        config = fleet.config
         prefix = config.topic_prefix
-        self._topics = {
+        self.topics = {
             "birth": birth_topic(prefix, device.device_id),
             "telemetry": telemetry_topic(prefix, device.device_id),
             "death": death_topic(prefix, device.device_id),
             "cmd": cmd_topic(prefix, device.device_id),
             "gateway": gateway_state_topic(prefix, config.gateway_id),
         }
-        self._lock = threading.Lock()  # guards the device's boot between paho and the driver
         self.connected = False
         self.ever_connected = False
+        self.started = False  # producing frames on its cadence
         self.gateway_online = True
         self.births = 0
         self.bad_messages = 0  # unreadable cmd / gateway-state payloads, ignored
         self.refused = 0  # telemetry the broker answered with a failure PUBACK
-        self.next_due = first_due
-        self.next_replay = 0.0
+        self.duplicates = 0
+        self.malformed = 0
+        self.lost_in_flight = 0  # awaiting a PUBACK when the device rebooted
         self.produced = 0
-        self.pending: dict[int, RawTelemetry] = {}  # by MQTT message id, until its PUBACK
+        self.pending: dict[int, _Pending] = {}  # by MQTT message id, until its PUBACK
+        self.pending_frames = 0  # of which real frames (not deliberate copies); read by stats()
         self.death_mid: int | None = None
         self.death_acked = False
-        # PUBACKs seen by paho's thread (mid -> accepted), collected by the driver. Tracking
-        # by mid rather than MQTTMessageInfo.is_published(), which raises for a message that
-        # was published while disconnected even though paho sends it after reconnecting.
-        self._acks: dict[int, bool] = {}
+        self.down_until = 0.0  # a network outage (fault `flap`) or a reboot in progress
+        self.connecting = False  # a reconnect is scheduled
+        self.backoff_s = _RECONNECT_MIN_S
+        self.replay_scheduled = False
+        # Fault knobs, set by the fleet from the config.
+        self.duplicate_share = 0.0
+        self.malformed_rate = 0.0
         self.client = self._make_client()
+
+    # --- the client -------------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(
@@ -139,147 +177,205 @@ class _DeviceLink:
             client_id=self.device.device_id,
             protocol=MQTTProtocolVersion.MQTTv5,
         )
-        client.will_set(self._topics["death"], self.device.death_payload(), qos=1)
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.connect_timeout = _CONNECT_TIMEOUT_S
+        client.will_set(self.topics["death"], self.device.death_payload(), qos=1)
+        broker = self.fleet.broker
+        if broker.username is not None:
+            client.username_pw_set(broker.username, broker.password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        loop = self.fleet.io
+        client.on_socket_open = lambda _c, _u, sock: loop.watch(sock, self)
+        client.on_socket_close = lambda _c, _u, sock: loop.unwatch(sock)
+        client.on_socket_register_write = lambda _c, _u, sock: loop.want_write(sock, self, True)
+        client.on_socket_unregister_write = lambda _c, _u, sock: loop.want_write(sock, self, False)
+        # connect_async only records where to connect; reconnect() below does it.
+        client.connect_async(broker.host, broker.port, keepalive=self.fleet.config.keepalive_s)
         return client
 
-    def start(self, broker: BrokerAddress) -> None:
-        if broker.username is not None:
-            self.client.username_pw_set(broker.username, broker.password)
-        # connect_async: a broker that is down at start is retried by paho's loop thread.
-        self.client.connect_async(broker.host, broker.port, keepalive=self._config.keepalive_s)
-        self.client.loop_start()
+    def try_connect(self) -> None:
+        self.connecting = False
+        if self.fleet.stopping or self.connected or self.client.socket() is not None:
+            return
+        now = time.monotonic()
+        if now < self.down_until:
+            self.schedule_connect(self.down_until - now)
+            return
+        try:
+            self.client.reconnect()  # CONNECT is sent; the CONNACK arrives through the loop
+        except (OSError, TimeoutError):
+            self.schedule_connect(self.backoff_s * self.rng.uniform(0.8, 1.2))
+            self.backoff_s = min(_RECONNECT_MAX_S, self.backoff_s * 2)
 
-    # --- paho thread -----------------------------------------------------------------------
+    def schedule_connect(self, delay_s: float) -> None:
+        if not self.connecting:
+            self.connecting = True
+            self.fleet.at(time.monotonic() + delay_s, self.try_connect)
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        _userdata: Any,
-        _flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        _props: Properties | None,
-    ) -> None:
+    def cut(self) -> None:
+        """Drop the TCP connection without DISCONNECT, as a pulled cable or a dead device does:
+        the broker notices the EOF and publishes the Will."""
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            # paho reads the EOF, closes the socket and calls on_disconnect.
+            self.client.loop_read()
+
+    # --- paho callbacks (on the fleet's thread) ----------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: mqtt.ConnectFlags,
+                    reason: ReasonCode, _p: Properties | None) -> None:
         if reason.is_failure:
             return
-        client.subscribe([(self._topics["cmd"], 1), (self._topics["gateway"], 1)])
+        self.backoff_s = _RECONNECT_MIN_S
+        client.subscribe([(self.topics["cmd"], 1), (self.topics["gateway"], 1)])
         self._publish_birth()
         self.connected = True
         self.ever_connected = True
+        if not self.started:
+            self.start()
+        self.kick_replay()
 
-    def _on_disconnect(
-        self,
-        _client: mqtt.Client,
-        _userdata: Any,
-        _flags: mqtt.DisconnectFlags,
-        _reason: ReasonCode,
-        _props: Properties | None,
-    ) -> None:
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: mqtt.DisconnectFlags,
+                       _r: ReasonCode, _p: Properties | None) -> None:
         self.connected = False
+        if not self.fleet.stopping:
+            self.schedule_connect(max(self.down_until - time.monotonic(), 0.0)
+                                  + self.backoff_s * self.rng.uniform(0.5, 1.0))
 
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            if message.topic == self._topics["cmd"]:
+            if message.topic == self.topics["cmd"]:
                 if decode_command(bytes(message.payload)).rebirth:
                     self._publish_birth()
-            elif message.topic == self._topics["gateway"]:
+            elif message.topic == self.topics["gateway"]:
                 self.gateway_online = decode_gateway_state(bytes(message.payload)).online
+                self.kick_replay()
         except ProtocolError:
             self.bad_messages += 1
 
-    def _on_publish(
-        self,
-        _client: mqtt.Client,
-        _userdata: Any,
-        mid: int,
-        reason: ReasonCode,
-        _props: Properties | None,
-    ) -> None:
-        with self._lock:
-            self._acks[mid] = not reason.is_failure
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode,
+                    _p: Properties | None) -> None:
+        if mid == self.death_mid:
+            self.death_acked = not reason.is_failure
+        sent = self.pending.pop(mid, None)
+        if sent is None or sent.copy:
+            return  # a birth, a malformed payload or a deliberate duplicate
+        self.pending_frames -= 1
+        if reason.is_failure:
+            self.refused += 1
+        else:
+            frame = sent.frame
+            self.fleet.ledger.record(self.device.device_id, frame.boot, frame.seq,
+                                     historical=frame.historical)
+        if len(self.pending) < self.fleet.config.max_unacked:
+            self.kick_replay()
 
     def _publish_birth(self) -> None:
-        with self._lock:
-            payload = self.device.birth_payload(_wall_ms())
-        self.client.publish(self._topics["birth"], payload, qos=1)
+        self.client.publish(self.topics["birth"], self.device.birth_payload(_wall_ms()), qos=1)
         self.births += 1
 
-    # --- driver thread ---------------------------------------------------------------------
+    # --- schedule ---------------------------------------------------------------------------
 
     @property
     def online(self) -> bool:
         return self.connected and self.gateway_online
 
     def producing(self) -> bool:
-        return self._config.frames is None or self.produced < self._config.frames
+        return self.fleet.config.frames is None or self.produced < self.fleet.config.frames
 
-    def tick(self, now: float, ledger: FrameLedger, start: float) -> None:
-        self.collect_acks(ledger)
-        started = self.ever_connected or now >= start + self._config.connect_grace_s
-        if started and self.producing() and now >= self.next_due:
-            self._produce()
-            # Keep the cadence; after a stall send one frame now rather than a burst.
-            self.next_due = max(self.next_due + self._config.interval_s, now)
-        if self.online and self.device.buffered and now >= self.next_replay:
-            if len(self.pending) < self._config.max_unacked:
-                with self._lock:
-                    frames = self.device.drain_frames(self._config.replay_batch)
-                for frame in frames:
-                    self._publish(frame)
-            self.next_replay = now + _REPLAY_PERIOD_S
+    def start(self, first_delay_s: float | None = None) -> None:
+        """Begin the cadence: the first frame within one interval (jittered, so the fleet does
+        not publish in lock-step)."""
+        self.started = True
+        interval = self.fleet.config.interval_s
+        delay = self.rng.uniform(0.0, interval) if first_delay_s is None else first_delay_s
+        self.fleet.at(time.monotonic() + delay, self.produce)
 
-    def _produce(self) -> None:
-        with self._lock:
-            frame = self.device.next_telemetry(_wall_ms())
-            self.produced += 1
-            if not self.online:
-                self.device.buffer(frame)
-                return
-        self._publish(frame)
+    def start_unless_started(self) -> None:
+        if not self.started:
+            self.start()
 
-    def _publish(self, frame: RawTelemetry) -> None:
+    def produce(self) -> None:
+        if not self.producing() or self.fleet.stopping:
+            return
+        now = time.monotonic()
+        frame = self.device.next_telemetry(_wall_ms())
+        self.produced += 1
+        if self.online:
+            self.publish(frame)
+            if self.duplicate_share and self.rng.random() < self.duplicate_share:
+                self.publish(frame, copy=True)
+            if self.malformed_rate and self.rng.random() < self.malformed_rate:
+                self.client.publish(self.topics["telemetry"], self.device.malformed_payload(),
+                                    qos=1)
+                self.malformed += 1
+        else:
+            self.device.buffer(frame)
+        self.fleet.after_frame(self)
+        if self.producing():
+            self.fleet.at(now + self.fleet.config.interval_s, self.produce)
+
+    def publish(self, frame: RawTelemetry, *, copy: bool = False) -> None:
         # If the connection dropped since `online` was read, paho keeps the message and sends
         # it after reconnecting; the PUBACK still lands in the ledger.
-        info = self.client.publish(self._topics["telemetry"], encode_telemetry(frame), qos=1)
-        self.pending[info.mid] = frame
+        info = self.client.publish(self.topics["telemetry"], encode_telemetry(frame), qos=1)
+        self.pending[info.mid] = _Pending(frame, copy)
+        if copy:
+            self.duplicates += 1
+        else:
+            self.pending_frames += 1
 
-    def collect_acks(self, ledger: FrameLedger) -> None:
-        with self._lock:
-            acks, self._acks = self._acks, {}
-        # Every telemetry mid is in `pending` before this runs (same thread), so an ack that
-        # matches nothing belongs to a birth and can be forgotten.
-        for mid, accepted in acks.items():
-            if mid == self.death_mid:
-                self.death_acked = accepted
-            frame = self.pending.pop(mid, None)
-            if frame is None:
-                continue
-            if accepted:
-                ledger.record(
-                    self.device.device_id, frame.boot, frame.seq, historical=frame.historical
-                )
-            else:
-                self.refused += 1
+    def kick_replay(self) -> None:
+        if not self.replay_scheduled and self.online and self.device.buffered:
+            self.replay_scheduled = True
+            self.fleet.at(time.monotonic(), self.replay)
+
+    def replay(self) -> None:
+        """Drain the ring oldest first, a batch per period, while few PUBACKs are awaited, so a
+        reconnecting herd drains at the pace the broker acknowledges, not at socket speed."""
+        self.replay_scheduled = False
+        if not self.online or not self.device.buffered or self.fleet.stopping:
+            return
+        if len(self.pending) < self.fleet.config.max_unacked:
+            for frame in self.device.drain_frames(self.fleet.config.replay_batch):
+                self.publish(frame)
+        self.replay_scheduled = True
+        self.fleet.at(time.monotonic() + _REPLAY_PERIOD_S, self.replay)
+
+    # --- faults -----------------------------------------------------------------------------
+
+    def reboot(self) -> None:
+        """Power cycle: the connection dies (the broker sends the Will), RAM is lost (the ring
+        and whatever awaited a PUBACK), a new boot comes up with seq 0 and a new birth."""
+        self.cut()
+        self.lost_in_flight += self.pending_frames
+        self.pending.clear()
+        self.pending_frames = 0
+        self.device.reboot()
+        self.connected = False
+        self.connecting = False
+        self.down_until = time.monotonic() + self.rng.uniform(1.0, 3.0)  # boot time
+        self.client = self._make_client()
+        self.schedule_connect(self.down_until - time.monotonic())
+
+    def flap(self, outage_s: float) -> None:
+        """The network goes away for `outage_s`; the device buffers meanwhile."""
+        self.down_until = time.monotonic() + outage_s
+        self.cut()
 
     def settled(self) -> bool:
         return not self.producing() and not self.device.buffered and not self.pending
 
     def publish_death(self) -> None:
-        if not self.connected:
-            return
-        with self._lock:
-            payload = self.device.death_payload()
-        self.death_mid = self.client.publish(self._topics["death"], payload, qos=1).mid
-
-    def disconnect(self) -> None:
-        self.client.disconnect()  # a clean DISCONNECT: the broker discards the Will
-
-    def join(self) -> None:
-        self.client.loop_stop()
+        if self.connected:
+            self.death_mid = self.client.publish(self.topics["death"],
+                                                 self.device.death_payload(), qos=1).mid
 
     def stats(self, ledger_counts: dict[str, int]) -> DeviceStats:
         d = self.device
@@ -290,15 +386,65 @@ class _DeviceLink:
             published=ledger_counts.get(d.device_id, 0),
             replayed=d.replayed_total,
             buffered=d.buffered_total,
-            unsent=d.buffered + len(self.pending),
+            unsent=d.buffered + self.pending_frames,
             dropped=d.dropped,
             refused=self.refused,
             births=self.births,
+            reboots=d.reboots,
+            lost_on_reboot=d.lost_on_reboot + self.lost_in_flight,
+            duplicates=self.duplicates,
+            malformed=self.malformed,
+            faults=tuple(sorted(str(f) for f in d.faults)),
         )
+
+
+class _SocketLoop:
+    """Every client's socket in one selector; readiness is handed to paho."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+
+    def watch(self, sock: Any, link: _DeviceLink) -> None:
+        self.selector.register(sock, selectors.EVENT_READ, link)
+
+    def unwatch(self, sock: Any) -> None:
+        try:
+            self.selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def want_write(self, sock: Any, link: _DeviceLink, on: bool) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        try:
+            self.selector.modify(sock, events, link)
+        except (KeyError, ValueError):
+            pass
+
+    def poll(self, timeout_s: float) -> None:
+        for key, mask in self.selector.select(timeout_s):
+            client = key.data.client
+            if mask & selectors.EVENT_READ:
+                client.loop_read()
+            if mask & selectors.EVENT_WRITE and client.socket() is not None:
+                client.loop_write()
+
+    def busy(self) -> bool:
+        return bool(self.selector.get_map())
+
+    def close(self) -> None:
+        self.selector.close()
 
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    """One socket per device: lift the soft limit towards the hard one when the fleet needs it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 class Fleet:
@@ -309,13 +455,16 @@ class Fleet:
     ) -> None:
         config.validate()
         self.config = config
-        self.broker = parse_mqtt_url(config.mqtt_url)
+        self.broker: BrokerAddress = parse_mqtt_url(config.mqtt_url)
         self.ledger = FrameLedger()
+        self.io = _SocketLoop()
         self._progress = progress
         # A plain flag, not an Event: stop() is called from signal handlers, and Event.set()
-        # takes a lock the interrupted main thread may hold. The driver polls it every tick.
+        # takes a lock the interrupted main thread may hold. The loop polls it every turn.
         self._stop_requested = False
-        jitter = random.Random(f"{config.seed}/jitter")
+        self.stopping = False
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._tie = itertools.count()
         interval_ms = max(1, round(config.interval_s * 1000))
         self._links: list[_DeviceLink] = []
         for i in range(config.devices):
@@ -328,9 +477,30 @@ class Fleet:
                 ring_size=config.ring_size,
                 samples_per_frame=config.samples_per_frame,
             )
-            # Jitter the first frame so the fleet does not publish in lock-step.
-            first_due = jitter.uniform(0.0, config.interval_s)
-            self._links.append(_DeviceLink(device, config, first_due))
+            link = _DeviceLink(self, device, random.Random(f"{config.seed}/{device_id}/link"))
+            self._links.append(link)
+        self._by_id = {link.device.device_id: link for link in self._links}
+        self._fault_rng = random.Random(f"{config.seed}/faults")
+        self._pending_model_faults: list[tuple[float, _DeviceLink, ModelFault]] = []
+        self._apply_fault_settings()
+
+    def _apply_fault_settings(self) -> None:
+        ids = self.device_ids
+        for spec in self.config.faults:
+            for device_id in spec.select(ids, self.config.seed):
+                link = self._by_id[device_id]
+                if spec.kind is FaultKind.CLOCK_SKEW:
+                    link.device.clock_skew_ms = round(spec.param * 1000)
+                elif spec.kind is FaultKind.DUPLICATE:
+                    link.duplicate_share = spec.param
+                elif spec.kind is FaultKind.MALFORMED:
+                    link.malformed_rate = spec.param
+                elif spec.kind is FaultKind.CARDINALITY:
+                    link.device.cardinality_per_frame = round(spec.param)
+                elif spec.kind in MODEL_FAULTS:
+                    fault = ModelFault(spec.kind.value)
+                    if fault in link.device.profile.model_faults:
+                        self._pending_model_faults.append((spec.param, link, fault))
 
     @property
     def device_ids(self) -> list[str]:
@@ -343,57 +513,134 @@ class Fleet:
     def connected(self) -> int:
         return sum(link.connected for link in self._links)
 
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (when, next(self._tie), action))
+
+    # --- run --------------------------------------------------------------------------------
+
     def run(self) -> FleetSummary:
+        _raise_fd_limit(self.config.devices + _FD_HEADROOM)
         start = time.monotonic()
-        for link in self._links:
-            link.next_due += start
-            link.start(self.broker)
+        self._start = start
+        self._schedule_start(start)
         try:
             self._drive(start)
         finally:
             deaths = self._shutdown()
         return self.summary(time.monotonic() - start, deaths)
 
+    def _schedule_start(self, start: float) -> None:
+        config = self.config
+        # Connect at a bounded rate: a herd of 10,000 CONNECTs at once only queues in the
+        # broker's accept backlog.
+        for i, link in enumerate(self._links):
+            self.at(start + i / config.connect_rate, link.try_connect)
+            # A device that cannot connect starts sampling (and buffering) after the grace.
+            self.at(start + config.connect_grace_s + i / config.connect_rate,
+                    link.start_unless_started)
+        for delay, link, fault in self._pending_model_faults:
+            self.at(start + delay, functools.partial(link.device.inject, fault))
+        for spec in config.faults:
+            if spec.kind in (FaultKind.REBOOT, FaultKind.FLAP):
+                for device_id in spec.select(self.device_ids, config.seed):
+                    self._schedule_periodic(self._by_id[device_id], spec.kind, spec.param)
+        self.at(start + _KEEPALIVE_SWEEP_S, self._keepalive_sweep)
+        if self._progress is not None:
+            self.at(start + _PROGRESS_EVERY_S, self._report_progress)
+
+    def _schedule_periodic(self, link: _DeviceLink, kind: FaultKind, mean_s: float) -> None:
+        delay = link.rng.expovariate(1.0 / mean_s)
+
+        def fire() -> None:
+            if self.stopping:
+                return
+            if kind is FaultKind.REBOOT:
+                link.reboot()
+            else:
+                # Outages of 10-25 % of the mean period: long enough to buffer several frames.
+                link.flap(mean_s * link.rng.uniform(0.1, 0.25))
+            self._schedule_periodic(link, kind, mean_s)
+
+        self.at(time.monotonic() + delay, fire)
+
+    def after_frame(self, link: _DeviceLink) -> None:
+        """Spontaneous model faults: rare, at `fault_rate_per_hour` per device."""
+        rate = self.config.fault_rate_per_hour
+        if not rate or self._fault_rng.random() >= rate * self.config.interval_s / 3600.0:
+            return
+        candidates = sorted(link.device.profile.model_faults - link.device.faults)
+        if candidates:
+            link.device.inject(self._fault_rng.choice(candidates))
+
+    def _keepalive_sweep(self) -> None:
+        for link in self._links:
+            if link.client.socket() is not None:
+                link.client.loop_misc()
+        self.at(time.monotonic() + _KEEPALIVE_SWEEP_S, self._keepalive_sweep)
+
+    def _report_progress(self) -> None:
+        assert self._progress is not None
+        self._progress(self._progress_line())
+        self.at(time.monotonic() + _PROGRESS_EVERY_S, self._report_progress)
+
+    def _run_due(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, action = heapq.heappop(timers)
+            action()
+
+    def _wait_s(self, now: float) -> float:
+        if not self._timers:
+            return _MAX_WAIT_S
+        return max(0.0, min(_MAX_WAIT_S, self._timers[0][0] - now))
+
     def _drive(self, start: float) -> None:
         deadline = None if self.config.duration_s is None else start + self.config.duration_s
-        next_progress = start + 5.0
+        next_settle_check = start
         while not self._stop_requested:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return
-            for link in self._links:
-                link.tick(now, self.ledger, start)
-            if self.config.frames is not None and all(link.settled() for link in self._links):
-                return
-            if self._progress is not None and now >= next_progress:
-                self._progress(self._progress_line())
-                next_progress = now + 5.0
-            idle = now + _TICK_S / 5  # only acks and replays to watch
-            wake = min([link.next_due for link in self._links if link.producing()] or [idle])
-            time.sleep(max(0.001, min(_TICK_S, wake - time.monotonic())))
+            self._run_due(now)
+            if self.config.frames is not None and now >= next_settle_check:
+                if all(link.settled() for link in self._links):
+                    return
+                next_settle_check = now + 0.1
+            self.io.poll(self._wait_s(time.monotonic()))
 
     def _shutdown(self) -> int:
+        self.stopping = True
         deadline = time.monotonic() + self.config.stop_timeout_s
         # Let frames already on the wire be acknowledged, so the ledger is complete.
         self._settle(lambda link: not (link.connected and link.pending), deadline)
         for link in self._links:
             link.publish_death()
         self._settle(lambda link: link.death_mid is None or link.death_acked, deadline)
-        # Disconnect all before joining any: a thread asleep in paho's reconnect back-off only
-        # notices the disconnect after up to a second, so these waits must overlap.
+        # A clean DISCONNECT: the broker discards the Will. paho closes each socket once its
+        # DISCONNECT is written.
         for link in self._links:
-            link.disconnect()
+            if link.client.socket() is not None:
+                link.client.disconnect()
+        while self.io.busy() and time.monotonic() < deadline:
+            self.io.poll(_MAX_WAIT_S)
         for link in self._links:
-            link.join()
+            sock = link.client.socket()
+            if sock is not None:
+                self.io.unwatch(sock)
+                sock.close()
+        self.io.close()
         return sum(link.death_acked for link in self._links)
 
     def _settle(self, done: Callable[[_DeviceLink], bool], deadline: float) -> None:
-        while True:
-            for link in self._links:
-                link.collect_acks(self.ledger)
-            if all(done(link) for link in self._links) or time.monotonic() >= deadline:
-                return
-            time.sleep(_TICK_S / 5)
+        next_check = 0.0
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if now >= next_check:
+                if all(done(link) for link in self._links):
+                    return
+                next_check = now + 0.05
+            self._run_due(now)  # keepalives and reconnects go on; produce/replay see `stopping`
+            self.io.poll(_MAX_WAIT_S / 5)
 
     def _progress_line(self) -> str:
         published = len(self.ledger)

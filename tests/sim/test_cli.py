@@ -30,7 +30,8 @@ def test_environment_supplies_the_defaults(monkeypatch: pytest.MonkeyPatch) -> N
         None,
         None,
     )
-    assert len(config.profiles) == 3
+    assert [p.name for p in config.profiles] == ["liquid-edge", "audio-nets", "tiny-llm",
+                                                 "edge-tpu", "photon"]
 
 
 def test_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:

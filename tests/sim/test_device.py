@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -48,7 +49,8 @@ def test_birth_decodes_to_the_device_identity() -> None:
     assert birth.firmware == PROFILES["audio-nets"].firmware
     assert birth.interval_ms == INTERVAL
     assert birth.metrics == PROFILES["audio-nets"].metrics
-    assert dict(birth.labels) == {"model": "kws-ds-cnn-s", "profile": "audio-nets"}
+    assert dict(birth.labels) == {"model": PROFILES["audio-nets"].model_name,
+                                  "platform": birth.platform, "profile": "audio-nets"}
     assert decode_death(d.death_payload()).boot == d.boot
 
 
@@ -94,15 +96,26 @@ def test_fewer_samples_than_metrics_rotate_through_every_series() -> None:
     assert len(seen) == PROFILES["liquid-edge"].natural_samples()
 
 
-def test_same_seed_same_bytes_other_seed_other_device() -> None:
-    def run(seed: int) -> list[bytes]:
+def test_same_seed_same_frames_but_new_boot_ids() -> None:
+    """The seed reproduces what a device measures; boot ids come from the system's entropy,
+    so a fleet restarted with the same seed is new boots, not frames the gateway has seen."""
+    def run(seed: int) -> tuple[list[int], list[RawTelemetry]]:
         d = device("tiny-llm", seed, spf=20)
-        out = [d.birth_payload(T0)] + [d.next_frame(T0 + i * INTERVAL) for i in range(10)]
+        boots = [d.boot]
+        out = frames(d, 10)
         d.reboot()
-        return [*out, d.birth_payload(T0), d.next_frame(T0 + 11 * INTERVAL)]
+        boots.append(d.boot)
+        out += frames(d, 1, T0 + 11 * INTERVAL)
+        return boots, out
 
-    assert run(42) == run(42)
-    assert run(42) != run(43)
+    def without_boot(fs: list[RawTelemetry]) -> list[RawTelemetry]:
+        return [dataclasses.replace(f, boot=0) for f in fs]
+
+    boots_a, frames_a = run(42)
+    boots_b, frames_b = run(42)
+    assert without_boot(frames_a) == without_boot(frames_b)
+    assert not set(boots_a) & set(boots_b)
+    assert without_boot(run(43)[1]) != without_boot(frames_a)
 
 
 def test_reboot_draws_a_new_boot_restarts_seq_and_counters() -> None:

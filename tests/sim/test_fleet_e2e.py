@@ -192,7 +192,7 @@ def test_cli_fleet_publishes_births_frames_and_deaths(
     births, telemetry, deaths = recorder.births(), recorder.telemetry(), recorder.deaths()
     assert sorted(births) == sorted(telemetry) == sorted(deaths) == devices
     profiles = [dict(births[d][0].labels)["profile"] for d in devices]
-    assert profiles == ["liquid-edge", "audio-nets", "tiny-llm", "liquid-edge", "audio-nets"]
+    assert profiles == ["liquid-edge", "audio-nets", "tiny-llm", "edge-tpu", "photon"]
     for d in devices:
         (birth,) = births[d]
         assert [f.seq for f in telemetry[d]] == list(range(10))  # in order, no gaps, no extras
