@@ -27,6 +27,7 @@ from gateway.devstack import (
     ServiceFailed,
     ServiceNotInstalled,
     free_port,
+    shipped_rule_files,
 )
 
 
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         services.append(mosquitto)
         api_port = _port(8080)
         prometheus = Prometheus(workdir / "prometheus", _port(9090),
-                                scrape_targets=[f"{LOOPBACK}:{api_port}"]).start()
+                                scrape_targets=[f"{LOOPBACK}:{api_port}"],
+                                rule_files=shipped_rule_files()).start()
         services.append(prometheus)
         gateway = GatewayProcess(workdir / "gateway", mqtt_url=mosquitto.url,
                                  remote_write_urls=[prometheus.remote_write_url], port=api_port)
@@ -74,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(workdir / "simulator.log", "ab") as sim_log:  # the child keeps its own fd
             sim = subprocess.Popen(
                 [sys.executable, "-m", "firmware_sim", "--mqtt-url", mosquitto.url,
-                 "--devices", str(args.devices), "--interval", str(args.interval), "--quiet"],
+                 "--devices", str(args.devices), "--interval", str(args.interval), "--quiet",
+                 # One device's cooling fails after a minute: the alert rules have something
+                 # to catch (Prometheus alerts page); rarer faults come at random.
+                 "--fault", "overheat=1@60", "--fault-rate", "0.5"],
                 stdout=sim_log, stderr=subprocess.STDOUT, start_new_session=True)
     except (ServiceNotInstalled, ServiceFailed) as exc:
         print(f"fleetgate demo: {exc}", file=sys.stderr)
@@ -88,6 +93,7 @@ fleetgate demo is running ({args.devices} simulated devices, a frame every {args
 
   Fleet page            {gateway.url}/
   Prometheus graph      {graph}
+  Prometheus alerts     {prometheus.url}/alerts
   Gateway API docs      {gateway.url}/docs
   Devices               {gateway.url}/api/v1/devices
   Pipeline health       {gateway.url}/api/v1/pipeline

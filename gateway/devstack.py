@@ -43,6 +43,14 @@ INSTALL_HINT = (
 LOOPBACK = "127.0.0.1"
 _LOG_TAIL_LINES = 40
 _TARGETS_MARKER = "fleetgate:gateway-targets"
+_RULES_MARKER = "fleetgate:rule-files"
+SHIPPED_RULES_DIR = REPO_ROOT / "deploy" / "prometheus" / "rules"
+
+
+def shipped_rule_files() -> tuple[Path, ...]:
+    """The alert rules in deploy/prometheus/rules, without their promtool tests."""
+    return tuple(sorted(p for p in SHIPPED_RULES_DIR.glob("*.yml")
+                        if not p.name.endswith("_test.yml")))
 
 
 class ServiceNotInstalled(RuntimeError):
@@ -407,9 +415,13 @@ class Prometheus(_HttpService):
         extra_args: Sequence[str] = (),
         scrape_targets: Iterable[str] = (),
         shipped_yml: Path = SHIPPED_PROMETHEUS_YML,
+        rule_files: Iterable[Path] = (),
+        evaluation_interval: str | None = None,
     ) -> None:
         super().__init__(workdir, port)
         self.out_of_order_window = out_of_order_window
+        self.rule_files = tuple(Path(p).resolve() for p in rule_files)
+        self.evaluation_interval = evaluation_interval
         self.extra_args = tuple(extra_args)
         self.scrape_targets = tuple(scrape_targets)
         self.shipped_yml = shipped_yml
@@ -430,17 +442,25 @@ class Prometheus(_HttpService):
             rf"\g<1> {self.out_of_order_window}",
             text,
         )
+        if self.evaluation_interval is not None:
+            text = re.sub(r"(?m)^(\s*evaluation_interval:)\s*\S+",
+                          rf"\g<1> {self.evaluation_interval}", text)
         lines = text.splitlines()
-        n_targets = 0
+        n_targets = n_rules = 0
         for i, line in enumerate(lines):
+            # A JSON list is a YAML flow sequence.
             if _TARGETS_MARKER in line:
-                # A JSON list is a YAML flow sequence.
                 lines[i] = re.sub(r"\[.*\]", json.dumps(list(self.scrape_targets)), line)
                 n_targets += 1
-        if n_window != 1 or n_targets != 1:
+            elif _RULES_MARKER in line:
+                lines[i] = re.sub(r"\[.*\]", json.dumps([str(p) for p in self.rule_files]),
+                                  line)
+                n_rules += 1
+        if n_window != 1 or n_targets != 1 or n_rules != 1:
             raise ServiceFailed(
-                f"{self.shipped_yml} must have one out_of_order_time_window line and one line "
-                f"marked '{_TARGETS_MARKER}' (found {n_window} and {n_targets})"
+                f"{self.shipped_yml} must have one out_of_order_time_window line, one line "
+                f"marked '{_TARGETS_MARKER}' and one marked '{_RULES_MARKER}' (found "
+                f"{n_window}, {n_targets} and {n_rules})"
             )
         return "\n".join(lines) + "\n"
 
@@ -457,6 +477,10 @@ class Prometheus(_HttpService):
             "--web.enable-lifecycle",
             *self.extra_args,
         ]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Active alerts, pending and firing, as /api/v1/alerts lists them."""
+        return list(self._api("/api/v1/alerts", {})["alerts"])
 
     def query(self, promql: str, time: float | None = None) -> list[dict[str, Any]]:
         """Instant query; the result vector."""
