@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps venv demo test lint bench bench-api faults clean
+.PHONY: install system-deps venv demo test lint bench bench-api bench-sim faults clean
 
 install: system-deps venv
 
@@ -48,6 +48,11 @@ bench: install
 # the "api" section of bench/RESULTS.md. Smaller: make bench-api API_BENCH_ARGS="--devices 10000"
 bench-api: install
 	$(BIN)/python bench/api.py $(API_BENCH_ARGS)
+
+# The simulator at fleet scale (~2 min): 10,000 devices from one process into Mosquitto, CPU per
+# frame against one plain paho client in the same run; the "sim" section of bench/RESULTS.md.
+bench-sim: install
+	$(BIN)/python bench/sim_scale.py $(SIM_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache .hypothesis
