@@ -9,7 +9,11 @@ simulator in this process and Mosquitto started from Debian's package:
   frames of the same profiles at QoS 1, i.e. what MQTT alone costs per frame in Python.
   The ratio says what the simulation (models, encoding, 10,000 sockets, scheduling) adds.
 
-Writes the "sim" section of bench/RESULTS.md.
+With --through-gateway the fleet also goes through a fleetgate gateway into VictoriaMetrics,
+and the frames the gateway stored and forwarded are counted against the simulator's ledger
+(the gateway's CPU share is reported too).
+
+Writes the "sim" section of bench/RESULTS.md (--through-gateway: the "sim-gateway" section).
 """
 
 from __future__ import annotations
@@ -35,16 +39,16 @@ from firmware_sim.config import FleetConfig
 from firmware_sim.device import SimDevice
 from firmware_sim.fleet import Fleet
 from firmware_sim.profiles import PROFILES
-from gateway.devstack import Mosquitto, wait_for
+from gateway.devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def run_fleet(url: str, devices: int, interval_s: float, window_s: float) -> dict[str, float]:
+def run_fleet(url: str, devices: int, interval_s: float, window_s: float,
+              gateway: GatewayProcess | None = None) -> dict[str, float]:
     config = FleetConfig(mqtt_url=url, devices=devices, interval_s=interval_s, seed=1)
     fleet = Fleet(config)
-    result: dict[str, float] = {}
-    thread = threading.Thread(target=lambda: result.update(summary=fleet.run()), daemon=True)
+    thread = threading.Thread(target=fleet.run, daemon=True)
     t0 = time.monotonic()
     cpu0 = time.process_time()
     thread.start()
@@ -54,13 +58,27 @@ def run_fleet(url: str, devices: int, interval_s: float, window_s: float) -> dic
     connect_cpu = time.process_time() - cpu0
     # Let the cadence settle (each device's first frame is jittered over one interval).
     time.sleep(interval_s)
+    gw_cpu0 = procstat.cpu(gateway.pid) if gateway is not None and gateway.pid else None
     frames0, cpu1, w0 = len(fleet.ledger), time.process_time(), time.monotonic()
     time.sleep(window_s)
     frames1, cpu2, w1 = len(fleet.ledger), time.process_time(), time.monotonic()
+    gw_cpu = procstat.cpu_since(gw_cpu0) if gw_cpu0 is not None else float("nan")
     fleet.stop()
     thread.join(120)
     frames = frames1 - frames0
-    return {
+    extra: dict[str, float] = {}
+    if gateway is not None:
+        published = len(fleet.ledger)
+
+        def telemetry_kept() -> float:
+            return (gateway.metric("fleetgate_frames_received_total", kind="telemetry")
+                    - gateway.metric("fleetgate_frames_duplicate_total"))
+        wait_for(lambda: telemetry_kept() >= published and gateway.caught_up(), 300,
+                 interval=0.5, what="the gateway storing and forwarding every published frame")
+        extra = {"published": published, "gateway_kept": telemetry_kept(),
+                 "gateway_cpu_share": gw_cpu / (w1 - w0),
+                 "forwarded_samples": gateway.metric("fleetgate_forward_samples_total")}
+    return extra | {
         "connect_s": connect_s,
         "connect_cpu_s": connect_cpu,
         "frames_per_s": frames / (w1 - w0),
@@ -107,13 +125,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between frames")
     ap.add_argument("--window", type=float, default=30.0, help="steady-state window, seconds")
     ap.add_argument("--baseline-frames", type=int, default=20_000)
+    ap.add_argument("--through-gateway", action="store_true",
+                    help="also run a gateway forwarding into VictoriaMetrics and count frames")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sim-bench-") as tmp, \
             Mosquitto(Path(tmp) / "mosquitto") as broker:
-        mosq_cpu0 = procstat.cpu(broker.pid) if broker.pid else None
-        fleet = run_fleet(broker.url, args.devices, args.interval, args.window)
-        mosq_cpu = procstat.cpu_since(mosq_cpu0) if mosq_cpu0 else float("nan")
+        gateway = vm = None
+        if args.through_gateway:
+            vm = VictoriaMetrics(Path(tmp) / "vm").start()
+            gateway = GatewayProcess(Path(tmp) / "gateway", mqtt_url=broker.url,
+                                     remote_write_urls=[vm.remote_write_url]).start()
+        try:
+            mosq_cpu0 = procstat.cpu(broker.pid) if broker.pid else None
+            fleet = run_fleet(broker.url, args.devices, args.interval, args.window, gateway)
+            mosq_cpu = procstat.cpu_since(mosq_cpu0) if mosq_cpu0 else float("nan")
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            if vm is not None:
+                vm.stop()
         base = run_baseline(broker.url, args.baseline_frames)
     ratio = fleet["cpu_us_per_frame"] / base["cpu_us_per_frame"]
     lines = [
@@ -127,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         f"simulator peak RSS {fleet['rss_mb']:.0f} MB; Mosquitto CPU over the run "
         f"{mosq_cpu:.1f} s",
     ]
+    if gateway is not None:
+        lines.append(
+            f"through the gateway: {fleet['published']:,.0f} frames published, "
+            f"{fleet['gateway_kept']:,.0f} stored by the gateway (duplicates excluded), all "
+            f"forwarded ({fleet['forwarded_samples']:,.0f} samples); gateway "
+            f"{100 * fleet['gateway_cpu_share']:.0f} % of a core")
     for line in lines:
         print(line)
     machine = procstat.machine()
@@ -150,8 +187,18 @@ def main(argv: list[str] | None = None) -> int:
         "µs/frame |",
         f"| ratio simulator / baseline | {ratio:.2f}x |",
         f"| simulator peak RSS | {fleet['rss_mb']:.0f} MB |",
+        *([
+            f"| through the gateway: frames published / stored by the gateway | "
+            f"{fleet['published']:,.0f} / {fleet['gateway_kept']:,.0f} |",
+            f"| gateway CPU share at that rate | {100 * fleet['gateway_cpu_share']:.0f} % of a "
+            "core |",
+        ] if gateway is not None else []),
     ])
-    results_file.write_section(args.results, "sim", body)
+    section = "sim-gateway" if gateway is not None else "sim"
+    if gateway is not None:
+        body = body.replace("## Simulator at fleet scale", "## Simulator at fleet scale, "
+                            "through the gateway into VictoriaMetrics", 1)
+    results_file.write_section(args.results, section, body)
     return 0
 
 
