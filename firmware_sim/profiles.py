@@ -6,10 +6,17 @@ against its tables.
 
 Pure: every value comes from the `random.Random` handed to the model, so a seed reproduces a
 fleet exactly. The dynamics are simple but shaped like the real thing: load is a mean-reverting
-walk, latency and power rise with it, temperatures follow their heat source with a first-order
-lag, counters only grow within a boot, batteries drain and get swapped. Every walk is stepped
-with its exact solution for the elapsed time, so a device read every second and one read every
-five seconds move the same way in simulated time.
+walk that moves the inference rate, CPU use and power; temperatures follow their heat source with
+a first-order lag; counters only grow within a boot; batteries drain and get swapped. Every walk
+is stepped with its exact solution for the elapsed time, so a device read every second and one
+read every five seconds move the same way in simulated time.
+
+The latency of one inference is set by the compute (model and clock), not by the load: a healthy
+device runs at its platform's baseline (`LATENCY_BASELINES`) times a unit-to-unit factor within
++-3 %, at most ~2 % more or less with load (cache and bus contention) and +-1 % jitter. The
+alert rules' baseline recording rules carry the same numbers, so "10 % over the baseline"
+(PerformanceRegression) is a fault, never a healthy device: throttling (overheat, where the
+platform throttles) and allocator pressure (memory-leak past 80 % used) make it.
 
 Noise is triangular (the sum of two uniforms) rather than Gaussian: a third of the cost of
 `gauss()`, and bounded, so a healthy device never throws the six-sigma outlier that would fire
@@ -41,6 +48,48 @@ class Reading(NamedTuple):
     metric: int | str  # alias declared in the birth, or an undeclared metric name
     labels: Labels
     value: float | HistogramValue
+
+
+class Baseline(NamedTuple):
+    """A healthy device's nominal performance on one platform, for one model: what the
+    PerformanceRegression and LowThroughput alerts compare a device with. The recording rules in
+    deploy/prometheus/rules/ and the "Baselines" tables of docs/seeds.md carry the same numbers
+    (tests/sim/test_profiles.py holds the three together)."""
+
+    latency_s: float  # the latency statistic the seed reports; see LATENCY_BASELINES
+    throughput: float = 0.0  # per second where an alert compares it (tokens, frames); else 0
+
+
+# profile -> platform -> model (the `model` label of its series) -> Baseline. Which latency:
+#   liquid-edge  mean duration of one inference (the histogram's _sum / _count)
+#   audio-nets   audio_inference_latency_ms (one 250 ms window), here in seconds
+#   tiny-llm     model_latency_p95_ms (per-token p95), here in seconds; throughput: tokens/s
+#                while generating (the per-token p95 is 1.32 x the mean of 1 / throughput)
+#   edge-tpu     tpu_latency_p99_ms per network, here in seconds; throughput: fps
+#   photon       photon_inference_latency_seconds
+LATENCY_BASELINES: dict[str, dict[str, dict[str, Baseline]]] = {
+    "liquid-edge": {
+        "esp32-s3": {"lnn-anomaly-v3": Baseline(0.018)},
+        "stm32h7": {"lnn-anomaly-v3": Baseline(0.011)},
+        "rpi-cm4": {"lnn-anomaly-v3": Baseline(0.006)},
+    },
+    "audio-nets": {
+        "stm32f4": {"kws-lnn-12": Baseline(0.0105)},
+        "nrf52840": {"kws-lnn-12": Baseline(0.0085)},
+    },
+    "tiny-llm": {
+        "esp32-s3": {"stories-260k-q8": Baseline(0.12, 11.0)},
+        "stm32h7": {"stories-260k-q8": Baseline(0.08, 16.5)},
+        "riscv-k230": {"stories-260k-q8": Baseline(0.04, 33.0)},
+    },
+    "edge-tpu": {
+        "edgetpu-v5-devboard": {"mobilenet_v3": Baseline(0.0016, 892.0),
+                                "yolov8n": Baseline(0.0075, 187.0)},
+    },
+    "photon": {
+        "photon-lt1": {"resnet18-photonic": Baseline(0.0001)},
+    },
+}
 
 
 class ModelFault(StrEnum):
@@ -141,7 +190,7 @@ class _Histogram:
         self.bounds = bounds
         self._log_bounds = tuple(math.log(b) for b in bounds)
         self._scale = 1.0 / (sigma * math.sqrt(2.0))
-        self._mean_factor = math.exp(sigma * sigma / 2.0)  # lognormal mean / median
+        self.mean_factor = math.exp(sigma * sigma / 2.0)  # lognormal mean / median
         self._cumulative = [0.0] * len(bounds)
         self._count = 0.0
         self._sum = 0.0
@@ -157,7 +206,7 @@ class _Histogram:
             # round(n * cdf) is monotone in the bound, so each increment is cumulative too.
             cumulative[i] += round(n * 0.5 * (1.0 + erf((log_bound - mu) * scale)))
         self._count += n
-        self._sum += n * median_s * self._mean_factor
+        self._sum += n * median_s * self.mean_factor
 
     def value(self) -> HistogramValue:
         return HistogramValue(self._count, round(self._sum, 6), tuple(self._cumulative))
@@ -172,6 +221,15 @@ _HOT_TAU_S = 15.0  # cooling failed: from 30 C to over 85 C in under a minute
 _COLLAPSE_TAU_S = 60.0  # accuracy collapse: below 0.8 within a minute, settled in ~5
 _LEAK_PER_S = 0.01 / 60.0  # memory leak: 1 % of capacity a minute
 _FLASH_FILL_PER_S = 6.0 / 60.0  # flash fill: 6 points a minute, 40 -> 98 % in under 10 min
+# How long one inference takes, relative to the platform's baseline (see the module docstring).
+_UNIT_SPREAD = 0.03  # unit to unit: crystal tolerance, flash wait states, silicon
+_LOAD_SLOWDOWN = 0.04  # full load against none: cache and bus contention, interrupts
+_JITTER = 0.01  # reading to reading, bounded
+# Allocator pressure: past 80 % used, fragmentation and compaction (or paging, on a host) cost
+# time, up to +30 % from 95 % on: a leak shows as a regression before allocations fail.
+_PRESSURE_FROM, _PRESSURE_FULL, _PRESSURE_COST = 0.8, 0.95, 0.3
+_THROTTLE_C = 80.0  # where a platform throttles: the clock drops above this...
+_THROTTLE = 0.6  # ...and so does throughput, by 40 % (an inference takes 1 / 0.6 = 1.67 x)
 
 
 class _Model:
@@ -180,6 +238,7 @@ class _Model:
     profile = ""
     supported: frozenset[ModelFault] = frozenset()
     _load_lo, _load_hi = 0.05, 0.95
+    _typical_load = 0.45  # the middle of the fleet's load means: a baseline device runs at it
 
     def __init__(self, rng: random.Random) -> None:
         self._r = rng.random
@@ -194,6 +253,7 @@ class _Model:
         self._hot = rng.uniform(91.5, 95.0)  # where the temperature heads when cooling fails
         self._leaked = 0.0  # share of memory capacity lost to a leak
         self._collapse_to = rng.uniform(0.58, 0.66)
+        self._unit = rng.uniform(1.0 - _UNIT_SPREAD, 1.0 + _UNIT_SPREAD)
 
     @property
     def faults(self) -> frozenset[ModelFault]:
@@ -241,6 +301,17 @@ class _Model:
             return self._hot + hot_extra + (temp - self._hot - hot_extra) * self._k_hot
         return target + (temp - target) * keep
 
+    def _slowdown(self, load: float, used: float, throttled: bool = False) -> float:
+        """How long one inference takes now against the platform's baseline (1.0 = baseline),
+        jitter included. `used`: the share of the memory its allocator works in."""
+        r = self._r
+        factor = self._unit * (1.0 + _LOAD_SLOWDOWN * (load - self._typical_load)) \
+            * (1.0 + (r() + r() - 1.0) * _JITTER)
+        if used > _PRESSURE_FROM:
+            factor *= 1.0 + _PRESSURE_COST * min(
+                1.0, (used - _PRESSURE_FROM) / (_PRESSURE_FULL - _PRESSURE_FROM))
+        return factor / _THROTTLE if throttled else factor
+
     def _noisy(self, value: float, amplitude: float) -> float:
         """`value` give or take `amplitude` (triangular: most of it near `value`)."""
         r = self._r
@@ -270,8 +341,6 @@ class _LiquidPlatform:
     sram: int  # capacities in bytes (on the CM4 the kit reports its LPDDR4 as "sram")
     psram: int
     flash: int
-    latency_s: float  # median inference latency at no load
-    latency_rise: float  # relative rise at full load
     cpu_mw: float  # CPU power at no load
     cpu_load_mw: float  # added at full load
     heat: float  # degrees above the usual at the same load (enclosure, heat sink)
@@ -280,10 +349,12 @@ class _LiquidPlatform:
 _KIB, _MIB, _GIB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 
 _LIQUID_PLATFORMS = {
-    "esp32-s3": _LiquidPlatform(512 * _KIB, 8 * _MIB, 16 * _MIB, 0.014, 1.4, 80.0, 200.0, 0.0),
-    "stm32h7": _LiquidPlatform(1 * _MIB, 8 * _MIB, 2 * _MIB, 0.009, 1.2, 90.0, 190.0, 0.0),
-    "rpi-cm4": _LiquidPlatform(2 * _GIB, 512 * _MIB, 32 * _GIB, 0.006, 1.0, 100.0, 180.0, 3.0),
+    "esp32-s3": _LiquidPlatform(512 * _KIB, 8 * _MIB, 16 * _MIB, 80.0, 200.0, 0.0),
+    "stm32h7": _LiquidPlatform(1 * _MIB, 8 * _MIB, 2 * _MIB, 90.0, 190.0, 0.0),
+    "rpi-cm4": _LiquidPlatform(2 * _GIB, 512 * _MIB, 32 * _GIB, 100.0, 180.0, 3.0),
 }
+# Inference durations are nearly fixed by the compute: a narrow lognormal around the median.
+_LIQUID_SIGMA = 0.08
 
 _FLASH = _labels(memory_type="flash")
 _PSRAM = _labels(memory_type="psram")
@@ -303,10 +374,14 @@ class _LiquidEdgeModel(_Model):
         _check_platform(self.profile, _LIQUID_PLATFORMS, platform)
         super().__init__(rng)
         p = self._p = _LIQUID_PLATFORMS[platform]
+        (baseline,) = LATENCY_BASELINES[self.profile][platform].values()
         self._ambient = rng.uniform(23.5, 28.0)
         self._temp = self._target_temp(self._load)
         self._total = 0.0
-        self._hist = _Histogram(LIQUID_DURATION_BOUNDS, 0.35)
+        self._hist = _Histogram(LIQUID_DURATION_BOUNDS, _LIQUID_SIGMA)
+        # The baseline is the mean duration (what _sum / _count gives), the histogram's median
+        # a little under it.
+        self._median_s = baseline.latency_s / self._hist.mean_factor
         self._sram_share = rng.uniform(0.45, 0.55)
         self._flash_share = rng.uniform(0.3, 0.5)  # firmware + model; moves only when filling
         self._top1_mean = rng.uniform(0.9, 0.93)
@@ -329,9 +404,12 @@ class _LiquidEdgeModel(_Model):
     def read(self, elapsed_ms: int) -> list[Reading]:
         load = self._step(elapsed_ms)
         r, p, s = self._r, self._p, self._s
-        n = _events(r, 5.0 + 45.0 * load, s)
+        # The firmware drops the CPU clock above 80 C: fewer inferences, each one slower.
+        throttled = self._temp >= _THROTTLE_C
+        sram = self._used(self._noisy(self._sram_share + 0.15 * load, 0.005))
+        n = _events(r, (5.0 + 45.0 * load) * (_THROTTLE if throttled else 1.0), s)
         self._total += n
-        self._hist.observe(n, p.latency_s * (1.0 + p.latency_rise * load))
+        self._hist.observe(n, self._median_s * self._slowdown(load, sram, throttled))
         self._temp = self._heat(self._temp, self._target_temp(load), self._k_temp, 2.0 * load)
         if self._collapsed:
             self._top1 = _lag(self._top1, self._collapse_to, self._k_collapse)
@@ -343,7 +421,6 @@ class _LiquidEdgeModel(_Model):
         f1 = _clamp(self._noisy(top1 - self._f1_gap, 0.003), 0.0, 0.95)
         if self._filling and self._flash_share < 0.98:
             self._flash_share = min(0.98, self._flash_share + _FLASH_FILL_PER_S / 100.0 * s)
-        sram = self._used(self._noisy(self._sram_share + 0.15 * load, 0.005))
         # The radio wakes in bursts to sync; most of the time it idles.
         radio = 115.0 + 10.0 * r() if r() < 0.15 else 8.0 + 4.0 * r()
         return [
@@ -358,7 +435,8 @@ class _LiquidEdgeModel(_Model):
             Reading(_LIQUID_CPU, _CORE1, round(self._noisy(12.0 + 55.0 * load, 2.0), 2)),
             Reading("liquid_model_accuracy", _F1, round(f1, 4)),
             Reading("liquid_model_accuracy", _TOP1, round(top1, 4)),
-            Reading(_LIQUID_MW, _CPU, round(self._noisy(p.cpu_mw + p.cpu_load_mw * load, 1.0), 2)),
+            Reading(_LIQUID_MW, _CPU, round(self._noisy(
+                p.cpu_mw + p.cpu_load_mw * load * (_THROTTLE if throttled else 1.0), 1.0), 2)),
             Reading(_LIQUID_MW, _RADIO, round(radio, 2)),
             Reading(_LIQUID_MW, _SENSOR, round(self._noisy(5.0, 0.3), 2)),
         ]
@@ -380,15 +458,13 @@ _AUDIO_METRICS = (
 @dataclass(frozen=True, slots=True)
 class _AudioPlatform:
     ram: int  # bytes
-    latency_ms: float  # at no speech
-    latency_rise_ms: float  # added at full speech activity
     power_mw: float
     power_rise_mw: float
 
 
 _AUDIO_PLATFORMS = {
-    "stm32f4": _AudioPlatform(192 * _KIB, 7.6, 5.5, 0.55, 0.45),
-    "nrf52840": _AudioPlatform(256 * _KIB, 6.5, 3.8, 0.44, 0.36),
+    "stm32f4": _AudioPlatform(192 * _KIB, 0.55, 0.45),
+    "nrf52840": _AudioPlatform(256 * _KIB, 0.44, 0.36),
 }
 
 _WINDOW_MS = 250  # one inference per 250 ms audio window
@@ -398,12 +474,17 @@ _BATTERY_MWH = 40.0 * 3.7
 
 class _AudioNetsModel(_Model):
     profile = "audio-nets"
-    supported = _ALL_FAULTS  # flash-fill: the device's logs fill its flash
+    # flash-fill: the device's logs fill its flash. Overheat: no throttling, these parts have no
+    # thermal management (a hot one just runs hot).
+    supported = _ALL_FAULTS
+    _typical_load = 0.3  # speech activity: the devices' means are 0.15-0.45
 
     def __init__(self, rng: random.Random, platform: str) -> None:
         _check_platform(self.profile, _AUDIO_PLATFORMS, platform)
         super().__init__(rng)
         self._p = _AUDIO_PLATFORMS[platform]
+        (baseline,) = LATENCY_BASELINES[self.profile][platform].values()
+        self._latency_ms = 1000.0 * baseline.latency_s
         # Load here is speech activity: how much of the time the microphone hears speech.
         self._load_mean = rng.uniform(0.15, 0.45)
         self._audio_ms = 0  # audio not yet filling a whole window
@@ -459,7 +540,8 @@ class _AudioNetsModel(_Model):
             confidence = _clamp(self._noisy(0.93 - 0.3 * drift, 0.01), 0.8, 0.95)
         # Detections: the speech that holds keywords, plus false alarms.
         self._detections += _events(r, 0.015 + 0.06 * activity + 0.5 * fp, s)
-        latency = self._noisy(p.latency_ms + p.latency_rise_ms * activity, 0.3)
+        used = self._used(self._noisy(self._mem_share + 0.08 * activity, 0.003))
+        latency = self._latency_ms * self._slowdown(activity, used)
         power = self._noisy(p.power_mw + p.power_rise_mw * activity, 0.015)
         self._battery_mwh -= power * s / 3600.0
         if self._battery_mwh < 0.05 * _BATTERY_MWH:
@@ -470,7 +552,7 @@ class _AudioNetsModel(_Model):
         else:
             self._flash = _clamp(_revert(r, self._flash, 57.0, self._k_flash, self._n_flash),
                                  40.0, 80.0)
-        used = self._used(self._noisy(self._mem_share + 0.08 * activity, 0.003)) * p.ram
+        used *= p.ram
         return [
             Reading(0, (), self._inferences),
             Reading(1, (), self._detections),
@@ -509,21 +591,17 @@ _TINY_LLM_METRICS = (
 @dataclass(frozen=True, slots=True)
 class _LlmPlatform:
     memory: int  # bytes
-    tps_lo: float  # tokens/s on an idle CPU, drawn per device
-    tps_hi: float
     power_mw: float  # at 0 % CPU
     power_cpu_mw: float  # added at 100 % CPU
 
 
 _LLM_PLATFORMS = {
-    "esp32-s3": _LlmPlatform(8 * _MIB + 512 * _KIB, 9.0, 14.0, 150.0, 230.0),
-    "stm32h7": _LlmPlatform(1 * _MIB, 12.0, 22.0, 150.0, 200.0),
-    "riscv-k230": _LlmPlatform(512 * _MIB, 25.0, 38.0, 170.0, 270.0),
+    "esp32-s3": _LlmPlatform(8 * _MIB + 512 * _KIB, 150.0, 230.0),
+    "stm32h7": _LlmPlatform(1 * _MIB, 150.0, 200.0),
+    "riscv-k230": _LlmPlatform(512 * _MIB, 170.0, 270.0),
 }
 
 _SENSOR_BOARD, _SENSOR_CPU = _labels(sensor_location="board"), _labels(sensor_location="cpu")
-_THROTTLE_C = 80.0  # the SoC halves its clock above this...
-_THROTTLE = 0.6  # ...and throughput falls by 40 %
 
 
 class _TinyLlmModel(_Model):
@@ -536,16 +614,16 @@ class _TinyLlmModel(_Model):
         _check_platform(self.profile, _LLM_PLATFORMS, platform)
         super().__init__(rng)
         p = self._p = _LLM_PLATFORMS[platform]
-        self._peak_tps = rng.uniform(p.tps_lo, p.tps_hi)
-        self._p95_factor = rng.uniform(1.3, 1.45)  # per-token p95 / mean
+        (baseline,) = LATENCY_BASELINES[self.profile][platform].values()
+        self._nominal_tps = baseline.throughput
+        self._baseline_p95_ms = 1000.0 * baseline.latency_s
         self._generating = rng.random() < 0.5
         self._ambient = rng.uniform(22.0, 27.0)
         cpu = self._cpu(self._load)
         self._cpu_temp = self._ambient + 13.0 + 0.25 * cpu
         self._tokens = 0.0
         self._mem_share = rng.uniform(0.52, 0.62)
-        self._tps = self._peak_tps * (1.0 - 0.25 * self._load)
-        self._p95_ms = 1000.0 / self._tps * self._p95_factor
+        self._p95_ms = self._baseline_p95_ms * self._unit  # until it generates
         self._total = Reading(3, (), float(p.memory))
 
     def _cpu(self, load: float) -> float:
@@ -568,19 +646,20 @@ class _TinyLlmModel(_Model):
         cpu = _clamp(self._noisy(self._cpu(load), 1.5), 10.0, 95.0)
         self._cpu_temp = self._heat(self._cpu_temp, self._ambient + 13.0 + 0.25 * cpu,
                                     self._k_temp, cpu / 100.0)
+        # The SoC drops its clock above 80 C.
         throttled = self._cpu_temp >= _THROTTLE_C
+        used = self._used(self._noisy(self._mem_share + (0.12 if self._generating else 0.0),
+                                      0.004))
         tps = 0.0
         if self._generating:
-            tps = self._peak_tps * (1.0 - 0.25 * load) * (0.95 + 0.1 * r())
-            if throttled:
-                tps *= _THROTTLE
-            self._p95_ms = 1000.0 / tps * self._noisy(self._p95_factor, 0.05)
+            slowdown = self._slowdown(load, used, throttled)  # of one token
+            tps = self._nominal_tps / slowdown
+            # The p95 of the tokens of one interval: its own sampling noise on top.
+            self._p95_ms = self._baseline_p95_ms * slowdown * self._noisy(1.0, _JITTER / 2.0)
             self._tokens += _events(r, tps, s)
         dynamic_mw = p.power_cpu_mw * cpu / 100.0 * (_THROTTLE if throttled else 1.0)
         cpu_temp = self._noisy(self._cpu_temp, _TEMP_NOISE)
         board = self._ambient + 0.35 * (self._cpu_temp - self._ambient)
-        used = self._used(self._noisy(self._mem_share + (0.12 if self._generating else 0.0),
-                                      0.004))
         return [
             Reading(0, (), self._tokens),
             Reading(1, _SENSOR_BOARD, round(self._noisy(board, _TEMP_NOISE), 2)),
@@ -610,6 +689,11 @@ _TPU_METRICS = (
 
 _MOBILENET, _YOLO = _labels(model="mobilenet_v3"), _labels(model="yolov8n")
 _TPU_MEMORY = 4 * _GIB
+_TPU_BASELINES = LATENCY_BASELINES["edge-tpu"]["edgetpu-v5-devboard"]
+_MOBILENET_FPS = _TPU_BASELINES["mobilenet_v3"].throughput
+_MOBILENET_P99_MS = 1000.0 * _TPU_BASELINES["mobilenet_v3"].latency_s
+_YOLO_FPS = _TPU_BASELINES["yolov8n"].throughput
+_YOLO_P99_MS = 1000.0 * _TPU_BASELINES["yolov8n"].latency_s
 
 
 class _EdgeTpuModel(_Model):
@@ -618,6 +702,7 @@ class _EdgeTpuModel(_Model):
     # outputs and counts mismatches as failed inferences (tpu_error_rate).
     supported = _COMMON_FAULTS
     _load_lo = 0.4  # load here is TPU utilization, 40-95 %
+    _typical_load = 0.675
 
     def __init__(self, rng: random.Random, platform: str) -> None:
         _check_platform(self.profile, ("edgetpu-v5-devboard",), platform)
@@ -643,13 +728,16 @@ class _EdgeTpuModel(_Model):
         self._temp = temp = self._heat(self._temp, self._ambient + 18.0 + 22.0 * u, self._k_temp,
                                        2.0 * u)
         state = 3.0 if temp >= 90.0 else 2.0 if temp >= 80.0 else 1.0 if temp >= 70.0 else 0.0
-        speed = _THROTTLE if state >= 2.0 else 1.0
-        scale = (0.94 + 0.08 * u) * speed
-        mobilenet_fps = 892.0 * scale * (0.99 + 0.02 * r())
-        yolo_fps = 187.0 * scale * (0.99 + 0.02 * r())
+        throttled = state >= 2.0
+        speed = _THROTTLE if throttled else 1.0
+        # Host memory: a leaking runtime feeds the TPU slower once the host is short of it.
+        used = self._used(self._noisy(self._mem_share + 0.15 * u, 0.005))
+        mobilenet = self._slowdown(u, used, throttled)
+        yolo = self._slowdown(u, used, throttled)
+        mobilenet_fps = _MOBILENET_FPS / mobilenet
+        yolo_fps = _YOLO_FPS / yolo
         self._mobilenet += _events(r, mobilenet_fps, s)
         self._yolo += _events(r, yolo_fps, s)
-        queueing = (1.0 + 0.3 * u) / speed
         power = self._noisy(1.4 + 3.0 * u, 0.05) * (0.7 if speed < 1.0 else 1.0)
         if self._collapsed:
             self._error_rate = _lag(self._error_rate, self._collapse_errors, self._k_collapse)
@@ -658,14 +746,15 @@ class _EdgeTpuModel(_Model):
             self._error_rate = _clamp(_revert(r, self._error_rate, 0.001, self._k_err,
                                               self._n_err), 0.0002, 0.003)
             errors = self._error_rate
-        used = self._used(self._noisy(self._mem_share + 0.15 * u, 0.005))
         return [
             Reading(0, _MOBILENET, self._mobilenet),
             Reading(0, _YOLO, self._yolo),
             Reading(1, _MOBILENET, round(mobilenet_fps, 1)),
             Reading(1, _YOLO, round(yolo_fps, 1)),
-            Reading(2, _MOBILENET, round(self._noisy(1.35 * queueing, 0.03), 3)),
-            Reading(2, _YOLO, round(self._noisy(6.4 * queueing, 0.1), 3)),
+            # p99: the slowest of many inferences, so noisier than the mean.
+            Reading(2, _MOBILENET,
+                    round(_MOBILENET_P99_MS * mobilenet * self._noisy(1.0, 2 * _JITTER), 3)),
+            Reading(2, _YOLO, round(_YOLO_P99_MS * yolo * self._noisy(1.0, 2 * _JITTER), 3)),
             Reading(3, (), state),
             Reading(4, (), round(self._noisy(self._temp, _TEMP_NOISE), 2)),
             Reading("tpu_utilization_percent", (), round(100.0 * u, 2)),
@@ -720,6 +809,9 @@ class _PhotonModel(_Model):
         self._errors = 0.0
         self._mem_share = rng.uniform(0.34, 0.4)
         self._capacity = Reading("photon_memory_capacity_bytes", (), float(_PHOTON_MEMORY))
+        (baseline,) = LATENCY_BASELINES[self.profile][platform].values()
+        self._baseline_s = baseline.latency_s
+        self._latency = baseline.latency_s * self._unit
 
     def _retime(self, elapsed_ms: int) -> None:
         super()._retime(elapsed_ms)
@@ -768,8 +860,13 @@ class _PhotonModel(_Model):
             laser = self._laser
         self._inferences += _events(r, rate, s)
         self._errors += _events(r, 0.3 if self._collapsed else 1.0 / 3600.0, s)
-        latency = self._noisy(60e-6 + 3e-6 * queue, 3e-6)
+        # The optical path takes the same time for every inference; queueing is not in it
+        # (photon_queue_depth shows the backlog). Host buffers short of memory slow the transfers.
         used = self._used(self._noisy(self._mem_share + 0.15 * load, 0.005))
+        slowdown = self._slowdown(load, used)
+        if rate > 0.0:  # no inference, no new measurement: the last one stands
+            self._latency = self._baseline_s * slowdown
+        latency = self._latency
         return [
             Reading(0, (), self._inferences),
             Reading(1, (), self._errors),

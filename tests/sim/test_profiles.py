@@ -3,16 +3,20 @@ operation inside the documented ranges, faults that develop as documented, sane 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
 import re
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from device_protocol import (
     Birth,
@@ -27,7 +31,9 @@ from device_protocol import (
     resolve_telemetry,
 )
 from firmware_sim.profiles import (
+    LATENCY_BASELINES,
     PROFILES,
+    Baseline,
     DeviceModel,
     ModelFault,
     Profile,
@@ -39,7 +45,11 @@ from firmware_sim.profiles import (
 
 ALL = sorted(PROFILES)
 PLATFORMS = [(name, platform) for name in ALL for platform in PROFILES[name].platforms]
-SEEDS_MD = Path(__file__).resolve().parents[2] / "docs" / "seeds.md"
+ROOT = Path(__file__).resolve().parents[2]
+SEEDS_MD = ROOT / "docs" / "seeds.md"
+RULES = ROOT / "deploy" / "prometheus" / "rules"
+RULE_FILES = {"liquid-edge": "liquid_edge.yml", "audio-nets": "audio_nets.yml",
+              "tiny-llm": "tiny_llm.yml", "edge-tpu": "edge_tpu.yml", "photon": "photon.yml"}
 
 Key = tuple[str, tuple[tuple[str, str], ...]]  # metric name, labels
 Snapshot = dict[Key, float | HistogramValue]
@@ -217,6 +227,17 @@ def test_platforms_are_checked() -> None:
 
 # --- normal operation: inside the documented ranges, no alert fires ------------------------
 
+
+def baseline(name: str, platform: str, model: str | None = None) -> Baseline:
+    """The platform's baseline; `model`: the network, for edge-tpu."""
+    return LATENCY_BASELINES[name][platform][model or PROFILES[name].model_name]
+
+
+def near(errors: list[str], label: str, value: float, nominal: float, share: float) -> None:
+    """`value` within `share` of `nominal` (docs/seeds.md: a healthy device stays within 7 %)."""
+    within(errors, label, value, nominal * (1 - share), nominal * (1 + share))
+
+
 Check = Callable[[Snapshot, Snapshot, str], list[str]]  # (previous, current, platform) -> errors
 
 
@@ -248,17 +269,17 @@ def liquid_normal(prev: Snapshot, snap: Snapshot, platform: str) -> list[str]:
         prev["liquid_inference_duration_seconds", ()]
     assert isinstance(now, HistogramValue) and isinstance(before, HistogramValue)
     mean = (now.sum - before.sum) / (now.count - before.count)
-    within(e, "mean duration", mean, 0.006, 0.035 * 1.07)  # median 6-35 ms, lognormal mean
+    near(e, "mean duration", mean, baseline("liquid-edge", platform).latency_s, 0.07)
     return e
 
 
-AUDIO_LATENCY = {"stm32f4": (7, 14), "nrf52840": (6, 11)}
 AUDIO_POWER = {"stm32f4": (0.5, 1.1), "nrf52840": (0.4, 0.85)}
 
 
 def audio_normal(prev: Snapshot, snap: Snapshot, platform: str) -> list[str]:
     e: list[str] = []
-    within(e, "latency", num(snap, "audio_inference_latency_ms"), *AUDIO_LATENCY[platform])
+    near(e, "latency", num(snap, "audio_inference_latency_ms"),
+         1000 * baseline("audio-nets", platform).latency_s, 0.07)
     within(e, "power", num(snap, "audio_power_milliwatts"), *AUDIO_POWER[platform])
     within(e, "throughput", num(snap, "audio_throughput_samples_per_second"), 16000, 16100)
     used = num(snap, "audio_memory_usage_bytes")
@@ -282,10 +303,11 @@ def audio_normal(prev: Snapshot, snap: Snapshot, platform: str) -> list[str]:
 
 def tiny_llm_normal(prev: Snapshot, snap: Snapshot, platform: str) -> list[str]:
     e: list[str] = []
+    nominal = baseline("tiny-llm", platform)
     tps = num(snap, "model_tokens_per_second")
     if tps:
-        within(e, "tokens/s", tps, 5, 40)
-    within(e, "p95 latency", num(snap, "model_latency_p95_ms"), 30, 250)
+        near(e, "tokens/s", tps, nominal.throughput, 0.07)
+    near(e, "p95 latency", num(snap, "model_latency_p95_ms"), 1000 * nominal.latency_s, 0.07)
     within(e, "cpu", num(snap, "device_cpu_utilization_percent"), 10, 95)
     share = num(snap, "device_memory_usage_bytes") / num(snap, "device_memory_total_bytes")
     within(e, "memory share", share, 0.50, 0.80)
@@ -308,11 +330,12 @@ def tpu_normal(prev: Snapshot, snap: Snapshot, platform: str) -> list[str]:
     share = num(snap, "tpu_memory_usage_bytes") / num(snap, "tpu_memory_capacity_bytes")
     within(e, "memory share", share, 0.30, 0.60)
     within(e, "temperature", num(snap, "device_temperature_celsius"), 45, 68)
-    for model, fps, p99 in (("mobilenet_v3", 892, 1.6), ("yolov8n", 187, 7.5)):
-        within(e, f"{model} fps", num(snap, "tpu_throughput_fps", model=model),
-               0.9 * fps, 1.1 * fps)
-        within(e, f"{model} p99", num(snap, "tpu_latency_p99_ms", model=model),
-               0.8 * p99, 1.2 * p99)
+    for model in ("mobilenet_v3", "yolov8n"):
+        nominal = baseline("edge-tpu", platform, model)
+        near(e, f"{model} fps", num(snap, "tpu_throughput_fps", model=model),
+             nominal.throughput, 0.07)
+        near(e, f"{model} p99", num(snap, "tpu_latency_p99_ms", model=model),
+             1000 * nominal.latency_s, 0.08)
     return e
 
 
@@ -322,7 +345,8 @@ def photon_normal(prev: Snapshot, snap: Snapshot, platform: str) -> list[str]:
     within(e, "optical power", num(snap, "photon_optical_power_mw"), 8, 12)
     within(e, "temperature", num(snap, "photon_device_temperature_celsius"), 35, 48)
     within(e, "drift", num(snap, "photon_calibration_drift"), 0, 0.05)
-    within(e, "latency", num(snap, "photon_inference_latency_seconds"), 50e-6, 200e-6)
+    near(e, "latency", num(snap, "photon_inference_latency_seconds"),
+         baseline("photon", platform).latency_s, 0.07)
     within(e, "queue", num(snap, "photon_queue_depth"), 0, 40)
     share = num(snap, "photon_memory_usage_bytes") / num(snap, "photon_memory_capacity_bytes")
     within(e, "memory share", share, 0.30, 0.60)
@@ -342,12 +366,19 @@ def counter_names(profile: Profile) -> set[str]:
     return {m.name for m in profile.metrics if m.type == MetricType.COUNTER}
 
 
+@functools.cache
+def two_hours(name: str, platform: str, seed: int) -> tuple[Snapshot, ...]:
+    """Two hours of a healthy device at 5 s readings (shared: the range and alert checks)."""
+    profile = PROFILES[name]
+    return tuple(snapshot(profile, r) for r in readings(profile, seed, 1440, 5000, platform))
+
+
 @pytest.mark.parametrize(("name", "platform"), PLATFORMS)
 def test_two_hours_of_normal_operation_stay_in_the_documented_ranges(
         name: str, platform: str) -> None:
-    profile, check = PROFILES[name], NORMAL[name]
+    check = NORMAL[name]
     for seed in (1, 2, 3):
-        snaps = [snapshot(profile, r) for r in readings(profile, seed, 1440, 5000, platform)]
+        snaps = two_hours(name, platform, seed)
         for i, (prev, snap) in enumerate(itertools.pairwise(snaps), start=1):
             for key, value in snap.items():
                 values = [value] if isinstance(value, float) else [value.count, value.sum]
@@ -424,15 +455,29 @@ def twin_runs(name: str, fault: ModelFault, seconds: float,
     return run(faulty, profile, seconds), run(healthy, profile, seconds)
 
 
-@pytest.mark.parametrize(("name", "speed"), [
-    ("tiny-llm", lambda s: num(s, "model_tokens_per_second")),
-    ("edge-tpu", lambda s: num(s, "tpu_throughput_fps", model="yolov8n")),
-])
-def test_overheat_throttles_where_the_platform_throttles(
-        name: str, speed: Callable[[Snapshot], float]) -> None:
+def inferences_per_second_of_compute(prev: Snapshot, snap: Snapshot) -> float:
+    """liquid-edge: 1 / the mean duration of the interval's inferences."""
+    now, before = snap["liquid_inference_duration_seconds", ()], \
+        prev["liquid_inference_duration_seconds", ()]
+    assert isinstance(now, HistogramValue) and isinstance(before, HistogramValue)
+    return (now.count - before.count) / (now.sum - before.sum)
+
+
+# Where the platform throttles (docs/seeds.md, "Faults"). (previous, current) -> speed.
+THROTTLED_SPEED: dict[str, Callable[[Snapshot, Snapshot], float]] = {
+    "liquid-edge": inferences_per_second_of_compute,
+    "tiny-llm": lambda p, s: num(s, "model_tokens_per_second"),
+    "edge-tpu": lambda p, s: num(s, "tpu_throughput_fps", model="yolov8n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(THROTTLED_SPEED))
+def test_overheat_throttles_where_the_platform_throttles(name: str) -> None:
+    speed = THROTTLED_SPEED[name]
     faulty, healthy = twin_runs(name, ModelFault.OVERHEAT, 600)
-    hot = [(speed(f), speed(h)) for f, h in zip(faulty, healthy, strict=True)
-           if temperature(name, f) >= 80.5 and speed(h) > 0]  # sensor noise: +-0.3 C
+    hot = [(speed(fp, f), speed(hp, h)) for (fp, f), (hp, h)
+           in zip(itertools.pairwise(faulty), itertools.pairwise(healthy), strict=True)
+           if temperature(name, fp) >= 80.5 and speed(hp, h) > 0]  # sensor noise: +-0.3 C
     assert len(hot) > 50
     assert all(0.55 < f / h < 0.65 for f, h in hot)  # -40 %
     if name == "edge-tpu":
@@ -571,6 +616,251 @@ def test_inject_is_idempotent_and_faults_are_reported() -> None:
         once.inject("melting")  # type: ignore[arg-type]  # not a fault at all
 
 
+# --- baselines: model, alert rules and doc agree; only faults make a regression -------------
+
+
+def rules(name: str) -> list[dict[str, Any]]:
+    doc = yaml.safe_load((RULES / RULE_FILES[name]).read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def recorded(name: str, record: str) -> dict[tuple[str, str | None], float]:
+    """(platform, model or None) -> the constant of each `record` rule in the seed's file."""
+    constants: dict[tuple[str, str | None], float] = {}
+    for rule in rules(name):
+        if rule.get("record") != record:
+            continue
+        value = re.fullmatch(r"vector\(([0-9.e+-]+)\)", rule["expr"].strip())
+        assert value is not None, rule
+        labels = dict(rule["labels"])
+        assert labels.pop("profile") == name
+        key = (labels.pop("platform"), labels.pop("model", None))
+        assert not labels and key not in constants, rule
+        constants[key] = float(value[1])
+    return constants
+
+
+def test_baselines_cover_every_platform_and_model() -> None:
+    assert sorted(LATENCY_BASELINES) == ALL
+    for name, platforms in LATENCY_BASELINES.items():
+        assert tuple(platforms) == PROFILES[name].platforms
+        for models in platforms.values():
+            expected = {"mobilenet_v3", "yolov8n"} if name == "edge-tpu" \
+                else {PROFILES[name].model_name}
+            assert set(models) == expected
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_alert_rules_baselines_are_the_models(name: str) -> None:
+    latency = recorded(name, "fleetgate:inference_latency_baseline_seconds")
+    fps = recorded(name, "fleetgate:throughput_baseline_fps")
+    floors = recorded(name, "fleetgate:tokens_per_second_floor")
+    baselines = {(platform, model): b for platform, models in LATENCY_BASELINES[name].items()
+                 for model, b in models.items()}
+    if name == "edge-tpu":  # its PerformanceRegression compares the throughput, per network
+        assert fps == {key: b.throughput for key, b in baselines.items()}
+        assert not latency
+    else:
+        assert latency == {(platform, None): b.latency_s for (platform, _), b in baselines.items()}
+        assert not fps
+    if name == "tiny-llm":  # LowThroughput: half the platform's speed
+        assert floors == {(platform, None): b.throughput / 2
+                          for (platform, _), b in baselines.items()}
+    else:
+        assert not floors
+
+
+_UNITS = {"s": Decimal(1), "ms": Decimal("0.001"), "µs": Decimal("0.000001")}
+
+
+def parse_baselines(text: str) -> dict[str, dict[str, dict[str, Baseline]]]:
+    """The "Baselines" table of each section of docs/seeds.md."""
+    tables: dict[str, dict[str, dict[str, Baseline]]] = {}
+    for section in re.split(r"^## ", text, flags=re.M):
+        head = re.match(r"\d\. `([^`]+)`", section)
+        if head is None:
+            continue
+        table = re.search(r"^\| platform \| model \| baseline latency \| baseline throughput \|\n"
+                          r"\|[-|]+\|\n((?:\|.*\n?)+)", section, flags=re.M)
+        assert table is not None, f"no Baselines table in section {head[1]}"
+        for row in table[1].splitlines():
+            platform, model, latency, throughput = (
+                cell.strip() for cell in row.strip().strip("|").split("|"))
+            value, unit = latency.split()
+            seconds = float(Decimal(value) * _UNITS[unit])  # exact: "18 ms" is 0.018
+            rate = 0.0
+            if throughput != "\N{EN DASH}":  # the doc's "none"
+                value, unit = throughput.split()
+                assert unit in ("fps", "tokens/s"), row
+                rate = float(value)
+            tables.setdefault(head[1], {}).setdefault(platform, {})[model] = \
+                Baseline(seconds, rate)
+    return tables
+
+
+def test_the_docs_baselines_are_the_models() -> None:
+    assert parse_baselines(SEEDS_MD.read_text()) == LATENCY_BASELINES
+
+
+FIVE_MINUTES, FIFTEEN_MINUTES = 60, 180  # readings at 5 s
+Samples = dict[str, tuple[list[float], list[float]]]  # series (`model`) -> numerators, denominators
+
+
+def regression_samples(name: str, snaps: Sequence[Snapshot]) -> Samples:
+    """What PerformanceRegression averages over a window, per reading after the first, as
+    numerator and denominator (the window's average: their sums' ratio)."""
+    if name == "liquid-edge":  # rate(_sum[5m]) / rate(_count[5m])
+        sums, counts = [], []
+        for prev, snap in itertools.pairwise(snaps):
+            now, before = snap["liquid_inference_duration_seconds", ()], \
+                prev["liquid_inference_duration_seconds", ()]
+            assert isinstance(now, HistogramValue) and isinstance(before, HistogramValue)
+            sums.append(now.sum - before.sum)
+            counts.append(now.count - before.count)
+        return {PROFILES[name].model_name: (sums, counts)}
+    ones = [1.0] * (len(snaps) - 1)
+    if name == "edge-tpu":  # avg_over_time(tpu_throughput_fps[5m]), per network
+        return {model: ([num(s, "tpu_throughput_fps", model=model) for s in snaps[1:]], ones)
+                for model in ("mobilenet_v3", "yolov8n")}
+    # avg_over_time of the latency gauge, in seconds like the baseline
+    metric, scale = {"audio-nets": ("audio_inference_latency_ms", 1e-3),
+                     "tiny-llm": ("model_latency_p95_ms", 1e-3),
+                     "photon": ("photon_inference_latency_seconds", 1.0)}[name]
+    return {PROFILES[name].model_name: ([scale * num(s, metric) for s in snaps[1:]], ones)}
+
+
+def slowness(name: str, platform: str, snaps: Sequence[Snapshot],
+             window: int) -> dict[str, list[float]]:
+    """Per series, the average over each `window` readings (ending at reading window, window +
+    1, ... after the first) against the baseline: > 1.1 is PerformanceRegression's condition.
+    Throughput (edge-tpu) is inverted: baseline / average."""
+    ratios: dict[str, list[float]] = {}
+    for model, (nums, dens) in regression_samples(name, snaps).items():
+        nominal = baseline(name, platform, model)
+        n = list(itertools.accumulate(nums, initial=0.0))
+        d = list(itertools.accumulate(dens, initial=0.0))
+        averages = [(n[i] - n[i - window]) / (d[i] - d[i - window])
+                    for i in range(window, len(n))]
+        ratios[model] = [nominal.throughput / a for a in averages] if name == "edge-tpu" \
+            else [a / nominal.latency_s for a in averages]
+    return ratios
+
+
+def latency_thresholds(name: str) -> dict[str | None, float]:
+    """HighInferenceLatency's thresholds from the rule file: the platform or network each part
+    of its expression selects (None: all) -> threshold, in the unit of the series."""
+    (rule,) = [r for r in rules(name) if r.get("alert") == "HighInferenceLatency"]
+    thresholds: dict[str | None, float] = {}
+    for part in re.split(r"\bor\b", rule["expr"]):
+        selector = re.search(r'\b(?:platform|model)="([^"]+)"', part)
+        threshold = re.search(r">\s*([0-9.]+)$", part.strip())
+        assert threshold is not None, part
+        thresholds[selector[1] if selector else None] = float(threshold[1])
+    return thresholds
+
+
+def histogram_quantile(q: float, value: HistogramValue, bounds: Sequence[float]) -> float:
+    """Prometheus's estimate: linear inside the bucket holding the rank, the first from 0."""
+    rank = q * value.count
+    lower, below = 0.0, 0.0
+    for bound, cumulative in zip(bounds, value.buckets, strict=True):
+        if cumulative >= rank:
+            return lower + (bound - lower) * (rank - below) / (cumulative - below)
+        lower, below = bound, cumulative
+    return bounds[-1]
+
+
+def worst_high_latency(name: str, platform: str,
+                       snaps: Sequence[Snapshot]) -> dict[str | None, float]:
+    """The largest value HighInferenceLatency's statistic takes, per part of its expression.
+    Gauges: their largest value (at least their p95 over 5 minutes); liquid-edge: the p95
+    estimate of its histogram over 5 minutes, evaluated every minute."""
+    if name == "liquid-edge":
+        (bounds,) = [m.bounds for m in PROFILES[name].metrics if m.type == MetricType.HISTOGRAM]
+        p95s = []
+        for i in range(FIVE_MINUTES, len(snaps), 12):
+            now, before = snaps[i]["liquid_inference_duration_seconds", ()], \
+                snaps[i - FIVE_MINUTES]["liquid_inference_duration_seconds", ()]
+            assert isinstance(now, HistogramValue) and isinstance(before, HistogramValue)
+            window = HistogramValue(now.count - before.count, now.sum - before.sum,
+                                    tuple(a - b for a, b in zip(now.buckets, before.buckets,
+                                                                strict=True)))
+            p95s.append(histogram_quantile(0.95, window, bounds))
+        return {None: max(p95s)}
+    if name == "audio-nets":
+        return {platform: max(num(s, "audio_inference_latency_ms") for s in snaps)}
+    if name == "tiny-llm":
+        return {None: max(num(s, "model_latency_p95_ms") for s in snaps)}
+    if name == "edge-tpu":
+        return {model: max(num(s, "tpu_latency_p99_ms", model=model) for s in snaps)
+                for model in ("mobilenet_v3", "yolov8n")}
+    return {None: max(num(s, "photon_inference_latency_seconds") for s in snaps)}
+
+
+@pytest.mark.parametrize(("name", "platform"), PLATFORMS)
+def test_healthy_devices_stay_clear_of_the_latency_alerts(name: str, platform: str) -> None:
+    thresholds = latency_thresholds(name)
+    floors = recorded(name, "fleetgate:tokens_per_second_floor")
+    for seed in (1, 2, 3, 4):  # bounded by design: the spread is uniform within 3 %
+        snaps = two_hours(name, platform, seed)
+        for model, ratios in slowness(name, platform, snaps, FIFTEEN_MINUTES).items():
+            assert max(ratios) < 1.07, (seed, model)  # docs/seeds.md: within 7 %
+        for model, ratios in slowness(name, platform, snaps, FIVE_MINUTES).items():
+            assert max(ratios) < 1.1, (seed, model)  # PerformanceRegression's condition
+        for part, worst in worst_high_latency(name, platform, snaps).items():
+            assert worst < 0.8 * thresholds[part], (seed, part)
+        if floors:  # tiny-llm's LowThroughput, while generating
+            speeds = [num(s, "model_tokens_per_second") for s in snaps]
+            assert min(v for v in speeds if v) > floors[platform, None]
+
+
+def test_the_healthy_check_catches_a_slow_device() -> None:
+    # The check above must be able to fail: a device 10 % slower than its baseline is caught.
+    snaps = list(two_hours("photon", "photon-lt1", 1))
+    slow = [{**s, ("photon_inference_latency_seconds", ()):
+             1.1 * num(s, "photon_inference_latency_seconds")} for s in snaps]
+    assert max(slowness("photon", "photon-lt1", snaps, FIFTEEN_MINUTES)["resnet18-photonic"]) \
+        < 1.07
+    assert max(slowness("photon", "photon-lt1", slow, FIFTEEN_MINUTES)["resnet18-photonic"]) \
+        > 1.07
+
+
+def regression_after(fault: ModelFault, name: str, platform: str,
+                     seconds: float) -> tuple[list[Snapshot], list[int]]:
+    """A warmed device given the fault, read for `seconds` after it (with the reading before at
+    index 0), and the readings at which its 5-minute average is more than 10 % off baseline."""
+    profile, model = warmed(name, platform)
+    snaps = run(model, profile, 5)
+    model.inject(fault)
+    snaps += run(model, profile, seconds)
+    beyond = sorted({FIVE_MINUTES + i for ratios in
+                     slowness(name, platform, snaps, FIVE_MINUTES).values()
+                     for i, ratio in enumerate(ratios) if ratio > 1.1})
+    return snaps, beyond
+
+
+@pytest.mark.parametrize(("name", "platform"),
+                         [(n, p) for n, p in PLATFORMS if n in THROTTLED_SPEED])
+def test_overheat_is_a_performance_regression_where_the_platform_throttles(
+        name: str, platform: str) -> None:
+    snaps, beyond = regression_after(ModelFault.OVERHEAT, name, platform, 900)
+    # The first full 5-minute window after the fault is already throttled most of the time.
+    assert beyond and beyond[0] == FIVE_MINUTES
+    worst = max(max(r) for r in slowness(name, platform, snaps, FIVE_MINUTES).values())
+    assert worst > 1.6  # 1 / 0.6: throttled, a third of the work is lost to the clock
+
+
+@pytest.mark.parametrize(("name", "platform"), PLATFORMS)
+def test_a_memory_leak_is_a_performance_regression_soon_after_80_percent(
+        name: str, platform: str) -> None:
+    snaps, beyond = regression_after(ModelFault.MEMORY_LEAK, name, platform, 3600)
+    share = MEMORY[name]
+    past_80 = next(i for i, s in enumerate(snaps) if share(s) > 0.8)
+    assert beyond, "the leak never showed as a regression"
+    # Not before the allocator is under pressure, and within 15 minutes of it.
+    assert past_80 < beyond[0] <= past_80 + FIFTEEN_MINUTES
+
+
 # --- dynamics ------------------------------------------------------------------------------
 
 
@@ -646,13 +936,17 @@ LOAD_AND_LATENCY.update({
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_latency_rises_with_load(name: str) -> None:
+def test_latency_rises_with_load_but_hardly(name: str) -> None:
     profile = PROFILES[name]
     snaps = [snapshot(profile, r) for r in readings(profile, seed=5, n=720)]
     pairs = [p for p in itertools.starmap(LOAD_AND_LATENCY[name], itertools.pairwise(snaps))
              if p is not None]
     load, latency = zip(*pairs, strict=True)
-    assert statistics.correlation(load, latency) > 0.5
+    assert statistics.correlation(load, latency) > 0.3
+    # The compute sets the latency, the load moves it by a few percent at most (cache and bus
+    # contention; docs/seeds.md, "Baselines"): from the lowest load seen to the highest.
+    slope, _ = statistics.linear_regression(load, latency)
+    assert 0 < slope * (max(load) - min(load)) < 0.05 * statistics.fmean(latency)
 
 
 @pytest.mark.parametrize("name", ALL)
