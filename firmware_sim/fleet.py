@@ -164,6 +164,7 @@ class _DeviceLink:
         self.connecting = False  # a reconnect is scheduled
         self.backoff_s = _RECONNECT_MIN_S
         self.replay_scheduled = False
+        self.next_due = 0.0  # of the next frame, on the monotonic clock
         # Fault knobs, set by the fleet from the config.
         self.duplicate_share = 0.0
         self.malformed_rate = 0.0
@@ -295,7 +296,8 @@ class _DeviceLink:
         self.started = True
         interval = self.fleet.config.interval_s
         delay = self.rng.uniform(0.0, interval) if first_delay_s is None else first_delay_s
-        self.fleet.at(time.monotonic() + delay, self.produce)
+        self.next_due = time.monotonic() + delay
+        self.fleet.at(self.next_due, self.produce)
 
     def start_unless_started(self) -> None:
         if not self.started:
@@ -319,7 +321,10 @@ class _DeviceLink:
             self.device.buffer(frame)
         self.fleet.after_frame(self)
         if self.producing():
-            self.fleet.at(now + self.fleet.config.interval_s, self.produce)
+            # Keep the cadence: a timer that fired late does not delay the next frame. After a
+            # stall longer than an interval the next frame goes at once: one, not a burst.
+            self.next_due = max(self.next_due + self.fleet.config.interval_s, now)
+            self.fleet.at(self.next_due, self.produce)
 
     def publish(self, frame: RawTelemetry, *, copy: bool = False) -> None:
         # If the connection dropped since `online` was read, paho keeps the message and sends
@@ -513,6 +518,14 @@ class Fleet:
     def connected(self) -> int:
         return sum(link.connected for link in self._links)
 
+    def produced(self) -> int:
+        """Telemetry frames the devices have sampled so far, sent or not."""
+        return sum(link.produced for link in self._links)
+
+    def buffered(self) -> int:
+        """Frames waiting in the devices' rings now."""
+        return sum(link.device.buffered for link in self._links)
+
     def at(self, when: float, action: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (when, next(self._tie), action))
 
@@ -644,7 +657,7 @@ class Fleet:
 
     def _progress_line(self) -> str:
         published = len(self.ledger)
-        buffered = sum(link.device.buffered for link in self._links)
+        buffered = self.buffered()
         return (
             f"sim: {self.connected()}/{len(self._links)} connected, {published} frames published "
             f"({self.ledger.historical} replayed), {buffered} buffered"
