@@ -61,6 +61,9 @@ def run_fleet(url: str, devices: int, interval_s: float, window_s: float,
     # the live cadence only.
     time.sleep(interval_s)
     wait_for(lambda: fleet.buffered() == 0, 120, interval=0.5, what="rings drained")
+    # ... and the broker has caught up with the connect storm's backlog of PUBACKs.
+    wait_for(lambda: fleet.produced() - len(fleet.ledger) < 100, 120, interval=0.5,
+             what="acknowledgements caught up")
     replayed0 = fleet.ledger.historical
     gw_cpu0 = procstat.cpu(gateway.pid) if gateway is not None and gateway.pid else None
     produced0 = fleet.produced()
