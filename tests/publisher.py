@@ -10,6 +10,8 @@ import factories as f
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from firmware_sim.config import FleetConfig
+from firmware_sim.fleet import Fleet, FleetSummary
 from gateway.settings import parse_mqtt_url
 
 
@@ -92,3 +94,22 @@ class PacedFleet(threading.Thread):
                     time.sleep(max(0.0, next_round - time.monotonic()))
         except BaseException as exc:
             self.error = exc
+
+
+class FleetThread:
+    """A simulated fleet (firmware_sim) running in a thread until stop()."""
+
+    def __init__(self, config: FleetConfig) -> None:
+        self.fleet = Fleet(config)
+        self.summary: FleetSummary | None = None
+        self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.summary = self.fleet.run()
+
+    def stop(self) -> FleetSummary:
+        self.fleet.stop()
+        self._thread.join(30)
+        assert self.summary is not None, "the fleet did not stop within 30 s"
+        return self.summary

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from tools import promtool
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules"
-
-
-def promtool() -> str:
-    path = shutil.which("promtool") or "/usr/bin/promtool"
-    if not os.access(path, os.X_OK):
-        message = "promtool missing: run `make install` (Debian's prometheus package has it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 @pytest.mark.parametrize("rules", sorted(p.name for p in RULES.glob("*.yml")

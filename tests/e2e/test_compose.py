@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from tools import system_tool
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -37,16 +38,6 @@ PUBLISHED = {
 INTERPOLATED = ("SIM_DEVICES", "SIM_FAULT", "SIM_SEED", "GRAFANA_ADMIN_PASSWORD")
 
 
-def tool(name: str, package: str) -> str:
-    path = shutil.which(name) or f"/usr/bin/{name}"
-    if not os.access(path, os.X_OK):
-        message = f"{name} missing: run `make install` (Debian package {package})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
-
-
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     """The resolved compose file, as `docker-compose config` prints it."""
@@ -56,7 +47,7 @@ def compose() -> dict[str, Any]:
     # points nowhere makes sure this stays true rather than depending on the machine.
     env["DOCKER_HOST"] = "unix:///nonexistent/docker.sock"
     done = subprocess.run(
-        [tool("docker-compose", "docker-compose"), "--file", str(COMPOSE_FILE),
+        [system_tool("docker-compose", "docker-compose"), "--file", str(COMPOSE_FILE),
          "--project-directory", str(REPO), "config"],
         capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr
@@ -170,7 +161,7 @@ def test_built_services_have_a_dockerfile_and_a_context_holding_what_it_copies(
 def context_files(context: Path) -> list[str]:
     """The files docker-compose 1.29 sends as the build context (.dockerignore applied), by
     docker-py's own code, which that docker-compose runs on."""
-    compose_bin = tool("docker-compose", "docker-compose")
+    compose_bin = system_tool("docker-compose", "docker-compose")
     shebang = Path(compose_bin).read_bytes()[:200].splitlines()[0].decode(errors="replace")
     if not shebang.startswith("#!") or "python" not in shebang:
         pytest.skip(f"{compose_bin} is not the Python docker-compose (no docker-py to ask)")
@@ -257,7 +248,7 @@ def test_prometheus_runs_the_receiver_and_loads_every_rule_file(
     shipped = {p.name for p in RULES.glob("*.yml") if not p.name.endswith("_test.yml")}
     assert loaded == shipped
 
-    checked = subprocess.run([tool("promtool", "prometheus"), "check", "config",
+    checked = subprocess.run([system_tool("promtool", "prometheus"), "check", "config",
                               str(config_file)],
                              capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -287,7 +278,7 @@ def test_alertmanager_config_is_valid(compose: dict[str, Any]) -> None:
     config_target = PurePosixPath(flag(command(alertmanager), "--config.file"))
     sources = {target: source for source, target in binds(alertmanager)}
     config_file = sources[config_target]
-    checked = subprocess.run([tool("amtool", "prometheus-alertmanager"), "check-config",
+    checked = subprocess.run([system_tool("amtool", "prometheus-alertmanager"), "check-config",
                               str(config_file)], capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     route = yaml.safe_load(config_file.read_text())["route"]

@@ -7,16 +7,15 @@ remote-write into Prometheus, and Prometheus evaluating the shipped rule files
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from publisher import FleetThread
 
 from firmware_sim.config import FleetConfig
 from firmware_sim.faults import parse_fault
-from firmware_sim.fleet import Fleet, FleetSummary
 from firmware_sim.profiles import parse_profiles
 from gateway.devstack import Mosquitto, Prometheus, shipped_rule_files, wait_for
 
@@ -33,23 +32,6 @@ def alerting_prometheus(tmp_path: Path) -> Iterator[Prometheus]:
         yield prometheus
     finally:
         prometheus.stop()
-
-
-class FleetThread:
-    def __init__(self, config: FleetConfig) -> None:
-        self.fleet = Fleet(config)
-        self.summary: FleetSummary | None = None
-        self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        self.summary = self.fleet.run()
-
-    def stop(self) -> FleetSummary:
-        self.fleet.stop()
-        self._thread.join(30)
-        assert self.summary is not None, "the fleet did not stop within 30 s"
-        return self.summary
 
 
 def firing(prometheus: Prometheus, alertname: str) -> dict[str, dict[str, Any]]:

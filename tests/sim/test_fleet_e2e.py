@@ -23,6 +23,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from publisher import FleetThread
 
 from device_protocol import (
     Birth,
@@ -41,7 +42,6 @@ from device_protocol import (
     parse_topic,
 )
 from firmware_sim.config import FleetConfig
-from firmware_sim.fleet import Fleet, FleetSummary
 from firmware_sim.ledger import FrameKey, FrameLedger
 from gateway.devstack import Mosquitto, wait_for
 
@@ -153,23 +153,6 @@ def sim_command(url: str, *args: str) -> list[str]:
 def sim_env() -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "PYTHONPATH": path}
-
-
-class FleetThread:
-    def __init__(self, config: FleetConfig) -> None:
-        self.fleet = Fleet(config)
-        self.summary: FleetSummary | None = None
-        self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        self.summary = self.fleet.run()
-
-    def stop(self) -> FleetSummary:
-        self.fleet.stop()
-        self._thread.join(30)
-        assert self.summary is not None, "the fleet did not stop within 30 s"
-        return self.summary
 
 
 def test_cli_fleet_publishes_births_frames_and_deaths(

@@ -5,9 +5,7 @@ own in docs/operations.md, recording rules), and each seed dashboard covering it
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from functools import cache
@@ -16,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tools import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -204,16 +203,6 @@ def datasource_uid() -> str:
     sources = yaml.safe_load(DATASOURCES.read_text())["datasources"]
     assert len(sources) == 1
     return str(sources[0]["uid"])
-
-
-def promtool() -> str:
-    path = shutil.which("promtool") or "/usr/bin/promtool"
-    if not os.access(path, os.X_OK):
-        message = "promtool missing: run `make install` (Debian's prometheus package has it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 # --- tests ------------------------------------------------------------------------------------
