@@ -86,14 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         _stop_all(services, sim)
         return 1
 
-    graph = (f"{prometheus.url}/graph?g0.expr=device_temperature_celsius&g0.tab=0"
-             "&g0.range_input=15m")
+    # Every address printed here must answer 200 in a browser (tests/e2e/test_demo.py
+    # fetches each one); Prometheus's UI pages move between builds, so ask it where they are.
+    graph = prometheus.ui_url(
+        "graph", "g0.expr=device_temperature_celsius&g0.tab=0&g0.range_input=15m")
+    alerts = prometheus.ui_url("alerts")
     print(f"""
 fleetgate demo is running ({args.devices} simulated devices, a frame every {args.interval:g} s)
 
   Fleet page            {gateway.url}/
   Prometheus graph      {graph}
-  Prometheus alerts     {prometheus.url}/alerts
+  Prometheus alerts     {alerts}
   Gateway API docs      {gateway.url}/docs
   Devices               {gateway.url}/api/v1/devices
   Pipeline health       {gateway.url}/api/v1/pipeline

@@ -482,6 +482,20 @@ class Prometheus(_HttpService):
         """Active alerts, pending and firing, as /api/v1/alerts lists them."""
         return list(self._api("/api/v1/alerts", {})["alerts"])
 
+    def ui_url(self, page: str, query: str = "") -> str:
+        """The address of a page of Prometheus's web UI (`graph`, `alerts`, ...) that answers
+        200 as it is. Upstream builds serve the pages at /<page>; Debian's package has only the
+        classic UI, at /classic/<page> (its /alerts is a 404, its /graph redirects there)."""
+        suffix = f"?{query}" if query else ""
+        candidates = [f"/{page}", f"/classic/{page}"]
+        for path in candidates:
+            try:
+                if self.http.get(path, timeout=5.0).status_code == 200:
+                    return f"{self.url}{path}{suffix}"
+            except httpx.TransportError:
+                break
+        return f"{self.url}{candidates[0]}{suffix}"
+
     def query(self, promql: str, time: float | None = None) -> list[dict[str, Any]]:
         """Instant query; the result vector."""
         params: dict[str, Any] = {"query": promql}
