@@ -107,6 +107,7 @@ class Completeness(BaseModel):
     received: int
     duplicates: int
     missing: int
+    quarantined: int  # frames refused as invalid: not received, their seqs still free
     completeness_pct: float | None
     boots: list[BootCompleteness]
 
@@ -558,7 +559,7 @@ def create_api(gateway: Gateway) -> FastAPI:
             latest=latest,
             completeness=Completeness(
                 received=full.received, duplicates=full.duplicates, missing=full.missing,
-                completeness_pct=full.completeness_pct,
+                quarantined=record.quarantined, completeness_pct=full.completeness_pct,
                 boots=[BootCompleteness(boot=b.boot, received=b.received,
                                         duplicates=b.duplicates, missing=b.missing,
                                         completeness_pct=b.completeness_pct,

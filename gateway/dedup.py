@@ -75,6 +75,25 @@ class SeqRanges:
             ends.insert(i + 1, seq + 1)
         return True
 
+    def discard(self, seq: int) -> bool:
+        """Remove seq; return False if it was not there."""
+        starts, ends = self._starts, self._ends
+        i = bisect_right(starts, seq) - 1
+        if i < 0 or seq >= ends[i]:
+            return False
+        self._count -= 1
+        if starts[i] == seq and ends[i] == seq + 1:
+            del starts[i], ends[i]
+        elif starts[i] == seq:
+            starts[i] = seq + 1
+        elif ends[i] == seq + 1:
+            ends[i] = seq
+        else:  # split the range around seq
+            starts.insert(i + 1, seq + 1)
+            ends.insert(i + 1, ends[i])
+            ends[i] = seq
+        return True
+
     def trim(self, max_ranges: int) -> int:
         """Merge the oldest gaps until at most max_ranges remain; return how many were merged."""
         excess = len(self._starts) - max_ranges
@@ -175,8 +194,17 @@ class LedgerOverlay:
         self._base = base
         self.changed: dict[LedgerKey, SeqRanges] = {}
 
+    def seen(self, key: LedgerKey, seq: int) -> bool:
+        """Is seq already recorded (before this batch or earlier in it)?"""
+        entry = self.changed.get(key)
+        if entry is None:
+            entry = self._base.get(key)
+        return entry is not None and seq in entry
+
     def add(self, key: LedgerKey, seq: int) -> bool:
-        """Record seq; return False when it is a duplicate (seen before or earlier in the batch)."""
+        """Record seq; return False when it is a duplicate (seen before or earlier in the batch).
+        Only for a frame whose samples this batch commits for forwarding: a seq is "seen" only
+        then (a quarantined or held frame leaves it unseen, so a valid copy still gets in)."""
         entry = self.changed.get(key)
         if entry is None:
             base = self._base.get(key)

@@ -89,6 +89,7 @@ class DeviceRecord:
     # frames between two folds is missed by this view (it still reaches Prometheus).
     newest: TelemetryRows | None = None
     frames: int = 0  # telemetry frames accepted (not duplicates), all boots
+    quarantined: int = 0  # frames refused as invalid (their seqs stay free), all boots
     duplicates: dict[int, int] = field(default_factory=dict)  # per boot
     boots: list[int] = field(default_factory=list)  # newest last, at most MAX_BOOTS_KEPT
     due_ms: int | None = None  # when its live entry in FleetState's deadline heap is due
@@ -139,8 +140,8 @@ class DeviceRecord:
                    [_json_float(v.count), _json_float(v.sum)] if isinstance(v, HistogramValue)
                    else _json_float(float(v)), ts]
                   for (name, labels), (v, ts) in self.series().items()]
-        stats = {"frames": self.frames, "duplicates": {str(b): n for b, n in
-                                                        self.duplicates.items()},
+        stats = {"frames": self.frames, "quarantined": self.quarantined,
+                 "duplicates": {str(b): n for b, n in self.duplicates.items()},
                  "boots": self.boots}
         return (self.device_id, self.platform, self.firmware, self.boot, self.interval_ms,
                 json.dumps(self.labels), self.first_seen_ms, self.last_seen_ms, self.last_seq,
@@ -288,6 +289,13 @@ class FleetState:
                 record.duplicates[boot] = record.duplicates.get(boot, 0) + 1
                 self._dirty.add(device_id)
 
+    def observe_quarantined(self, device_id: str, frames: int) -> None:
+        """Frames of a known device refused as invalid: counted apart from those received."""
+        record = self.devices.get(device_id)
+        if record is not None:
+            record.quarantined += frames
+            self._dirty.add(device_id)
+
     def observe_gaps(self, device_id: str) -> None:
         """The device's ledger may now have gaps (checked when read)."""
         self.incomplete.add(device_id)
@@ -425,6 +433,7 @@ class FleetState:
                                 else row["last_seen_ms"]) or 0,
                 restored=_restored_series(row["latest"]),
                 frames=int(stats.get("frames", 0)),
+                quarantined=int(stats.get("quarantined", 0)),
                 duplicates={int(b): int(n) for b, n in stats.get("duplicates", {}).items()},
                 boots=[int(b) for b in stats.get("boots", [])])
             record.new = False

@@ -25,6 +25,7 @@ DEVICE_LAST_SEEN = "fleet_device_last_seen_timestamp_seconds"
 DEVICE_FRAMES = "fleet_device_frames_received_total"
 DEVICE_DUPLICATES = "fleet_device_frames_duplicate_total"
 DEVICE_MISSING = "fleet_device_frames_missing"
+DEVICE_QUARANTINED = "fleet_device_frames_quarantined_total"
 DEVICES = "fleet_devices"
 
 
@@ -126,6 +127,9 @@ def _device_families(missing_of: Callable[[DeviceRecord], int]
          lambda r: r.frames),
         (DEVICE_DUPLICATES, "counter", "Telemetry frames of the device dropped as duplicates",
          lambda r: sum(r.duplicates.values())),
+        (DEVICE_QUARANTINED, "counter",
+         "Frames of the device refused as invalid and quarantined (not received)",
+         lambda r: r.quarantined),
         (DEVICE_MISSING, "gauge",
          "Seqs missing in the device's known boots (gaps; falls when a replay fills them)",
          missing_of),

@@ -74,6 +74,7 @@ class BatchPlan:
     births: list[tuple[str, Birth, int]] = field(default_factory=list)  # (.., clock ahead ms)
     birth_index: dict[tuple[str, int], tuple[Birth, int]] = field(default_factory=dict)
     held: dict[LedgerKey, list[HeldFrame]] = field(default_factory=dict)
+    held_seqs: dict[LedgerKey, set[int]] = field(default_factory=dict)
     released: list[LedgerKey] = field(default_factory=list)
     entries: list[tuple[int, Sequence[bytes]]] = field(default_factory=list)
     # What the fleet is told, in arrival order (a death then a birth is not a birth then a
@@ -84,6 +85,7 @@ class BatchPlan:
     duplicates: int = 0
     duplicate_keys: list[LedgerKey] = field(default_factory=list)
     invalid: dict[str, int] = field(default_factory=dict)
+    invalid_devices: dict[str, int] = field(default_factory=dict)  # quarantined per device
     first_invalid: str | None = None
     kinds: dict[FrameKind, int] = field(default_factory=dict)
     added_bytes: int = 0
@@ -114,6 +116,11 @@ def restore_state(state: store.StoredState, ledger_max_ranges: int,
     held: dict[LedgerKey, list[HeldFrame]] = {}
     for device_id, boot, seq, received_ms, payload in state.held:
         held.setdefault((device_id, boot), []).append((seq, received_ms, payload))
+        # Gateways before the one-rule seq fix marked held seqs seen: a held frame is not yet
+        # committed for forwarding, so its seq must be free for its own release.
+        seen = ledger.get((device_id, boot))
+        if seen is not None:
+            seen.discard(seq)
     return RestoredState(ledger, births, held)
 
 
@@ -156,6 +163,7 @@ class Pipeline:
         self.buffer_bytes = buffer_bytes
         self.buffer_frames = buffer_frames
         self.held: dict[LedgerKey, list[HeldFrame]] = held or {}
+        self._held_seqs = {key: {h[0] for h in frames} for key, frames in self.held.items()}
         self._on_committed = on_committed
         self._forwarders_keeping_up = forwarders_keeping_up
         self._on_fleet_change = on_fleet_change
@@ -208,14 +216,19 @@ class Pipeline:
             raw = self._decode_clock_ahead(plan, device_id, message.payload, now_ms, exc)
         key = (device_id, raw.boot)
         assert plan.overlay is not None
-        if not plan.overlay.add(key, raw.seq):
-            plan.duplicates += 1
-            plan.duplicate_keys.append(key)
+        # Only a check here: the seq is marked seen by _add_frame, once the frame's samples
+        # are compiled for forwarding. A frame quarantined at any later stage leaves it unseen.
+        if plan.overlay.seen(key, raw.seq):
+            self._count_duplicate(plan, key)
             return
         birth, ahead_ms = self._birth_for(plan, device_id, raw.boot)
         if birth is None:
+            if self._is_held(plan, key, raw.seq):  # held frames are deduplicated on their own
+                self._count_duplicate(plan, key)
+                return
             held = (raw.seq, message.received_ms, message.payload)
             plan.held.setdefault(key, []).append(held)
+            plan.held_seqs.setdefault(key, set()).add(raw.seq)
             plan.write.held.append((device_id, raw.boot, raw.seq, message.received_ms,
                                     message.payload))
             plan.added_bytes += len(message.payload)
@@ -225,6 +238,18 @@ class Pipeline:
             raw = shifted(raw, ahead_ms)
         # A known birth that lacks an alias is a firmware bug: the ProtocolError quarantines it.
         self._add_frame(plan, device_id, raw, birth, message.received_ms, message.payload)
+
+    @staticmethod
+    def _count_duplicate(plan: BatchPlan, key: LedgerKey) -> None:
+        plan.duplicates += 1
+        plan.duplicate_keys.append(key)
+
+    def _is_held(self, plan: BatchPlan, key: LedgerKey, seq: int) -> bool:
+        held = self._held_seqs.get(key)
+        if held is not None and seq in held:
+            return True
+        planned = plan.held_seqs.get(key)
+        return planned is not None and seq in planned
 
     def _decode_clock_ahead(self, plan: BatchPlan, device_id: str, payload: bytes,
                             now_ms: int, exc: TimestampOutOfRange) -> TelemetryRows:
@@ -245,6 +270,11 @@ class Pipeline:
                    received_ms: int, payload: bytes) -> None:
         # May raise ProtocolError; drops (and counts) samples beyond the device's series budget.
         entries = self._compiler.entries(device_id, raw, birth, count_refused=True)
+        key = (device_id, raw.boot)
+        assert plan.overlay is not None
+        if not plan.overlay.add(key, raw.seq):  # a held frame whose seq came in meanwhile
+            self._count_duplicate(plan, key)
+            return
         frame_id = self._next_frame_id
         self._next_frame_id += 1
         plan.write.frames.append((frame_id, store.KIND_TELEMETRY, device_id, raw.boot,
@@ -315,6 +345,8 @@ class Pipeline:
     def _quarantine(self, plan: BatchPlan, message: InboundMessage, device_id: str | None,
                     exc: ProtocolError) -> None:
         plan.invalid[exc.reason] = plan.invalid.get(exc.reason, 0) + 1
+        if device_id is not None:
+            plan.invalid_devices[device_id] = plan.invalid_devices.get(device_id, 0) + 1
         plan.write.quarantine.append((message.received_ms, message.topic, device_id, exc.reason,
                                       exc.detail[:500],
                                       message.payload[:store.QUARANTINE_PAYLOAD_BYTES]))
@@ -398,8 +430,10 @@ class Pipeline:
             self.births.put(device_id, birth, ahead_ms)
         for key in plan.released:
             self.held.pop(key, None)
+            self._held_seqs.pop(key, None)
         for key, frames in plan.held.items():
             self.held.setdefault(key, []).extend(frames)
+            self._held_seqs.setdefault(key, set()).update(h[0] for h in frames)
         for frame_id, entries in plan.entries:
             self._cache.put(frame_id, entries)
         self._tell_fleet(plan)
@@ -439,6 +473,8 @@ class Pipeline:
                 fleet.observe_death(device_id, item, ms)  # type: ignore[arg-type]
         if plan.duplicate_keys:
             fleet.observe_duplicates(plan.duplicate_keys)
+        for device_id, count in plan.invalid_devices.items():
+            fleet.observe_quarantined(device_id, count)
         assert plan.overlay is not None
         for key, ranges in plan.overlay.changed.items():
             if len(ranges) > 1:
@@ -491,8 +527,10 @@ class Pipeline:
                     dropped += 1
             if kept:
                 self.held[key] = kept
+                self._held_seqs[key] = {h[0] for h in kept}
             else:
                 del self.held[key]
+                self._held_seqs.pop(key, None)
         self._metrics.frames_held.set(sum(len(v) for v in self.held.values()))
         return dropped
 

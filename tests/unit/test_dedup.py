@@ -304,3 +304,18 @@ class UntrimmedLedgerMachine(LedgerMachine):
 UntrimmedLedgerMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=60,
                                                     deadline=None)
 TestUntrimmedLedgerMachine = UntrimmedLedgerMachine.TestCase
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 60)), max_size=80))
+def test_add_and_discard_match_a_set(ops: list[tuple[bool, int]]) -> None:
+    ranges, model = SeqRanges(), set()
+    for adding, seq in ops:
+        if adding:
+            assert ranges.add(seq) == (seq not in model)
+            model.add(seq)
+        else:
+            assert ranges.discard(seq) == (seq in model)
+            model.discard(seq)
+        assert ranges.count() == len(model)
+        assert all((s in ranges) == (s in model) for s in range(62))
+        assert SeqRanges(ranges.ranges()) == ranges  # stays sorted, disjoint, non-adjacent

@@ -28,6 +28,7 @@ from gateway.fleet_series import (
     DEVICE_FRAMES,
     DEVICE_LAST_SEEN,
     DEVICE_MISSING,
+    DEVICE_QUARANTINED,
     DEVICE_UP,
     DEVICES,
     STALE_LOOKBACK_MS,
@@ -259,6 +260,7 @@ def fleet_of_three() -> FleetState:
     for i in range(3):
         fleet.observe_telemetry("a", frame, T0 + 1_500 + i)
     fleet.observe_duplicates([("a", 1), ("a", 0), ("b", 1)])
+    fleet.observe_quarantined("b", 4)
     fleet.sweep(T0 + 2_000)  # b and c late
     fleet.observe_death("c", 1, T0 + 2_100)
     return fleet
@@ -274,7 +276,7 @@ def test_fleet_metric_entries_mirror_the_fleet() -> None:
                                         lambda r: MISSING[r.device_id], "gw-1", now))
     series = {frozenset(labels.items()): samples
               for labels, samples in decode_write_request(b"".join(entries))}
-    assert len(series) == len(entries) == 3 + 5 * 3  # one sample per series
+    assert len(series) == len(entries) == 3 + 6 * 3  # one sample per series
     assert all(samples[0][1] == now for samples in series.values())
     values = {frozenset(labels): samples[0][0] for labels, samples in series.items()}
 
@@ -289,6 +291,7 @@ def test_fleet_metric_entries_mirror_the_fleet() -> None:
     assert [value(DEVICE_FRAMES, device_id=d) for d in "abc"] == [3, 0, 0]
     assert [value(DEVICE_DUPLICATES, device_id=d) for d in "abc"] == [2, 1, 0]
     assert [value(DEVICE_MISSING, device_id=d) for d in "abc"] == [0, 7, 2]
+    assert [value(DEVICE_QUARANTINED, device_id=d) for d in "abc"] == [0, 4, 0]
 
 
 def test_an_empty_fleet_still_reports_its_zero_counts() -> None:
@@ -311,12 +314,12 @@ def test_the_collector_serves_the_same_families_on_metrics() -> None:
         (DEVICES, (("state", "online"),)): 1, (DEVICES, (("state", "late"),)): 1,
         (DEVICES, (("state", "offline"),)): 1,
     }
-    for d, up, seen, frames, dups in (("a", 1, T0 + 1_502, 3, 2), ("b", 1, T0, 0, 1),
-                                      ("c", 0, T0, 0, 0)):
+    for d, up, seen, frames, dups, bad in (("a", 1, T0 + 1_502, 3, 2, 0),
+                                           ("b", 1, T0, 0, 1, 4), ("c", 0, T0, 0, 0, 0)):
         key = (("device_id", d),)
         expected.update({(DEVICE_UP, key): up, (DEVICE_LAST_SEEN, key): seen / 1000,
                          (DEVICE_FRAMES, key): frames, (DEVICE_DUPLICATES, key): dups,
-                         (DEVICE_MISSING, key): MISSING[d]})
+                         (DEVICE_MISSING, key): MISSING[d], (DEVICE_QUARANTINED, key): bad})
     created = {k for k in samples if k[0].endswith("_created")}
     assert {k: v for k, v in samples.items() if k not in created} == expected
     assert "# TYPE fleet_device_frames_received_total counter" in text
