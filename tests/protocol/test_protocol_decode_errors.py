@@ -85,6 +85,7 @@ MALFORMED = {
     "container too large": b"\x81\xa1m\xdd\xff\xff\xff\xff",
     "invalid utf-8": b"\x81\xa1v\xa2\xff\xfe",
     "unhashable map key": b"\x81\x81\x01\x02\x03",  # {{1: 2}: 3}
+    "duplicate map key": b"\x82\xa1t\x01\xa1t\x02",  # {"t": 1, "t": 2}
     "not a map": pack([1, 2, 3]),
 }
 
@@ -95,6 +96,48 @@ def test_malformed_payloads(decode: Any, reason: str) -> None:
     with pytest.raises(MalformedPayload) as caught:
         decode(MALFORMED[reason])
     assert caught.value.reason == reason
+
+
+def _with_repeated_key(payload: bytes, key: bytes, value: bytes) -> bytes:
+    """A top-level map of n entries with one more entry appended: `key` written twice."""
+    assert 0x80 <= payload[0] <= 0x8E
+    return bytes((payload[0] + 1,)) + payload[1:] + key + value
+
+
+def test_a_repeated_top_level_key_refuses_the_frame_whatever_the_values() -> None:
+    # msgpack allows writing a key twice; decoders disagree on which value wins (msgpack-python
+    # keeps the last, others the first), so the frame is refused rather than guessed at.
+    telemetry = pack(telemetry_map())
+    for value in (b"\x05", b"\x00"):  # s = 5 after s = 0, and the very same s = 0 again
+        detail = raises(MalformedPayload, "duplicate map key", _with_repeated_key(
+            telemetry, b"\xa1s", value))
+        assert "'s'" in detail
+    birth = pack(birth_map())
+    with pytest.raises(MalformedPayload, match="duplicate map key"):
+        decode_birth(_with_repeated_key(birth, b"\xa2fw", b"\xa13"))
+    with pytest.raises(MalformedPayload, match="duplicate map key"):
+        decode_death(b"\x83\xa1v\x01\xa1b\x01\xa1b\x02")
+
+
+def test_a_repeated_label_name_refuses_the_frame() -> None:
+    # {"core": "1", "core": "2"} inside a sample, and inside the birth's labels.
+    labels = b"\x82\xa4core\xa11\xa4core\xa12"
+    sample = b"\x94\xa8x_metric\x01\x00" + labels
+    telemetry = b"\x85\xa1v\x01\xa1b\x07\xa1s\x00\xa1t\x00\xa1m\x91" + sample
+    detail = raises(MalformedPayload, "duplicate map key", telemetry)
+    assert "'core'" in detail
+    birth = pack(birth_map(labels={"core": "1"}))
+    assert birth.count(b"\x81\xa4core\xa11") == 1
+    with pytest.raises(MalformedPayload, match="duplicate map key"):
+        decode_birth(birth.replace(b"\x81\xa4core\xa11", labels))
+
+
+def test_a_repeated_key_in_an_ignored_field_is_refused_too() -> None:
+    # Unknown keys are ignored, but the payload as a whole must still mean one thing.
+    telemetry = pack(telemetry_map())
+    extra = b"\xa5extra\x82\x01\x01\x01\x02"  # one more entry: "extra": {1: 1, 1: 2}
+    raises(MalformedPayload, "duplicate map key",
+           bytes((telemetry[0] + 1,)) + telemetry[1:] + extra)
 
 
 def test_huge_array_header_inside_the_frame_is_refused_before_allocation() -> None:
