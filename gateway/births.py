@@ -1,11 +1,17 @@
-"""Known births by (device, boot): what the decoder needs to resolve aliases and labels, and
-how far each boot's clock runs ahead of the gateway's."""
+"""Known births by (device, boot): what the decoder needs to resolve aliases and labels, how
+far each boot's clock runs ahead of the gateway's, and which boot is each device's current one.
+
+The current boot (docs/protocol.md, "Which boot is current"): the boot of the birth with the
+latest device clock `t`; of births with equal `t`, the one that arrived last. A birth of an
+older boot - redelivered by a broker after a restart, replayed, or simply late - is kept (its
+boot's frames still need it) but does not make its boot current again."""
 
 from __future__ import annotations
 
 from device_protocol import Birth, TelemetryRows
 
 BirthKey = tuple[str, int]
+BootOrder = tuple[int, int]  # (the birth's device clock t, its arrival on the gateway's clock)
 
 
 def clock_ahead_ms(birth_time_ms: int, received_ms: int, tolerance_ms: int) -> int:
@@ -22,21 +28,56 @@ def shifted(raw: TelemetryRows, ahead_ms: int) -> TelemetryRows:
     return TelemetryRows(raw.boot, raw.seq, raw.time_ms - ahead_ms, raw.rows, raw.historical)
 
 
+def supersedes(current: tuple[int, BootOrder] | None, birth: Birth, received_ms: int) -> bool:
+    """Does this birth make (or keep) its boot current, given the current (boot, order)?"""
+    return current is None or current[0] == birth.boot or (
+        (birth.time_ms, received_ms) >= current[1])
+
+
+def after(current: tuple[int, BootOrder] | None, birth: Birth,
+          received_ms: int) -> tuple[int, BootOrder]:
+    """The current (boot, order) once a superseding birth is taken."""
+    order = (birth.time_ms, received_ms)
+    if current is not None and current[0] == birth.boot:
+        order = max(order, current[1])  # a redelivered birth keeps its boot's later order
+    return birth.boot, order
+
+
 class BirthRegistry:
     def __init__(self) -> None:
         self._births: dict[BirthKey, Birth] = {}
         self._ahead: dict[BirthKey, int] = {}  # only boots whose clock runs ahead
+        self._current: dict[str, tuple[int, BootOrder]] = {}  # device -> (boot, its order)
 
     def get(self, device_id: str, boot: int) -> Birth | None:
         return self._births.get((device_id, boot))
 
-    def put(self, device_id: str, birth: Birth, clock_ahead_ms: int = 0) -> None:
+    def current_boot(self, device_id: str) -> int | None:
+        current = self._current.get(device_id)
+        return current[0] if current is not None else None
+
+    def current(self, device_id: str) -> tuple[int, BootOrder] | None:
+        """The device's current boot and its order, if any birth of it is known."""
+        return self._current.get(device_id)
+
+    def makes_current(self, device_id: str, birth: Birth, received_ms: int) -> bool:
+        """Would this birth make (or keep) its boot the device's current one?"""
+        return supersedes(self._current.get(device_id), birth, received_ms)
+
+    def put(self, device_id: str, birth: Birth, clock_ahead_ms: int = 0,
+            received_ms: int = 0) -> bool:
+        """Record a birth; True if its boot is now the device's current boot."""
         key = (device_id, birth.boot)
+        previous = self._current.get(device_id)
+        current = supersedes(previous, birth, received_ms)
+        if current:
+            self._current[device_id] = after(previous, birth, received_ms)
         self._births[key] = birth
         if clock_ahead_ms:
             self._ahead[key] = clock_ahead_ms
         else:
             self._ahead.pop(key, None)
+        return current
 
     def clock_ahead_ms(self, device_id: str, boot: int) -> int:
         ahead = self._ahead
@@ -45,6 +86,9 @@ class BirthRegistry:
     def forget(self, device_id: str, boot: int) -> None:
         self._births.pop((device_id, boot), None)
         self._ahead.pop((device_id, boot), None)
+        current = self._current.get(device_id)
+        if current is not None and current[0] == boot:
+            del self._current[device_id]
 
     def __len__(self) -> int:
         return len(self._births)

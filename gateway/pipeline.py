@@ -40,7 +40,7 @@ from device_protocol import (
 )
 from device_protocol import Command as DeviceCommand
 from gateway import store
-from gateway.births import BirthRegistry, clock_ahead_ms, shifted
+from gateway.births import BirthRegistry, BootOrder, after, clock_ahead_ms, shifted, supersedes
 from gateway.db import Database
 from gateway.dedup import Ledger, LedgerKey, LedgerOverlay, decode_ranges, encode_ranges
 from gateway.entry_cache import EntryCache
@@ -71,7 +71,9 @@ class Acknowledger(Protocol):
 class BatchPlan:
     write: store.BatchWrite = field(default_factory=store.BatchWrite)
     overlay: LedgerOverlay | None = None
-    births: list[tuple[str, Birth, int]] = field(default_factory=list)  # (.., clock ahead ms)
+    # (device, birth, clock ahead ms, received ms)
+    births: list[tuple[str, Birth, int, int]] = field(default_factory=list)
+    current: dict[str, tuple[int, BootOrder]] = field(default_factory=dict)  # boots taking over
     birth_index: dict[tuple[str, int], tuple[Birth, int]] = field(default_factory=dict)
     held: dict[LedgerKey, list[HeldFrame]] = field(default_factory=dict)
     held_seqs: dict[LedgerKey, set[int]] = field(default_factory=dict)
@@ -110,7 +112,8 @@ def restore_state(state: store.StoredState, ledger_max_ranges: int,
         try:
             birth = decode_birth(payload)
             births.put(device_id, birth,
-                       clock_ahead_ms(birth.time_ms, received_ms, clock_tolerance_ms))
+                       clock_ahead_ms(birth.time_ms, received_ms, clock_tolerance_ms),
+                       received_ms)
         except ProtocolError as exc:  # a damaged row must not stop the gateway
             log.error("stored birth of %s boot %d unreadable: %s", device_id, boot, exc)
     held: dict[LedgerKey, list[HeldFrame]] = {}
@@ -280,6 +283,8 @@ class Pipeline:
         plan.write.frames.append((frame_id, store.KIND_TELEMETRY, device_id, raw.boot,
                                   raw.seq, received_ms, payload))
         plan.entries.append((frame_id, entries))
+        if raw.boot != self._current_boot(plan, device_id):
+            raw = TelemetryRows(raw.boot, raw.seq, raw.time_ms, raw.rows, True)  # a past boot's
         plan.fleet.append(("telemetry", device_id, raw, received_ms))
         plan.added_bytes += len(payload)
 
@@ -292,17 +297,21 @@ class Pipeline:
         if ahead_ms and self.births.clock_ahead_ms(device_id, birth.boot) == 0:
             log.warning("device %s boot %d: clock %.0f s ahead of the gateway's; its timestamps "
                         "are moved back by that much", device_id, birth.boot, ahead_ms / 1000)
-        plan.births.append((device_id, birth, ahead_ms))
-        plan.fleet.append(("birth", device_id, birth, message.received_ms))
+        plan.births.append((device_id, birth, ahead_ms, message.received_ms))
         plan.birth_index[device_id, birth.boot] = (birth, ahead_ms)
         plan.write.births.append((device_id, birth.boot, message.received_ms, message.payload))
-        frame_id = self._next_frame_id
-        self._next_frame_id += 1
-        plan.write.frames.append((frame_id, store.KIND_BIRTH, device_id, birth.boot, None,
-                                  message.received_ms, message.payload))
-        plan.entries.append(
-            (frame_id, [self._encoder.info_entry(device_id, birth, message.received_ms)]))
-        plan.added_bytes += len(message.payload)
+        if self._takes_current(plan, device_id, birth, message.received_ms):
+            plan.fleet.append(("birth", device_id, birth, message.received_ms))
+            frame_id = self._next_frame_id
+            self._next_frame_id += 1
+            plan.write.frames.append((frame_id, store.KIND_BIRTH, device_id, birth.boot, None,
+                                      message.received_ms, message.payload))
+            plan.entries.append(
+                (frame_id, [self._encoder.info_entry(device_id, birth, message.received_ms)]))
+            plan.added_bytes += len(message.payload)
+        else:  # kept for its boot's frames; the device stays on its newer boot
+            log.info("device %s: birth of past boot %d (t=%d) kept; the current boot stays",
+                     device_id, birth.boot, birth.time_ms)
         key = (device_id, birth.boot)
         waiting = [*self.held.get(key, ()), *plan.held.pop(key, ())]
         if not waiting:
@@ -326,6 +335,20 @@ class Pipeline:
                                  _as_protocol_error(exc, device_id))
         log.info("device %s: birth for boot %d released %d held frames", device_id, birth.boot,
                  len(waiting))
+
+    def _takes_current(self, plan: BatchPlan, device_id: str, birth: Birth,
+                       received_ms: int) -> bool:
+        """Does this birth make (or keep) its boot the device's current one? (The rule is in
+        gateway.births and docs/protocol.md: latest device clock t, then latest arrival.)"""
+        current = plan.current.get(device_id) or self.births.current(device_id)
+        if not supersedes(current, birth, received_ms):
+            return False
+        plan.current[device_id] = after(current, birth, received_ms)
+        return True
+
+    def _current_boot(self, plan: BatchPlan, device_id: str) -> int | None:
+        current = plan.current.get(device_id) or self.births.current(device_id)
+        return current[0] if current is not None else None
 
     def _birth_for(self, plan: BatchPlan, device_id: str,
                    boot: int) -> tuple[Birth | None, int]:
@@ -426,8 +449,8 @@ class Pipeline:
     def _apply(self, plan: BatchPlan) -> None:
         assert plan.overlay is not None
         self.ledger.apply(plan.overlay)
-        for device_id, birth, ahead_ms in plan.births:
-            self.births.put(device_id, birth, ahead_ms)
+        for device_id, birth, ahead_ms, received_ms in plan.births:
+            self.births.put(device_id, birth, ahead_ms, received_ms)
         for key in plan.released:
             self.held.pop(key, None)
             self._held_seqs.pop(key, None)
