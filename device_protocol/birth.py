@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Set
 from math import isfinite
 
 from .errors import InvalidBirth, SchemaError, TimestampOutOfRange
+from .float32 import float32_paths, shortest_float32
 from .frames import Birth, MetricDef, MetricType
 from .limits import DEFAULT_LIMITS, Limits
 from .names import check_labels, check_metric_name, describe
@@ -47,14 +49,32 @@ def decode_birth(
         raise SchemaError(
             "too many metrics", f"{len(raw_metrics)} declared, limit {limits.max_metrics}"
         )
+    float32 = _float32_bounds(payload)
     metrics = tuple(
-        _metric_def(entry, f"metrics[{i}]", limits) for i, entry in enumerate(raw_metrics)
+        _metric_def(entry, i, limits, float32.get(i, _NONE)) for i, entry in enumerate(raw_metrics)
     )
     _check_unique(metrics)
     return Birth(boot, time_ms, platform, firmware, labels, interval_ms, metrics)
 
 
-def _metric_def(entry: object, where: str, limits: Limits) -> MetricDef:
+_NONE: frozenset[int] = frozenset()
+
+
+def _float32_bounds(payload: bytes) -> dict[int, set[int]]:
+    """metrics[i] -> indexes j of its bounds[j] sent as float32. Bounds become `le` labels,
+    so each keeps the precision it was sent in (see float32.py)."""
+    found: dict[int, set[int]] = {}
+    if b"\xca" in payload:
+        for path in float32_paths(payload):
+            if len(path) == 4 and path[0] == "metrics" and path[2] == 3:
+                found.setdefault(path[1], set()).add(path[3])
+    return found
+
+
+def _metric_def(
+    entry: object, index: int, limits: Limits, sent_as_float32: Set[int]
+) -> MetricDef:
+    where = f"metrics[{index}]"
     if type(entry) is not tuple or not 3 <= len(entry) <= 4:
         raise SchemaError(
             "bad metric declaration",
@@ -79,10 +99,12 @@ def _metric_def(entry: object, where: str, limits: Limits) -> MetricDef:
         return MetricDef(alias, name, metric_type)
     if len(entry) != 4:
         raise InvalidBirth("missing bounds", f"{where}: a histogram needs its bucket bounds")
-    return MetricDef(alias, name, metric_type, _bounds(entry[3], where, limits))
+    return MetricDef(alias, name, metric_type, _bounds(entry[3], where, limits, sent_as_float32))
 
 
-def _bounds(raw: object, where: str, limits: Limits) -> tuple[float, ...]:
+def _bounds(
+    raw: object, where: str, limits: Limits, sent_as_float32: Set[int]
+) -> tuple[float, ...]:
     if type(raw) is not tuple:
         raise SchemaError("wrong type", f"{where} bounds must be an array, got {describe(raw)}")
     if len(raw) > limits.max_buckets:
@@ -94,6 +116,8 @@ def _bounds(raw: object, where: str, limits: Limits) -> tuple[float, ...]:
         if type(bound) is not float and type(bound) is not int:
             raise SchemaError("wrong type", f"{where} bounds[{i}] = {describe(bound)}")
         value = float(bound)
+        if i in sent_as_float32:
+            value = shortest_float32(value)  # 0.004999999888241291 -> 0.005
         if not isfinite(value):
             raise InvalidBirth(
                 "bound not finite", f"{where} bounds[{i}] = {value}; +Inf is implicit"

@@ -5,12 +5,23 @@ from __future__ import annotations
 import math
 import struct
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.utils import floatToGoString
 
-from device_protocol.frames import Birth, HistogramSample, Labels, Sample, Telemetry
+from device_protocol import decode_birth, resolve_telemetry
+from device_protocol.frames import (
+    Birth,
+    HistogramSample,
+    HistogramValue,
+    Labels,
+    RawSample,
+    RawTelemetry,
+    Sample,
+    Telemetry,
+)
 from gateway.remote_write import (
     STALE_NAN,
     LabelValidationError,
@@ -262,3 +273,58 @@ def test_negative_zero_keeps_its_sign_bit() -> None:
 def test_cache_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         SeriesEncoder(cache_size=0)
+
+
+# --------------------------------------------- numbers made label values: float32 bounds (issue 11)
+
+
+def _birth_bytes(*bounds: bytes) -> bytes:
+    """A birth as C firmware packs it: the histogram's bounds encoded byte by byte."""
+    birth = {"v": 1, "b": 1, "t": T0, "hw": "mcu", "fw": "1", "interval": 1000,
+             "metrics": [[0, "infer_seconds", "histogram", ["BOUNDS"]]]}
+    payload = msgpack.packb(birth)
+    return payload.replace(b"\x91\xa6BOUNDS", bytes((0x90 + len(bounds),)) + b"".join(bounds))
+
+
+def _f32(value: float) -> bytes:
+    return b"\xca" + struct.pack(">f", value)
+
+
+def _f64(value: float) -> bytes:
+    return b"\xcb" + struct.pack(">d", value)
+
+
+def _le_labels(birth_payload: bytes) -> list[str]:
+    birth = decode_birth(birth_payload)
+    counts = tuple(float(i) for i in range(len(birth.metrics[0].bounds)))
+    telemetry = RawTelemetry(1, 0, T0, (RawSample(0, HistogramValue(9.0, 1.0, counts), 0, ()),),
+                             False)
+    entries = SeriesEncoder().frame_entries("d", resolve_telemetry(telemetry, birth))
+    return [labels["le"] for labels, _ in decode(entries) if "le" in labels]
+
+
+def test_float32_bounds_make_the_le_labels_a_python_exporter_makes() -> None:
+    # A firmware's `float bounds[] = {0.005f, ...}` packed as msgpack float32. Read as float64,
+    # 0.005f is 0.004999999888241291: the label must still be the one prometheus_client writes
+    # for Histogram(buckets=[0.005, ...]), so a device moved from a Python exporter keeps its
+    # series.
+    intended = [3e-05, 0.005, 0.01, 0.1, 1.0, 2.5, 10.0, 1_000_000.0]
+    expected = [floatToGoString(b) for b in intended] + ["+Inf"]
+    assert expected[:3] == ["3e-05", "0.005", "0.01"] and "1.0" in expected
+    assert _le_labels(_birth_bytes(*(_f32(b) for b in intended))) == expected
+    assert _le_labels(_birth_bytes(*(_f64(b) for b in intended))) == expected
+
+
+def test_a_bound_keeps_its_series_across_a_precision_change_when_its_decimal_is_the_same() -> None:
+    # A new firmware that sends its bounds as float64 instead of float32 (or back) keeps its
+    # `le` series when the shortest decimal is the same at both precisions (any bound of up to
+    # 6 significant digits); a bound that needs more digits than float32 has becomes a new
+    # series, as it would in a Python exporter whose bucket changed from 0.12345679 to
+    # 0.123456789.
+    assert _le_labels(_birth_bytes(_f32(0.123456), _f32(0.3))) == \
+        _le_labels(_birth_bytes(_f64(0.123456), _f64(0.3))) == ["0.123456", "0.3", "+Inf"]
+    assert _le_labels(_birth_bytes(_f32(0.123456789))) == ["0.12345679", "+Inf"]
+    assert _le_labels(_birth_bytes(_f64(0.123456789))) == ["0.123456789", "+Inf"]
+    # A float64 bound is labelled at float64 precision, even when it is exactly a float32.
+    assert _le_labels(_birth_bytes(_f64(0.004999999888241291))) == ["0.004999999888241291",
+                                                                     "+Inf"]
