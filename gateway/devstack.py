@@ -262,6 +262,9 @@ class _HttpService(ManagedProcess):
     """A service with an HTTP API on loopback."""
 
     ready_path = "/"
+    # The address it listens on: loopback, or the root end of a test's veth pair (a gateway
+    # run inside a network namespace reaches the service there).
+    host: str = LOOPBACK
 
     def __init__(self, workdir: Path | str, port: int | None = None) -> None:
         super().__init__(workdir, port)
@@ -269,7 +272,7 @@ class _HttpService(ManagedProcess):
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def remote_write_url(self) -> str:
@@ -528,16 +531,18 @@ class VictoriaMetrics(_HttpService):
     ready_path = "/health"
 
     def __init__(
-        self, workdir: Path | str, port: int | None = None, *, extra_args: Sequence[str] = ()
+        self, workdir: Path | str, port: int | None = None, *, extra_args: Sequence[str] = (),
+        host: str = LOOPBACK,
     ) -> None:
         super().__init__(workdir, port)
+        self.host = host
         self.extra_args = tuple(extra_args)
         self.data_dir = self.workdir / "vm"
 
     def _command(self, binary: str) -> list[str]:
         return [
             binary,
-            f"-httpListenAddr={LOOPBACK}:{self.port}",
+            f"-httpListenAddr={self.host}:{self.port}",
             f"-storageDataPath={self.data_dir}",
             # Keeps test samples with timestamps years in the past (the default is 1 month).
             "-retentionPeriod=100y",
@@ -595,15 +600,19 @@ class GatewayProcess(_HttpService):
 
     def __init__(self, workdir: Path | str, *, mqtt_url: str,
                  remote_write_urls: Sequence[str] = (), port: int | None = None,
-                 settings: dict[str, str] | None = None) -> None:
+                 settings: dict[str, str] | None = None, api_host: str = LOOPBACK,
+                 command_prefix: Sequence[str] = ()) -> None:
         super().__init__(workdir, port)
         self.mqtt_url = mqtt_url
         self.remote_write_urls = list(remote_write_urls)
         self.settings = dict(settings or {})
         self.data_dir = self.workdir / "data"
+        self.host = api_host
+        # e.g. ("ip", "netns", "exec", NS): it execs the gateway, so the PID stays the gateway's
+        self.command_prefix = tuple(command_prefix)
 
     def _command(self, binary: str) -> list[str]:
-        return [binary, "-m", "gateway.cli", "run"]
+        return [*self.command_prefix, binary, "-m", "gateway.cli", "run"]
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
@@ -611,7 +620,7 @@ class GatewayProcess(_HttpService):
             "FLEETGATE_MQTT_URL": self.mqtt_url,
             "FLEETGATE_DATA_DIR": str(self.data_dir),
             "FLEETGATE_REMOTE_WRITE_URL": ",".join(self.remote_write_urls),
-            "FLEETGATE_API_LISTEN": f"{LOOPBACK}:{self.port}",
+            "FLEETGATE_API_LISTEN": f"{self.host}:{self.port}",
             "PYTHONUNBUFFERED": "1",
         })
         env.update({f"FLEETGATE_{k.upper()}": v for k, v in self.settings.items()})
