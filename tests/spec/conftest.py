@@ -8,10 +8,14 @@ shares no code with the gateway's encoder.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from publisher import Publisher
 from rw_receiver import RecordingReceiver
+
+from gateway.devstack import GatewayProcess, Mosquitto
 
 
 @pytest.fixture
@@ -21,3 +25,40 @@ def receiver() -> Iterator[RecordingReceiver]:
         yield rx
     finally:
         rx.close()
+
+
+# Fast enough to see stale markers within a second or two; no fleet metrics in the way.
+GATEWAY_SETTINGS = {
+    "remote_write_flush_ms": "0",
+    "remote_write_retry_min_s": "0.05",
+    "remote_write_retry_max_s": "0.5",
+    "fleet_metrics_interval_s": "0",
+    "sqlite_synchronous": "normal",
+}
+
+GatewayStarter = Callable[..., GatewayProcess]
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path, mosquitto: Mosquitto,
+                    receiver: RecordingReceiver) -> Iterator[GatewayStarter]:
+    """start(**settings) -> `fleetgate run` against the test's broker and receiver."""
+    started: list[GatewayProcess] = []
+
+    def start(**settings: str) -> GatewayProcess:
+        gw = GatewayProcess(tmp_path / "gateway", mqtt_url=mosquitto.url,
+                            remote_write_urls=[receiver.url],
+                            settings={**GATEWAY_SETTINGS, **settings})
+        started.append(gw)
+        return gw.start()
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
+def device(mosquitto: Mosquitto) -> Iterator[Publisher]:
+    """An MQTT client that publishes the hand-built frames at QoS 1, several per call."""
+    with Publisher(mosquitto.url, client_id="spec-device") as publisher:
+        yield publisher

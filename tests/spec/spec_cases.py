@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,16 @@ from device_frames import (
     Message,
     birth_msg,
     histogram,
+    now_ms,
     tele_msg,
 )
 from gateway_rig import run_through
+from publisher import Publisher
 from rw_receiver import RecordingReceiver, Request
 from rw_wire import Series
 
 Key = tuple[tuple[str, str], ...]  # a series' labels, sorted
+STALE_WITHIN_S = 15.0  # the lifecycle acts within a second; a process start takes a few
 
 
 def a_device_reporting(t_ms: int) -> list[list[Message]]:
@@ -75,3 +79,49 @@ def order_violations(requests: list[Request]) -> list[str]:
 def device_key(name: str, device: str = DEVICE, **labels: str) -> Key:
     """The labels protocol.md says a sample of the standard device gets."""
     return tuple(sorted({"__name__": name, "device_id": device, **SITE, **labels}.items()))
+
+
+# ---------------------------------------------------------------------- staleness
+def reported(receiver: RecordingReceiver, device: str = DEVICE) -> set[Key]:
+    """The device's own series that reached the receiver with a real value."""
+    return {key for key, s in receiver.accepted_samples()
+            if dict(key).get("device_id") == device and not s.is_stale_marker
+            and not dict(key)["__name__"].startswith("fleet_")}
+
+
+def stale(receiver: RecordingReceiver, device: str = DEVICE) -> set[Key]:
+    return {key for key, s in receiver.accepted_samples()
+            if dict(key).get("device_id") == device and s.is_stale_marker}
+
+
+def await_stale_markers(receiver: RecordingReceiver, expected: set[Key]) -> None:
+    deadline = time.monotonic() + STALE_WITHIN_S
+    while not expected <= stale(receiver) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    missing = sorted(_show(k) for k in expected - stale(receiver))
+    assert not missing, f"no stale marker for {len(missing)} of {len(expected)} series: {missing}"
+
+
+def _show(key: Key) -> str:
+    labels = dict(key)
+    name = labels.pop("__name__")
+    own = {k: v for k, v in labels.items() if k not in ("device_id", "site")}
+    return f"{name}{own or ''}"
+
+
+def every_kind_of_series(device: Publisher, receiver: RecordingReceiver, *,
+                         interval_ms: int = 60_000) -> set[Key]:
+    """A boot whose first frame reports a gauge, a counter, a histogram, a gauge with its own
+    labels and an undeclared gauge; its next frame only the gauge. Returns the series."""
+    t = now_ms()
+    device.publish([birth_msg(interval_ms=interval_ms),
+                    tele_msg(0, [[GAUGE, 21.5], [COUNTER, 7],
+                                 [HISTOGRAM, histogram(4, 0.3, [1, 2, 3])],
+                                 [GAUGE, 30.0, 0, {"core": "1"}], ["fan_speed_rpm", 1200]],
+                             t_ms=t)])
+    device.publish([tele_msg(1, [[GAUGE, 22.0]], t_ms=t + 100)])
+    receiver.wait_for(lambda rx: any(s.value == 22.0 for _, s in rx.accepted_samples()),
+                      what="the boot's frames forwarded")
+    series = reported(receiver)
+    assert len(series) == 1 + 1 + 6 + 1 + 1, sorted(_show(k) for k in series)
+    return series

@@ -1,0 +1,47 @@
+"""The forwarder against the remote-write 1.0 spec: stale markers, through the whole gateway.
+
+"Senders MUST send stale markers when a time series will no longer be appended to. Stale
+markers MUST be signalled by the special NaN value 0x7ff0000000000002. This value MUST NOT be
+used otherwise." A device's series end when its boot ends: a death (its Will, or published
+before a clean shutdown), an offline timeout, or a new boot that no longer reports them.
+
+These run `fleetgate run` as a process (real Mosquitto, frames built by hand and published at
+QoS 1, the recording receiver as the remote-write endpoint), because staleness is decided by
+the gateway's lifecycle across its stages and across its restarts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+from device_frames import COUNTER, GAUGE, birth_msg, death_msg, now_ms, tele_msg
+from publisher import Publisher
+from rw_receiver import RecordingReceiver
+from rw_wire import STALE_NAN_BITS
+from spec_cases import STALE_WITHIN_S, Key, reported, stale
+
+from gateway.devstack import GatewayProcess
+
+GatewayStarter = Callable[..., GatewayProcess]
+pytestmark = pytest.mark.e2e  # Mosquitto and a gateway process
+
+
+def test_stale_marker_is_exact_nan_bits_after_the_series_last_sample(
+        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver) -> None:
+    gateway_process()
+    t = now_ms()
+    device.publish([birth_msg(), tele_msg(0, [[GAUGE, 21.5], [COUNTER, 7]], t_ms=t)])
+    receiver.wait_for(lambda rx: bool(reported(rx)), what="the frame forwarded")
+    device.publish([death_msg()])
+    receiver.wait_for(lambda rx: bool(stale(rx)), within_s=STALE_WITHIN_S,
+                      what="a stale marker")
+    last: dict[Key, int] = {}
+    for key, s in receiver.accepted_samples():
+        if math.isnan(s.value):
+            assert s.bits == STALE_NAN_BITS, f"a NaN that is no stale marker: {s.bits:#x}"
+        if s.is_stale_marker:
+            assert s.timestamp_ms > last.get(key, -1), f"marker before a sample of {key}"
+        else:
+            last[key] = max(last.get(key, -1), s.timestamp_ms)
