@@ -9,10 +9,15 @@ const PIPELINE_POLL_MS = 2000;
 // State changes arrive on the event stream; completeness and platforms change without an
 // event, so the summary is also polled.
 const SUMMARY_POLL_MS = 15000;
+// A device that keeps sending changes no state, so no event says it was seen: the rows shown
+// (and the open device panel) are refreshed this often for Last seen, completeness and the
+// latest values to follow it. Not while the page is hidden.
+const LIVE_POLL_MS = 2000;
 
 const $ = (id) => document.getElementById(id);
 const view = {
   cursor: null, page: 1, nextCursor: null, loadSeq: 0,
+  loadedSeq: 0,  // the last load that finished: loadSeq differs while one is in flight
   missed: null,  // events that arrived while the table was loading: applied on top of it
   detailId: null, source: null, reconnectTimer: null,
 };
@@ -207,6 +212,25 @@ function deviceRow(d) {
     el("td", { class: "num" }, dash(d.series), overBudget));
 }
 
+function renderRows(devices) {
+  const body = $("device-rows");
+  const shown = Array.from(body.rows, (row) => row.dataset.deviceId);
+  if (devices.length && devices.length === shown.length
+      && devices.every((d, i) => d.device_id === shown[i])) {
+    // The same rows in the same order: update their cells in place, so a refresh keeps the
+    // row a user focused, hovers or is about to click.
+    devices.forEach((d, i) => {
+      const row = body.rows[i];
+      row.dataset.state = d.state;
+      row.replaceChildren(...deviceRow(d).cells);
+    });
+    return;
+  }
+  const rows = devices.map(deviceRow);
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "none")));
+  body.replaceChildren(...rows);
+}
+
 function rowFor(id) {
   return document.querySelector(`#device-rows tr[data-device-id="${CSS.escape(id)}"]`);
 }
@@ -222,13 +246,13 @@ async function loadDevices(cursor = view.cursor, page = view.page) {
   } catch (error) {
     if (seq !== view.loadSeq) return;  // superseded: the newer load reports its own
     view.missed = null;
+    view.loadedSeq = seq;
     throw error;
   }
   if (seq !== view.loadSeq) return;  // a newer load started while this one was in flight
+  view.loadedSeq = seq;
   Object.assign(view, { cursor, page, nextCursor: result.next_cursor ?? null });
-  const rows = result.devices.map(deviceRow);
-  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "none")));
-  $("device-rows").replaceChildren(...rows);
+  renderRows(result.devices);
   // The page may predate events that arrived while it loaded.
   for (const e of view.missed) applyToRow(e);
   view.missed = null;
@@ -246,8 +270,8 @@ function definitions(pairs) {
     [el("dt", {}, term), el("dd", {}, dash(value))]));
 }
 
-function table(head, rows) {
-  return el("table", { class: "small" },
+function table(head, rows, className = "") {
+  return el("table", { class: `small ${className}`.trim() },
     el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))),
     el("tbody", {}, rows.map((cells) => el("tr", {}, cells.map((c) => el("td", {}, dash(c)))))));
 }
@@ -264,6 +288,18 @@ function describeEvent(e) {
   return `${dash(e.previous)} → ${dash(e.state)} (${dash(e.reason)})`;
 }
 
+// A series key (name{label="value",...}) with line-break opportunities after the name's _ and
+// after { and each label's comma, so a long one wraps at its parts, a label staying whole if
+// it can, instead of widening the panel (CSS breaks a part too long for a line anywhere).
+function seriesName(key) {
+  const text = String(key);
+  const brace = text.indexOf("{") + 1 || text.length;
+  const parts = [...text.slice(0, brace).split(/(?<=_)/), ...text.slice(brace).split(/(?<=,)/)]
+    .filter((part) => part !== "");
+  return el("span", { class: "mono series" },
+    parts.flatMap((part, i) => (i ? [el("wbr"), part] : [part])));
+}
+
 function bootRow(b) {
   return [b.boot, `${b.first_seq}–${b.last_seq}`, b.received, b.missing,
     pct(b.completeness_pct), formatGaps(b.gaps)];
@@ -274,8 +310,10 @@ function renderDetail(d) {
   const budget = d.series_budget ?? {};
   const labels = Object.entries(d.labels ?? {}).sort(([a], [b]) => a.localeCompare(b));
   const latest = Object.entries(d.latest ?? {}).map(([name, s]) =>
-    [el("span", { class: "mono" }, name), formatValue(s.value), timeEl(s.timestamp_ms)]);
-  Object.assign($("detail").dataset, { deviceId: d.device_id, state: d.state });
+    [seriesName(name), formatValue(s.value), timeEl(s.timestamp_ms)]);
+  const panel = $("detail");
+  const scrolled = panel.dataset.deviceId === d.device_id ? panel.scrollTop : 0;
+  Object.assign(panel.dataset, { deviceId: d.device_id, state: d.state });
   $("detail-body").replaceChildren(
     el("h2", {}, el("span", { class: "mono" }, d.device_id), " ", badge(d.state)),
     definitions([
@@ -290,7 +328,7 @@ function renderDetail(d) {
     labels.length ? el("p", {}, labels.map(([k, v]) => el("span", { class: "chip" }, `${k}=${v}`)))
       : el("p", { class: "muted" }, "none"),
     el("h3", {}, "Latest metrics"),
-    table(["series", "value", "at"], latest),
+    table(["series", "value", "at"], latest, "latest"),
     el("h3", {}, "Completeness"),
     el("p", {}, `${pct(c.completeness_pct)}: ${dash(c.received)} received, `
       + `${dash(c.missing)} missing, ${dash(c.duplicates)} duplicates`),
@@ -301,6 +339,7 @@ function renderDetail(d) {
     el("h3", {}, "Recent events"),
     el("ul", { class: "events plain" }, (d.events ?? []).map((e) => el("li", {},
       timeEl(e.ts_ms), " ", e.kind === "state" ? badge(e.state) : null, " ", describeEvent(e)))));
+  panel.scrollTop = scrolled;  // a refresh keeps the reader's place
 }
 
 async function loadDetail() {
@@ -344,7 +383,9 @@ function applyToRow(e) {
   row.dataset.state = e.state;
   row.cells[1].replaceChildren(badge(e.state));
   const seen = e.reason === "birth" || e.reason === "telemetry";
-  if (seen) row.cells[4].replaceChildren(timeEl(e.ts_ms));
+  // Never back: an event replayed on top of a newer page must not make it older.
+  const shownMs = Number(row.cells[4].querySelector("time")?.dataset.ts ?? 0);
+  if (seen && e.ts_ms > shownMs) row.cells[4].replaceChildren(timeEl(e.ts_ms));
   row.classList.remove("flash");
   void row.offsetWidth;  // restarts the CSS animation
   row.classList.add("flash");
@@ -391,6 +432,18 @@ function reconnect(why) {
   setLive("down", why);
   clearTimeout(view.reconnectTimer);
   view.reconnectTimer = setTimeout(connectStream, RECONNECT_DELAY_MS);
+}
+
+// Refreshes what a device's frames change without an event (see LIVE_POLL_MS). Not over a
+// load in flight (a page the user asked for would be superseded by the page shown), and the
+// panel is left alone while the user selects text in it.
+function refreshLive() {
+  if (document.hidden) return;
+  if (view.loadedSeq === view.loadSeq) loadDevices().catch(report);
+  const selection = document.getSelection();
+  const selecting = selection && !selection.isCollapsed
+    && $("detail").contains(selection.anchorNode);
+  if (!selecting) loadDetail().catch(report);
 }
 
 async function reloadAll() {
@@ -451,6 +504,8 @@ function init() {
   reloadAll().catch(report);
   loadPipeline().catch(report);
   setInterval(refreshTimes, 1000);
+  setInterval(refreshLive, LIVE_POLL_MS);
+  document.addEventListener("visibilitychange", refreshLive);
   setInterval(() => loadPipeline().catch(report), PIPELINE_POLL_MS);
   setInterval(() => loadSummary().catch(report), SUMMARY_POLL_MS);
 }

@@ -5,6 +5,10 @@ without a reload (only the event stream can have told the page), then the device
 and its row turns online. FLEETGATE_SCREENSHOT=<path> keeps a screenshot of the page with the
 device offline (docs/fleet-page.png is one). With API tokens set, the page asks for one and
 sends it, also on the event stream (as ?access_token=, which EventSource needs).
+
+A device that keeps sending (no state change, so no event) has its "Last seen" follow its frames
+while the page stays open, and the text ticks. The device panel shows every value of its latest
+metrics, long series names and all, without scrolling sideways, at laptop and narrow widths.
 """
 
 from __future__ import annotations
@@ -26,11 +30,18 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from device_protocol import (
+    Birth,
     Death,
+    HistogramValue,
+    MetricDef,
+    MetricType,
+    RawSample,
+    RawTelemetry,
     birth_topic,
     death_topic,
     encode_birth,
     encode_death,
+    encode_telemetry,
     telemetry_topic,
 )
 from gateway.devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
@@ -51,6 +62,10 @@ INTERVAL_MS = 600_000
 HOSTILE_FIRMWARE = "<img src=x onerror=window.pwned=1>"
 HOSTILE_LABEL = ("site", "<script>window.pwned=2</script>")
 WAIT_S = 15.0
+
+# Viewports a user opens the page in: a common laptop, a narrow laptop or tablet, and one narrow
+# enough for the one-column layout.
+VIEWPORTS = ((1366, 768), (1024, 768), (900, 700))
 
 ROW_STATES_JS = """
 return Object.fromEntries(Array.from(
@@ -102,6 +117,35 @@ def _api_states(gw: GatewayProcess, headers: dict[str, str] | None = None) -> di
 
 def _death(i: int) -> tuple[str, bytes]:
     return death_topic(PREFIX, f.device_id(i)), encode_death(Death(boot=f.boot_id(i)))
+
+
+# The device's row's Last seen: [data-ts (the ms it stands for), the text shown].
+LAST_SEEN_JS = """
+const t = document.querySelector(`tr[data-device-id="${CSS.escape(arguments[0])}"] time`);
+return t ? [Number(t.dataset.ts), t.textContent] : [0, ''];
+"""
+
+# In the open device panel: the panel's scroll and client widths, and every Latest metrics
+# value cell that sticks out of the panel's visible box (sideways; the panel scrolls down).
+# Beside it, the device table's right edge and its section's (past it, columns hide under the
+# panel).
+LATEST_FIT_JS = """
+const panel = document.getElementById('detail');
+const box = panel.getBoundingClientRect();
+const left = box.left + panel.clientLeft, right = left + panel.clientWidth;
+const heading = Array.from(panel.querySelectorAll('h3'))
+  .find((h) => h.textContent.trim().toLowerCase() === 'latest metrics');
+const table = heading?.nextElementSibling;
+const cells = table?.tagName === 'TABLE' ? Array.from(table.querySelectorAll('tbody td')) : [];
+const out = cells.filter((c) => {
+  const r = c.getBoundingClientRect();
+  return r.left < left - 0.5 || r.right > right + 0.5 || r.width === 0;
+}).map((c) => c.textContent);
+const devices = document.getElementById('devices').getBoundingClientRect();
+const fleet = document.getElementById('fleet').getBoundingClientRect();
+return {scrollWidth: panel.scrollWidth, clientWidth: panel.clientWidth, cells: cells.length,
+        outside: out, devicesRight: devices.right, fleetRight: fleet.right};
+"""
 
 
 def _row_states(driver: WebDriver) -> dict[str, str]:
@@ -255,3 +299,117 @@ def test_fleet_page_asks_for_a_token_and_streams_with_it(
     _wait(browser, "device 0 offline after a reload",
           lambda d: _row_states(d) == {**all_online, f.device_id(0): "offline"})
     assert not browser.find_element(By.ID, "auth").is_displayed()
+
+
+def _api_device(gw: GatewayProcess, device_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = gw.http.get(f"/api/v1/devices/{device_id}").raise_for_status().json()
+    return body
+
+
+def _api_latest(gw: GatewayProcess, device_id: str) -> dict[str, Any]:
+    """The device's latest metrics; none while the gateway does not know it yet."""
+    response = gw.http.get(f"/api/v1/devices/{device_id}")
+    return {} if response.status_code == 404 else dict(response.raise_for_status().json()["latest"])
+
+
+def _last_seen(driver: WebDriver, device_id: str) -> tuple[int, str]:
+    ts, text = driver.execute_script(LAST_SEEN_JS, device_id)
+    return int(ts), str(text)
+
+
+def _await_seen_after(gw: GatewayProcess, device_id: str, before_ms: int) -> int:
+    """The device's last_seen_ms in the API, once past `before_ms`."""
+    wait_for(lambda: _api_device(gw, device_id)["last_seen_ms"] > before_ms, WAIT_S,
+             what=f"API: {device_id} seen after {before_ms}")
+    return int(_api_device(gw, device_id)["last_seen_ms"])
+
+
+def _shows_seen_at(device_id: str, seen_ms: int) -> Callable[[WebDriver], bool]:
+    return lambda d: _last_seen(d, device_id)[0] >= seen_ms
+
+
+def test_fleet_page_last_seen_follows_a_device_that_keeps_sending(
+        mosquitto: Mosquitto, gateway_factory: Callable[..., GatewayProcess],
+        browser: WebDriver) -> None:
+    """An online device that sends again changes no state: no event tells the page. Its row's
+    Last seen must still follow its frames (the page refreshes what it shows) and tick."""
+    gw = gateway_factory(mosquitto)
+    devices = range(2)
+    sender = f.device_id(0)
+    all_online = {f.device_id(i): "online" for i in devices}
+    with Publisher(mosquitto.url, client_id="fleet-page-last-seen-test") as pub:
+        pub.publish([m for i in devices for m in _boot(i)])
+        wait_for(lambda: _api_states(gw) == all_online, WAIT_S, what="API: every device online")
+        _open_live(browser, gw, all_online)
+
+        for seq in (len(FRAMES), len(FRAMES) + 1):
+            before = _api_device(gw, sender)["last_seen_ms"]
+            pub.publish([(telemetry_topic(PREFIX, sender),
+                          f.telemetry_payload(0, seq, base_ms=f.now_ms() - seq * 1000))])
+            seen = _await_seen_after(gw, sender, before)
+            _wait(browser, f"Last seen of {sender} at its frame {seq} ({seen})",
+                  _shows_seen_at(sender, seen))
+        assert _row_states(browser) == all_online
+
+        shown = _last_seen(browser, sender)[1]
+        _wait(browser, f"Last seen of {sender} ticking on from {shown!r}",
+              lambda d: _last_seen(d, sender)[1] not in ("", shown))
+    assert _severe_log(browser) == []
+
+
+# A device of a real profile's kind: long metric names, histograms, labels of its own on the
+# samples, and values of every width.
+LONG_METRICS = (
+    MetricDef(0, "liquid_inference_duration_seconds", MetricType.HISTOGRAM, (0.005, 0.01, 0.05)),
+    MetricDef(1, "liquid_memory_usage_bytes", MetricType.GAUGE),
+    MetricDef(2, "device_temperature_celsius", MetricType.GAUGE),
+)
+LONG_LABELS = (("model", "keyword-spotting-conformer-v2-int8-quantized"),
+               ("arena", "tensor_arena_primary_sram"))
+
+
+def _long_metrics_device(i: int) -> list[tuple[str, bytes]]:
+    dev = f.device_id(i)
+    now = f.now_ms()
+    birth = Birth(boot=3_141_592_653 + i, time_ms=now, platform="liquid-edge-lfm2-devboard",
+                  firmware="3.14.159-rc2+build.20261202", labels=(("site", "lab"),),
+                  interval_ms=INTERVAL_MS, metrics=LONG_METRICS)
+    samples = (
+        RawSample(0, HistogramValue(1234567.0, 9876.54321, (1000.0, 200000.0, 1234000.0)), 0,
+                  LONG_LABELS),
+        RawSample(1, 123456789012.0, 0, LONG_LABELS),
+        RawSample(1, 0.000123456789, 0, (("arena", "scratch"),)),
+        RawSample(2, 41.5, 0, ()),
+    )
+    frame = RawTelemetry(boot=birth.boot, seq=0, time_ms=now, samples=samples,
+                         historical=False)
+    return [(birth_topic(PREFIX, dev), encode_birth(birth)),
+            (telemetry_topic(PREFIX, dev), encode_telemetry(frame))]
+
+
+def test_device_panel_shows_every_latest_value_without_sideways_scrolling(
+        mosquitto: Mosquitto, gateway_factory: Callable[..., GatewayProcess],
+        browser: WebDriver) -> None:
+    gw = gateway_factory(mosquitto)
+    dev = f.device_id(0)
+    with Publisher(mosquitto.url, client_id="fleet-page-metrics-test") as pub:
+        pub.publish(_long_metrics_device(0))
+        wait_for(lambda: len(_api_latest(gw, dev)) == 5, WAIT_S,
+                 what=f"API: the device's latest metrics: {_api_latest(gw, dev)}")
+    latest = _api_latest(gw, dev)
+
+    for width, height in VIEWPORTS:
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        _open_live(browser, gw, {dev: "online"})
+        _click_row(browser, dev)
+        _wait(browser, "showing the device's latest metrics",
+              lambda d: _attr(d, "detail", "data-device-id") == dev
+              and d.execute_script(LATEST_FIT_JS)["cells"] == 3 * len(latest))
+        fit = browser.execute_script(LATEST_FIT_JS)
+        if screenshot := os.environ.get("FLEETGATE_PANEL_SCREENSHOT"):
+            browser.save_screenshot(screenshot.replace(".png", f"-{width}.png"))
+        assert fit["outside"] == [], f"at {width}x{height}: cut off: {fit}"
+        assert fit["scrollWidth"] <= fit["clientWidth"], f"at {width}x{height}: {fit}"
+        assert fit["devicesRight"] <= fit["fleetRight"] + 0.5, f"at {width}x{height}: {fit}"
+    assert _severe_log(browser) == []
