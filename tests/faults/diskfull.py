@@ -14,7 +14,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from faults.netns import _capability_missing, require_root, tool
+from faults.netns import capability_missing, require_root, tool
 
 _CHUNK = 64 * 1024
 
@@ -34,7 +34,7 @@ class Tmpfs:
                                "tmpfs", str(self.path)], capture_output=True, text=True,
                               timeout=30)
         if done.returncode != 0:
-            _capability_missing(f"cannot mount a tmpfs on {self.path}: {done.stderr.strip()}")
+            capability_missing(f"cannot mount a tmpfs on {self.path}: {done.stderr.strip()}")
         self._mounted = True
         return self
 
