@@ -35,7 +35,7 @@ from gateway.entry_cache import EntryCache, serves_next_frame_of
 from gateway.errors import ConfigError
 from gateway.event_hub import EventHub
 from gateway.fleet import DeviceRecord, FleetState
-from gateway.fleet_series import FleetCollector, fleet_metric_entries, stale_entries
+from gateway.fleet_series import FleetCollector, fleet_metric_entries
 from gateway.forwarder import Forwarder
 from gateway.frame_compiler import FrameCompiler
 from gateway.ingest import Inbox, MqttIngest
@@ -267,8 +267,10 @@ class Gateway:
         self.fleet.sweep(now_ms if now_ms is not None else int(time.time() * 1000))
         events = await self._write_events()
         for event in events:
-            if event.kind == "state" and event.state == "offline":
-                await self._send_stale_markers(event.device_id)
+            # Deaths and reboots are closed by the pipeline, in arrival order; a timeout here.
+            if (event.kind == "state" and event.state == "offline"
+                    and event.reason == "timeout" and event.boot is not None):
+                await self._close_silent_boot(event.device_id, event.boot)
         return len(events)
 
     async def _write_events(self) -> list[Any]:
@@ -283,16 +285,13 @@ class Gateway:
             self.metrics.device_events.labels(e.state or e.kind).inc()
         return events
 
-    async def _send_stale_markers(self, device_id: str) -> None:
-        record = self.fleet.devices.get(device_id)
-        if record is None or record.online or not self.forwarders:
-            return  # forgotten, or back already: its series are live again
-        entries = stale_entries(record, self.compiler.encoder, self.series_budget,
-                                int(time.time() * 1000))
-        for start in range(0, len(entries), ENTRIES_PER_FRAME):
-            await self.pipeline.commit_entries(device_id,
-                                               entries[start:start + ENTRIES_PER_FRAME])
-        self.metrics.stale_markers.inc(len(entries))
+    async def _close_silent_boot(self, device_id: str, boot: int) -> None:
+        def still_offline() -> bool:
+            record = self.fleet.devices.get(device_id)
+            return record is not None and not record.online and record.boot == boot
+
+        if self.forwarders:
+            await self.pipeline.close_boot(device_id, boot, still_offline)
 
     async def _fleet_metrics_loop(self, interval_s: float) -> None:
         while True:

@@ -160,10 +160,14 @@ def decode_ranges(text: str) -> SeqRanges:
 class Ledger:
     def __init__(self, max_ranges: int = 4096) -> None:
         self._entries: dict[LedgerKey, SeqRanges] = {}
+        # Per boot, the newest sample time (ms) stored: its stale markers go 1 ms after it.
+        self.newest_ms: dict[LedgerKey, int] = {}
         self.max_ranges = max_ranges
 
-    def load(self, key: LedgerKey, ranges: SeqRanges) -> None:
+    def load(self, key: LedgerKey, ranges: SeqRanges, newest_ms: int | None = None) -> None:
         self._entries[key] = ranges
+        if newest_ms is not None:
+            self.newest_ms[key] = newest_ms
 
     def get(self, key: LedgerKey) -> SeqRanges | None:
         return self._entries.get(key)
@@ -177,9 +181,11 @@ class Ledger:
 
     def apply(self, overlay: LedgerOverlay) -> None:
         self._entries.update(overlay.changed)
+        self.newest_ms.update(overlay.newest_ms)
 
     def forget(self, key: LedgerKey) -> None:
         self._entries.pop(key, None)
+        self.newest_ms.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -188,11 +194,24 @@ class Ledger:
 class LedgerOverlay:
     """A batch's tentative view of the ledger: copies of touched entries, folded in on commit."""
 
-    __slots__ = ("_base", "changed")
+    __slots__ = ("_base", "changed", "newest_ms")
 
     def __init__(self, base: Ledger) -> None:
         self._base = base
         self.changed: dict[LedgerKey, SeqRanges] = {}
+        self.newest_ms: dict[LedgerKey, int] = {}
+
+    def note_newest(self, key: LedgerKey, newest_ms: int) -> None:
+        """A frame of this boot with samples up to newest_ms is committed with the batch."""
+        known = self.newest_ms.get(key)
+        if known is None:
+            known = self._base.newest_ms.get(key)
+        if known is None or newest_ms > known:
+            self.newest_ms[key] = newest_ms
+
+    def newest(self, key: LedgerKey) -> int | None:
+        known = self.newest_ms.get(key)
+        return known if known is not None else self._base.newest_ms.get(key)
 
     def seen(self, key: LedgerKey, seq: int) -> bool:
         """Is seq already recorded (before this batch or earlier in it)?"""

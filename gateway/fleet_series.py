@@ -1,8 +1,7 @@
 """Remote-write entries the gateway makes about the fleet (pure; sent through the buffer).
 
-- Stale markers for a device that went offline: one per series it wrote (as far as the
-  fleet view saw it), 1 ms after the device's newest sample, so dashboards stop showing its
-  last values from where it stopped.
+(Stale markers for a boot that ended are made by the pipeline from the series the boot wrote:
+see `gateway.store.write_closes`.)
 - The fleet mirrored as metrics, every `fleet_metrics_interval_s`: `fleet_device_up`,
   `fleet_device_last_seen_timestamp_seconds`, per-device frame counters and `fleet_devices`.
 """
@@ -13,11 +12,9 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from device_protocol import HistogramValue, Labels, MetricType
+from device_protocol import Labels
 from gateway.fleet import DeviceRecord, FleetState
-from gateway.remote_write import STALE_NAN
 from gateway.series import SeriesEncoder
-from gateway.series_budget import SeriesBudget
 
 # name, help, type; the same families are served on /metrics (gateway/metrics.py)
 DEVICE_UP = "fleet_device_up"
@@ -36,43 +33,6 @@ def merge_labels(base: Labels, own: Labels) -> Labels:
     combined = dict(base)
     combined.update(own)
     return tuple(sorted(combined.items()))
-
-
-# Prometheus shows a series for 5 minutes after its newest sample (the query lookback): a
-# series older than that is already gone from dashboards, and a marker for it would only be
-# refused as too old by receivers that keep no history that far back.
-STALE_LOOKBACK_MS = 300_000
-
-
-def stale_entries(record: DeviceRecord, encoder: SeriesEncoder, budget: SeriesBudget,
-                  now_ms: int) -> list[bytes]:
-    birth = record.birth
-    base = birth.labels if birth is not None else tuple(sorted(record.labels.items()))
-    bounds = ({m.name: m.bounds for m in birth.metrics if m.type is MetricType.HISTOGRAM}
-              if birth is not None else {})
-    device_id = record.device_id
-    out: list[bytes] = []
-    series = record.series()
-    if not series:
-        return out
-    # All at once, 1 ms after the device's newest sample: the fleet view folds only a device's
-    # newest frame now and then, so a series' own newest time there may be behind what the
-    # receiver holds (a marker before it would be refused as out of order).
-    stale_ts = max(ts for _, ts in series.values()) + 1
-    for (name, own), (value, ts) in series.items():
-        if ts < now_ms - STALE_LOOKBACK_MS:
-            continue
-        labels = merge_labels(base, own)
-        if not budget.admitted(device_id, name, labels):
-            continue  # never written (over budget, or not since the gateway started)
-        if isinstance(value, HistogramValue):
-            if name not in bounds:
-                continue  # the bucket bounds are gone with the birth
-            prefixes = encoder.histogram_prefixes(device_id, name, labels, bounds[name])
-        else:
-            prefixes = (encoder.series_prefix(device_id, name, labels),)
-        out.extend(encoder.entry(prefix, STALE_NAN, stale_ts) for prefix in prefixes)
-    return out
 
 
 def fleet_metric_entries(fleet: FleetState, encoder: SeriesEncoder,

@@ -15,7 +15,9 @@ import struct
 from device_protocol import (
     Birth,
     BirthRequired,
+    HistogramSample,
     HistogramValue,
+    Labels,
     RawSample,
     RawTelemetry,
     SampleRow,
@@ -23,7 +25,7 @@ from device_protocol import (
     resolve_telemetry,
 )
 from gateway.remote_write import encode_varint
-from gateway.series import SeriesEncoder
+from gateway.series import SeriesEncoder, label_bytes
 from gateway.series_budget import SeriesBudget
 
 _SAMPLE = struct.Struct("<BdB")
@@ -42,6 +44,11 @@ class FrameCompiler:
         self._boots: dict[tuple[str, int], tuple[Birth, dict[SeriesKey, bytes]]] = {}
         self._series = 0
         self.max_series = max_series  # bounds memory; clearing only costs re-learning
+        # Series first seen in a boot, as (device, boot, label bytes): the pipeline takes them
+        # into its next commit (table boot_series), so a boot's stale markers can name every
+        # series it wrote, also after a restart. Re-learning after a restart repeats a few.
+        self.learned: list[tuple[str, int, bytes]] = []
+        self._long_way_seen: set[tuple[str, int, str, Labels]] = set()
 
     def entries(self, device_id: str, raw: TelemetryRows, birth: Birth | None,
                 count_refused: bool = False) -> list[bytes]:
@@ -111,6 +118,15 @@ class FrameCompiler:
         sample = resolved.samples[0]
         if not self.budget.admit(device_id, sample.name, sample.labels, len(entries)):
             return []
+        seen = (device_id, raw.boot, sample.name, sample.labels)
+        if seen not in self._long_way_seen:
+            self._long_way_seen.add(seen)
+            if isinstance(sample, HistogramSample):
+                prefixes = self._encoder.histogram_prefixes(
+                    device_id, sample.name, sample.labels, [b for b, _ in sample.buckets])
+            else:
+                prefixes = (self._encoder.series_prefix(device_id, sample.name, sample.labels),)
+            self.learned.extend((device_id, raw.boot, label_bytes(p)) for p in prefixes)
         return entries
 
     def _learn(self, device_id: str, raw: TelemetryRows, row: SampleRow, birth: Birth,
@@ -119,6 +135,7 @@ class FrameCompiler:
         resolved = resolve_telemetry(self._single(raw, row), birth).samples[0]
         if self.budget.admit(device_id, resolved.name, resolved.labels):
             prefix = self._encoder.series_prefix(device_id, resolved.name, resolved.labels)
+            self.learned.append((device_id, raw.boot, label_bytes(prefix)))
         else:
             prefix = b""  # cached too: the next samples of the series are refused at once
         if self._series >= self.max_series:
@@ -134,6 +151,7 @@ class FrameCompiler:
         for _, prefixes in self._boots.values():
             prefixes.clear()
         self._boots = {}
+        self._long_way_seen.clear()
         self._series = 0
 
     def forget_device(self, device_id: str) -> None:
@@ -145,3 +163,4 @@ class FrameCompiler:
         cached = self._boots.pop((device_id, boot), None)
         if cached is not None:
             self._series -= len(cached[1])
+        self._long_way_seen -= {k for k in self._long_way_seen if k[:2] == (device_id, boot)}

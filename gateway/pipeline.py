@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 SLOW_COMMIT_S = 0.5  # a group commit slower than this is logged
 REBIRTH_REQUEST_INTERVAL_MS = 30_000  # don't nag a device more often than this
+CLOSED_BOOTS_KEPT = 100_000  # past that, forgetting costs only a repeat of identical markers
 TOPIC_CACHE_SIZE = 300_000  # three topics a device: a 100k-device fleet stays parsed
 HeldFrame = tuple[int, int, bytes]  # (seq, received_ms, payload)
 
@@ -92,6 +94,9 @@ class BatchPlan:
     kinds: dict[FrameKind, int] = field(default_factory=dict)
     added_bytes: int = 0
     last_frame_id: int = 0
+    closes: list[store.BootClose] = field(default_factory=list)  # boots whose series end here
+    stored_extra: int = 0  # frames of the gateway's own (stale markers) stored with the batch
+    now_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -105,8 +110,8 @@ def restore_state(state: store.StoredState, ledger_max_ranges: int,
                   clock_tolerance_ms: int = DEFAULT_LIMITS.max_future_skew_ms) -> RestoredState:
     """The pipeline's memory rebuilt from what SQLite holds, at start-up."""
     ledger = Ledger(ledger_max_ranges)
-    for device_id, boot, ranges in state.ledger:
-        ledger.load((device_id, boot), decode_ranges(ranges))
+    for device_id, boot, ranges, newest_ms in state.ledger:
+        ledger.load((device_id, boot), decode_ranges(ranges), newest_ms)
     births = BirthRegistry()
     for device_id, boot, received_ms, payload in state.births:
         try:
@@ -167,6 +172,10 @@ class Pipeline:
         self.buffer_frames = buffer_frames
         self.held: dict[LedgerKey, list[HeldFrame]] = held or {}
         self._held_seqs = {key: {h[0] for h in frames} for key, frames in self.held.items()}
+        # Boots whose stale markers are queued and that stored nothing since: a second close
+        # (a death, then the next boot's birth) would only repeat them. Memory only: after a
+        # restart a repeat is harmless (the same markers, still before the next boot's frames).
+        self._closed_boots: set[LedgerKey] = set()
         self._on_committed = on_committed
         self._forwarders_keeping_up = forwarders_keeping_up
         self._on_fleet_change = on_fleet_change
@@ -180,7 +189,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ planning (pure)
     def plan(self, messages: Sequence[InboundMessage], now_ms: int) -> BatchPlan:
-        plan = BatchPlan(overlay=self.ledger.overlay())
+        plan = BatchPlan(overlay=self.ledger.overlay(), now_ms=now_ms)
         topics = self._topics
         for message in messages:
             parsed = topics.get(message.topic)
@@ -203,11 +212,17 @@ class Pipeline:
                 elif kind is FrameKind.DEATH:
                     death = decode_death(message.payload, limits=self._limits)
                     plan.fleet.append(("death", device_id, death.boot, message.received_ms))
+                    if death.boot == self._current_boot(plan, device_id):
+                        self._close_boot(plan, device_id, death.boot)
             except Exception as exc:
                 self._quarantine(plan, message, device_id, _as_protocol_error(exc, device_id))
         assert plan.overlay is not None
-        for key, ranges in plan.overlay.changed.items():
-            plan.write.ledger.append((key[0], key[1], encode_ranges(ranges), now_ms))
+        overlay = plan.overlay
+        for key, ranges in overlay.changed.items():
+            plan.write.ledger.append((key[0], key[1], encode_ranges(ranges), now_ms,
+                                      overlay.newest(key)))
+        if self._compiler.learned:  # series first seen in a boot: kept for its stale markers
+            plan.write.boot_series, self._compiler.learned = self._compiler.learned, []
         plan.last_frame_id = self._next_frame_id - 1
         return plan
 
@@ -278,6 +293,8 @@ class Pipeline:
         if not plan.overlay.add(key, raw.seq):  # a held frame whose seq came in meanwhile
             self._count_duplicate(plan, key)
             return
+        later_ms = max((row[2] for row in raw.rows), default=0)  # samples may carry dt > 0
+        plan.overlay.note_newest(key, raw.time_ms + max(later_ms, 0))
         frame_id = self._next_frame_id
         self._next_frame_id += 1
         plan.write.frames.append((frame_id, store.KIND_TELEMETRY, device_id, raw.boot,
@@ -300,7 +317,10 @@ class Pipeline:
         plan.births.append((device_id, birth, ahead_ms, message.received_ms))
         plan.birth_index[device_id, birth.boot] = (birth, ahead_ms)
         plan.write.births.append((device_id, birth.boot, message.received_ms, message.payload))
+        previous = self._current_boot(plan, device_id)
         if self._takes_current(plan, device_id, birth, message.received_ms):
+            if previous is not None and previous != birth.boot:
+                self._close_boot(plan, device_id, previous)  # before the new boot's frames
             plan.fleet.append(("birth", device_id, birth, message.received_ms))
             frame_id = self._next_frame_id
             self._next_frame_id += 1
@@ -345,6 +365,23 @@ class Pipeline:
             return False
         plan.current[device_id] = after(current, birth, received_ms)
         return True
+
+    def _close_boot(self, plan: BatchPlan, device_id: str, boot: int) -> None:
+        """Stale markers for every series the boot wrote, committed in arrival order: after
+        its own frames, before any frame of the boot that follows it (whose samples may carry
+        the same series, later)."""
+        assert plan.overlay is not None
+        key = (device_id, boot)
+        newest = plan.overlay.newest(key)
+        if newest is None:
+            return  # nothing of that boot was ever stored
+        if key in self._closed_boots and key not in plan.overlay.newest_ms:
+            return  # closed already (a death, then the next boot's birth) and silent since
+        if any(close.device_id == device_id and close.boot == boot for close in plan.closes):
+            return
+        frame_id = self._next_frame_id
+        self._next_frame_id += 1
+        plan.closes.append(store.BootClose(frame_id, device_id, boot, newest + 1))
 
     def _current_boot(self, plan: BatchPlan, device_id: str) -> int | None:
         current = plan.current.get(device_id) or self.births.current(device_id)
@@ -407,8 +444,10 @@ class Pipeline:
                 wait=wait_random_exponential(multiplier=0.05, max=5.0),
                 before_sleep=self._log_commit_retry, reraise=True):
             with attempt:
-                dropped = await self._db.write(lambda conn: store.write_batch(conn, plan.write))
+                dropped, closed = await self._db.write(lambda conn: self._write(conn, plan))
         self.last_commit_ok = True
+        if closed:
+            self._take_closed(plan, closed)
         if dropped.frames:
             log.warning("buffer full: dropped the %d oldest frames (%d bytes)", dropped.frames,
                         dropped.bytes)
@@ -423,6 +462,25 @@ class Pipeline:
                         "fleetgate_commit_duration_seconds)", messages, took)
         if messages:
             self._metrics.commit_frames.observe(messages)
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, plan: BatchPlan
+               ) -> tuple[store.Dropped, list[tuple[int, list[bytes]]]]:
+        dropped = store.write_batch(conn, plan.write)
+        if not plan.closes:
+            return dropped, []
+        return dropped, store.write_closes(conn, plan.closes, plan.now_ms)
+
+    def _take_closed(self, plan: BatchPlan, closed: list[tuple[int, list[bytes]]]) -> None:
+        """The stale-marker frames join the batch's entries, in frame id order."""
+        plan.entries.extend(closed)
+        plan.entries.sort(key=lambda frame: frame[0])
+        markers = 0
+        for _, entries in closed:
+            plan.added_bytes += sum(map(len, entries))
+            markers += len(entries)
+        plan.stored_extra += len(closed)
+        self._metrics.stale_markers.inc(markers)
 
     async def _make_room(self, plan: BatchPlan) -> None:
         over = self.buffer_bytes + plan.added_bytes - self._config.max_buffer_bytes
@@ -449,6 +507,7 @@ class Pipeline:
     def _apply(self, plan: BatchPlan) -> None:
         assert plan.overlay is not None
         self.ledger.apply(plan.overlay)
+        self._note_closed(plan)
         for device_id, birth, ahead_ms, received_ms in plan.births:
             self.births.put(device_id, birth, ahead_ms, received_ms)
         for key in plan.released:
@@ -465,7 +524,7 @@ class Pipeline:
                                encode_command(DeviceCommand(rebirth=True)), qos=1)
             self._metrics.rebirths_requested.inc()
         self.buffer_bytes += plan.added_bytes
-        self.buffer_frames += len(plan.write.frames)
+        self.buffer_frames += len(plan.write.frames) + plan.stored_extra
         m = self._metrics
         for frame_kind, count in plan.kinds.items():
             kind = frame_kind.value
@@ -480,9 +539,18 @@ class Pipeline:
         m.frames_held.set(sum(len(v) for v in self.held.values()))
         m.buffer_bytes.set(self.buffer_bytes)
         m.buffer_frames.set(self.buffer_frames)
-        if plan.write.frames:
+        if plan.last_frame_id > self.committed_upto:
             self.committed_upto = plan.last_frame_id
             self._on_committed(plan.last_frame_id)
+
+    def _note_closed(self, plan: BatchPlan) -> None:
+        closed = self._closed_boots
+        assert plan.overlay is not None
+        if closed:
+            closed.difference_update(plan.overlay.newest_ms)  # boots that stored frames again
+        if len(closed) > CLOSED_BOOTS_KEPT:
+            closed.clear()
+        closed.update((close.device_id, close.boot) for close in plan.closes)
 
     def _tell_fleet(self, plan: BatchPlan) -> None:
         fleet = self._fleet
@@ -529,6 +597,31 @@ class Pipeline:
             self.committed_upto = frame_id
             self._on_committed(frame_id)
             return frame_id
+
+    async def close_boot(self, device_id: str, boot: int,
+                         still_closed: Callable[[], bool]) -> int:
+        """Stale markers for every series of a boot gone silent (an offline timeout), unless
+        still_closed() says the device came back meanwhile. Returns the markers queued."""
+        async with self._commit_lock:
+            if not still_closed():
+                return 0
+            plan = BatchPlan(overlay=self.ledger.overlay(), now_ms=int(time.time() * 1000))
+            self._close_boot(plan, device_id, boot)
+            if not plan.closes:
+                return 0
+            plan.last_frame_id = plan.closes[-1].frame_id
+            await self._make_room(plan)
+            await self._commit(plan, 0)
+            self._note_closed(plan)
+            for frame_id, entries in plan.entries:
+                self._cache.put(frame_id, entries)
+            self.buffer_bytes += plan.added_bytes
+            self.buffer_frames += plan.stored_extra
+            self._metrics.buffer_bytes.set(self.buffer_bytes)
+            self._metrics.buffer_frames.set(self.buffer_frames)
+            self.committed_upto = plan.last_frame_id
+            self._on_committed(plan.last_frame_id)
+            return sum(len(entries) for _, entries in plan.entries)
 
     async def run(self, inbox: Inbox) -> None:
         """Take group after group from the inbox until it is closed and empty."""

@@ -50,8 +50,9 @@ def _prefix(label_bytes: bytes) -> bytes:
     return b"\x0a" + encode_varint(series_len) + label_bytes + b"\x12" + bytes((_SAMPLE_LEN,))
 
 
-def _label_bytes(prefix: bytes) -> bytes:
-    """Inverse of _prefix (for the rare timestamp outside the 6-byte range)."""
+def label_bytes(prefix: bytes) -> bytes:
+    """Inverse of _prefix: the series' encoded labels (for the rare timestamp outside the
+    6-byte range, and to keep a series by its labels alone)."""
     start = 1
     while prefix[start] & 0x80:
         start += 1
@@ -136,7 +137,7 @@ class SeriesEncoder:
                 if len(ts_bytes) == _TS_LEN:
                     append(prefix + pack(0x09, sample.value, 0x10) + ts_bytes)
                 else:
-                    append(encode_entry(_label_bytes(prefix), sample.value, ts))
+                    append(encode_entry(label_bytes(prefix), sample.value, ts))
             elif isinstance(sample, HistogramSample):
                 self._histogram(entries, device_id, sample)
             else:
@@ -178,7 +179,7 @@ class SeriesEncoder:
         ts_bytes = encode_varint(timestamp_ms)
         if len(ts_bytes) == _TS_LEN:
             return prefix + _SAMPLE_HEAD.pack(0x09, value, 0x10) + ts_bytes
-        return encode_entry(_label_bytes(prefix), value, timestamp_ms)
+        return encode_entry(label_bytes(prefix), value, timestamp_ms)
 
     def info_entry(self, device_id: str, birth: Birth, timestamp_ms: int) -> bytes:
         """``fleet_device_info{device_id, platform, firmware, <birth labels>} 1``.
@@ -221,7 +222,7 @@ class SeriesEncoder:
             )
         else:
             entries.extend(
-                encode_entry(_label_bytes(prefix), value, ts)
+                encode_entry(label_bytes(prefix), value, ts)
                 for prefix, value in zip(group, values, strict=True)
             )
 

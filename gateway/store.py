@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.remote_write import STALE_NAN, encode_entry
+
 KIND_TELEMETRY = 0
 KIND_BIRTH = 1
 # Entries the gateway made itself (stale markers, the fleet's metrics): the payload is the
@@ -32,7 +34,8 @@ class BatchWrite:
     births: list[tuple[str, int, int, bytes]] = field(default_factory=list)
     held: list[tuple[str, int, int, int, bytes]] = field(default_factory=list)
     released: list[tuple[str, int]] = field(default_factory=list)  # (device, boot) held -> frames
-    ledger: list[tuple[str, int, str, int]] = field(default_factory=list)
+    ledger: list[tuple[str, int, str, int, int | None]] = field(default_factory=list)
+    boot_series: list[tuple[str, int, bytes]] = field(default_factory=list)  # new in a boot
     quarantine: list[tuple[int, str, str | None, str, str, bytes]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     drop_oldest_bytes: int = 0  # "drop_oldest" policy: free this much before inserting
@@ -56,7 +59,7 @@ class FrameRow:
 class StoredState:
     next_frame_id: int
     births: list[tuple[str, int, int, bytes]]  # (device, boot, received_ms, payload)
-    ledger: list[tuple[str, int, str]]
+    ledger: list[tuple[str, int, str, int | None]]  # (device, boot, ranges, newest ms)
     held: list[tuple[str, int, int, int, bytes]]
     cursors: dict[str, int]
     live_lanes: dict[str, tuple[int, int]]  # endpoint -> (live_from, live_upto)
@@ -94,8 +97,11 @@ def write_batch(conn: sqlite3.Connection, batch: BatchWrite) -> Dropped:
             "INSERT INTO held (device_id, boot, seq, received_ms, payload) VALUES (?,?,?,?,?)",
             batch.held)
     if batch.ledger:
-        insert_rows(conn, "INSERT OR REPLACE INTO ledger (device_id, boot, ranges, updated_ms)"
-                          " VALUES ", batch.ledger)
+        insert_rows(conn, "INSERT OR REPLACE INTO ledger (device_id, boot, ranges, updated_ms,"
+                          " newest_ms) VALUES ", batch.ledger)
+    if batch.boot_series:
+        insert_rows(conn, "INSERT OR IGNORE INTO boot_series (device_id, boot, labels) VALUES ",
+                    batch.boot_series)
     if batch.quarantine:
         conn.executemany(
             "INSERT INTO quarantine (received_ms, topic, device_id, reason, detail, payload)"
@@ -149,7 +155,7 @@ def load_state(conn: sqlite3.Connection) -> StoredState:
         next_frame_id=next_id,
         births=conn.execute(
             "SELECT device_id, boot, received_ms, payload FROM births").fetchall(),
-        ledger=conn.execute("SELECT device_id, boot, ranges FROM ledger").fetchall(),
+        ledger=conn.execute("SELECT device_id, boot, ranges, newest_ms FROM ledger").fetchall(),
         held=conn.execute(
             "SELECT device_id, boot, seq, received_ms, payload FROM held ORDER BY id").fetchall(),
         cursors=dict(conn.execute("SELECT endpoint, frame_id FROM cursors").fetchall()),
@@ -325,6 +331,45 @@ def table_counts(conn: sqlite3.Connection) -> dict[str, int]:
     }
 
 
+# Prometheus shows a series for 5 minutes after its newest sample (the query lookback): a boot
+# whose newest sample is older than that is already gone from dashboards, and markers for it
+# would only be refused as too old by receivers that keep no history that far back.
+STALE_LOOKBACK_MS = 300_000
+
+
+@dataclass(frozen=True, slots=True)
+class BootClose:
+    """Stale markers for every series a boot wrote, as one buffer frame with a given id."""
+
+    frame_id: int
+    device_id: str
+    boot: int
+    stale_ms: int  # 1 ms after the boot's newest sample stored
+
+
+def write_closes(conn: sqlite3.Connection, closes: Sequence[BootClose],
+                 now_ms: int) -> list[tuple[int, list[bytes]]]:
+    """Insert each close as a frame of stale-marker entries (none for a boot older than the
+    lookback), in the caller's transaction: after that batch's boot_series rows, so series
+    first seen in the same batch are closed too. Returns (frame id, entries) of each."""
+    out: list[tuple[int, list[bytes]]] = []
+    for close in closes:
+        labels = (boot_series(conn, close.device_id, close.boot)
+                  if close.stale_ms >= now_ms - STALE_LOOKBACK_MS else [])
+        entries = [encode_entry(label_bytes, STALE_NAN, close.stale_ms) for label_bytes in labels]
+        conn.execute("INSERT INTO frames (id, kind, device_id, boot, seq, received_ms, payload)"
+                     " VALUES (?,?,?,?,?,?,?)", (close.frame_id, KIND_ENTRIES, close.device_id,
+                                                 close.boot, None, now_ms, b"".join(entries)))
+        out.append((close.frame_id, entries))
+    return out
+
+
+def boot_series(conn: sqlite3.Connection, device_id: str, boot: int) -> list[bytes]:
+    """The encoded labels of every series the boot wrote (for its stale markers)."""
+    return [row[0] for row in conn.execute(
+        "SELECT labels FROM boot_series WHERE device_id = ? AND boot = ?", (device_id, boot))]
+
+
 def prune_dedup_state(conn: sqlite3.Connection, before_ms: int
                       ) -> tuple[list[tuple[str, int]], list[tuple[str, int]], int]:
     """Forget ledger entries and births of past boots not touched since before_ms, and held
@@ -335,6 +380,7 @@ def prune_dedup_state(conn: sqlite3.Connection, before_ms: int
     ledger = conn.execute(
         f"DELETE FROM ledger WHERE updated_ms < ? AND boot IS NOT {current.format(t='ledger')}"
         " RETURNING device_id, boot", (before_ms,)).fetchall()
+    conn.executemany("DELETE FROM boot_series WHERE device_id = ? AND boot = ?", ledger)
     candidates = conn.execute(
         f"SELECT device_id, boot FROM births WHERE received_ms < ?"
         f" AND boot IS NOT {current.format(t='births')}", (before_ms,)).fetchall()

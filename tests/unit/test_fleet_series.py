@@ -1,4 +1,5 @@
-"""gateway.fleet_series: stale markers for a device gone offline, and the fleet as metrics.
+"""Stale markers for a boot that ended (the series FrameCompiler records as first seen in a boot,
+closed by gateway.store.write_closes), and gateway.fleet_series: the fleet as metrics.
 
 Frames go the way the pipeline sends them: decoded from the wire, compiled to entries by a
 budgeted FrameCompiler (what a receiver gets) and observed by FleetState. Entries are decoded
@@ -8,6 +9,7 @@ back with decode_write_request, so each test compares series as a receiver would
 from __future__ import annotations
 
 import math
+import sqlite3
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,6 +24,8 @@ from device_protocol import (
     decode_telemetry_rows,
     encode_telemetry,
 )
+from gateway import store
+from gateway.db import apply_migrations
 from gateway.fleet import DeviceRecord, FleetState
 from gateway.fleet_series import (
     DEVICE_DUPLICATES,
@@ -31,17 +35,16 @@ from gateway.fleet_series import (
     DEVICE_QUARANTINED,
     DEVICE_UP,
     DEVICES,
-    STALE_LOOKBACK_MS,
     FleetCollector,
     device_exposition,
     fleet_metric_entries,
     merge_labels,
-    stale_entries,
 )
 from gateway.frame_compiler import FrameCompiler
 from gateway.remote_write import STALE_NAN, decode_write_request, is_stale_nan
 from gateway.series import SeriesEncoder
 from gateway.series_budget import SeriesBudget
+from gateway.store import STALE_LOOKBACK_MS
 
 T0 = 1_790_000_000_000
 EXTERNAL = (("region", "eu"),)
@@ -70,6 +73,7 @@ class Device:
         self.fleet = FleetState()
         self.birth = birth()
         self.written: list[bytes] = []
+        self.newest: dict[int, int] = {}  # per boot, as the pipeline's ledger keeps it
         self.seq = 0
         self.fleet.observe_birth(device_id, self.birth, T0)
 
@@ -84,17 +88,30 @@ class Device:
         self.written += self.compiler.entries(self.device_id, raw, self.birth,
                                               count_refused=True)
         self.fleet.observe_telemetry(self.device_id, raw, time_ms)
+        boot = self.birth.boot
+        self.newest[boot] = max(self.newest.get(boot, 0),
+                                time_ms + max([0, *(s.dt_ms for s in samples)]))
 
     @property
     def record(self) -> DeviceRecord:
         return self.fleet.devices[self.device_id]
 
-    def stale(self, now_ms: int | None = None) -> list[bytes]:
-        """Markers as the gateway makes them when the device is found offline (by default a
-        minute after its newest frame)."""
+    def stale(self, now_ms: int | None = None, boot: int | None = None) -> list[bytes]:
+        """Markers as the gateway commits them when a boot ends (by default the current boot,
+        a minute after its newest sample): the series the compiler recorded for the boot, as
+        the pipeline stores them, closed by store.write_closes on a real SQLite schema."""
+        boot = self.birth.boot if boot is None else boot
+        if boot not in self.newest:
+            return []
         if now_ms is None:
-            now_ms = self.record.last_seen_ms + 60_000
-        return stale_entries(self.record, self.compiler.encoder, self.compiler.budget, now_ms)
+            now_ms = self.newest[boot] + 60_000
+        conn = sqlite3.connect(":memory:")
+        apply_migrations(conn)
+        store.write_batch(conn, store.BatchWrite(boot_series=self.compiler.learned))
+        close = store.BootClose(1, self.device_id, boot, self.newest[boot] + 1)
+        ((_, entries),) = store.write_closes(conn, [close], now_ms)
+        conn.close()
+        return entries
 
 
 def newest_written(entries: list[bytes]) -> dict[SeriesKey, int]:
@@ -187,33 +204,28 @@ def test_a_histogram_refused_whole_gets_no_markers() -> None:
     assert names == {"temperature_celsius"}
 
 
-def test_the_previous_boots_series_get_their_markers_too() -> None:
+def test_each_boot_closes_its_own_series() -> None:
     device = Device()
     device.reboot(birth(1, OLD_METRICS))
     device.send(RawSample(0, 1.0, 0, ()), time_ms=T0 + 10)
     device.reboot(birth(2))  # alias 0 is another metric now
     device.send(RawSample(0, 2.0, 0, ()), time_ms=T0 + 20)
-    assert markers(device.stale()) == one_ms_later(newest_written(device.written))
-    assert {dict(k)["__name__"] for k in markers(device.stale())} == {"old_gauge",
-                                                                      "temperature_celsius"}
+    assert {dict(k)["__name__"] for k in markers(device.stale(boot=1))} == {"old_gauge"}
+    assert {dict(k)["__name__"] for k in markers(device.stale(boot=2))} == {
+        "temperature_celsius"}
+    assert set(markers(device.stale(boot=2)).values()) == {T0 + 21}
 
 
-def test_nothing_written_since_the_gateway_started_means_no_markers() -> None:
-    device = Device()
-    device.send(RawSample(0, 1.0, 0, ()), histogram(2.0), time_ms=T0)
-    # After a restart the budget (what was written) is learnt again from traffic.
-    assert stale_entries(device.record, device.compiler.encoder, SeriesBudget(10), T0) == []
-
-
-def test_series_older_than_the_lookback_get_no_marker() -> None:
+def test_a_boot_older_than_the_lookback_gets_no_markers() -> None:
     device = Device()
     device.send(RawSample(0, 1.0, -60_000, ()), RawSample(1, 1.0, -60_001, ()),
                 histogram(2.0), time_ms=T0 + 60_000)
-    now = T0 + STALE_LOOKBACK_MS  # the gauge is exactly at the edge; the counter 1 ms past it
-    names = {dict(key)["__name__"] for key in markers(device.stale(now))}
-    assert names == {"temperature_celsius", "latency_seconds_bucket", "latency_seconds_sum",
-                     "latency_seconds_count"}
-    assert markers(device.stale(T0 + 60_000 + STALE_LOOKBACK_MS + 1)) == {}
+    marker_ms = T0 + 60_001  # after the frame's own time: no sample of it is later
+    names = {dict(key)["__name__"] for key in markers(device.stale(marker_ms
+                                                                   + STALE_LOOKBACK_MS))}
+    assert names == {"temperature_celsius", "inferences_total", "latency_seconds_bucket",
+                     "latency_seconds_sum", "latency_seconds_count"}
+    assert markers(device.stale(marker_ms + STALE_LOOKBACK_MS + 1)) == {}
     assert STALE_LOOKBACK_MS == 300_000  # Prometheus's default query lookback
 
 
@@ -229,23 +241,17 @@ def test_merge_labels_is_resolve_telemetrys_merge() -> None:
     assert merge_labels((), (("b", "1"), ("a", "2"))) == (("a", "2"), ("b", "1"))
 
 
-def test_a_series_missing_from_the_newest_frame_is_marked_after_the_devices_newest_sample(
-) -> None:
+def test_every_series_of_the_boot_is_marked_not_only_those_of_its_last_frame() -> None:
     device = Device()
-    device.send(RawSample(0, 1.0, 0, ()), RawSample(1, 1.0, 0, ()), time_ms=T0)
-    device.record.series()  # a checkpoint reads the view here
+    device.send(RawSample(0, 1.0, 0, ()), RawSample(1, 1.0, 0, ()), histogram(1.0),
+                time_ms=T0)
     device.send(RawSample(0, 2.0, 0, ()), RawSample(1, 2.0, 0, ()),
                 RawSample(0, 2.0, 0, (("core", "1"),)), time_ms=T0 + 1_000)
     device.send(RawSample(0, 3.0, 0, ()), time_ms=T0 + 2_000)
-    # inferences_total's newest sample is at T0 + 1_000, after what the view folded at T0: its
-    # marker must not come before it (a receiver would refuse it as out of order). The view
-    # never folded temperature{core="1"} (sent only between two folds): it gets no marker, a
-    # documented gap (it leaves Prometheus queries after the 5-minute lookback instead).
     written = newest_written(device.written)
     marked = markers(device.stale())
+    assert set(marked) == set(written)  # buckets, other labels, series not in the last frame
     assert all(ts > written[key] for key, ts in marked.items())
-    assert set(written) - set(marked) == {
-        key for key in written if dict(key).get("core") == "1"}
 
 
 # ------------------------------------------------------------------ the fleet as metrics

@@ -95,7 +95,7 @@ def build(tmp_path: Path) -> Built:
         frames=frames,
         births=[(d, 7, 1000, b"birth-" + d.encode()) for d in devices],
         held=[("dev-late", 3, s, 5000 + s, rng.randbytes(50)) for s in range(10)],
-        ledger=[(d, 7, f"0-{seqs}", 9) for d in devices] + [("dev-late", 3, "0-10", 9)],
+        ledger=[(d, 7, f"0-{seqs}", 9, None) for d in devices] + [("dev-late", 3, "0-10", 9, None)],
         quarantine=[(6000 + k, "fleet/x/telemetry", "x", "wrong type", "detail", b"\x01")
                     for k in range(30)],
         counters={"dropped_buffer_full": 4}))

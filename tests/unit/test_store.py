@@ -68,14 +68,14 @@ def test_write_batch_and_load_state_round_trip(conn: sqlite3.Connection) -> None
         frames=[frame(1, 5, kind=KIND_BIRTH), frame(2, 7), frame(3, 11)],
         births=[("d1", 1, T0, birth_payload)],
         held=[("d2", 9, 4, T0 + 4, b"held-a"), ("d2", 9, 5, T0 + 5, b"held-bb")],
-        ledger=[("d1", 1, "2-4", T0)],
+        ledger=[("d1", 1, "2-4", T0, None)],
         quarantine=[(T0, "fleet/x/telemetry", "x", "decode", "bad msgpack", b"\xc1")],
         counters={"duplicates": 3},
     ))
     state = store.load_state(conn)
     assert state.next_frame_id == 4
     assert state.births == [("d1", 1, T0, birth_payload)]
-    assert state.ledger == [("d1", 1, "2-4")]
+    assert state.ledger == [("d1", 1, "2-4", None)]
     assert state.held == [("d2", 9, 4, T0 + 4, b"held-a"), ("d2", 9, 5, T0 + 5, b"held-bb")]
     assert state.cursors == {}
     assert state.devices == []
@@ -102,13 +102,13 @@ def test_empty_database_state(conn: sqlite3.Connection) -> None:
 
 def test_later_batches_replace_births_and_ledger_rows_and_add_counters(
         conn: sqlite3.Connection) -> None:
-    write(conn, BatchWrite(births=[("d1", 1, T0, b"old")], ledger=[("d1", 1, "0-5", T0)],
+    write(conn, BatchWrite(births=[("d1", 1, T0, b"old")], ledger=[("d1", 1, "0-5", T0, None)],
                            counters={"dup": 2, "other": 1}))
     write(conn, BatchWrite(births=[("d1", 1, T0 + 1, b"new")],
-                           ledger=[("d1", 1, "0-9", T0 + 1)], counters={"dup": 5}))
+                           ledger=[("d1", 1, "0-9", T0 + 1, None)], counters={"dup": 5}))
     state = store.load_state(conn)
     assert state.births == [("d1", 1, T0 + 1, b"new")]
-    assert state.ledger == [("d1", 1, "0-9")]
+    assert state.ledger == [("d1", 1, "0-9", None)]
     assert state.counters == {"dup": 7, "other": 1}
 
 
@@ -291,7 +291,7 @@ def test_a_failing_batch_leaves_nothing_behind(tmp_path: Path) -> None:
             # A quarantine row without its NOT NULL topic fails the batch late: after its drop
             # (of frame 1), its frames, births, held and ledger rows were already written.
             bad = BatchWrite(frames=[frame(2)], births=[("d9", 1, T0, b"b")],
-                             held=[("d8", 1, 0, T0, b"h")], ledger=[("d9", 1, "0-1", T0)],
+                             held=[("d8", 1, 0, T0, b"h")], ledger=[("d9", 1, "0-1", T0, None)],
                              counters={"dup": 1},
                              quarantine=[(T0, None, None, "r", "d", b"p")],  # type: ignore[list-item]
                              drop_oldest_bytes=1)
@@ -324,8 +324,8 @@ def test_prune_forgets_only_past_boots_untouched_since_the_cutoff(
     write(conn, BatchWrite(
         births=[("d1", 1, old, b"b1"), ("d1", 2, recent, b"b2"), ("d1", 3, old, b"b3"),
                 ("d2", 7, old, b"b7")],
-        ledger=[("d1", 1, "0-9", old), ("d1", 2, "0-9", recent), ("d1", 3, "0-9", old),
-                ("d2", 7, "0-9", old)]))
+        ledger=[("d1", 1, "0-9", old, None), ("d1", 2, "0-9", recent, None),
+                ("d1", 3, "0-9", old, None), ("d2", 7, "0-9", old, None)]))
     ledger, births, held = tx(conn, lambda c: store.prune_dedup_state(c, T0 - 30 * DAY_MS))
     # d1 boot 1: past and stale -> forgotten. d1 boot 2: past but recent -> kept.
     # d1 boot 3 and d2 boot 7: the devices' current boots -> kept however old.
@@ -333,7 +333,7 @@ def test_prune_forgets_only_past_boots_untouched_since_the_cutoff(
     assert sorted(births) == [("d1", 1)]
     assert held == 0
     state = store.load_state(conn)
-    assert sorted((d, b) for d, b, _ in state.ledger) == [("d1", 2), ("d1", 3), ("d2", 7)]
+    assert sorted((d, b) for d, b, *_ in state.ledger) == [("d1", 2), ("d1", 3), ("d2", 7)]
     assert sorted((d, b) for d, b, _, _ in state.births) == [("d1", 2), ("d1", 3), ("d2", 7)]
 
 
@@ -360,6 +360,6 @@ def test_prune_keeps_the_birth_of_a_boot_whose_frames_are_still_buffered(
     tx(conn, lambda c: store.checkpoint_devices(c, [device_row("d1", 2)]))
     write(conn, BatchWrite(frames=[frame(1, device="d1", boot=1)],
                            births=[("d1", 1, old, b"birth of boot 1")],
-                           ledger=[("d1", 1, "0-2", old)]))
+                           ledger=[("d1", 1, "0-2", old, None)]))
     tx(conn, lambda c: store.prune_dedup_state(c, T0 - 30 * DAY_MS))
     assert ("d1", 1, old, b"birth of boot 1") in store.load_state(conn).births
