@@ -106,6 +106,11 @@ class LocalGateway:
     def dead_letter_reasons(self) -> list[str]:
         return [r for (r,) in self.harness.rows("SELECT reason FROM dead_letters ORDER BY id")]
 
+    def paused_gauge(self) -> float | None:
+        """fleetgate_forward_paused of the endpoint, as /metrics shows it."""
+        return self.harness.metrics.registry.get_sample_value(
+            "fleetgate_forward_paused", {"endpoint": self.url})
+
     def frames_buffered(self) -> int:
         return int(self.harness.rows("SELECT COUNT(*) FROM frames")[0][0])
 

@@ -1,0 +1,50 @@
+"""The label rules of the remote-write 1.0 spec with the gateway's external labels configured.
+
+External labels are set on the whole gateway (FLEETGATE_EXTERNAL_LABELS), so these run
+`fleetgate run` as a process: hand-built frames published through Mosquitto, the recording
+receiver as the endpoint. Upper-case birth and sample label names sort before `__name__` in
+byte order, as in Prometheus's own label sets; an external label named like a birth label
+(`site`) must still give one label of that name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from device_frames import GAUGE, HISTOGRAM, birth_msg, histogram, now_ms, tele_msg
+from publisher import Publisher
+from rw_receiver import RecordingReceiver
+from rw_wire import Series
+from spec_cases import reported
+
+from gateway.devstack import GatewayProcess
+
+GatewayStarter = Callable[..., GatewayProcess]
+pytestmark = pytest.mark.e2e  # Mosquitto and a gateway process
+EXTERNAL = "region=eu-1,a_zone=b,site=gw-7"
+
+
+def forwarded(gateway_process: GatewayStarter, device: Publisher,
+              receiver: RecordingReceiver) -> list[Series]:
+    gateway_process(external_labels=EXTERNAL)
+    device.publish([birth_msg(labels={"site": "lab-7", "Zone": "eu", "rack": "r1"}),
+                    tele_msg(0, [[GAUGE, 20.0], ["fan_speed_rpm", 900, 0, {"B": "x"}],
+                                 [HISTOGRAM, histogram(1, 0.1, [0, 1, 1])]], t_ms=now_ms())])
+    receiver.wait_for(lambda rx: len(reported(rx)) == 8, what="the frame forwarded")
+    return receiver.accepted_series()
+
+
+def test_labels_sorted_by_name_with_external_labels(
+        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver) -> None:
+    for s in forwarded(gateway_process, device, receiver):
+        names = [name for name, _ in s.labels]
+        assert names == sorted(names), f"{s.name}: labels sent as {names}"
+        assert s.label("region") == "eu-1" and s.label("a_zone") == "b", s.labels
+
+
+def test_label_names_unique_with_external_labels(
+        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver) -> None:
+    for s in forwarded(gateway_process, device, receiver):
+        names = [name for name, _ in s.labels]
+        assert len(names) == len(set(names)), f"{s.name}: repeated label names {names}"
