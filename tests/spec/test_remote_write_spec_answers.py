@@ -10,14 +10,16 @@ Intervals are measured between requests recorded by the receiver, with tolerant 
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from device_frames import birth_msg, now_ms
-from gateway_rig import run_through
+from gateway_rig import LocalGateway, run_through
 from rw_receiver import RecordingReceiver, Reply, Request
-from spec_cases import frames, intervals
+from spec_cases import Key, frames, intervals, order_violations
 
 
 # ---------------------------------------------------------------------- retried answers
@@ -54,3 +56,32 @@ def test_429_is_retried(tmp_path: Path, receiver: RecordingReceiver) -> None:
 
 # ---------------------------------------------------------------------- refused data
 # ---------------------------------------------------------------------- configuration errors
+
+
+def test_5xx_retries_keep_every_series_in_order(tmp_path: Path,
+                                               receiver: RecordingReceiver) -> None:
+    """Frames that arrive while a request is being retried wait behind it: each series
+    reaches the receiver in timestamp order, each sample once."""
+    receiver.script(Reply(503), Reply(503), Reply(500))
+    t = now_ms() - 60_000
+
+    async def go() -> None:
+        async with LocalGateway(tmp_path / "buffer.db", receiver.url,
+                                max_samples_per_request=20) as gw:
+            gw.start()
+            await gw.publish(birth_msg(), *frames(1, t_ms=t)[0])
+            await receiver.until(lambda rx: len(rx.snapshot()) >= 1, what="a first attempt")
+            for group in frames(6, t_ms=t, first_seq=1):
+                await gw.publish(*group)
+            await gw.drain()
+
+    asyncio.run(go())
+    accepted = [r for r in receiver.with_samples() if r.accepted]
+    assert order_violations(accepted) == []
+    stamps: dict[Key, list[int]] = defaultdict(list)
+    for r in accepted:
+        for key, sample in r.samples():
+            stamps[key].append(sample.timestamp_ms)
+    assert all(v == sorted(v) for v in stamps.values()), stamps
+    assert set(receiver.accepted_counts().values()) == {1}
+    assert len(receiver.accepted_counts()) == 1 + 7 * 8

@@ -1,0 +1,41 @@
+"""Exactly once, but for one window: a crash between a receiver's 2xx and the gateway's cursor
+commit resends that one request, and nothing else (docs/reliability.md's at-least-once window).
+
+The receiver holds a request open, the gateway is killed (SIGKILL) while it waits, then the
+receiver answers 204 into the dead connection: the samples are written but the gateway never
+heard so. After the restart every sample is there; only that request's samples are doubled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from device_frames import birth_msg, now_ms
+from publisher import Publisher
+from rw_receiver import RecordingReceiver, Reply
+from spec_cases import frames, sample_set
+
+from gateway.devstack import GatewayProcess
+
+GatewayStarter = Callable[..., GatewayProcess]
+pytestmark = pytest.mark.e2e  # Mosquitto and a gateway process
+
+
+def test_a_crash_resends_at_most_the_request_in_flight(
+        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver) -> None:
+    receiver.script(Reply(204), Reply(204, hold=True))
+    gw = gateway_process(remote_write_max_samples="20")
+    t = now_ms() - 60_000
+    device.publish([birth_msg(), *(m for group in frames(10, t_ms=t) for m in group)])
+    receiver.wait_for(lambda rx: rx.held == 1, what="the second request held")
+    gw.kill()
+    held = receiver.snapshot()[-1]
+    assert held.sample_count, "the held request carries samples"
+    receiver.release()  # written, but the 204 reaches nobody
+    gw.start()
+    receiver.wait_for(lambda rx: len(rx.accepted_counts()) == 1 + 10 * 8, within_s=30,
+                      what="every sample after the restart")
+    doubled = {sample for sample, n in receiver.accepted_counts().items() if n > 1}
+    assert doubled <= set(sample_set([held])), "samples doubled outside the request in flight"
+    assert max(receiver.accepted_counts().values()) <= 2
