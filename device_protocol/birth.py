@@ -39,7 +39,8 @@ def decode_birth(
         )
     platform = get_str(obj, "hw", "platform", limits.max_string_len)
     firmware = get_str(obj, "fw", "firmware", limits.max_string_len)
-    labels = check_labels(obj.get("labels", {}), limits, "birth labels")
+    raw_labels = obj.get("labels", {})
+    labels = check_labels(raw_labels, limits, "birth labels")
     # uint32 ms is ~49 days: anything slower is not "telemetry" any more.
     interval_ms = get_int(obj, "interval", "interval", 1, UINT32_MAX)
     raw_metrics = required(obj, "metrics", "metric declarations")
@@ -54,7 +55,8 @@ def decode_birth(
         _metric_def(entry, i, limits, float32.get(i, _NONE)) for i, entry in enumerate(raw_metrics)
     )
     _check_unique(metrics)
-    return Birth(boot, time_ms, platform, firmware, labels, interval_ms, metrics)
+    dropped = len(raw_labels) - len(labels)  # empty values (check_labels checked the type)
+    return Birth(boot, time_ms, platform, firmware, labels, interval_ms, metrics, dropped)
 
 
 _NONE: frozenset[int] = frozenset()

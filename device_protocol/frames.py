@@ -49,6 +49,8 @@ class Birth:
     labels: Labels
     interval_ms: int
     metrics: tuple[MetricDef, ...]
+    # Labels with an empty value the decoder left out (Prometheus reads {a=""} as no label a).
+    dropped_labels: int = 0
 
     def by_alias(self) -> dict[int, MetricDef]:
         return {m.alias: m for m in self.metrics}
@@ -79,6 +81,8 @@ class RawTelemetry:
     time_ms: int
     samples: tuple[RawSample, ...]
     historical: bool
+    # Sample labels with an empty value the decoder left out (the samples are kept).
+    dropped_labels: int = 0
 
 
 SampleRow = tuple[int | str, "float | HistogramValue", int, Labels]
@@ -97,16 +101,18 @@ class TelemetryRows:
     time_ms: int
     rows: tuple[SampleRow, ...]
     historical: bool
+    dropped_labels: int = 0  # as in RawTelemetry
 
     def to_raw(self) -> RawTelemetry:
         return RawTelemetry(self.boot, self.seq, self.time_ms,
-                            tuple(RawSample(*row) for row in self.rows), self.historical)
+                            tuple(RawSample(*row) for row in self.rows), self.historical,
+                            self.dropped_labels)
 
     @classmethod
     def from_raw(cls, raw: RawTelemetry) -> TelemetryRows:
         return cls(raw.boot, raw.seq, raw.time_ms,
                    tuple((s.metric, s.value, s.dt_ms, s.labels) for s in raw.samples),
-                   raw.historical)
+                   raw.historical, raw.dropped_labels)
 
 
 @dataclass(frozen=True, slots=True)

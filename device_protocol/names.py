@@ -85,7 +85,11 @@ def check_label_name(name: object, limits: Limits, where: str) -> str:
 
 
 def check_labels(raw: object, limits: Limits, where: str) -> Labels:
-    """A decoded msgpack map of labels -> sorted (name, value) pairs."""
+    """A decoded msgpack map of labels -> sorted (name, value) pairs.
+
+    A label with an empty value is left out (for Prometheus {a=""} *is* "no label a"): the
+    caller sees it as fewer pairs than the map had entries, and counts it.
+    """
     if type(raw) is not dict:
         raise SchemaError("wrong type", f"{where}: labels must be a map, got {describe(raw)}")
     if not raw:
@@ -96,15 +100,21 @@ def check_labels(raw: object, limits: Limits, where: str) -> Labels:
         )
     max_value_len = limits.max_label_value_len
     max_name_len = limits.max_name_len
+    empty = 0
     for name, value in raw.items():
         if type(name) is not str or name not in _label_names_ok or len(name) > max_name_len:
             check_label_name(name, limits, where)
         if type(value) is not str or not value or len(value) > max_value_len:
+            if value == "":
+                empty += 1
+                continue
             raise InvalidName(
                 "invalid label value",
-                f"{where} {name!r}: {describe(value)}; a non-empty str of at most "
+                f"{where} {name!r}: {describe(value)}; a str of at most "
                 f"{max_value_len} chars is required",
             )
+    if empty:
+        return tuple(sorted((name, value) for name, value in raw.items() if value))
     # Names are unique str, so sorting never compares the values.
     return tuple(sorted(raw.items()))
 

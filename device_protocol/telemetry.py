@@ -39,14 +39,14 @@ from .wire import (
 def decode_telemetry(
     payload: bytes, *, limits: Limits = DEFAULT_LIMITS, now_ms: int | None = None
 ) -> RawTelemetry:
-    boot, seq, time_ms, rows, historical = _decode(payload, limits, now_ms)
+    boot, seq, time_ms, rows, historical, dropped_labels = _decode(payload, limits, now_ms)
     samples = []
     for metric, value, dt, labels in rows:
         # twins.py: a real RawSample, built ~4x faster than by the frozen __init__.
         raw = RawSampleTwin(metric, value, dt, labels)
         raw.__class__ = RawSample
         samples.append(raw)
-    frame = RawTelemetryTwin(boot, seq, time_ms, tuple(samples), historical)
+    frame = RawTelemetryTwin(boot, seq, time_ms, tuple(samples), historical, dropped_labels)
     frame.__class__ = RawTelemetry
     return frame
 
@@ -60,7 +60,7 @@ def decode_telemetry_rows(
 
 def _decode(
     payload: bytes, limits: Limits, now_ms: int | None
-) -> tuple[int, int, int, tuple[SampleRow, ...], bool]:
+) -> tuple[int, int, int, tuple[SampleRow, ...], bool, int]:
     obj = unpack_map(payload, limits)
     get = obj.get
     v = get("v")
@@ -87,7 +87,8 @@ def _decode(
     latest = INT64_MAX
     if now_ms is not None:
         latest = min(latest, now_ms + limits.max_future_skew_ms)
-    return boot, seq, time_ms, _samples(m, time_ms, latest, limits), historical
+    rows, dropped_labels = _samples(m, time_ms, latest, limits)
+    return boot, seq, time_ms, rows, historical, dropped_labels
 
 
 def _bad_header(obj: Fields) -> NoReturn:
@@ -102,13 +103,15 @@ def _bad_header(obj: Fields) -> NoReturn:
 
 def _samples(
     m: tuple[object, ...], time_ms: int, latest: int, limits: Limits
-) -> tuple[SampleRow, ...]:
+) -> tuple[tuple[SampleRow, ...], int]:
+    """The frame's samples, and how many labels with an empty value were left out."""
     # Errors get the sample's index here, once, instead of a location string built per sample.
     names_ok = _metric_names_ok
     max_name_len = limits.max_name_len
     t_ok = time_ms <= latest  # the timestamp of every sample without dt
     out: list[SampleRow] = []
     append = out.append
+    dropped = 0
     try:
         for sample in m:
             if type(sample) is not tuple:
@@ -127,6 +130,8 @@ def _samples(
                 elif n == 4:
                     metric, value, dt, raw_labels = sample
                     labels = check_labels(raw_labels, limits, "labels")
+                    if len(labels) != len(raw_labels):
+                        dropped += len(raw_labels) - len(labels)
                 else:
                     _bad_sample(sample)
                 if type(dt) is not int:
@@ -152,7 +157,7 @@ def _samples(
             append((metric, value, dt, labels))
     except ProtocolError as exc:
         raise type(exc)(exc.reason, f"m[{len(out)}] {exc.detail}") from None
-    return tuple(out)
+    return tuple(out), dropped
 
 
 def _bad_sample(sample: object) -> NoReturn:

@@ -18,6 +18,10 @@ class GatewayMetrics:
             "fleetgate_frames_duplicate", "Telemetry frames dropped as already seen", registry=r)
         self.frames_invalid = Counter(
             "fleetgate_frames_invalid", "Frames quarantined, by reason", ["reason"], registry=r)
+        self.labels_dropped = Counter(
+            "fleetgate_labels_dropped",
+            "Labels left out of received samples and births, by reason (empty_value: "
+            "{a=\"\"} is no label a; the sample is kept)", ["reason"], registry=r)
         self.frames_held = Gauge(
             "fleetgate_frames_held", "Telemetry waiting for its boot's birth", registry=r)
         self.frames_dropped = Counter(

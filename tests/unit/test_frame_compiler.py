@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import factories as f
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,9 +19,11 @@ from device_protocol import (
     SchemaError,
     TelemetryRows,
     UnknownAlias,
+    decode_telemetry_rows,
     resolve_telemetry,
 )
 from gateway.frame_compiler import FrameCompiler
+from gateway.remote_write import build_body, decode_write_request
 from gateway.series import SeriesEncoder
 
 BIRTH = f.birth(1)
@@ -100,3 +103,18 @@ def test_boots_and_their_births_are_bounded_and_forgettable() -> None:
         assert len(compiler._boots) <= 5 and compiler._series <= 5
     compiler.forget("d39", f.birth(39).boot)
     assert ("d39", f.birth(39).boot) not in compiler._boots
+
+
+def test_samples_that_differ_only_by_an_empty_label_are_one_series_in_frame_order() -> None:
+    # {"core": ""} is no label core (issue 11, 12a): the decoder drops it and keeps the sample,
+    # which is then the label-less sample sent twice. Both are forwarded, in frame order (what
+    # a receiver keeps of two values at one timestamp is its rule).
+    payload = msgpack.packb({"v": 1, "b": BIRTH.boot, "s": 0, "t": 1_790_000_000_000, "m": [
+        ["free_named_gauge", 1.0, 0, {"core": ""}], ["free_named_gauge", 2.0]]})
+    frame = decode_telemetry_rows(payload)
+    assert frame.dropped_labels == 1
+    entries = FrameCompiler(SeriesEncoder()).entries("dev-1", frame, BIRTH)
+    decoded = decode_write_request(build_body(entries))
+    labels = {"__name__": "free_named_gauge", "device_id": "dev-1", **dict(BIRTH.labels)}
+    assert decoded == [(labels, [(1.0, 1_790_000_000_000)]),
+                       (labels, [(2.0, 1_790_000_000_000)])]
