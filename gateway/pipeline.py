@@ -409,7 +409,8 @@ class Pipeline:
             plan.invalid_devices[device_id] = plan.invalid_devices.get(device_id, 0) + 1
         plan.write.quarantine.append((message.received_ms, message.topic, device_id, exc.reason,
                                       exc.detail[:500],
-                                      message.payload[:store.QUARANTINE_PAYLOAD_BYTES]))
+                                      message.payload[:store.QUARANTINE_PAYLOAD_BYTES],
+                                      len(message.payload)))
         if plan.first_invalid is None:
             plan.first_invalid = f"{device_id or '?'} on {message.topic}: {exc}"
 

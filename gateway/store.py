@@ -36,7 +36,9 @@ class BatchWrite:
     released: list[tuple[str, int]] = field(default_factory=list)  # (device, boot) held -> frames
     ledger: list[tuple[str, int, str, int, int | None]] = field(default_factory=list)
     boot_series: list[tuple[str, int, bytes]] = field(default_factory=list)  # new in a boot
-    quarantine: list[tuple[int, str, str | None, str, str, bytes]] = field(default_factory=list)
+    # (received_ms, topic, device_id, reason, detail, payload excerpt, the frame's size)
+    quarantine: list[tuple[int, str, str | None, str, str, bytes, int]] = field(
+        default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     drop_oldest_bytes: int = 0  # "drop_oldest" policy: free this much before inserting
 
@@ -104,8 +106,8 @@ def write_batch(conn: sqlite3.Connection, batch: BatchWrite) -> Dropped:
                     batch.boot_series)
     if batch.quarantine:
         conn.executemany(
-            "INSERT INTO quarantine (received_ms, topic, device_id, reason, detail, payload)"
-            " VALUES (?,?,?,?,?,?)", batch.quarantine)
+            "INSERT INTO quarantine (received_ms, topic, device_id, reason, detail, payload,"
+            " size) VALUES (?,?,?,?,?,?,?)", batch.quarantine)
         conn.execute(
             "DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - ?",
             (QUARANTINE_KEEP_ROWS,))
@@ -289,9 +291,12 @@ def forget_device(conn: sqlite3.Connection, device_id: str) -> None:
 
 
 def quarantine_rows(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, object]]:
+    """The newest quarantined frames; `size` is the frame's (rows from before migration 6
+    only know the size of their stored excerpt)."""
     rows = conn.execute(
-        "SELECT id, received_ms, topic, device_id, reason, detail, LENGTH(payload) FROM quarantine"
-        " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        "SELECT id, received_ms, topic, device_id, reason, detail,"
+        " COALESCE(size, LENGTH(payload)) FROM quarantine ORDER BY id DESC LIMIT ?",
+        (limit,)).fetchall()
     keys = ("id", "received_ms", "topic", "device_id", "reason", "detail", "size")
     return [dict(zip(keys, row, strict=True)) for row in rows]
 

@@ -69,7 +69,7 @@ def test_write_batch_and_load_state_round_trip(conn: sqlite3.Connection) -> None
         births=[("d1", 1, T0, birth_payload)],
         held=[("d2", 9, 4, T0 + 4, b"held-a"), ("d2", 9, 5, T0 + 5, b"held-bb")],
         ledger=[("d1", 1, "2-4", T0, None)],
-        quarantine=[(T0, "fleet/x/telemetry", "x", "decode", "bad msgpack", b"\xc1")],
+        quarantine=[(T0, "fleet/x/telemetry", "x", "decode", "bad msgpack", b"\xc1", 1)],
         counters={"duplicates": 3},
     ))
     state = store.load_state(conn)
@@ -266,8 +266,8 @@ def test_quarantine_keeps_only_the_newest_rows(conn: sqlite3.Connection,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store, "QUARANTINE_KEEP_ROWS", 3)
 
-    def q(i: int) -> tuple[int, str, str | None, str, str, bytes]:
-        return (T0 + i, f"fleet/d{i}/telemetry", f"d{i}", "schema", f"detail {i}", b"x" * i)
+    def q(i: int) -> tuple[int, str, str | None, str, str, bytes, int]:
+        return (T0 + i, f"fleet/d{i}/telemetry", f"d{i}", "schema", f"detail {i}", b"x" * i, i)
 
     write(conn, BatchWrite(quarantine=[q(1), q(2)]))
     assert [r["device_id"] for r in store.quarantine_rows(conn)] == ["d2", "d1"]
@@ -293,7 +293,7 @@ def test_a_failing_batch_leaves_nothing_behind(tmp_path: Path) -> None:
             bad = BatchWrite(frames=[frame(2)], births=[("d9", 1, T0, b"b")],
                              held=[("d8", 1, 0, T0, b"h")], ledger=[("d9", 1, "0-1", T0, None)],
                              counters={"dup": 1},
-                             quarantine=[(T0, None, None, "r", "d", b"p")],  # type: ignore[list-item]
+                             quarantine=[(T0, None, None, "r", "d", b"p", 1)],  # type: ignore[list-item]
                              drop_oldest_bytes=1)
             with pytest.raises(StoreError):
                 await database.write(lambda c: store.write_batch(c, bad))
