@@ -666,8 +666,16 @@ def create_api(gateway: Gateway) -> FastAPI:
                        "full_policy": gateway.settings.buffer_full_policy},
             "dedup": {"keys": len(p.ledger)},
             "endpoints": [
-                {"endpoint": f.endpoint, "cursor": f.cursor, "behind_frames":
-                 max(0, p.committed_upto - f.cursor),
+                {"endpoint": f.endpoint, "cursor": f.cursor,
+                 # entries of frame cursor + 1 already sent (a frame split across requests)
+                 "cursor_offset": f.status.cursor_offset,
+                 # paused: a configuration error (401/403/404/...), everything stays buffered
+                 "state": ("paused" if f.status.paused else "retrying" if f.retrying
+                           else "sending"),
+                 "paused_reason": f.status.paused,
+                 # remote_write_max_samples, or less after the endpoint answered 413
+                 "max_samples_per_request": f.status.max_samples_per_request,
+                 "behind_frames": max(0, p.committed_upto - f.cursor),
                  "oldest_unsent_age_s": gateway.unsent_age_s.get(f.endpoint, 0.0),
                  "send_rate_samples_per_s": round(gateway.send_rate(f.endpoint), 1),
                  "sent_samples": f.status.sent_samples, "retries": f.status.retries,

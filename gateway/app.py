@@ -129,7 +129,9 @@ class Gateway:
                 compiler=compiler, metrics=self.metrics, cursor=state.cursors.get(endpoint, 0),
                 all_endpoints=forward.endpoints,
                 committed_upto=lambda: self.pipeline.committed_upto, on_progress=self._on_progress,
-                live_lane=state.live_lanes.get(endpoint)))
+                live_lane=state.live_lanes.get(endpoint),
+                cursor_offset=state.cursor_offsets.get(endpoint, 0),
+                live_offset=state.live_offsets.get(endpoint, 0)))
         self.metrics.buffer_frames.set(state.buffer_frames)
         self.metrics.buffer_bytes.set(state.buffer_bytes)
         self.metrics.store_recoveries.inc(state.counters.get(recovery.COUNTER_RECOVERIES, 0))

@@ -1,19 +1,27 @@
 """One forwarder per remote-write endpoint: frames after its cursor -> requests -> cursor.
 
 Order: a single request in flight per endpoint and frames taken in id (commit) order, so the
-samples of every series reach the endpoint in the order the gateway stored them. While a
-request is in flight the next batch is prepared (read back from SQLite and encoded when it is no
-longer in the entry cache), so the gateway's CPU and the receiver's overlap during a drain.
+samples of every series reach the endpoint in the order the gateway stored them; within a
+request every series' samples ascend by timestamp (gateway.forward_order). While a request is in
+flight the next batch is prepared (read back from SQLite and encoded when it is no longer in the
+entry cache), so the gateway's CPU and the receiver's overlap during a drain.
 
-Outcomes of a request:
+Size: a request carries at most max_samples_per_request samples (lowered for the endpoint after
+a 413). A larger frame is split across requests in its series order; the cursor is a position
+(frame id, entries of the next frame sent), so a restart resumes after the last accepted part.
+
+Outcomes of a request (the policy per answer class is gateway.forward_policy):
 - accepted: the cursor moves past its frames (own transaction; frames every endpoint has passed
-  are deleted there too);
-- retryable (network, 5xx, 429): retried forever with jittered exponential backoff, honouring
-  Retry-After; the cursor stays, so nothing is lost whatever the outage;
-- rejected (4xx): the batch is split in halves until the refused samples are isolated; those go
-  to the dead-letter table with the endpoint's reason, the rest are delivered.
+  whole are deleted there too);
+- retryable (network, 5xx, 429, 408): retried forever with exponential backoff and bounded
+  jitter, honouring Retry-After; the cursor stays, so nothing is lost whatever the outage;
+- rejected (400, 422, other 4xx, permanent 5xx): the whole request is dead-lettered once with the
+  endpoint's reason (one row per sample, for a later replay) and the cursor moves on;
+- too large (413): the endpoint's request size is halved and the same frames go again, smaller;
+- misconfigured (401/403/404/...): the endpoint pauses with everything buffered, until a probe
+  with an empty request is accepted.
 
-The one at-least-once window: a kill between a 2xx and the cursor commit resends that batch.
+The one at-least-once window: a kill between a 2xx and the cursor commit resends that request.
 
 Live lane (remote_write_live_first, for receivers that accept out-of-order samples): when the
 forwarder finds itself draining a backlog of more than LIVE_LANE_MIN_BACKLOG frames from SQLite,
@@ -34,11 +42,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from itertools import chain
-
-from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_never
-from tenacity.wait import wait_random_exponential
+from enum import Enum
 
 from device_protocol import ProtocolError, decode_birth, decode_telemetry_rows
 from gateway import store
@@ -46,6 +50,8 @@ from gateway.births import BirthRegistry, shifted
 from gateway.db import Database
 from gateway.entry_cache import EntryCache
 from gateway.errors import ForwardUnavailable, StoreError
+from gateway.forward_order import Part, Request, span_of
+from gateway.forward_policy import EndpointSender, ForwarderStatus, backoff_s
 from gateway.frame_compiler import FrameCompiler
 from gateway.metrics import GatewayMetrics
 from gateway.remote_write import (
@@ -54,27 +60,31 @@ from gateway.remote_write import (
     decode_write_request,
     split_entries,
 )
-from gateway.remote_write_client import Accepted, Rejected, RemoteWriteClient, Retryable
+from gateway.remote_write_client import (
+    Accepted,
+    Misconfigured,
+    Rejected,
+    RemoteWriteClient,
+    Retryable,
+    TooLarge,
+)
 from gateway.settings import ForwardConfig
+from gateway.store import Position
+
+__all__ = ["FETCH_FRAMES", "LIVE_LANE_MIN_BACKLOG", "Forwarder", "ForwarderStatus"]
 
 log = logging.getLogger(__name__)
 
-Item = tuple[int, bytes]  # (frame id, one encoded TimeSeries entry)
-Frame = tuple[int, Sequence[bytes]]  # (frame id, its entries)
 FETCH_FRAMES = 2000  # rows per read-back from SQLite when behind the cache
 LIVE_LANE_MIN_BACKLOG = 5000  # frames behind, read back from SQLite, before live goes first
-Batch = tuple[list[Frame], int, bool]  # (frames, last frame id, full)
+Batch = tuple[list[Part], Position, bool]  # (parts, position after them, full)
+BACKLOG, LIVE = "backlog", "live"  # the lanes a forwarder holds frames in (SendWindows)
 
 
-@dataclass(slots=True)
-class ForwarderStatus:
-    cursor: int
-    sent_samples: int = 0
-    dead_letters: int = 0
-    retries: int = 0
-    last_error: str | None = None
-    last_success_ms: int | None = None
-    live_lane: tuple[int, int] | None = None  # (live_from, live_upto) while one is open
+class Delivery(Enum):
+    DONE = "done"  # accepted or dead-lettered: move past the frames
+    SHRUNK = "shrunk"  # 413: collect the same frames again, in smaller requests
+    STOPPED = "stopped"  # told to stop while the endpoint fails: the cursor stays
 
 
 class Forwarder:
@@ -83,26 +93,38 @@ class Forwarder:
                  compiler: FrameCompiler, metrics: GatewayMetrics, cursor: int,
                  all_endpoints: Sequence[str], committed_upto: Callable[[], int],
                  on_progress: Callable[[int, int], None],
-                 live_lane: tuple[int, int] | None = None) -> None:
+                 live_lane: tuple[int, int] | None = None, cursor_offset: int = 0,
+                 live_offset: int = 0) -> None:
         self.endpoint = endpoint
         self._all_endpoints = tuple(all_endpoints)
         self._client = client
         self._db = db
         self._config = config
         self._cache = cache
+        self._windows = cache.windows
+        self._windows.register(endpoint)
         self._births = births
         self._compiler = compiler
         self._metrics = metrics
         self._committed_upto = committed_upto
         self._on_progress = on_progress  # (frames deleted, bytes freed)
-        self.retrying = False  # the endpoint is failing right now
-        self.status = ForwarderStatus(cursor=cursor, live_lane=live_lane)
+        self.status = ForwarderStatus(cursor=cursor, cursor_offset=cursor_offset,
+                                      live_lane=live_lane,
+                                      max_samples_per_request=config.max_samples_per_request)
+        self._live_offset = live_offset if live_lane is not None else 0
+        self._sender = EndpointSender(endpoint, client, config, metrics, self.status,
+                                      on_stuck=lambda: on_progress(0, 0))
+        metrics.forward_paused.labels(endpoint).set(0)
+        metrics.forward_request_samples_max.labels(endpoint).set(config.max_samples_per_request)
         self._new_data = asyncio.Event()
         # Rows read back from SQLite that the last request had no room for, in id order.
         self._read_ahead: deque[store.FrameRow] = deque()
         self._live_read_ahead: deque[store.FrameRow] = deque()
+        self._decoded: tuple[int, Sequence[bytes]] | None = None  # the last row read back
         self._draining = False
-        self._stopping = False
+        self._keep_partial(BACKLOG, self.position)
+        if live_lane is not None:
+            self._keep_partial(LIVE, Position(live_lane[1], self._live_offset))
 
     # ------------------------------------------------------------------ control
     def notify(self) -> None:
@@ -114,13 +136,23 @@ class Forwarder:
         self._new_data.set()
 
     def stop_retrying(self) -> None:
-        self._stopping = True
+        self._sender.stopping = True
+
+    @property
+    def retrying(self) -> bool:
+        """The endpoint is failing right now (retrying, or paused)."""
+        return self._sender.retrying
 
     @property
     def cursor(self) -> int:
         return self.status.cursor
 
+    @property
+    def position(self) -> Position:
+        return Position(self.status.cursor, self.status.cursor_offset)
+
     async def aclose(self) -> None:
+        self._windows.release(self.endpoint)
         await self._client.aclose()
 
     # ------------------------------------------------------------------ main loop
@@ -136,15 +168,14 @@ class Forwarder:
                 # forwarder would take the gateway down and back up into the same error).
                 failures += 1
                 self.status.last_error = str(exc)
-                delay = min(self._config.retry_max_s, self._config.retry_min_s * 2**failures)
-                log.error("%s: buffer error, retrying in %.1f s: %s", self.endpoint, delay, exc)
+                delay = backoff_s(failures, self._config.retry_min_s, self._config.retry_max_s)
+                log.error("%s: buffer error, retrying in %.2f s: %s", self.endpoint, delay, exc)
                 await asyncio.sleep(delay)
 
     async def _forward(self) -> None:
-        prepared: tuple[int, asyncio.Task[Batch]] | None = None  # (after, next backlog batch)
+        prepared: tuple[Position, asyncio.Task[Batch]] | None = None  # the next backlog batch
         try:
             flush_after: float | None = None
-            loop = asyncio.get_running_loop()
             live_turn = True
             while True:
                 upto = self._committed_upto()
@@ -152,11 +183,8 @@ class Forwarder:
                 live = self.status.live_lane
                 if live is not None and live_turn and live[1] < upto:
                     live_turn = False
-                    frames, last_id, _ = await self._collect(live[1], upto,
-                                                             self._live_read_ahead)
-                    if not await self._deliver(frames):
+                    if not await self._send_live(live, upto):
                         return
-                    await self._advance_live((live[0], last_id))
                     continue
                 live_turn = True
                 bound = live[0] if live is not None else upto
@@ -169,38 +197,50 @@ class Forwarder:
                     self._new_data.clear()
                     await self._new_data.wait()
                     continue
-                if prepared is not None and prepared[0] == self.cursor:
-                    frames, last_id, full = await prepared[1]
+                if prepared is not None and prepared[0] == self.position:
+                    parts, end, full = await prepared[1]
                 else:
                     if prepared is not None:  # stale: the cursor jumped (a live lane closed)
                         await _discard(prepared[1])
-                    frames, last_id, full = await self._collect(self.cursor, bound,
-                                                                self._read_ahead)
+                    parts, end, full = await self._collect(self.position, bound, BACKLOG)
                 prepared = None
                 if live is None and not full and not self._draining:
                     # A partial batch waits up to the flush deadline for more samples.
                     if flush_after is None:
-                        flush_after = loop.time() + self._config.flush_deadline_s
-                    remaining = flush_after - loop.time()
-                    if remaining > 0:
-                        self._new_data.clear()
-                        try:
-                            await asyncio.wait_for(self._new_data.wait(), remaining)
-                        except TimeoutError:
-                            pass
-                        if loop.time() < flush_after:
-                            continue
+                        flush_after = asyncio.get_running_loop().time() + (
+                            self._config.flush_deadline_s)
+                    if await self._wait_for_more(flush_after):
+                        continue
                 flush_after = None
                 if full:  # more is waiting: prepare the next batch while this one is sent
-                    prepared = (last_id, asyncio.create_task(
-                        self._collect(last_id, bound, self._read_ahead),
+                    prepared = (end, asyncio.create_task(
+                        self._collect(end, bound, BACKLOG),
                         name=f"forward-prepare:{self.endpoint}"))
-                if not await self._deliver(frames):
-                    return  # stopping: the cursor stays, the frames stay in SQLite
-                await self._advance(last_id)
+                outcome = await self._deliver(parts)
+                if outcome is Delivery.STOPPED:
+                    return  # the cursor stays, the frames stay in SQLite
+                if outcome is Delivery.SHRUNK:
+                    if prepared is not None:
+                        await _discard(prepared[1])
+                        prepared = None
+                    self._read_ahead.clear()  # the refused rows are read again
+                    continue
+                await self._advance(end)
         finally:
             if prepared is not None:  # owned here: never left running past the loop
                 await _discard(prepared[1])
+
+    async def _wait_for_more(self, flush_after: float) -> bool:
+        """Wait for new data until the flush deadline: True if the batch should be collected
+        again (new data came first), False if the deadline has passed."""
+        loop = asyncio.get_running_loop()
+        remaining = flush_after - loop.time()
+        if remaining <= 0:
+            return False
+        self._new_data.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._new_data.wait(), remaining)
+        return loop.time() < flush_after
 
     def _maybe_open_live_lane(self, upto: int) -> None:
         if (self.status.live_lane is None and self._config.live_first and not self._draining
@@ -208,53 +248,91 @@ class Forwarder:
                 and self._cache.get(self.cursor + 1) is None):
             # Recorded with the first live request: until then nothing was sent out of order.
             self.status.live_lane = (upto, upto)
+            self._live_offset = 0
             log.info("%s: %d frames behind; live frames go first from frame %d",
                      self.endpoint, upto - self.cursor, upto)
 
-    async def _collect(self, after: int, upto: int,
-                       ahead: deque[store.FrameRow]) -> Batch:
-        """Frames in (after, upto], up to max_samples_per_request: (frames, last id, full).
-        `ahead` keeps the rows read back from SQLite that did not fit, for the next call."""
-        limit = self._config.max_samples_per_request
-        frames: list[Frame] = []
+    async def _send_live(self, live: tuple[int, int], upto: int) -> bool:
+        """One live request; False only when stopping."""
+        parts, end, _ = await self._collect(Position(live[1], self._live_offset), upto, LIVE)
+        outcome = await self._deliver(parts)
+        if outcome is Delivery.STOPPED:
+            return False
+        if outcome is Delivery.SHRUNK:
+            self._live_read_ahead.clear()
+        else:
+            await self._advance_live(live[0], end)
+        return True
+
+    # ------------------------------------------------------------------ collecting
+    async def _collect(self, after: Position, upto: int, lane: str) -> Batch:
+        """Parts of the frames after `after` up to frame `upto`, at most the endpoint's request
+        size: (parts, position after them, full). What it takes and reads ahead is noted in
+        the send windows: frames drop_oldest deletes among them are then left out."""
+        ahead = self._read_ahead if lane == BACKLOG else self._live_read_ahead
+        batch = await self._gather(after, upto, ahead)
+        end = batch[1]
+        low = self.cursor if lane == BACKLOG else (self.status.live_lane or (0, 0))[1]
+        high = max(end.frame_id + (1 if end.offset else 0), ahead[-1].id if ahead else 0)
+        self._windows.hold(self.endpoint, lane, low, high)
+        return batch
+
+    async def _gather(self, after: Position, upto: int, ahead: deque[store.FrameRow]) -> Batch:
+        limit = self.status.max_samples_per_request
+        parts: list[Part] = []
         samples = 0
-        frame_id = after
+        frame_id, start = after.frame_id, after.offset
         cache = self._cache
         # Fast path: the frames right after the cursor are still encoded in the cache.
-        while frame_id < upto:
+        while frame_id < upto and samples < limit:
             entries = cache.get(frame_id + 1)
-            if entries is None or (samples and samples + len(entries) > limit):
+            if entries is None:
                 break
-            frame_id += 1
-            frames.append((frame_id, entries))
-            samples += len(entries)
-        if frame_id == after:  # behind the cache (outage, restart, drops): read back
-            while ahead and ahead[0].id <= after:
+            taken = _take(parts, frame_id + 1, entries, start, limit - samples, limit)
+            samples += taken
+            if start + taken < len(entries):  # no room, or a part of a frame over the cap
+                return parts, Position(frame_id, start + taken), True
+            frame_id, start = frame_id + 1, 0
+        if frame_id == after.frame_id:  # behind the cache (outage, restart, drops): read back
+            while ahead and ahead[0].id <= after.frame_id:
                 ahead.popleft()
             if not ahead:
                 rows = await self._db.read(
-                    lambda conn: store.fetch_frames(conn, after, FETCH_FRAMES))
+                    lambda conn: store.fetch_frames(conn, after.frame_id, FETCH_FRAMES))
                 if not rows:
-                    return frames, upto, False  # everything up to upto was dropped or deleted
+                    return parts, Position(upto), False  # everything up to upto was deleted
                 ahead.extend(rows)
-            while ahead:
+            dropped = self._windows.dropped
+            while ahead and samples < limit:
                 row = ahead[0]
                 if row.id > upto:  # nothing left in (frame_id, upto]: deleted or dropped
                     frame_id = upto
                     break
+                if dropped and row.id in dropped:  # read ahead, then dropped (drop_oldest)
+                    ahead.popleft()
+                    frame_id = row.id
+                    continue
+                start = after.offset if row.id == after.frame_id + 1 else 0
                 entries = self._entries_for(row)
-                if samples and samples + len(entries) > limit:
-                    break
+                taken = _take(parts, row.id, entries, start, limit - samples, limit)
+                samples += taken
+                if start + taken < len(entries):
+                    return parts, Position(row.id - 1, start + taken), True
                 ahead.popleft()
                 frame_id = row.id
-                frames.append((row.id, entries))
-                samples += len(entries)
-        return frames, frame_id, frame_id < upto or samples >= limit
+        return parts, Position(frame_id), frame_id < upto or samples >= limit
 
     def _entries_for(self, row: store.FrameRow) -> Sequence[bytes]:
         cached = self._cache.get(row.id)
         if cached is not None:
             return cached
+        if self._decoded is not None and self._decoded[0] == row.id:  # a frame split in parts
+            return self._decoded[1]
+        entries = self._decode(row)
+        self._decoded = (row.id, entries)
+        return entries
+
+    def _decode(self, row: store.FrameRow) -> Sequence[bytes]:
         try:
             if row.kind == store.KIND_ENTRIES:
                 return split_entries(row.payload)
@@ -277,149 +355,127 @@ class Forwarder:
             return []
 
     # ------------------------------------------------------------------ sending
-    async def _deliver(self, frames: list[Frame]) -> bool:
-        """Deliver the frames' entries, isolating refused ones. False only when stopping."""
-        count = sum(len(entries) for _, entries in frames)
-        if not count:
-            return True
-        body = b"".join(chain.from_iterable(entries for _, entries in frames))
-        result = await self._send(body, count)
+    async def _deliver(self, parts: list[Part]) -> Delivery:
+        """Send the parts as one request; dead-letter it whole if refused for good."""
+        if not any(entries for _, entries, _ in parts):
+            return Delivery.DONE
+        request = Request(self.endpoint, parts, self._windows)
+        result = await self._sender.send(request)
         if result is None:
-            return False
+            return Delivery.STOPPED
         if isinstance(result, Accepted):
-            return True
-        # Refused: split down to the samples the endpoint will not take.
-        items = [(frame_id, entry) for frame_id, entries in frames for entry in entries]
-        pending: list[list[Item]] = [items[: len(items) // 2], items[len(items) // 2 :]]
-        dead: list[tuple[Item, Rejected]] = []
-        if len(items) == 1:
-            pending, dead = [], [(items[0], result)]
-        while pending:
-            part = pending.pop(0)
-            if not part:
-                continue
-            result = await self._send(b"".join(entry for _, entry in part), len(part))
-            if result is None:
-                return False
-            if isinstance(result, Rejected):
-                if len(part) == 1:
-                    dead.append((part[0], result))
-                else:
-                    middle = len(part) // 2
-                    pending[:0] = [part[:middle], part[middle:]]
-        if dead:
-            await self._dead_letter(dead)
-        return True
+            return Delivery.DONE
+        count = sum(len(entries) for _, entries, _ in request.parts)
+        if isinstance(result, TooLarge) and count > 1:
+            self._shrink(count, result)
+            return Delivery.SHRUNK
+        await self._dead_letter(request.parts, result)  # refused, or one sample too large
+        return Delivery.DONE
 
-    async def _send(self, raw_body: bytes, samples: int) -> Accepted | Rejected | None:
-        body = compress(raw_body)
-        m = self._metrics
-        endpoint = self.endpoint
-
-        def wait(state: RetryCallState) -> float:
-            outcome = state.outcome
-            result = outcome.result() if outcome is not None else None
-            backoff = wait_random_exponential(multiplier=self._config.retry_min_s,
-                                              max=self._config.retry_max_s)(state)
-            if isinstance(result, Retryable) and result.retry_after_s is not None:
-                return max(backoff, min(result.retry_after_s, 600.0))
-            return backoff
-
-        def log_retry(state: RetryCallState) -> None:
-            result = state.outcome.result() if state.outcome is not None else None
-            reason = result.reason if isinstance(result, Retryable) else "?"
-            self.status.last_error = reason
-            if not self.retrying:
-                self.retrying = True
-                self._on_progress(0, 0)  # ingest must not wait on a forwarder that is stuck
-            m.forward_retries.labels(endpoint).inc()
-            self.status.retries += 1
-            log.warning("%s: attempt %d failed (%s); retrying", endpoint, state.attempt_number,
-                        reason)
-
-        async for attempt in AsyncRetrying(
-                retry=retry_if_result(lambda r: isinstance(r, Retryable) and not self._stopping),
-                wait=wait, stop=stop_never, before_sleep=log_retry, reraise=True):
-            with attempt:
-                started = time.perf_counter()
-                result = await self._client.send(body)
-                m.forward_duration.labels(endpoint).observe(time.perf_counter() - started)
-                m.forward_requests.labels(endpoint, type(result).__name__.lower()).inc()
-            if not attempt.retry_state.outcome.failed:  # type: ignore[union-attr]
-                attempt.retry_state.set_result(result)
-        self.retrying = False
-        if isinstance(result, Accepted):
-            m.forward_samples.labels(endpoint).inc(samples)
-            self.status.sent_samples += samples
-            self.status.last_success_ms = int(time.time() * 1000)
-            return result
-        if isinstance(result, Rejected):
-            return result
-        return None  # still retryable but we are stopping
+    def _shrink(self, count: int, result: TooLarge) -> None:
+        size = max(1, min(count, self.status.max_samples_per_request) // 2)
+        self.status.max_samples_per_request = size
+        self.status.last_error = result.reason
+        self._metrics.forward_request_samples_max.labels(self.endpoint).set(size)
+        log.warning("%s: a request of %d samples was too large (%s); requests carry at most %d "
+                    "samples from now on (lower remote_write_max_samples to keep it so)",
+                    self.endpoint, count, result.reason, size)
 
     async def replay(self, letters: Sequence[tuple[int, bytes]]
                      ) -> tuple[list[int], list[tuple[int, str, int]]]:
         """Send dead letters (id, entry) again, once, outside the cursor's order: returns the
         ids the endpoint took and (status, reason, id) of those it refused again. Raises
-        ForwardUnavailable when it cannot be reached (nothing is changed then)."""
+        ForwardUnavailable when it cannot be reached or is misconfigured (nothing changes)."""
         if not letters:
             return [], []
         result = await self._client.send(compress(b"".join(e for _, e in letters)))
         if isinstance(result, Accepted):
             return [i for i, _ in letters], []
-        if isinstance(result, Retryable):
+        if isinstance(result, Retryable | Misconfigured):
             raise ForwardUnavailable(self.endpoint, result.reason)
         if len(letters) == 1:
             return [], [(result.status, result.reason, letters[0][0])]
         delivered: list[int] = []
         refused: list[tuple[int, str, int]] = []
-        for letter in letters:  # dead letters are few: one request each finds the refused
+        for letter in letters:  # an operator asked: one request each finds the refused
             took, again = await self.replay([letter])
             delivered += took
             refused += again
         return delivered, refused
 
-    async def _dead_letter(self, dead: list[tuple[Item, Rejected]]) -> None:
+    async def _dead_letter(self, parts: list[Part], refused: Rejected | TooLarge) -> None:
         now_ms = int(time.time() * 1000)
-        rows = [(self.endpoint, frame_id, now_ms, rejected.status, rejected.reason[:1000],
-                 _describe(entry), entry) for (frame_id, entry), rejected in dead]
+        reason = refused.reason[:1000]
+        rows = [(self.endpoint, frame_id, now_ms, refused.status, reason, _describe(entry), entry)
+                for frame_id, entries, _ in parts for entry in entries]
         await self._db.write(lambda conn: store.add_dead_letters(conn, rows))
         self.status.dead_letters += len(rows)
-        self.status.last_error = dead[-1][1].reason
+        self.status.last_error = refused.reason
         self._metrics.forward_dead_letters.labels(self.endpoint).inc(len(rows))
-        log.error("%s: %d samples refused and dead-lettered, e.g. %s: %s", self.endpoint,
-                  len(rows), rows[0][5], rows[0][4])
+        log.error("%s: a request of %d samples was refused (%s) and dead-lettered whole, "
+                  "e.g. %s", self.endpoint, len(rows), reason, rows[0][5])
 
-    async def _advance_live(self, live: tuple[int, int]) -> None:
+    # ------------------------------------------------------------------ positions
+    async def _advance_live(self, live_from: int, end: Position) -> None:
         now_ms = int(time.time() * 1000)
-        cursor = self.cursor
-        await self._db.write(
-            lambda conn: store.set_live_lane(conn, self.endpoint, cursor, live, now_ms))
+        cursor, live = self.cursor, (live_from, end.frame_id)
+        await self._db.write(lambda conn: store.set_live_lane(
+            conn, self.endpoint, cursor, live, now_ms, end.offset))
         self.status.live_lane = live
+        self._live_offset = end.offset
+        self._keep_partial(LIVE, end)
 
     async def _close_live_lane(self) -> None:
         live = self.status.live_lane
         assert live is not None
         now_ms = int(time.time() * 1000)
         endpoints, endpoint, cursor = self._all_endpoints, self.endpoint, self.cursor
+        jump = Position(live[1], self._live_offset)
 
         def close(conn: sqlite3.Connection) -> tuple[int, int]:
             store.set_live_lane(conn, endpoint, cursor, None, now_ms)
-            return store.advance_cursor(conn, endpoint, live[1], now_ms, endpoints)
+            return store.advance_cursor(conn, endpoint, jump.frame_id, now_ms, endpoints,
+                                        jump.offset)
 
         deleted, freed = await self._db.write(close)
-        self.status.cursor = live[1]
+        self.status.cursor, self.status.cursor_offset = jump.frame_id, jump.offset
         self.status.live_lane = None
+        self._live_offset = 0
+        self._keep_partial(LIVE, Position(0))
+        self._keep_partial(BACKLOG, jump)
         log.info("%s: backlog sent; the live lane closes at frame %d", endpoint, live[1])
         self._on_progress(deleted, freed)
 
-    async def _advance(self, frame_id: int) -> None:
+    async def _advance(self, end: Position) -> None:
         now_ms = int(time.time() * 1000)
         endpoints = self._all_endpoints
-        deleted, freed = await self._db.write(
-            lambda conn: store.advance_cursor(conn, self.endpoint, frame_id, now_ms, endpoints))
-        self.status.cursor = frame_id
+        deleted, freed = await self._db.write(lambda conn: store.advance_cursor(
+            conn, self.endpoint, end.frame_id, now_ms, endpoints, end.offset))
+        self.status.cursor, self.status.cursor_offset = end.frame_id, end.offset
+        self._keep_partial(BACKLOG, end)
         self._on_progress(deleted, freed)
+
+    def _keep_partial(self, lane: str, position: Position) -> None:
+        """A frame this endpoint has been sent part of is not eligible for drop_oldest."""
+        after = position.frame_id if position.offset else 0
+        self._windows.keep(self.endpoint, f"partial:{lane}", after, after + 1 if after else 0)
+
+
+def _take(parts: list[Part], frame_id: int, entries: Sequence[bytes], start: int, room: int,
+          limit: int) -> int:
+    """Add what fits of a frame's entries from `start` to the request; how many were taken.
+    A frame (or rest of one) that fits the request is taken whole; one larger than a whole
+    request fills the room (it is split across requests); else none: the request is full."""
+    remaining = len(entries) - start
+    if remaining <= room:
+        taken = remaining
+    elif remaining > limit:
+        taken = room
+    else:
+        return 0
+    part = entries if start == 0 and taken == len(entries) else entries[start:start + taken]
+    parts.append((frame_id, part, span_of(entries)))
+    return taken
 
 
 async def _discard(task: asyncio.Task[Batch]) -> None:

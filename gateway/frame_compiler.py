@@ -24,12 +24,34 @@ from device_protocol import (
     TelemetryRows,
     resolve_telemetry,
 )
-from gateway.remote_write import encode_varint
+from gateway.entry_cache import FrameEntries
+from gateway.remote_write import encode_varint, entry_timestamp
 from gateway.series import SeriesEncoder, label_bytes
 from gateway.series_budget import SeriesBudget
 
 _SAMPLE = struct.Struct("<BdB")
 _TS_LEN = 6  # SeriesEncoder prefixes assume a 6-byte varint timestamp (years 1971..2109)
+
+
+def _in_time_order(out: FrameEntries, raw: TelemetryRows) -> None:
+    """A frame whose samples carry time offsets: note its oldest and newest sample time, and
+    if a series goes back in time within it (dt +500 then -500), sort the entries by timestamp
+    (stable), as remote-write 1.0 wants every series' samples in timestamp order."""
+    rows = raw.rows
+    offsets = [row[2] for row in rows]
+    out.first_ms, out.last_ms = raw.time_ms + min(offsets), raw.time_ms + max(offsets)
+    newest: dict[object, int] = {}
+    for metric, _, dt_ms, labels in rows:
+        key = (metric, labels) if labels else metric
+        if newest.get(key, dt_ms) > dt_ms:
+            break
+        newest[key] = dt_ms
+    else:
+        return  # every series in order already: keep the frame's order
+    stamps = [entry_timestamp(entry) for entry in out]
+    order = sorted(range(len(out)), key=stamps.__getitem__)
+    out[:] = [out[i] for i in order]
+
 
 # alias or name alone when the sample has no labels of its own, else (alias or name, labels)
 SeriesKey = int | str | tuple[int | str, tuple[tuple[str, str], ...]]
@@ -51,9 +73,10 @@ class FrameCompiler:
         self._long_way_seen: set[tuple[str, int, str, Labels]] = set()
 
     def entries(self, device_id: str, raw: TelemetryRows, birth: Birth | None,
-                count_refused: bool = False) -> list[bytes]:
-        """Entries of every sample of raw, in order, but those of series beyond the device's
-        budget. Raises what resolve_telemetry raises. count_refused: count the samples the
+                count_refused: bool = False) -> FrameEntries:
+        """Entries of every sample of raw, in order (by timestamp when samples carry time
+        offsets), but those of series beyond the device's budget. Raises what
+        resolve_telemetry raises. count_refused: count the samples the
         budget refused (at ingest; not again when a forwarder re-reads the frame)."""
         if birth is None or birth.boot != raw.boot:
             raise BirthRequired("birth required", f"no birth known for boot {raw.boot}")
@@ -64,7 +87,7 @@ class FrameCompiler:
                 self._forget_all()
             cached = self._boots[boot_key] = (birth, {})
         prefixes = cached[1]
-        out: list[bytes] = []
+        out = FrameEntries()
         append = out.append
         pack = _SAMPLE.pack
         base_ms = raw.time_ms
@@ -73,6 +96,7 @@ class FrameCompiler:
         # timestamp of the 6-byte varint size the cached prefixes are built for.
         plain_ok = len(frame_ts) == _TS_LEN
         refused = 0
+        shifted = False  # a sample has a time offset of its own: check the frame's order
         for row in raw.rows:
             metric, value, dt_ms, labels = row
             if plain_ok and not dt_ms and not labels and type(value) is not HistogramValue:
@@ -84,27 +108,28 @@ class FrameCompiler:
                 else:
                     refused += 1
                 continue
-            if type(value) is HistogramValue:
+            shifted = shifted or dt_ms != 0
+            ts_bytes = b"" if type(value) is HistogramValue else encode_varint(base_ms + dt_ms)
+            if len(ts_bytes) != _TS_LEN:  # a histogram, or a timestamp of another size
                 long_way = self._long_way(device_id, raw, row, birth)
                 out.extend(long_way)
                 refused += not long_way
-                continue
-            ts_bytes = encode_varint(base_ms + dt_ms)
-            if len(ts_bytes) != _TS_LEN:
-                long_way = self._long_way(device_id, raw, row, birth)
-                out.extend(long_way)
-                refused += not long_way
-                continue
-            # Unlabelled samples are keyed by the metric alone: no tuple per sample.
-            prefix = prefixes.get((metric, labels) if labels else metric)
-            if prefix is None:
-                prefix = self._learn(device_id, raw, row, birth, prefixes)
-            if prefix:
-                append(prefix + pack(0x09, value, 0x10) + ts_bytes)
             else:
-                refused += 1
+                # Unlabelled samples are keyed by the metric alone: no tuple per sample.
+                prefix = prefixes.get((metric, labels) if labels else metric)
+                if prefix is None:
+                    prefix = self._learn(device_id, raw, row, birth, prefixes)
+                if prefix:
+                    append(prefix + pack(0x09, value, 0x10) + ts_bytes)
+                else:
+                    refused += 1
         if refused and count_refused:
             self.budget.count_refused(device_id, refused)
+        out.device = device_id
+        if shifted:
+            _in_time_order(out, raw)
+        else:
+            out.first_ms = out.last_ms = base_ms
         return out
 
     @staticmethod

@@ -61,6 +61,18 @@ class GatewayMetrics:
             "fleetgate_forward_request_duration_seconds", "Remote-write request time",
             ["endpoint"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.forward_paused = Gauge(
+            "fleetgate_forward_paused",
+            "1 while the endpoint is paused on a configuration error (401/403/404/...)",
+            ["endpoint"], registry=r)
+        self.forward_request_samples_max = Gauge(
+            "fleetgate_forward_request_samples_max",
+            "Samples per request now (remote_write_max_samples, lowered after a 413)",
+            ["endpoint"], registry=r)
+        self.forward_frames_dropped = Counter(
+            "fleetgate_forward_frames_dropped",
+            "Frames the buffer_full policy deleted before this endpoint had them", ["endpoint"],
+            registry=r)
         # Durable totals: started from the database's counters table at every start.
         self.store_recoveries = Counter(
             "fleetgate_store_recoveries", "Damaged databases set aside and salvaged at start-up",

@@ -488,7 +488,28 @@ class Pipeline:
         if over <= 0:
             return
         if self._config.full_policy == "drop_oldest":
-            plan.write.drop_oldest_bytes = over
+            # Frames on the wire are not eligible (the next-oldest go instead), and forwarders
+            # leave dropped frames out of their next attempts: a frame counted as dropped is
+            # one an endpoint is never sent (docs/operations.md).
+            windows = self._cache.windows
+            try:
+                async with windows.lock:  # no forwarder takes frames while victims are picked
+                    keep, endpoints = windows.ranges(), tuple(windows.endpoints)
+                    dropped = await self._db.write(
+                        lambda conn: store.drop_unsent(conn, over, keep, endpoints))
+                    self._cache.discard(dropped.ids)
+                    windows.note_dropped(dropped.ids)
+            except StoreError as exc:  # the commit that follows retries; so will the next drop
+                log.error("buffer full, and dropping the oldest frames failed: %s", exc)
+                return
+            if dropped.ids:
+                log.warning("buffer full: dropped the %d oldest unsent frames (%d bytes)",
+                            len(dropped.ids), dropped.bytes)
+                self._metrics.frames_dropped.labels("buffer_full").inc(dropped.dropped)
+                for endpoint, missed in dropped.missed.items():
+                    self._metrics.forward_frames_dropped.labels(endpoint).inc(missed)
+                self.buffer_bytes -= dropped.bytes
+                self.buffer_frames -= len(dropped.ids)
             return
         self._metrics.buffer_full_waits.inc()
         log.warning("buffer full (%d bytes): ingest waits for the forwarders", self.buffer_bytes)

@@ -109,6 +109,19 @@ def encode_entry_multi(label_bytes: bytes, samples: Sequence[tuple[float, int]])
     return b"\x0a" + encode_varint(len(series)) + series
 
 
+def entry_timestamp(entry: bytes) -> int:
+    """The timestamp of an entry's last sample, read from its tail: every entry this module
+    encodes ends with ``0x10 <varint timestamp>``, and the tag byte 0x10 ends the scan."""
+    end = len(entry)
+    start = end - 1
+    while entry[start - 1] & 0x80:
+        start -= 1
+    n = 0
+    for byte in reversed(entry[start:end]):
+        n = (n << 7) | (byte & 0x7F)
+    return n - _UINT64 if n >= 1 << 63 else n
+
+
 def build_body(entries: Iterable[bytes]) -> bytes:
     """An uncompressed WriteRequest made of pre-encoded entries."""
     return b"".join(entries)

@@ -1,10 +1,13 @@
 """Send one compressed remote-write body and say what the receiver's answer means.
 
-The forwarder depends only on the ``RemoteWriteClient`` protocol and on three outcomes:
+The forwarder depends only on the ``RemoteWriteClient`` protocol and on five outcomes:
 
-* ``Accepted``  - the receiver stored the batch; drop it from the buffer.
-* ``Retryable`` - nothing wrong with the batch; send it again later (429, 5xx, network).
-* ``Rejected``  - the receiver will never take this batch; retrying cannot help.
+* ``Accepted``     - the receiver stored the batch; drop it from the buffer.
+* ``Retryable``    - nothing wrong with the batch; send it again later (429, 408, 5xx, network).
+* ``Rejected``     - the receiver will never take this batch; retrying cannot help.
+* ``TooLarge``     - 413: the request is too big; the receiver wrote none of it.
+* ``Misconfigured`` - the endpoint itself is wrong (URL, credentials, receiver flag), not the
+  samples: the forwarder pauses the endpoint instead of dead-lettering the whole stream.
 
 ``send`` never raises for an HTTP or network outcome, only for programming errors and
 cancellation, so a caller's retry loop needs no ``except``.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,10 +29,12 @@ import httpx
 __all__ = [
     "Accepted",
     "HttpRemoteWriteClient",
+    "Misconfigured",
     "Rejected",
     "RemoteWriteClient",
     "Retryable",
     "SendResult",
+    "TooLarge",
     "classify",
     "parse_retry_after",
 ]
@@ -60,7 +66,19 @@ class Rejected:
     reason: str
 
 
-SendResult = Accepted | Retryable | Rejected
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Misconfigured:
+    status: int
+    reason: str
+
+
+SendResult = Accepted | Retryable | Rejected | TooLarge | Misconfigured
 
 
 class RemoteWriteClient(Protocol):
@@ -97,8 +115,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, seconds)
 
 
+# vmauth echoes a wrong token back in its answer: never let it reach a log or the status API.
+_CREDENTIALS = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"']+")
+
+
 def _truncate(text: str) -> str:
-    text = text.strip()
+    text = _CREDENTIALS.sub(r"\1 <redacted>", text.strip())
     if len(text) <= MAX_REASON_CHARS:
         return text
     return text[: MAX_REASON_CHARS - 3] + "..."
@@ -106,29 +128,35 @@ def _truncate(text: str) -> str:
 
 # Answers that say "this endpoint is wrong" (bad URL, credentials, receiver flag off, a redirect
 # to a login page), not "these samples are wrong": dead-lettering would empty the whole stream
-# into the dead letters, so the forwarder stalls and retries, loudly, until someone fixes it.
+# into the dead letters, so the forwarder pauses the endpoint and probes it until it answers 2xx.
 _MISCONFIGURED = frozenset({401, 403, 404, 405, 407})
+# vmauth before 1.91 answers a WRONG bearer token with 400 and this body (the token echoed back;
+# a missing token is 401): a credentials typo, not bad data.
+_AUTH_400_MARKERS = ("cannot find the provided auth token",)
 
 
 def classify(status: int, body_text: str, retry_after: str | None) -> SendResult:
     """Map a receiver's answer to an outcome:
-    2xx accepted; 429, 408 and 5xx retried; answers that mean the endpoint itself is
-    misconfigured (401/403/404/405/407, 1xx/3xx) retried with a reason that says so; every other
-    4xx rejected with the receiver's own words as the reason (its samples are dead-lettered).
+    2xx accepted; 429, 408 and 5xx retryable (but the permanent-5xx markers of Prometheus 2.42:
+    rejected); 413 too large; answers that mean the endpoint itself is misconfigured
+    (401/403/404/405/407, 1xx/3xx, vmauth's wrong-token 400) misconfigured; every other 4xx
+    rejected with the receiver's own words as the reason (the request is dead-lettered).
     """
     if 200 <= status < 300:
         return Accepted(status)
     reason = f"HTTP {status}: {_truncate(body_text)}" if body_text.strip() else f"HTTP {status}"
+    lowered = body_text.lower()
     if status >= 500:
-        lowered = body_text.lower()
         if any(marker in lowered for marker in _PERMANENT_5XX_MARKERS):
             return Rejected(status, reason)
         return Retryable(status, reason, parse_retry_after(retry_after))
     if status in (429, 408):
         return Retryable(status, reason, parse_retry_after(retry_after))
-    if status in _MISCONFIGURED or status < 200 or 300 <= status < 400:
-        return Retryable(status, f"endpoint misconfigured? (check URL, credentials, receiver "
-                                 f"flags) {reason}", None)
+    if (status in _MISCONFIGURED or status < 200 or 300 <= status < 400
+            or (status == 400 and any(marker in lowered for marker in _AUTH_400_MARKERS))):
+        return Misconfigured(status, reason)
+    if status == 413:
+        return TooLarge(status, reason)
     return Rejected(status, reason)
 
 

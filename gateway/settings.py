@@ -67,6 +67,7 @@ class ForwardConfig:
     external_labels: tuple[tuple[str, str], ...]
     shutdown_deadline_s: float
     live_first: bool = False
+    paused_probe_s: float = 30.0  # a paused endpoint is probed (an empty request) this often
 
 
 class Settings(BaseSettings):
@@ -129,6 +130,10 @@ class Settings(BaseSettings):
     # While a backlog drains, send new frames ahead of it. Only for receivers that accept
     # out-of-order samples (see docs/operations.md): off by default.
     remote_write_live_first: bool = False
+    # An endpoint that answers like it is misconfigured (401/403/404/405/407, 3xx) pauses; this
+    # often it is probed with an empty request (no sample is resent) until it answers 2xx. 30 s:
+    # an operator's fix is picked up within half a minute, and a probe costs the receiver nothing.
+    remote_write_paused_probe_s: float = Field(30.0, gt=0)
 
     # --- protocol limits
     max_frame_bytes: int = Field(65536, gt=0)
@@ -292,6 +297,7 @@ class Settings(BaseSettings):
             external_labels=tuple(sorted(self.external_labels.items())),
             shutdown_deadline_s=self.shutdown_forward_deadline_s,
             live_first=self.remote_write_live_first,
+            paused_probe_s=self.remote_write_paused_probe_s,
         )
 
 

@@ -46,6 +46,15 @@ class BatchWrite:
         return len(self.frames) + len(self.held) + len(self.quarantine)
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """Where an endpoint is in the buffer: every frame up to frame_id is sent, and the first
+    `offset` entries of the next frame (frame_id + 1; ignored if that frame is gone)."""
+
+    frame_id: int
+    offset: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class FrameRow:
     id: int
@@ -65,6 +74,8 @@ class StoredState:
     held: list[tuple[str, int, int, int, bytes]]
     cursors: dict[str, int]
     live_lanes: dict[str, tuple[int, int]]  # endpoint -> (live_from, live_upto)
+    cursor_offsets: dict[str, int]  # endpoint -> entries of frame cursor + 1 already sent
+    live_offsets: dict[str, int]  # endpoint -> entries of frame live_upto + 1 already sent
     devices: list[sqlite3.Row]
     buffer_frames: int
     buffer_bytes: int
@@ -164,6 +175,11 @@ def load_state(conn: sqlite3.Connection) -> StoredState:
         live_lanes={endpoint: (live_from, live_upto) for endpoint, live_from, live_upto
                     in conn.execute("SELECT endpoint, live_from, live_upto FROM cursors"
                                     " WHERE live_from IS NOT NULL").fetchall()},
+        cursor_offsets=dict(conn.execute("SELECT endpoint, entry_offset FROM cursors"
+                                         " WHERE entry_offset > 0").fetchall()),
+        live_offsets=dict(conn.execute("SELECT endpoint, live_offset FROM cursors"
+                                       " WHERE live_from IS NOT NULL AND live_offset > 0"
+                                       ).fetchall()),
         devices=devices,
         buffer_frames=frames,
         buffer_bytes=size + held_size,
@@ -185,14 +201,17 @@ def oldest_unsent_ms(conn: sqlite3.Connection, after_id: int) -> int | None:
 
 
 def advance_cursor(conn: sqlite3.Connection, endpoint: str, frame_id: int, now_ms: int,
-                   endpoints: Sequence[str]) -> tuple[int, int]:
-    """Move endpoint's cursor; delete frames every endpoint has passed.
+                   endpoints: Sequence[str], offset: int = 0) -> tuple[int, int]:
+    """Move endpoint's cursor forward (never back) to Position(frame_id, offset); delete the
+    frames every endpoint has passed whole.
 
     Returns (frames deleted, payload bytes freed)."""
     conn.execute(
-        "INSERT INTO cursors (endpoint, frame_id, updated_ms) VALUES (?,?,?)"
-        " ON CONFLICT(endpoint) DO UPDATE SET frame_id = MAX(frame_id, excluded.frame_id),"
-        " updated_ms = excluded.updated_ms", (endpoint, frame_id, now_ms))
+        "INSERT INTO cursors (endpoint, frame_id, entry_offset, updated_ms) VALUES (?,?,?,?)"
+        " ON CONFLICT(endpoint) DO UPDATE SET frame_id = excluded.frame_id,"
+        " entry_offset = excluded.entry_offset, updated_ms = excluded.updated_ms"
+        " WHERE (excluded.frame_id, excluded.entry_offset) > (frame_id, entry_offset)",
+        (endpoint, frame_id, offset, now_ms))
     marks = ",".join("?" * len(endpoints))
     row = conn.execute(
         f"SELECT COUNT(*), MIN(frame_id) FROM cursors WHERE endpoint IN ({marks})",
@@ -203,15 +222,16 @@ def advance_cursor(conn: sqlite3.Connection, endpoint: str, frame_id: int, now_m
 
 
 def set_live_lane(conn: sqlite3.Connection, endpoint: str, cursor: int,
-                  live: tuple[int, int] | None, now_ms: int) -> None:
+                  live: tuple[int, int] | None, now_ms: int, live_offset: int = 0) -> None:
     """Record an endpoint's live lane (None closes it; the cursor is then advanced with
-    advance_cursor in the same transaction)."""
+    advance_cursor in the same transaction); live_offset: entries of frame live_upto + 1 sent."""
     live_from, live_upto = live if live is not None else (None, None)
     conn.execute(
-        "INSERT INTO cursors (endpoint, frame_id, updated_ms, live_from, live_upto)"
-        " VALUES (?,?,?,?,?) ON CONFLICT(endpoint) DO UPDATE SET live_from = excluded.live_from,"
-        " live_upto = excluded.live_upto, updated_ms = excluded.updated_ms",
-        (endpoint, cursor, now_ms, live_from, live_upto))
+        "INSERT INTO cursors (endpoint, frame_id, updated_ms, live_from, live_upto, live_offset)"
+        " VALUES (?,?,?,?,?,?) ON CONFLICT(endpoint) DO UPDATE SET"
+        " live_from = excluded.live_from, live_upto = excluded.live_upto,"
+        " live_offset = excluded.live_offset, updated_ms = excluded.updated_ms",
+        (endpoint, cursor, now_ms, live_from, live_upto, live_offset if live else 0))
 
 
 def delete_frames_upto(conn: sqlite3.Connection, frame_id: int) -> tuple[int, int]:
@@ -223,9 +243,26 @@ def delete_frames_upto(conn: sqlite3.Connection, frame_id: int) -> tuple[int, in
     return count, size
 
 
-def drop_oldest(conn: sqlite3.Connection, need_bytes: int) -> tuple[int, int, int]:
-    """Delete the oldest frames until need_bytes are freed. Returns (frames, bytes, last id)."""
-    freed = dropped = last_id = 0
+def drop_oldest(conn: sqlite3.Connection, need_bytes: int,
+                keep: Sequence[tuple[int, int]] = ()) -> tuple[int, int, int]:
+    """Delete the oldest frames until need_bytes are freed, but none in a `keep` range
+    (after, upto]. Returns (frames, bytes, last id deleted)."""
+    ids, freed = _pick_oldest(conn, need_bytes, keep)
+    _delete_ids(conn, ids)
+    return len(ids), freed, ids[-1] if ids else 0
+
+
+def _delete_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    if ids and ids[-1] - ids[0] + 1 == len(ids):  # one run of ids (the common case)
+        conn.execute("DELETE FROM frames WHERE id BETWEEN ? AND ?", (ids[0], ids[-1]))
+    else:
+        conn.executemany("DELETE FROM frames WHERE id = ?", [(i,) for i in ids])
+
+
+def _pick_oldest(conn: sqlite3.Connection, need_bytes: int,
+                 keep: Sequence[tuple[int, int]]) -> tuple[list[int], int]:
+    ids: list[int] = []
+    freed = last_id = 0
     while freed < need_bytes:
         rows = conn.execute(
             "SELECT id, LENGTH(payload) FROM frames WHERE id > ? ORDER BY id LIMIT 1000",
@@ -233,14 +270,53 @@ def drop_oldest(conn: sqlite3.Connection, need_bytes: int) -> tuple[int, int, in
         if not rows:
             break
         for frame_id, size in rows:
-            freed += size
-            dropped += 1
             last_id = frame_id
+            if any(after < frame_id <= upto for after, upto in keep):
+                continue
+            freed += size
+            ids.append(frame_id)
             if freed >= need_bytes:
                 break
-    if dropped:
-        conn.execute("DELETE FROM frames WHERE id <= ?", (last_id,))
-    return dropped, freed, last_id
+    return ids, freed
+
+
+@dataclass(frozen=True, slots=True)
+class BufferDrop:
+    """What drop_unsent deleted: frame ids, bytes, and per endpoint how many of those frames
+    it had not been sent (frames every endpoint had are not counted as dropped)."""
+
+    ids: tuple[int, ...]
+    bytes: int
+    dropped: int  # frames at least one endpoint had not been sent
+    missed: dict[str, int]  # endpoint -> frames it had not been sent
+
+
+def drop_unsent(conn: sqlite3.Connection, need_bytes: int, keep: Sequence[tuple[int, int]],
+                endpoints: Sequence[str]) -> BufferDrop:
+    """The drop_oldest policy: delete the oldest frames outside `keep` (frames on the wire, or
+    sent in part) until need_bytes are freed; count durably the frames some endpoint misses
+    (one every endpoint has had is not dropped for anyone), and say who misses how many."""
+    ids, freed = _pick_oldest(conn, need_bytes, keep)
+    if not ids:
+        return BufferDrop((), 0, 0, {})
+    _delete_ids(conn, ids)
+    sent = {endpoint: (frame_id, live_from, live_upto) for endpoint, frame_id, live_from,
+            live_upto in conn.execute("SELECT endpoint, frame_id, live_from, live_upto"
+                                      " FROM cursors").fetchall()}
+    missed: dict[str, int] = {}
+    not_everywhere = set()
+    for endpoint in endpoints:
+        cursor, live_from, live_upto = sent.get(endpoint, (0, None, None))
+        lost = [i for i in ids if i > cursor
+                and not (live_from is not None and live_from < i <= live_upto)]
+        not_everywhere.update(lost)
+        if lost:
+            missed[endpoint] = len(lost)
+    if not endpoints:
+        not_everywhere.update(ids)
+    if not_everywhere:
+        bump_counters(conn, {"dropped_buffer_full": len(not_everywhere)})
+    return BufferDrop(tuple(ids), freed, len(not_everywhere), missed)
 
 
 def add_dead_letters(conn: sqlite3.Connection,

@@ -1,6 +1,8 @@
 """Samples a receiver refuses for good (Prometheus: too old / out of bounds, as after an outage
-longer than its out-of-order window) are dead-lettered with its reason and counted, never retried,
-and never hold back the newer data in the same batches."""
+longer than its out-of-order window) are dead-lettered with its reason and counted, never retried
+and never sent again by the forwarder: remote-write 1.0 forbids resending after a 4xx, so a
+refused request is dead-lettered whole, good samples included, and an operator's replay
+(POST /api/v1/dead-letters/replay) delivers those. Refusals never hold back newer data."""
 
 from __future__ import annotations
 
@@ -44,25 +46,36 @@ def test_samples_prometheus_refuses_are_dead_lettered_and_never_block_newer_data
     wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == frames_in
              and gw.caught_up(), 60, what="mixed data forwarded or dead-lettered")
 
+    samples_in = 20 * 60 - 5 * 20  # temperature samples: live devices 60 each, old 40 each
+    dead = gw.http.get("/api/v1/dead-letters", params={"limit": 1000}).json()  # the newest
+    assert gw.metric("fleetgate_forward_retries_total") == 0  # refused for good: never retried
+    dead_total = int(gw.metric("fleetgate_forward_dead_letters_total"))
+    assert dead_total >= refused
+    assert {d["endpoint"] for d in dead} == {prometheus.remote_write_url}
+    assert all("too old sample" in d["reason"] or "out of bounds" in d["reason"] for d in dead)
+    dead_temperatures = dead_total // 2  # each frame: a temperature and a counter sample
+    # each sample went out once: stored by Prometheus or dead-lettered with its request, never
+    # both (the forwarder no longer splits a refused request and sends its halves again)
+    live_out = sum(prom_counts(prometheus, METRIC).values())
+    assert live_out + dead_temperatures == samples_in
+    assert buffer_frames(gw) == 0
+
+    # The live samples that shared a refused request are in the dead letters: a replay delivers
+    # them; the too-old ones are refused again and stay.
+    while True:  # 1000 at most per call, the oldest first
+        replay = gw.http.post("/api/v1/dead-letters/replay", json={"limit": 1000}).json()
+        if replay["replayed"] == 0:
+            break
+    assert replay["refused"] == replay["remaining"] == refused
     counts = prom_counts(prometheus, METRIC)
     assert counts == {f.device_id(i): 60 for i in live_devices}
     assert out_of_order(prometheus, live_devices, range(60), base) == []
-    assert gw.metric("fleetgate_forward_dead_letters_total") == refused
-    assert gw.metric("fleetgate_forward_retries_total") == 0  # refused for good: never retried
-    dead = gw.http.get("/api/v1/dead-letters", params={"limit": 1000}).json()
-    assert len(dead) == refused
-    assert {d["endpoint"] for d in dead} == {prometheus.remote_write_url}
-    assert all("too old sample" in d["reason"] or "out of bounds" in d["reason"] for d in dead)
-    dead_devices = {i for i in old_devices for d in dead if f'"{f.device_id(i)}"' in d["series"]}
-    assert dead_devices == set(old_devices)
-    assert not any(f'"{f.device_id(i)}"' in d["series"] for d in dead for i in live_devices)
-    assert buffer_frames(gw) == 0
-    samples_in = 20 * 60 - 5 * 20  # temperature samples: live devices 60 each, old 40 each
-    live_out = sum(counts.values())
-    dead_temperatures = sum(1 for d in dead if METRIC in d["series"])
+    left = gw.http.get("/api/v1/dead-letters", params={"limit": 1000}).json()
+    dead_devices = {i for i in old_devices for d in left if f'"{f.device_id(i)}"' in d["series"]}
+    assert dead_devices == set(old_devices) and len(left) == refused
+    assert not any(f'"{f.device_id(i)}"' in d["series"] for d in left for i in live_devices)
     fault_report.record(
-        frames_in=frames_in, samples_in=samples_in, samples_out=live_out, lost=0, doubled=0,
-        receiver="Prometheus",
-        note=f"{dead_temperatures} too-old samples dead-lettered with Prometheus's reason "
-             f"(+{refused - dead_temperatures} counter samples), 0 retries, live data complete")
-    assert live_out + dead_temperatures == samples_in
+        frames_in=frames_in, samples_in=samples_in, samples_out=sum(counts.values()), lost=0,
+        doubled=0, receiver="Prometheus",
+        note=f"refused requests dead-lettered whole, once ({dead_temperatures} temperature "
+             f"samples, {refused // 2} too old), 0 retries; a replay delivered the live ones")

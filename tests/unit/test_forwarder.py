@@ -106,7 +106,9 @@ def test_retryable_failures_are_retried_until_accepted(tmp_path: Path) -> None:
         "fleetgate_forward_retries_total", {"endpoint": client.endpoint}) == 2
 
 
-def test_refused_samples_are_isolated_and_dead_lettered(tmp_path: Path) -> None:
+def test_refused_requests_are_dead_lettered_whole_and_never_sent_again(tmp_path: Path) -> None:
+    # Was: split in halves until the refused samples were isolated (resending the rest, which
+    # remote-write 1.0 forbids after a 4xx). Now the whole request is dead-lettered once.
     h = Harness(tmp_path / "db")
     poison = {f.sample_value(1, 7), f.sample_value(2, 30)}
 
@@ -124,13 +126,16 @@ def test_refused_samples_are_isolated_and_dead_lettered(tmp_path: Path) -> None:
         await h.db.close()
 
     asyncio.run(go())
-    temps = values_of(client.accepted, "device_temperature_celsius")
-    expected = {f.sample_value(i, s) for i in range(3) for s in range(40)} - poison
-    assert sorted(temps) == sorted(expected)  # everything else exactly once
+    refused = [r for r in client.requests if values_of(r, "device_temperature_celsius")
+               and set(values_of(r, "device_temperature_celsius")) & poison]
+    assert len(refused) == 2
+    sent = [v for r in client.requests for v in values_of(r, "device_temperature_celsius")]
+    # each sample sent exactly once: no bisecting, no resend
+    assert sorted(sent) == sorted(f.sample_value(i, s) for i in range(3) for s in range(40))
     dead = h.rows("SELECT status, reason, series FROM dead_letters ORDER BY id")
-    assert len(dead) == 2
+    assert len(dead) == sum(len(samples) for r in refused for _, samples in r)
     assert all(status == 400 and reason == "out of order sample" for status, reason, _ in dead)
-    assert 'device_id="dev-0001"' in dead[0][2] and "100007.0" in dead[0][2]
+    assert any('device_id="dev-0001"' in series and "100007.0" in series for *_, series in dead)
 
 
 def test_read_back_after_restart_sends_the_same_series_as_the_live_path(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from device_protocol import (
     resolve_telemetry,
 )
 from gateway.frame_compiler import FrameCompiler
-from gateway.remote_write import build_body, decode_write_request
+from gateway.remote_write import build_body, decode_write_request, entry_timestamp
 from gateway.series import SeriesEncoder
 
 BIRTH = f.birth(1)
@@ -44,10 +44,25 @@ def test_fast_entries_equal_the_long_way(samples: list[tuple], time_ms: int) -> 
     raw = RawTelemetry(BIRTH.boot, 3, time_ms, tuple(RawSample(*s) for s in samples), False)
     encoder = SeriesEncoder((("region", "eu"),))
     compiler = FrameCompiler(SeriesEncoder((("region", "eu"),)))
-    expected = encoder.frame_entries("dev-1", resolve_telemetry(raw, BIRTH))
+    long_way = encoder.frame_entries("dev-1", resolve_telemetry(raw, BIRTH))
+    # the long way's entries; sorted by timestamp (stable) if a series goes back in time
+    expected = long_way if series_in_time_order(long_way) else sorted(long_way,
+                                                                       key=entry_timestamp)
     frame = TelemetryRows.from_raw(raw)
     assert compiler.entries("dev-1", frame, BIRTH) == expected
     assert compiler.entries("dev-1", frame, BIRTH) == expected  # warm cache too
+    assert series_in_time_order(expected)
+
+
+def series_in_time_order(entries: list[bytes]) -> bool:
+    newest: dict[str, int] = {}
+    for labels, samples in decode_write_request(b"".join(entries)):
+        key = repr(sorted(labels.items()))
+        for _, ts in samples:
+            if newest.get(key, ts) > ts:
+                return False
+            newest[key] = ts
+    return True
 
 
 def test_histograms_and_far_timestamps_take_the_long_way() -> None:
@@ -58,7 +73,24 @@ def test_histograms_and_far_timestamps_take_the_long_way() -> None:
     ), False)
     expected = SeriesEncoder().frame_entries("d", resolve_telemetry(raw, BIRTH))
     frame = TelemetryRows.from_raw(raw)
-    assert FrameCompiler(SeriesEncoder()).entries("d", frame, BIRTH) == expected
+    assert FrameCompiler(SeriesEncoder()).entries("d", frame, BIRTH) == [expected[-1],
+                                                                        *expected[:-1]]
+
+
+def test_samples_with_time_offsets_come_out_in_timestamp_order_with_the_frames_span() -> None:
+    # issue 11, finding 8: dt +500 then -500 of one series was sent in that order
+    raw = RawTelemetry(BIRTH.boot, 1, 1_790_000_000_000, (
+        RawSample(0, 1.0, 500, ()), RawSample(0, 2.0, -500, ()), RawSample(1, 3.0, 0, ())),
+        False)
+    out = FrameCompiler(SeriesEncoder()).entries("d", TelemetryRows.from_raw(raw), BIRTH)
+    assert [entry_timestamp(e) for e in out] == [1_789_999_999_500, 1_790_000_000_000,
+                                                 1_790_000_000_500]
+    assert (out.device, out.first_ms, out.last_ms) == ("d", 1_789_999_999_500,
+                                                       1_790_000_000_500)
+    plain = RawTelemetry(BIRTH.boot, 2, 1_790_000_001_000, (RawSample(0, 1.0, 0, ()),), False)
+    out = FrameCompiler(SeriesEncoder()).entries("d", TelemetryRows.from_raw(plain), BIRTH)
+    assert (out.device, out.first_ms, out.last_ms) == ("d", 1_790_000_001_000,
+                                                       1_790_000_001_000)
 
 
 def test_it_raises_what_resolve_raises() -> None:

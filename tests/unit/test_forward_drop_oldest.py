@@ -1,0 +1,54 @@
+"""buffer_full_policy=drop_oldest: a dropped frame is one no endpoint delivers, exactly. Frames
+in a request in flight are not eligible (the next-oldest unsent ones go instead)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import factories as f
+import httpx
+from test_pipeline_support import Harness, birth_msg, tele_msg
+
+from unit.test_forward_support import RecordingReceiver, make_forwarder, wait_until
+
+
+def test_drop_oldest_never_counts_a_frame_that_is_delivered(tmp_path: Path) -> None:
+    frame_bytes = len(f.telemetry_payload(1, 0, base_ms=f.now_ms()))
+    h = Harness(tmp_path / "db", max_bytes=30 * frame_bytes, policy="drop_oldest")
+    release = asyncio.Event()
+    receiver = RecordingReceiver()
+
+    async def blocking(request: httpx.Request) -> httpx.Response:
+        await release.wait()  # the first request hangs while ingest overflows the cap
+        return receiver.handle(request)
+
+    base = f.now_ms() - 600_000
+
+    async def go() -> None:
+        await h.open()
+        await h.pipeline.handle([birth_msg(1)])
+        for seq in range(20):
+            await h.pipeline.handle([tele_msg(1, seq, base)])
+        client = receiver.client()
+        client._client._transport = httpx.MockTransport(blocking)  # type: ignore[attr-defined]
+        forwarder = make_forwarder(h, client)
+        task = asyncio.create_task(forwarder.run())
+        await asyncio.sleep(0.05)  # the first request (birth + 20 frames) is in flight
+        for seq in range(20, 80):
+            await h.pipeline.handle([tele_msg(1, seq, base)])
+        release.set()
+        forwarder.begin_drain()
+        await asyncio.wait_for(task, 10)
+        await wait_until(lambda: forwarder.cursor == h.pipeline.committed_upto)
+        await h.db.close()
+
+    asyncio.run(go())
+    delivered = {int(v) % 100_000 for labels, samples in (s for r in receiver.accepted for s in r)
+                 if labels["__name__"] == "device_temperature_celsius" for v, _ in samples}
+    dropped = h.counter("fleetgate_frames_dropped_total", "buffer_full")
+    assert dropped > 0
+    assert set(range(20)) <= delivered  # the frames in flight were not dropped
+    assert 80 - len(delivered) == dropped  # dropped means not delivered, exactly
+    assert h.rows("SELECT value FROM counters WHERE name = 'dropped_buffer_full'") == [
+        (int(dropped),)]
