@@ -94,3 +94,20 @@ class Request:
 
     def landed(self) -> None:
         self._windows.keep(self.endpoint, "wire", 0, 0)
+
+
+def take(parts: list[Part], frame_id: int, entries: Sequence[bytes], start: int, room: int,
+         limit: int) -> int:
+    """Add what fits of a frame's entries from `start` to the request; how many were taken.
+    A frame (or rest of one) that fits the request is taken whole; one larger than a whole
+    request fills the room (it is split across requests); else none: the request is full."""
+    remaining = len(entries) - start
+    if remaining <= room:
+        taken = remaining
+    elif remaining > limit:
+        taken = room
+    else:
+        return 0
+    part = entries if start == 0 and taken == len(entries) else entries[start:start + taken]
+    parts.append((frame_id, part, span_of(entries)))
+    return taken

@@ -16,21 +16,26 @@
     for a wrong token      WriteRequest probes it every remote_write_paused_probe_s, and the first
                            2xx resumes sending.
 
-`EndpointSender` owns the retry loop and the pause; the forwarder decides what to send.
+`EndpointSender` owns the retry loop and the pause, `dead_letter` and `replay` the refused
+requests; the forwarder decides what to send.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.forward_order import Request
+from gateway import store
+from gateway.db import Database
+from gateway.errors import ForwardUnavailable
+from gateway.forward_order import Part, Request
 from gateway.metrics import GatewayMetrics
-from gateway.remote_write import compress
+from gateway.remote_write import compress, decode_write_request
 from gateway.remote_write_client import (
     Accepted,
     Misconfigured,
@@ -167,3 +172,60 @@ class EndpointSender:
         gauge.set(0)
         log.warning("%s: the endpoint answers again; paused sending resumes", self.endpoint)
         return True
+
+
+async def dead_letter(db: Database, endpoint: str, parts: Sequence[Part],
+                      refused: Rejected | TooLarge, status: ForwarderStatus,
+                      metrics: GatewayMetrics) -> None:
+    """A refused request goes to the dead letters whole, once: one row per sample (so a
+    replay can send them again), each with the receiver's reason."""
+    now_ms = int(time.time() * 1000)
+    reason = refused.reason[:1000]
+    rows = [(endpoint, frame_id, now_ms, refused.status, reason, describe(entry), entry)
+            for frame_id, entries, _ in parts for entry in entries]
+    await db.write(lambda conn: store.add_dead_letters(conn, rows))
+    status.dead_letters += len(rows)
+    status.last_error = refused.reason
+    metrics.forward_dead_letters.labels(endpoint).inc(len(rows))
+    log.error("%s: a request of %d samples was refused (%s) and dead-lettered whole, e.g. %s",
+              endpoint, len(rows), reason, rows[0][5])
+
+
+async def replay(client: RemoteWriteClient, endpoint: str,
+                 letters: Sequence[tuple[int, bytes]]
+                 ) -> tuple[list[int], list[tuple[int, str, int]]]:
+    """Send dead letters (id, entry) again, once, outside the cursor's order: returns the ids
+    the endpoint took and (status, reason, id) of those it refused again. Raises
+    ForwardUnavailable when it cannot be reached or is misconfigured (nothing changes)."""
+    if not letters:
+        return [], []
+    result = await client.send(compress(b"".join(e for _, e in letters)))
+    if isinstance(result, Accepted):
+        return [i for i, _ in letters], []
+    if isinstance(result, Retryable | Misconfigured):
+        raise ForwardUnavailable(endpoint, result.reason)
+    if len(letters) == 1:
+        return [], [(result.status, result.reason, letters[0][0])]
+    delivered: list[int] = []
+    refused: list[tuple[int, str, int]] = []
+    for letter in letters:  # an operator asked for it: one request each finds the refused
+        took, again = await replay(client, endpoint, [letter])
+        delivered += took
+        refused += again
+    return delivered, refused
+
+
+def describe(entry: bytes) -> str:
+    """An entry as a human reads it: name{labels} value @timestamp."""
+    try:
+        decoded = decode_write_request(entry)
+    except ValueError:
+        return "<undecodable entry>"
+    parts = []
+    for labels, samples in decoded:
+        name = labels.get("__name__", "")
+        label_text = ",".join(f'{k}="{v}"' for k, v in labels.items() if k != "__name__")
+        for value, ts in samples:
+            shown = repr(value) if math.isfinite(value) else str(value)
+            parts.append(f"{name}{{{label_text}}} {shown} @{ts}")
+    return "; ".join(parts)

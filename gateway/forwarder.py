@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import sqlite3
 import time
 from collections import deque
@@ -49,25 +48,13 @@ from gateway import store
 from gateway.births import BirthRegistry, shifted
 from gateway.db import Database
 from gateway.entry_cache import EntryCache
-from gateway.errors import ForwardUnavailable, StoreError
-from gateway.forward_order import Part, Request, span_of
-from gateway.forward_policy import EndpointSender, ForwarderStatus, backoff_s
+from gateway.errors import StoreError
+from gateway.forward_order import Part, Request, take
+from gateway.forward_policy import EndpointSender, ForwarderStatus, backoff_s, dead_letter, replay
 from gateway.frame_compiler import FrameCompiler
 from gateway.metrics import GatewayMetrics
-from gateway.remote_write import (
-    LabelValidationError,
-    compress,
-    decode_write_request,
-    split_entries,
-)
-from gateway.remote_write_client import (
-    Accepted,
-    Misconfigured,
-    Rejected,
-    RemoteWriteClient,
-    Retryable,
-    TooLarge,
-)
+from gateway.remote_write import LabelValidationError, split_entries
+from gateway.remote_write_client import Accepted, Rejected, RemoteWriteClient, TooLarge
 from gateway.settings import ForwardConfig
 from gateway.store import Position
 
@@ -288,7 +275,7 @@ class Forwarder:
             entries = cache.get(frame_id + 1)
             if entries is None:
                 break
-            taken = _take(parts, frame_id + 1, entries, start, limit - samples, limit)
+            taken = take(parts, frame_id + 1, entries, start, limit - samples, limit)
             samples += taken
             if start + taken < len(entries):  # no room, or a part of a frame over the cap
                 return parts, Position(frame_id, start + taken), True
@@ -314,7 +301,7 @@ class Forwarder:
                     continue
                 start = after.offset if row.id == after.frame_id + 1 else 0
                 entries = self._entries_for(row)
-                taken = _take(parts, row.id, entries, start, limit - samples, limit)
+                taken = take(parts, row.id, entries, start, limit - samples, limit)
                 samples += taken
                 if start + taken < len(entries):
                     return parts, Position(row.id - 1, start + taken), True
@@ -383,37 +370,11 @@ class Forwarder:
 
     async def replay(self, letters: Sequence[tuple[int, bytes]]
                      ) -> tuple[list[int], list[tuple[int, str, int]]]:
-        """Send dead letters (id, entry) again, once, outside the cursor's order: returns the
-        ids the endpoint took and (status, reason, id) of those it refused again. Raises
-        ForwardUnavailable when it cannot be reached or is misconfigured (nothing changes)."""
-        if not letters:
-            return [], []
-        result = await self._client.send(compress(b"".join(e for _, e in letters)))
-        if isinstance(result, Accepted):
-            return [i for i, _ in letters], []
-        if isinstance(result, Retryable | Misconfigured):
-            raise ForwardUnavailable(self.endpoint, result.reason)
-        if len(letters) == 1:
-            return [], [(result.status, result.reason, letters[0][0])]
-        delivered: list[int] = []
-        refused: list[tuple[int, str, int]] = []
-        for letter in letters:  # an operator asked: one request each finds the refused
-            took, again = await self.replay([letter])
-            delivered += took
-            refused += again
-        return delivered, refused
+        """Send dead letters again (POST /api/v1/dead-letters/replay): see forward_policy."""
+        return await replay(self._client, self.endpoint, letters)
 
     async def _dead_letter(self, parts: list[Part], refused: Rejected | TooLarge) -> None:
-        now_ms = int(time.time() * 1000)
-        reason = refused.reason[:1000]
-        rows = [(self.endpoint, frame_id, now_ms, refused.status, reason, _describe(entry), entry)
-                for frame_id, entries, _ in parts for entry in entries]
-        await self._db.write(lambda conn: store.add_dead_letters(conn, rows))
-        self.status.dead_letters += len(rows)
-        self.status.last_error = refused.reason
-        self._metrics.forward_dead_letters.labels(self.endpoint).inc(len(rows))
-        log.error("%s: a request of %d samples was refused (%s) and dead-lettered whole, "
-                  "e.g. %s", self.endpoint, len(rows), reason, rows[0][5])
+        await dead_letter(self._db, self.endpoint, parts, refused, self.status, self._metrics)
 
     # ------------------------------------------------------------------ positions
     async def _advance_live(self, live_from: int, end: Position) -> None:
@@ -461,40 +422,8 @@ class Forwarder:
         self._windows.keep(self.endpoint, f"partial:{lane}", after, after + 1 if after else 0)
 
 
-def _take(parts: list[Part], frame_id: int, entries: Sequence[bytes], start: int, room: int,
-          limit: int) -> int:
-    """Add what fits of a frame's entries from `start` to the request; how many were taken.
-    A frame (or rest of one) that fits the request is taken whole; one larger than a whole
-    request fills the room (it is split across requests); else none: the request is full."""
-    remaining = len(entries) - start
-    if remaining <= room:
-        taken = remaining
-    elif remaining > limit:
-        taken = room
-    else:
-        return 0
-    part = entries if start == 0 and taken == len(entries) else entries[start:start + taken]
-    parts.append((frame_id, part, span_of(entries)))
-    return taken
-
-
 async def _discard(task: asyncio.Task[Batch]) -> None:
     """Cancel a prepared batch and wait for it: it shares the read-ahead rows."""
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, StoreError):
         await task
-
-
-def _describe(entry: bytes) -> str:
-    try:
-        decoded = decode_write_request(entry)
-    except ValueError:
-        return "<undecodable entry>"
-    parts = []
-    for labels, samples in decoded:
-        name = labels.get("__name__", "")
-        label_text = ",".join(f'{k}="{v}"' for k, v in labels.items() if k != "__name__")
-        for value, ts in samples:
-            shown = repr(value) if math.isfinite(value) else str(value)
-            parts.append(f"{name}{{{label_text}}} {shown} @{ts}")
-    return "; ".join(parts)
