@@ -116,6 +116,18 @@ def test_label_names_unique(tmp_path: Path, receiver: RecordingReceiver) -> None
     assert [s.label("site") for s in gauge] == ["lab-9"]
 
 
+def test_no_empty_label_values(tmp_path: Path, receiver: RecordingReceiver) -> None:
+    """An empty label value is no label (as Prometheus reads it): the label is dropped and the
+    sample kept, never sent with an empty value (issue 11, finding 12)."""
+    requests = sent(tmp_path, receiver, [birth_msg()],
+                    [tele_msg(0, [[GAUGE, 20.0], ["fan_speed_rpm", 900, 0, {"core": ""}]])])
+    for s in all_series(requests):
+        assert all(value for _, value in s.labels), f"{s.name}: empty label value {s.labels}"
+    fan = [s for s in all_series(requests) if s.name == "fan_speed_rpm"]
+    assert [(s.key(), [x.value for x in s.samples]) for s in fan] == [
+        (device_key("fan_speed_rpm"), [900.0])]
+
+
 def test_metric_and_label_names_valid(tmp_path: Path, receiver: RecordingReceiver) -> None:
     requests = sent(tmp_path, receiver, [birth_msg(labels={"site": "lab-7", "_rack": "r2"})],
                     [tele_msg(0, [[GAUGE, 20.0], ["job:fan_speed:rpm", 900, 0, {"Core_1": "x"}],
@@ -199,4 +211,3 @@ def test_each_sample_sent_once_on_success(tmp_path: Path, receiver: RecordingRec
 
 def _value(bits: int) -> float:
     return Sample(bits, 0).value
-

@@ -20,7 +20,14 @@ from device_frames import COUNTER, GAUGE, birth_msg, death_msg, now_ms, tele_msg
 from publisher import Publisher
 from rw_receiver import RecordingReceiver
 from rw_wire import STALE_NAN_BITS
-from spec_cases import STALE_WITHIN_S, Key, reported, stale
+from spec_cases import (
+    STALE_WITHIN_S,
+    Key,
+    await_stale_markers,
+    every_kind_of_series,
+    reported,
+    stale,
+)
 
 from gateway.devstack import GatewayProcess
 
@@ -45,3 +52,54 @@ def test_stale_marker_is_exact_nan_bits_after_the_series_last_sample(
             assert s.timestamp_ms > last.get(key, -1), f"marker before a sample of {key}"
         else:
             last[key] = max(last.get(key, -1), s.timestamp_ms)
+
+
+def test_stale_markers_for_every_series_of_the_boot_on_death(
+        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver) -> None:
+    """Histogram buckets, series with other labels and undeclared gauges too, not only the
+    series of the device's last frame (issue 11, finding 9)."""
+    gateway_process()
+    series = every_kind_of_series(device, receiver)
+    device.publish([death_msg()])
+    await_stale_markers(receiver, series)
+
+
+def test_stale_markers_for_every_series_on_offline_timeout(
+        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver) -> None:
+    gateway_process(device_late_after_intervals="2", device_offline_after_intervals="4")
+    series = every_kind_of_series(device, receiver, interval_ms=300)
+    await_stale_markers(receiver, series)
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "kill-9"])
+def test_stale_markers_for_every_series_after_gateway_restart(
+        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver,
+        stop: str) -> None:
+    """The gateway restarts (cleanly, or killed) between the boot's frames and its death."""
+    gw = gateway_process()
+    series = every_kind_of_series(device, receiver)
+    if stop == "sigterm":
+        gw.stop()
+    else:
+        gw.kill()
+    gw.start()
+    device.publish([death_msg()])
+    await_stale_markers(receiver, series)
+
+
+def test_stale_markers_when_death_and_new_birth_share_a_millisecond(
+        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver) -> None:
+    """A death and the next boot's birth arrive together (one broker read): the series the
+    new boot no longer reports are still closed (issue 11, finding 5)."""
+    gateway_process()
+    series = every_kind_of_series(device, receiver)
+    new_boot = 0x5EC00002
+    device.publish([death_msg(),
+                    birth_msg(boot=new_boot, metrics=[[GAUGE, "device_temperature_celsius",
+                                                       "gauge"]]),
+                    tele_msg(0, [[GAUGE, 23.0]], boot=new_boot)])
+    receiver.wait_for(lambda rx: any(s.value == 23.0 for _, s in rx.accepted_samples()),
+                      what="the new boot's frame forwarded")
+    still_reported = {k for k in series if dict(k)["__name__"] == "device_temperature_celsius"
+                      and "core" not in dict(k)}
+    await_stale_markers(receiver, series - still_reported)
