@@ -16,11 +16,13 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from device_frames import (
     BOUNDS,
     COUNTER,
     GAUGE,
     HISTOGRAM,
+    STANDARD_METRICS,
     birth,
     birth_msg,
     histogram,
@@ -31,7 +33,7 @@ from device_frames import (
 from gateway_rig import LocalGateway
 from rw_receiver import RecordingReceiver, Reply
 from rw_wire import Sample
-from spec_cases import Key, a_device_reporting, all_series, device_key, sent
+from spec_cases import Key, a_device_reporting, all_series, device_key, order_violations, sent
 
 import gateway
 
@@ -211,3 +213,43 @@ def test_each_sample_sent_once_on_success(tmp_path: Path, receiver: RecordingRec
 
 def _value(bits: int) -> float:
     return Sample(bits, 0).value
+
+
+@pytest.mark.parametrize("case", ["dt-offsets", "replay-beside-live"])
+def test_series_samples_in_timestamp_order_within_request(
+        tmp_path: Path, receiver: RecordingReceiver, case: str) -> None:
+    """A sender MUST send the samples of a series in timestamp order (issue 11, finding 8):
+    a frame whose samples carry dt +500 then -500, and a replayed frame (h) sent in the same
+    request as a newer live frame of the same device."""
+    t = now_ms() - 5_000
+    if case == "dt-offsets":
+        frames = [tele_msg(0, [[GAUGE, 1.0, 500], [GAUGE, 2.0, -500]], t_ms=t)]
+    else:
+        frames = [tele_msg(5, [[GAUGE, 5.0], [COUNTER, 50]], t_ms=t),
+                  tele_msg(2, [[GAUGE, 2.0], [COUNTER, 20]], t_ms=t - 3_000, historical=True)]
+    requests = sent(tmp_path, receiver, [birth_msg()], frames)
+    assert len(requests) == 1, "the case needs both samples in one request"
+    assert order_violations(requests) == []
+
+
+def test_max_samples_per_request_is_never_exceeded(tmp_path: Path,
+                                                   receiver: RecordingReceiver) -> None:
+    """remote_write_max_samples=50 holds for a frame of 200 samples and for a frame of 10
+    histograms (230 series); a frame larger than the cap is split across requests, each
+    series in order (issue 11, finding 11)."""
+    bounds = [0.001 * 2**i for i in range(20)]
+    metrics = [*STANDARD_METRICS,
+               *([10 + i, f"stage{i}_seconds", "histogram", bounds] for i in range(10))]
+    t = now_ms() - 30_000
+    big = tele_msg(0, [["channel_volts", float(i), 0, {"ch": str(i)}] for i in range(200)],
+                   t_ms=t)
+    hist = tele_msg(1, [[10 + i, histogram(20, 1.0, list(range(1, 21)))] for i in range(10)],
+                    t_ms=t + 1000)
+    requests = sent(tmp_path, receiver, [birth_msg(metrics=metrics)], [big], [hist],
+                    max_samples_per_request=50)
+    assert max(r.sample_count for r in requests) <= 50, receiver.describe()
+    counts = receiver.accepted_counts()
+    assert sum(1 for key, _, _ in counts if dict(key)["__name__"] == "channel_volts") == 200
+    assert sum(1 for key, _, _ in counts if dict(key)["__name__"].startswith("stage")) == 230
+    assert set(counts.values()) == {1}
+    assert order_violations(requests) == []
