@@ -257,9 +257,10 @@ class Forwarder:
         size: (parts, position after them, full). What it takes and reads ahead is noted in
         the send windows: frames drop_oldest deletes among them are then left out."""
         ahead = self._read_ahead if lane == BACKLOG else self._live_read_ahead
+        low = self.cursor if lane == BACKLOG else (self.status.live_lane or (0, 0))[1]
+        self._windows.hold(self.endpoint, lane, low, 1 << 62)  # whatever a read-back returns
         batch = await self._gather(after, upto, ahead)
         end = batch[1]
-        low = self.cursor if lane == BACKLOG else (self.status.live_lane or (0, 0))[1]
         high = max(end.frame_id + (1 if end.offset else 0), ahead[-1].id if ahead else 0)
         self._windows.hold(self.endpoint, lane, low, high)
         return batch
