@@ -39,7 +39,7 @@ def decode_birth(
         )
     platform = get_str(obj, "hw", "platform", limits.max_string_len)
     firmware = get_str(obj, "fw", "firmware", limits.max_string_len)
-    raw_labels = obj.get("labels", {})
+    raw_labels = obj.get("labels", _NO_LABELS)
     labels = check_labels(raw_labels, limits, "birth labels")
     # uint32 ms is ~49 days: anything slower is not "telemetry" any more.
     interval_ms = get_int(obj, "interval", "interval", 1, UINT32_MAX)
@@ -60,6 +60,7 @@ def decode_birth(
 
 
 _NONE: frozenset[int] = frozenset()
+_NO_LABELS: list[tuple[str, str]] = []  # an empty map, as the wire decodes one (never mutated)
 
 
 def _float32_bounds(payload: bytes) -> dict[int, set[int]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidName, SchemaError
+from .errors import InvalidName, MalformedPayload, SchemaError
 from .frames import Labels
 from .limits import Limits
 
@@ -38,9 +38,9 @@ def describe(value: object) -> str:
         return f"str {shown!r}"
     if isinstance(value, bytes):
         return f"bin of {len(value)} bytes"
-    if isinstance(value, list | tuple):
+    if isinstance(value, tuple):
         return f"array of {len(value)}"
-    if isinstance(value, dict):
+    if isinstance(value, list | dict):  # the codec decodes maps as lists of pairs (wire.py)
         return f"map of {len(value)}"
     return type(value).__name__
 
@@ -84,13 +84,24 @@ def check_label_name(name: object, limits: Limits, where: str) -> str:
     return name
 
 
+def duplicate_key(pairs: list[tuple[object, object]]) -> MalformedPayload:
+    """The error for a decoded map (its pairs) known to repeat a key."""
+    seen: set[object] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return MalformedPayload(
+                "duplicate map key", f"key {describe(key)} appears more than once in one map")
+        seen.add(key)
+    return MalformedPayload("duplicate map key", "a key appears more than once in one map")
+
+
 def check_labels(raw: object, limits: Limits, where: str) -> Labels:
-    """A decoded msgpack map of labels -> sorted (name, value) pairs.
+    """A decoded msgpack map of labels (its pairs, see wire.py) -> sorted (name, value) pairs.
 
     A label with an empty value is left out (for Prometheus {a=""} *is* "no label a"): the
     caller sees it as fewer pairs than the map had entries, and counts it.
     """
-    if type(raw) is not dict:
+    if type(raw) is not list:
         raise SchemaError("wrong type", f"{where}: labels must be a map, got {describe(raw)}")
     if not raw:
         return ()
@@ -101,7 +112,7 @@ def check_labels(raw: object, limits: Limits, where: str) -> Labels:
     max_value_len = limits.max_label_value_len
     max_name_len = limits.max_name_len
     empty = 0
-    for name, value in raw.items():
+    for name, value in raw:
         if type(name) is not str or name not in _label_names_ok or len(name) > max_name_len:
             check_label_name(name, limits, where)
         if type(value) is not str or not value or len(value) > max_value_len:
@@ -113,10 +124,12 @@ def check_labels(raw: object, limits: Limits, where: str) -> Labels:
                 f"{where} {name!r}: {describe(value)}; a str of at most "
                 f"{max_value_len} chars is required",
             )
-    if empty:
-        return tuple(sorted((name, value) for name, value in raw.items() if value))
+    if len(raw) > 1 and len(dict(raw)) != len(raw):
+        raise duplicate_key(raw)
     # Names are unique str, so sorting never compares the values.
-    return tuple(sorted(raw.items()))
+    if empty:
+        return tuple(sorted((name, value) for name, value in raw if value))
+    return tuple(sorted(raw))
 
 
 def _remember(cache: set[str], name: str) -> None:
