@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import itertools
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -102,9 +101,11 @@ def test_retries_5xx_with_growing_backoff(tmp_path: Path, receiver: RecordingRec
     assert [r.status for r in requests] == [500, 502, 503, 504, 204]
     assert len({r.body for r in requests}) == 1, "every attempt carries the same samples"
     waits = intervals(requests)
-    assert waits[0] >= 0.1 * 0.7, waits
-    for before, after in itertools.pairwise(waits):
-        assert after >= before * 1.2, f"backoff did not grow: waits {waits}"
+    # The base doubles from retry_min_s and jitter takes at most a fifth of it, so each wait
+    # has a floor that doubles. Floors only: a loaded machine stretches waits, never shortens.
+    floors = [0.1 * 2**i * 0.75 for i in range(len(waits))]
+    assert all(w >= floor for w, floor in zip(waits, floors, strict=True)), \
+        f"waits {[round(w, 3) for w in waits]} below the growing floors {floors}"
 
 
 def refused_once(tmp_path: Path, receiver: RecordingReceiver, status: int) -> None:
