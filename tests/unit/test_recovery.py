@@ -96,7 +96,7 @@ def build(tmp_path: Path) -> Built:
         births=[(d, 7, 1000, b"birth-" + d.encode()) for d in devices],
         held=[("dev-late", 3, s, 5000 + s, rng.randbytes(50)) for s in range(10)],
         ledger=[(d, 7, f"0-{seqs}", 9, None) for d in devices] + [("dev-late", 3, "0-10", 9, None)],
-        quarantine=[(6000 + k, "fleet/x/telemetry", "x", "wrong type", "detail", b"\x01")
+        quarantine=[(6000 + k, "fleet/x/telemetry", "x", "wrong type", "detail", b"\x01", 1)
                     for k in range(30)],
         counters={"dropped_buffer_full": 4}))
     store.add_dead_letters(conn, [(EP, 100 + k, 7000, 400, "refused", "s", b"e")
