@@ -21,7 +21,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import uvicorn
@@ -32,7 +32,7 @@ from gateway.births import BirthRegistry
 from gateway.datadir_lock import DataDirLock
 from gateway.db import Database
 from gateway.entry_cache import EntryCache, serves_next_frame_of
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreError
 from gateway.event_hub import EventHub
 from gateway.fleet import DeviceRecord, FleetState
 from gateway.fleet_series import FleetCollector, fleet_metric_entries
@@ -234,6 +234,19 @@ class Gateway:
         if self.forwarders:
             self.cache.evict_upto(min(f.cursor for f in self.forwarders))
 
+    async def survive(self, task: str, step: Callable[[], Awaitable[object]]) -> bool:
+        """Run one tick of a background loop; a SQLite error (a full disk, an I/O error) is
+        logged and counted, and the loop goes on at its next tick: these loops own nothing
+        that a failed tick loses (checkpoint rows and events are kept for the next one), and a
+        dead loop would take the gateway down into a supervisor's restart loop."""
+        try:
+            await step()
+            return True
+        except StoreError as exc:
+            self.metrics.background_errors.labels(task).inc()
+            log.error("%s failed, retried at its next tick: %s", task, exc)
+            return False
+
     async def _checkpoint_loop(self) -> None:
         loop = asyncio.get_running_loop()
         checkpointed = loop.time()
@@ -241,14 +254,14 @@ class Gateway:
             await asyncio.sleep(GAUGE_INTERVAL_S)
             if loop.time() - checkpointed >= FLEET_CHECKPOINT_INTERVAL_S:
                 checkpointed = loop.time()
-                await self.checkpoint()
+                await self.survive("fleet-checkpoint", self.checkpoint)
             else:
-                await self.update_gauges()
+                await self.survive("gauges", self.update_gauges)
 
     async def _maintenance_loop(self) -> None:
         while True:
-            await self.prune_dedup_state()
-            await self.prune_events()
+            await self.survive("prune-dedup-state", self.prune_dedup_state)
+            await self.survive("prune-events", self.prune_events)
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
 
     async def prune_events(self, now_ms: int | None = None) -> int:
@@ -261,7 +274,7 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fleet_changed.wait(), LIFECYCLE_TICK_S)
             self._fleet_changed.clear()
-            await self.process_fleet_events()
+            await self.survive("lifecycle", self.process_fleet_events)
 
     async def process_fleet_events(self, now_ms: int | None = None) -> int:
         """Sweep for late/offline devices; write, stream and act on the events. Returns how
@@ -281,7 +294,11 @@ class Gateway:
             return events
         rows = [(e.device_id, e.ts_ms, e.kind, e.state, e.previous, e.boot, e.previous_boot,
                  e.reason) for e in events]
-        first_id = await self.db.write(lambda conn: store.insert_events(conn, rows))
+        try:
+            first_id = await self.db.write(lambda conn: store.insert_events(conn, rows))
+        except StoreError:
+            self.fleet.requeue_events(events)  # written at the next tick, in order
+            raise
         self.events.publish(e.as_dict(first_id + i) for i, e in enumerate(events))
         for e in events:
             self.metrics.device_events.labels(e.state or e.kind).inc()
@@ -298,7 +315,7 @@ class Gateway:
     async def _fleet_metrics_loop(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            await self.write_fleet_metrics()
+            await self.survive("fleet-metrics", self.write_fleet_metrics)
 
     async def write_fleet_metrics(self, now_ms: int | None = None) -> int:
         """The fleet as metrics, through the buffer to every endpoint. Returns the entries."""
@@ -342,8 +359,13 @@ class Gateway:
         dirty = self.fleet.take_dirty_ids()
         for start in range(0, len(dirty), CHECKPOINT_CHUNK):
             rows = self.fleet.rows_of(dirty[start:start + CHECKPOINT_CHUNK])
-            if rows:  # one transaction a chunk: the loop runs between them
+            if not rows:
+                continue
+            try:  # one transaction a chunk: the loop runs between them
                 await self.db.write(functools.partial(store.checkpoint_devices, rows=rows))
+            except StoreError:
+                self.fleet.mark_dirty(dirty[start:])  # checkpointed at the next tick
+                raise
         await self.update_gauges()
 
     async def update_gauges(self) -> None:

@@ -376,6 +376,14 @@ class FleetState:
         events, self._events = self._events, []
         return events
 
+    def requeue_events(self, events: list[DeviceEvent]) -> None:
+        """Events taken but not written (a full disk): first in line again, in order."""
+        self._events[:0] = events
+
+    def mark_dirty(self, device_ids: list[str]) -> None:
+        """Devices whose checkpoint did not land: written at the next one."""
+        self._dirty.update(d for d in device_ids if d in self.devices)
+
     # ------------------------------------------------------------------ views
     def sorted_ids(self) -> list[str]:
         if self._sorted_ids is None:

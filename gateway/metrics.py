@@ -37,6 +37,10 @@ class GatewayMetrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
         self.commit_errors = Counter(
             "fleetgate_commit_errors", "Failed group commits (retried)", registry=r)
+        self.background_errors = Counter(
+            "fleetgate_background_errors",
+            "Ticks of a background task that failed on SQLite (a full disk...), retried at "
+            "its next tick", ["task"], registry=r)
         self.buffer_frames = Gauge(
             "fleetgate_buffer_frames", "Frames in the buffer", registry=r)
         self.buffer_bytes = Gauge(

@@ -176,14 +176,10 @@ def test_receiver_back_while_the_disk_is_full(
 
 @pytest.mark.skipif(os.environ.get("FAULTS_LONG", "") in ("", "0"),
                     reason="long profile only: waits for the fleet checkpoint (every 30 s)")
-@pytest.mark.xfail(strict=True, reason="BUG (issue 11 fault checker): the fleet-checkpoint task "
-                   "dies on ENOSPC (StoreError) and takes the gateway down: a full disk lasting "
-                   "past a checkpoint stops the gateway, and a supervisor restarts it into the "
-                   "same error")
 def test_disk_full_across_the_fleet_checkpoint(
         broker: Mosquitto, victoria_metrics: VictoriaMetrics, small_disk: Tmpfs,
         tmp_path: Path, fault_report: FaultReport) -> None:
-    """Data dir full across a fleet checkpoint (known bug: the gateway stops)."""
+    """Data dir full across a fleet checkpoint: the checkpoint waits, the gateway stays up."""
     seed = 13
     fleet_plan = seeded_fleet.plan(seed, devices=10, frames_per_device=60)
     stats = BrokerStats(broker)
