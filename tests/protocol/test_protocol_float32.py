@@ -14,6 +14,7 @@ import math
 import struct
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -157,3 +158,31 @@ def test_shortest_float32_at_powers_of_two(value: float) -> None:
 )
 def test_shortest_float32_examples(value: float, text: str) -> None:
     assert repr(shortest_float32(as_float32(value))) == text
+
+
+# Any msgpack document: with floats packed as float32, float32_paths finds exactly their paths.
+_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+            | st.floats(width=32, allow_nan=False) | st.text(max_size=40) | st.binary(max_size=300))
+_documents = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=20)
+    | st.dictionaries(st.text(max_size=10) | st.integers(-1000, 1000), inner, max_size=20),
+    max_leaves=60,
+)
+
+
+def _float_paths(obj: object, path: tuple[object, ...] = ()) -> set[tuple[object, ...]]:
+    if isinstance(obj, float):
+        return {path}
+    if isinstance(obj, list):
+        return {p for i, item in enumerate(obj) for p in _float_paths(item, (*path, i))}
+    if isinstance(obj, dict):
+        return {p for key, item in obj.items() for p in _float_paths(item, (*path, key))}
+    return set()
+
+
+@given(_documents)
+def test_float32_paths_finds_every_float32_of_any_document(doc: object) -> None:
+    payload = msgpack.packb(doc, use_single_float=True, use_bin_type=True)
+    assert float32_paths(payload, max_depth=64) == _float_paths(doc)
+    assert float32_paths(msgpack.packb(doc, use_bin_type=True)) == frozenset()  # all float64
