@@ -60,7 +60,10 @@ def label_bytes(prefix: bytes) -> bytes:
 
 
 def format_le(bound: float) -> str:
-    """Format a bucket bound like Prometheus client libraries (Go's FormatFloat 'g', -1).
+    """Format a bucket bound as prometheus_client's floatToGoString formats `le`: the shortest
+    repr, switching to exponents where Go's FormatFloat('g', -1) does, and keeping ".0" on
+    whole numbers (as Prometheus 3 also normalizes `le`). A float32 bound is already the
+    shortest decimal at float32 precision when it gets here (device_protocol/float32.py).
 
     0.001 -> "0.001", 1.0 -> "1.0", 10 -> "10.0", 1e-05 -> "1e-05", inf -> "+Inf".
     """
