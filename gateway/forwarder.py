@@ -42,6 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from enum import Enum
+from typing import TypeVar
 
 from device_protocol import ProtocolError, decode_birth, decode_telemetry_rows
 from gateway import store
@@ -60,6 +61,7 @@ from gateway.store import Position
 
 __all__ = ["FETCH_FRAMES", "LIVE_LANE_MIN_BACKLOG", "Forwarder", "ForwarderStatus"]
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 FETCH_FRAMES = 2000  # rows per read-back from SQLite when behind the cache
@@ -381,7 +383,7 @@ class Forwarder:
     async def _advance_live(self, live_from: int, end: Position) -> None:
         now_ms = int(time.time() * 1000)
         cursor, live = self.cursor, (live_from, end.frame_id)
-        await self._db.write(lambda conn: store.set_live_lane(
+        await self._write_position(lambda conn: store.set_live_lane(
             conn, self.endpoint, cursor, live, now_ms, end.offset))
         self.status.live_lane = live
         self._live_offset = end.offset
@@ -399,7 +401,7 @@ class Forwarder:
             return store.advance_cursor(conn, endpoint, jump.frame_id, now_ms, endpoints,
                                         jump.offset)
 
-        deleted, freed = await self._db.write(close)
+        deleted, freed = await self._write_position(close)
         self.status.cursor, self.status.cursor_offset = jump.frame_id, jump.offset
         self.status.live_lane = None
         self._live_offset = 0
@@ -408,10 +410,28 @@ class Forwarder:
         log.info("%s: backlog sent; the live lane closes at frame %d", endpoint, live[1])
         self._on_progress(deleted, freed)
 
+    async def _write_position(self, write: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Record a position the receiver has acknowledged. Its samples are at the receiver
+        already, so a failing write (a full disk) is retried here, never the send: unwinding
+        to run() would read the same frames again and send them again, once per retry."""
+        failures = 0
+        while True:
+            try:
+                return await self._db.write(write)
+            except StoreError as exc:
+                if self._sender.stopping:  # shutdown: the request of the at-least-once window
+                    raise
+                failures += 1
+                self.status.last_error = str(exc)
+                delay = backoff_s(failures, self._config.retry_min_s, self._config.retry_max_s)
+                log.error("%s: sent, but its position could not be recorded (%s); retrying "
+                          "the write in %.2f s (nothing is resent)", self.endpoint, exc, delay)
+                await asyncio.sleep(delay)
+
     async def _advance(self, end: Position) -> None:
         now_ms = int(time.time() * 1000)
         endpoints = self._all_endpoints
-        deleted, freed = await self._db.write(lambda conn: store.advance_cursor(
+        deleted, freed = await self._write_position(lambda conn: store.advance_cursor(
             conn, self.endpoint, end.frame_id, now_ms, endpoints, end.offset))
         self.status.cursor, self.status.cursor_offset = end.frame_id, end.offset
         self._keep_partial(BACKLOG, end)

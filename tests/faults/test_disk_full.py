@@ -140,13 +140,11 @@ def test_disk_full(broker: Mosquitto, victoria_metrics: VictoriaMetrics, small_d
     assert (lost, doubled) == (0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (issue 11 fault checker): a 2xx whose cursor commit "
-                   "fails with ENOSPC is sent again at every retry of the forwarder loop: "
-                   "samples doubled at VictoriaMetrics without any kill")
 def test_receiver_back_while_the_disk_is_full(
         broker: Mosquitto, victoria_metrics: VictoriaMetrics, small_disk: Tmpfs,
         tmp_path: Path, fault_report: FaultReport) -> None:
-    """Receiver back while the data dir is still full (known bug: cursor commit after a 2xx)."""
+    """Receiver back while the data dir is still full: a 2xx whose cursor write fails is not sent
+    again; the cursor write is retried until the disk takes it."""
     seed = 12
     fleet_plan = seeded_fleet.plan(seed, devices=10, frames_per_device=40)
     stats = BrokerStats(broker)
