@@ -147,6 +147,40 @@ def test_every_series_has_a_metric_name(tmp_path: Path, receiver: RecordingRecei
 
 
 # ---------------------------------------------------------------------- ordering
+@pytest.mark.parametrize("case", ["dt-offsets", "replay-beside-live"])
+def test_series_samples_in_timestamp_order_within_request(
+        tmp_path: Path, receiver: RecordingReceiver, case: str) -> None:
+    """A sender MUST send the samples of a series in timestamp order (issue 11, finding 8):
+    a frame whose samples carry dt +500 then -500, and a replayed frame (h) sent in the same
+    request as a newer live frame of the same device."""
+    t = now_ms() - 5_000
+    if case == "dt-offsets":
+        frames = [tele_msg(0, [[GAUGE, 1.0, 500], [GAUGE, 2.0, -500]], t_ms=t)]
+    else:
+        frames = [tele_msg(5, [[GAUGE, 5.0], [COUNTER, 50]], t_ms=t),
+                  tele_msg(2, [[GAUGE, 2.0], [COUNTER, 20]], t_ms=t - 3_000, historical=True)]
+    requests = sent(tmp_path, receiver, [birth_msg()], frames)
+    assert len(requests) == 1, "the case needs both samples in one request"
+    assert order_violations(requests) == []
+
+
+def test_series_samples_in_timestamp_order_across_the_parts_of_a_split_frame(
+        tmp_path: Path, receiver: RecordingReceiver) -> None:
+    """A frame larger than the cap whose samples go back in time (dt descending) is split
+    so that its series stay in timestamp order from one request to the next."""
+    t = now_ms() - 300_000
+    frame = tele_msg(0, [[GAUGE, float(i), -1000 * i] for i in range(120)]
+                     + [[COUNTER, i, -1000 * i] for i in range(120)], t_ms=t)
+    requests = sent(tmp_path, receiver, [birth_msg()], [frame], max_samples_per_request=50)
+    assert len(requests) >= 5 and max(r.sample_count for r in requests) <= 50
+    stamps: dict[Key, list[int]] = defaultdict(list)
+    for r in requests:
+        for key, sample in r.samples():
+            stamps[key].append(sample.timestamp_ms)
+    for name in ("device_temperature_celsius", "inference_total"):
+        assert stamps[device_key(name)] == [t - 1000 * i for i in reversed(range(120))], name
+
+
 def test_one_request_in_flight_keeps_every_series_in_order(
         tmp_path: Path, receiver: RecordingReceiver) -> None:
     """Only different series may be sent in parallel: while a request is in flight, frames
@@ -179,6 +213,29 @@ def test_one_request_in_flight_keeps_every_series_in_order(
 
 
 # ---------------------------------------------------------------------- sizes and counts
+def test_max_samples_per_request_is_never_exceeded(tmp_path: Path,
+                                                   receiver: RecordingReceiver) -> None:
+    """remote_write_max_samples=50 holds for a frame of 200 samples and for a frame of 10
+    histograms (230 series); a frame larger than the cap is split across requests, each
+    series in order (issue 11, finding 11)."""
+    bounds = [0.001 * 2**i for i in range(20)]
+    metrics = [*STANDARD_METRICS,
+               *([10 + i, f"stage{i}_seconds", "histogram", bounds] for i in range(10))]
+    t = now_ms() - 30_000
+    big = tele_msg(0, [["channel_volts", float(i), 0, {"ch": str(i)}] for i in range(200)],
+                   t_ms=t)
+    hist = tele_msg(1, [[10 + i, histogram(20, 1.0, list(range(1, 21)))] for i in range(10)],
+                    t_ms=t + 1000)
+    requests = sent(tmp_path, receiver, [birth_msg(metrics=metrics)], [big], [hist],
+                    max_samples_per_request=50)
+    assert max(r.sample_count for r in requests) <= 50, receiver.describe()
+    counts = receiver.accepted_counts()
+    assert sum(1 for key, _, _ in counts if dict(key)["__name__"] == "channel_volts") == 200
+    assert sum(1 for key, _, _ in counts if dict(key)["__name__"].startswith("stage")) == 230
+    assert set(counts.values()) == {1}
+    assert order_violations(requests) == []
+
+
 def test_each_sample_sent_once_on_success(tmp_path: Path, receiver: RecordingReceiver) -> None:
     """Any 2xx is success: what was accepted is never sent again, and every sample the
     device sent arrives, exactly as the protocol document says it should read."""
@@ -213,43 +270,3 @@ def test_each_sample_sent_once_on_success(tmp_path: Path, receiver: RecordingRec
 
 def _value(bits: int) -> float:
     return Sample(bits, 0).value
-
-
-@pytest.mark.parametrize("case", ["dt-offsets", "replay-beside-live"])
-def test_series_samples_in_timestamp_order_within_request(
-        tmp_path: Path, receiver: RecordingReceiver, case: str) -> None:
-    """A sender MUST send the samples of a series in timestamp order (issue 11, finding 8):
-    a frame whose samples carry dt +500 then -500, and a replayed frame (h) sent in the same
-    request as a newer live frame of the same device."""
-    t = now_ms() - 5_000
-    if case == "dt-offsets":
-        frames = [tele_msg(0, [[GAUGE, 1.0, 500], [GAUGE, 2.0, -500]], t_ms=t)]
-    else:
-        frames = [tele_msg(5, [[GAUGE, 5.0], [COUNTER, 50]], t_ms=t),
-                  tele_msg(2, [[GAUGE, 2.0], [COUNTER, 20]], t_ms=t - 3_000, historical=True)]
-    requests = sent(tmp_path, receiver, [birth_msg()], frames)
-    assert len(requests) == 1, "the case needs both samples in one request"
-    assert order_violations(requests) == []
-
-
-def test_max_samples_per_request_is_never_exceeded(tmp_path: Path,
-                                                   receiver: RecordingReceiver) -> None:
-    """remote_write_max_samples=50 holds for a frame of 200 samples and for a frame of 10
-    histograms (230 series); a frame larger than the cap is split across requests, each
-    series in order (issue 11, finding 11)."""
-    bounds = [0.001 * 2**i for i in range(20)]
-    metrics = [*STANDARD_METRICS,
-               *([10 + i, f"stage{i}_seconds", "histogram", bounds] for i in range(10))]
-    t = now_ms() - 30_000
-    big = tele_msg(0, [["channel_volts", float(i), 0, {"ch": str(i)}] for i in range(200)],
-                   t_ms=t)
-    hist = tele_msg(1, [[10 + i, histogram(20, 1.0, list(range(1, 21)))] for i in range(10)],
-                    t_ms=t + 1000)
-    requests = sent(tmp_path, receiver, [birth_msg(metrics=metrics)], [big], [hist],
-                    max_samples_per_request=50)
-    assert max(r.sample_count for r in requests) <= 50, receiver.describe()
-    counts = receiver.accepted_counts()
-    assert sum(1 for key, _, _ in counts if dict(key)["__name__"] == "channel_volts") == 200
-    assert sum(1 for key, _, _ in counts if dict(key)["__name__"].startswith("stage")) == 230
-    assert set(counts.values()) == {1}
-    assert order_violations(requests) == []

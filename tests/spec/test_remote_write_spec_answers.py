@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-from device_frames import birth_msg, now_ms
+from device_frames import birth_msg, now_ms, tele_msg
 from gateway_rig import LocalGateway, run_through
 from rw_receiver import RecordingReceiver, Reply, Request
 from spec_cases import Key, frames, intervals, order_violations, sample_set
@@ -27,6 +27,23 @@ PAUSE_OBSERVED_S = 0.5  # with retries every <= 0.05 s, a resend would show ~10 
 
 
 # ---------------------------------------------------------------------- retried answers
+def test_retries_5xx_with_growing_backoff(tmp_path: Path, receiver: RecordingReceiver) -> None:
+    """5xx is retried, the same samples each time, each wait longer than the one before
+    (exponential backoff; jitter must not make a wait shorter: issue 11, finding 12)."""
+    receiver.script(Reply(500, b"internal"), Reply(502), Reply(503, b"busy"), Reply(504))
+    run_through(tmp_path / "buffer.db", receiver.url, [birth_msg()], *frames(2, t_ms=now_ms()),
+                retry_min_s=0.1, retry_max_s=5.0)
+    requests = receiver.with_samples()
+    assert [r.status for r in requests] == [500, 502, 503, 504, 204]
+    assert len({r.body for r in requests}) == 1, "every attempt carries the same samples"
+    waits = intervals(requests)
+    # The base doubles from retry_min_s and jitter takes at most a fifth of it, so each wait
+    # has a floor that doubles. Floors only: a loaded machine stretches waits, never shortens.
+    floors = [0.1 * 2**i * 0.75 for i in range(len(waits))]
+    assert all(w >= floor for w, floor in zip(waits, floors, strict=True)), \
+        f"waits {[round(w, 3) for w in waits]} below the growing floors {floors}"
+
+
 def test_honours_retry_after_seconds_and_http_date(tmp_path: Path,
                                                    receiver: RecordingReceiver) -> None:
     """Retry-After as delay-seconds (503) and as an HTTP-date (429) sets the wait, though the
@@ -58,10 +75,6 @@ def test_429_is_retried(tmp_path: Path, receiver: RecordingReceiver) -> None:
     assert set(receiver.accepted_counts().values()) == {1}
 
 
-# ---------------------------------------------------------------------- refused data
-# ---------------------------------------------------------------------- configuration errors
-
-
 def test_5xx_retries_keep_every_series_in_order(tmp_path: Path,
                                                receiver: RecordingReceiver) -> None:
     """Frames that arrive while a request is being retried wait behind it: each series
@@ -91,23 +104,7 @@ def test_5xx_retries_keep_every_series_in_order(tmp_path: Path,
     assert len(receiver.accepted_counts()) == 1 + 7 * 8
 
 
-def test_retries_5xx_with_growing_backoff(tmp_path: Path, receiver: RecordingReceiver) -> None:
-    """5xx is retried, the same samples each time, each wait longer than the one before
-    (exponential backoff; jitter must not make a wait shorter: issue 11, finding 12)."""
-    receiver.script(Reply(500, b"internal"), Reply(502), Reply(503, b"busy"), Reply(504))
-    run_through(tmp_path / "buffer.db", receiver.url, [birth_msg()], *frames(2, t_ms=now_ms()),
-                retry_min_s=0.1, retry_max_s=5.0)
-    requests = receiver.with_samples()
-    assert [r.status for r in requests] == [500, 502, 503, 504, 204]
-    assert len({r.body for r in requests}) == 1, "every attempt carries the same samples"
-    waits = intervals(requests)
-    # The base doubles from retry_min_s and jitter takes at most a fifth of it, so each wait
-    # has a floor that doubles. Floors only: a loaded machine stretches waits, never shortens.
-    floors = [0.1 * 2**i * 0.75 for i in range(len(waits))]
-    assert all(w >= floor for w, floor in zip(waits, floors, strict=True)), \
-        f"waits {[round(w, 3) for w in waits]} below the growing floors {floors}"
-
-
+# ---------------------------------------------------------------------- refused data
 def refused_once(tmp_path: Path, receiver: RecordingReceiver, status: int) -> None:
     """The whole refused request goes to the dead letters with the receiver's reason, sent
     exactly once: no resend, no splitting (a receiver may already have written the good part
@@ -146,6 +143,26 @@ def test_no_retry_on_400(tmp_path: Path, receiver: RecordingReceiver) -> None:
 
 def test_no_retry_on_422(tmp_path: Path, receiver: RecordingReceiver) -> None:
     refused_once(tmp_path, receiver, 422)
+
+
+def test_a_refused_part_of_a_split_frame_is_dead_lettered_alone(
+        tmp_path: Path, receiver: RecordingReceiver) -> None:
+    """A 400 to one request of a frame split across several: that request is dead-lettered,
+    sent once; the frame's other parts are delivered once each."""
+    receiver.script(Reply(204), Reply(400, b"out of order sample"))
+    big = tele_msg(0, [["channel_volts", float(i), 0, {"ch": str(i)}] for i in range(200)],
+                   t_ms=now_ms() - 60_000)
+    gw = run_through(tmp_path / "buffer.db", receiver.url, [birth_msg()], [big],
+                     max_samples_per_request=50)
+    requests = receiver.with_samples()
+    refused = [r for r in requests if r.status == 400]
+    assert len(refused) == 1 and refused[0].sample_count, receiver.describe()
+    assert Counter((key, s.timestamp_ms, s.bits)
+                   for key, s in gw.dead_letter_samples()) == sample_set(refused)
+    accepted = receiver.accepted_counts()
+    assert set(accepted.values()) == {1}
+    assert len(accepted) + refused[0].sample_count == 1 + 200
+    assert not set(accepted) & set(sample_set(refused))
 
 
 def test_413_lowers_request_size_and_never_resends_accepted_samples(
