@@ -25,7 +25,8 @@ def clock_ahead_ms(birth_time_ms: int, received_ms: int, tolerance_ms: int) -> i
 
 def shifted(raw: TelemetryRows, ahead_ms: int) -> TelemetryRows:
     """The frame on the gateway's clock: every sample is relative to the frame's t."""
-    return TelemetryRows(raw.boot, raw.seq, raw.time_ms - ahead_ms, raw.rows, raw.historical)
+    return TelemetryRows(raw.boot, raw.seq, raw.time_ms - ahead_ms, raw.rows, raw.historical,
+                         raw.dropped_labels)
 
 
 def supersedes(current: tuple[int, BootOrder] | None, birth: Birth, received_ms: int) -> bool:

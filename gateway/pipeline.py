@@ -94,6 +94,7 @@ class BatchPlan:
     kinds: dict[FrameKind, int] = field(default_factory=dict)
     added_bytes: int = 0
     last_frame_id: int = 0
+    labels_dropped: int = 0  # labels with an empty value left out of the frames stored
     closes: list[store.BootClose] = field(default_factory=list)  # boots whose series end here
     stored_extra: int = 0  # frames of the gateway's own (stale markers) stored with the batch
     now_ms: int = 0
@@ -295,13 +296,15 @@ class Pipeline:
             return
         later_ms = max((row[2] for row in raw.rows), default=0)  # samples may carry dt > 0
         plan.overlay.note_newest(key, raw.time_ms + max(later_ms, 0))
+        plan.labels_dropped += raw.dropped_labels
         frame_id = self._next_frame_id
         self._next_frame_id += 1
         plan.write.frames.append((frame_id, store.KIND_TELEMETRY, device_id, raw.boot,
                                   raw.seq, received_ms, payload))
         plan.entries.append((frame_id, entries))
         if raw.boot != self._current_boot(plan, device_id):
-            raw = TelemetryRows(raw.boot, raw.seq, raw.time_ms, raw.rows, True)  # a past boot's
+            raw = TelemetryRows(raw.boot, raw.seq, raw.time_ms, raw.rows, True,  # a past boot's
+                                raw.dropped_labels)
         plan.fleet.append(("telemetry", device_id, raw, received_ms))
         plan.added_bytes += len(payload)
 
@@ -317,6 +320,7 @@ class Pipeline:
         plan.births.append((device_id, birth, ahead_ms, message.received_ms))
         plan.birth_index[device_id, birth.boot] = (birth, ahead_ms)
         plan.write.births.append((device_id, birth.boot, message.received_ms, message.payload))
+        plan.labels_dropped += birth.dropped_labels
         previous = self._current_boot(plan, device_id)
         if self._takes_current(plan, device_id, birth, message.received_ms):
             if previous is not None and previous != birth.boot:
@@ -553,6 +557,8 @@ class Pipeline:
             m.frames_received.labels(kind).inc(count)
         m.frames_stored.inc(len(plan.write.frames))
         m.frames_duplicate.inc(plan.duplicates)
+        if plan.labels_dropped:
+            m.labels_dropped.labels("empty_value").inc(plan.labels_dropped)
         for reason, count in plan.invalid.items():
             m.frames_invalid.labels(reason).inc(count)
         if plan.invalid:  # one line per group commit: a flood of bad frames is no log flood
