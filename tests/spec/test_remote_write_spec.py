@@ -118,11 +118,14 @@ def test_label_names_unique(tmp_path: Path, receiver: RecordingReceiver) -> None
     assert [s.label("site") for s in gauge] == ["lab-9"]
 
 
-def test_no_empty_label_values(tmp_path: Path, receiver: RecordingReceiver) -> None:
+@pytest.mark.parametrize("where", ["sample-label", "birth-label"])
+def test_no_empty_label_values(tmp_path: Path, receiver: RecordingReceiver, where: str) -> None:
     """An empty label value is no label (as Prometheus reads it): the label is dropped and the
     sample kept, never sent with an empty value (issue 11, finding 12)."""
-    requests = sent(tmp_path, receiver, [birth_msg()],
-                    [tele_msg(0, [[GAUGE, 20.0], ["fan_speed_rpm", 900, 0, {"core": ""}]])])
+    own = {"core": ""} if where == "sample-label" else {}
+    birth_labels = {"site": "lab-7", **({"rack": ""} if where == "birth-label" else {})}
+    requests = sent(tmp_path, receiver, [birth_msg(labels=birth_labels)],
+                    [tele_msg(0, [[GAUGE, 20.0], ["fan_speed_rpm", 900, 0, own]])])
     for s in all_series(requests):
         assert all(value for _, value in s.labels), f"{s.name}: empty label value {s.labels}"
     fan = [s for s in all_series(requests) if s.name == "fan_speed_rpm"]
