@@ -249,6 +249,7 @@ def test_each_sample_sent_once_on_success(tmp_path: Path, receiver: RecordingRec
                              ["fan_speed_rpm", 100 * seq, 250, {"core": "1"}]],
                        t_ms=t + seq * 1000) for seq in range(12)]
     sent(tmp_path, receiver, [birth_msg()], *([f] for f in frames), max_samples_per_request=16)
+    assert all(r.sample_count for r in receiver.snapshot()), "an empty request while healthy"
     expected = []
     for seq in range(12):
         ts = t + seq * 1000
