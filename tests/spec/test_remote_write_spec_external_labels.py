@@ -48,3 +48,5 @@ def test_label_names_unique_with_external_labels(
     for s in forwarded(gateway_process, device, receiver):
         names = [name for name, _ in s.labels]
         assert len(names) == len(set(names)), f"{s.name}: repeated label names {names}"
+        if s.label("device_id") is not None:  # protocol.md: an external label fills gaps only
+            assert s.label("site") == "lab-7", s.labels
