@@ -83,6 +83,8 @@ def test_writes_are_http_posts_to_the_configured_url(tmp_path: Path,
                                                      receiver: RecordingReceiver) -> None:
     for r in sent(tmp_path, receiver, *a_device_reporting(now_ms())):
         assert (r.method, r.path) == ("POST", "/api/v1/write")
+        assert r.headers.get("content-length") == str(len(r.body)), "a sized body, not chunked"
+        assert "transfer-encoding" not in r.headers
 
 
 def test_timestamps_are_int64_milliseconds_of_the_samples(tmp_path: Path,
