@@ -81,3 +81,18 @@ def tele_msg(seq: int, samples: Sequence[list[Any]], *, device: str = DEVICE, bo
 
 def death_msg(*, device: str = DEVICE, boot: int = BOOT) -> Message:
     return topic(device, "death"), death(boot)
+
+
+def telemetry_with_raw_sample(boot: int, seq: int, sample: bytes, *, t_ms: int) -> bytes:
+    """A telemetry frame whose one sample is given as raw msgpack bytes (e.g. a labels map
+    that repeats a key, which no dict can hold)."""
+    packer = msgpack.Packer(use_bin_type=True)
+    head = b"".join(packer.pack(x) for x in ("v", 1, "b", boot, "s", seq, "t", t_ms, "m"))
+    return packer.pack_map_header(5) + head + packer.pack_array_header(1) + sample
+
+
+def repeated_key_map(*pairs: tuple[str, str]) -> bytes:
+    """A msgpack map of these pairs, repeats included."""
+    packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack_map_header(len(pairs)) + b"".join(
+        packer.pack(k) + packer.pack(v) for k, v in pairs)

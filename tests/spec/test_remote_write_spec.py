@@ -16,10 +16,13 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import msgpack
 import pytest
 from device_frames import (
+    BOOT,
     BOUNDS,
     COUNTER,
+    DEVICE,
     GAUGE,
     HISTOGRAM,
     STANDARD_METRICS,
@@ -27,10 +30,13 @@ from device_frames import (
     birth_msg,
     histogram,
     now_ms,
+    repeated_key_map,
     tele_msg,
     telemetry,
+    telemetry_with_raw_sample,
+    topic,
 )
-from gateway_rig import LocalGateway
+from gateway_rig import LocalGateway, run_through
 from rw_receiver import RecordingReceiver, Reply
 from rw_wire import Sample
 from spec_cases import Key, a_device_reporting, all_series, device_key, order_violations, sent
@@ -133,6 +139,21 @@ def test_no_empty_label_values(tmp_path: Path, receiver: RecordingReceiver, wher
     fan = [s for s in all_series(requests) if s.name == "fan_speed_rpm"]
     assert [(s.key(), [x.value for x in s.samples]) for s in fan] == [
         (device_key("fan_speed_rpm"), [900.0])]
+
+
+def test_repeated_label_names_are_refused(tmp_path: Path, receiver: RecordingReceiver) -> None:
+    """A labels map that names `a` twice (compliance suite, RepeatedLabels): no sample of it is
+    sent, neither with the label twice nor with one of its values picked."""
+    packer = msgpack.Packer(use_bin_type=True)
+    sample = (packer.pack_array_header(4) + packer.pack("test_gauge") + packer.pack(1.0)
+              + packer.pack(0) + repeated_key_map(("a", "1"), ("a", "2")))
+    frame = (topic(DEVICE, "telemetry"),
+             telemetry_with_raw_sample(BOOT, 0, sample, t_ms=now_ms()))
+    run_through(tmp_path / "buffer.db", receiver.url, [birth_msg()], [frame],
+                [tele_msg(1, [[GAUGE, 20.0]])])
+    names = [s.name for s in receiver.accepted_series()]
+    assert "device_temperature_celsius" in names, "the next frame went through"
+    assert "test_gauge" not in names
 
 
 def test_metric_and_label_names_valid(tmp_path: Path, receiver: RecordingReceiver) -> None:
