@@ -63,14 +63,18 @@ def _feed(gw: GatewayProcess, mqtt_url: str) -> None:
     live = range(OLD_DEVICES.start)
     death = (death_topic("fleet", f.device_id(DEAD_DEVICE)),
              encode_death(Death(f.boot_id(DEAD_DEVICE))))
+    frames = len(DEVICES) + len(live) * len(FRAMES) + 3 + len(OLD_DEVICES) * 3
     with Publisher(mqtt_url, client_id="schema-test-fleet") as pub:
         pub.publish([(f"fleet/{f.device_id(i)}/birth", f.birth_payload(
             i, interval_ms=1000 if i == QUIET_DEVICE else INTERVAL_MS)) for i in DEVICES])
         pub.publish(publisher.telemetry(live, FRAMES, base, with_histogram=True))
         pub.publish(publisher.telemetry(range(GAP_DEVICE, GAP_DEVICE + 1), range(11, 14), base))
         pub.publish([death])
+        # Once the live data is at Prometheus: in one request with it, the old samples would
+        # be sent first (a request is in time order) and an empty head would take them.
+        wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == frames - len(OLD_DEVICES) * 3
+                 and gw.caught_up(), 60, what="the live frames forwarded")
         pub.publish(publisher.telemetry(OLD_DEVICES, range(3), old_base))
-    frames = len(DEVICES) + len(live) * len(FRAMES) + 3 + len(OLD_DEVICES) * 3
     wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == frames
              and gw.metric("fleetgate_forward_dead_letters_total") > 0, 60,
              what="every frame stored and the old ones dead-lettered")
