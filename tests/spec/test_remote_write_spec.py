@@ -156,6 +156,17 @@ def test_repeated_label_names_are_refused(tmp_path: Path, receiver: RecordingRec
     assert "test_gauge" not in names
 
 
+def test_label_values_are_any_utf8_sent_unchanged(tmp_path: Path,
+                                                  receiver: RecordingReceiver) -> None:
+    """Label values MAY be any UTF-8 (protobuf needs no escaping): quotes, backslashes,
+    newlines and non-ASCII arrive byte for byte."""
+    odd = 'Zürich "東京" \\ 🚀\nline 2'
+    requests = sent(tmp_path, receiver, [birth_msg(labels={"site": odd})],
+                    [tele_msg(0, [[GAUGE, 20.0], ["fan_speed_rpm", 900, 0, {"note": odd}]])])
+    fan = [s for s in all_series(requests) if s.name == "fan_speed_rpm"]
+    assert [(s.label("site"), s.label("note")) for s in fan] == [(odd, odd)]
+
+
 def test_metric_and_label_names_valid(tmp_path: Path, receiver: RecordingReceiver) -> None:
     requests = sent(tmp_path, receiver, [birth_msg(labels={"site": "lab-7", "_rack": "r2"})],
                     [tele_msg(0, [[GAUGE, 20.0], ["job:fan_speed:rpm", 900, 0, {"Core_1": "x"}],
