@@ -103,3 +103,22 @@ def test_stale_markers_when_death_and_new_birth_share_a_millisecond(
     still_reported = {k for k in series if dict(k)["__name__"] == "device_temperature_celsius"
                       and "core" not in dict(k)}
     await_stale_markers(receiver, series - still_reported)
+
+
+def carries(value: float) -> Callable[[RecordingReceiver], bool]:
+    return lambda rx: value in {s.value for _, s in rx.accepted_samples()}
+
+
+def test_a_gateway_restart_closes_no_series(
+        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver) -> None:
+    """The staleness NaN "MUST NOT be used otherwise": a gateway stopped (SIGTERM) or killed
+    and started again marks none of a live device's series stale."""
+    gw = gateway_process()
+    every_kind_of_series(device, receiver)
+    for seq, restart in ((2, gw.stop), (3, gw.kill)):
+        restart()
+        gw.start()
+        # A frame after the restart: whatever the gateway committed before it is sent first.
+        device.publish([tele_msg(seq, [[GAUGE, 100.0 + seq]])])
+        receiver.wait_for(carries(100.0 + seq), what=f"a frame after {restart.__name__}")
+        assert stale(receiver) == set(), restart.__name__
