@@ -19,7 +19,6 @@ from receivers import vm_account
 from faults import seeded_fleet
 from faults.broker_stats import SYS_CONF, BrokerStats
 from faults.netns import GatewayNetns
-from faults.probes import METRIC
 from gateway.devstack import (
     GatewayProcess,
     Mosquitto,
@@ -42,13 +41,16 @@ class NetStack:
                ) -> tuple[int, int]:
         """(lost, doubled) once every sample of the plan is at the receiver and the gateway
         has caught up (or as it stands after within_s: the assertion then shows the loss)."""
+        def complete() -> bool:
+            lost, _ = vm_account(self.vm, seeded_fleet.METRIC, fleet_plan.expected, within_s=0)
+            return lost == 0 and self.gw.caught_up()
+
         try:
-            wait_for(lambda: vm_account(self.vm, METRIC, fleet_plan.expected, within_s=0)[0]
-                     == 0 and self.gw.caught_up(), within_s, interval=0.5,
+            wait_for(complete, within_s, interval=0.5,
                      what="every sample of the fleet at the receiver")
         except TimeoutError:
             pass
-        return vm_account(self.vm, METRIC, fleet_plan.expected, within_s=0)
+        return vm_account(self.vm, seeded_fleet.METRIC, fleet_plan.expected, within_s=0)
 
 
 @contextmanager

@@ -122,7 +122,7 @@ def test_seeded_fault_schedule(seed: int, tmp_path: Path, fault_report: FaultRep
         note=f"seed {seed}: {len(events)} events ("
              + ", ".join(f"{n}x {k}" for k, n in sorted(kinds.items()))
              + f"); resend bound {RESEND_BOUND_PER_KILL} samples per kill; "
-             f"{fleet_plan.boots} boots, {fleet_plan.resends} resends/replays in the stream")
+             f"{fleet_plan.describe()}")
     assert alive
     assert lost == 0, f"seed {seed}: {lost} samples lost"
     assert doubled <= bound, f"seed {seed}: {doubled} doubled, more than {bound} ({kills} kills)"

@@ -23,7 +23,7 @@ from faults import seeded_fleet
 from faults.broker_stats import SYS_CONF, BrokerStats
 from faults.conftest import FaultReport
 from faults.diskfull import Tmpfs
-from faults.probes import FAST_RETRY, METRIC, committed_upto, readyz
+from faults.probes import FAST_RETRY, committed_upto, readyz
 from gateway.devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -134,7 +134,7 @@ def test_disk_full(broker: Mosquitto, victoria_metrics: VictoriaMetrics, small_d
     fault_report.record(
         frames_in=total, samples_in=samples, samples_out=samples - lost, lost=lost,
         doubled=doubled,
-        note=f"seed {seed}, {fleet_plan.boots} boots, {fleet_plan.resends} resends/replays; "
+        note=f"seed {seed}, {fleet_plan.describe()}; "
              "receiver down while full; " + "; ".join(notes))
     assert not crashed
     assert (lost, doubled) == (0, 0)
@@ -213,7 +213,7 @@ def test_disk_full_across_the_fleet_checkpoint(
 
 def _settle(gw: GatewayProcess, vm: VictoriaMetrics,
             fleet_plan: seeded_fleet.FleetPlan) -> tuple[int, int]:
-    wait_for(lambda: vm_account(vm, METRIC, fleet_plan.expected, within_s=0)[0] == 0
+    wait_for(lambda: vm_account(vm, seeded_fleet.METRIC, fleet_plan.expected, within_s=0)[0] == 0
              and gw.caught_up(), 120, interval=0.5,
              what="every sample of the fleet at the receiver")
-    return vm_account(vm, METRIC, fleet_plan.expected)
+    return vm_account(vm, seeded_fleet.METRIC, fleet_plan.expected)
