@@ -24,6 +24,7 @@ from spec_cases import (
     STALE_WITHIN_S,
     Key,
     await_stale_markers,
+    device_key,
     every_kind_of_series,
     reported,
     stale,
@@ -122,3 +123,25 @@ def test_a_gateway_restart_closes_no_series(
         device.publish([tele_msg(seq, [[GAUGE, 100.0 + seq]])])
         receiver.wait_for(carries(100.0 + seq), what=f"a frame after {restart.__name__}")
         assert stale(receiver) == set(), restart.__name__
+
+
+def test_stale_markers_when_a_new_boot_comes_before_the_old_boots_death(
+        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver) -> None:
+    """A power cut: the device is back with a new boot before the broker publishes the old
+    connection's Will. The new birth closes the old boot's series; the late Will of the past
+    boot closes nothing more (no marker after the new boot's samples of the same series)."""
+    gateway_process()
+    series = every_kind_of_series(device, receiver)
+    new_boot = 0x5EC00003
+    rebooted = now_ms() + 1_000  # a reboot takes a while: after the old boot's last sample
+    device.publish([birth_msg(boot=new_boot),
+                    tele_msg(0, [[GAUGE, 24.0]], boot=new_boot, t_ms=rebooted)])
+    await_stale_markers(receiver, series)
+    device.publish([death_msg(), tele_msg(1, [[GAUGE, 25.0]], boot=new_boot,
+                                          t_ms=rebooted + 100)])
+    receiver.wait_for(carries(25.0), what="the new boot's next frame")
+    gauge = device_key("device_temperature_celsius")
+    stamps = [(s.timestamp_ms, s.is_stale_marker) for k, s in receiver.accepted_samples()
+              if k == gauge]
+    assert stamps == sorted(stamps), f"the gauge went back in time: {stamps}"
+    assert not stamps[-1][1] and sum(stale for _, stale in stamps) == 1, stamps
