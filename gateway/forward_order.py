@@ -19,7 +19,9 @@ from gateway.entry_cache import FrameEntries, SendWindows
 from gateway.remote_write import compress, entry_timestamp
 
 Span = tuple[str | None, int, int]  # (device or None for "any", oldest ms, newest ms)
-Part = tuple[int, Sequence[bytes], Span | None]  # (frame id, its entries in this request, span)
+# (frame id, its entries in this request, all the frame's entries: a FrameEntries for a device
+# frame, which says its device and time span)
+Part = tuple[int, Sequence[bytes], Sequence[bytes]]
 
 _NEVER = -(1 << 63)
 
@@ -34,24 +36,27 @@ def span_of(entries: Sequence[bytes]) -> Span | None:
 
 
 def in_time_order(parts: Sequence[Part]) -> bool:
-    """No series can go back in time across the parts, judged by their spans."""
-    newest: dict[str, int] = {}
+    """No series can go back in time across the parts, judged by their frames' spans."""
+    newest: dict[str, int] = {}  # device -> newest time of its frames so far
     newest_any = _NEVER  # newest time of every frame so far
     newest_shared = _NEVER  # newest time of the frames that belong to every device
-    for _, _, span in parts:
-        if span is None:
-            continue
-        device, first, last = span
-        if device is None:
+    for part in parts:
+        frame = part[2]
+        if type(frame) is FrameEntries:  # the common case: one check, no tuple
+            first = frame.first_ms
+            if first < newest_shared or first < newest.get(frame.device, _NEVER):
+                return False
+            last = newest[frame.device] = frame.last_ms  # >= first >= the device's newest
+        else:
+            span = span_of(frame)
+            if span is None:
+                continue
+            first, last = span[1], span[2]
             if first < newest_any:
                 return False
             newest_shared = max(newest_shared, last)
-        else:
-            if first < newest.get(device, _NEVER) or first < newest_shared:
-                return False
-            if last > newest.get(device, _NEVER):
-                newest[device] = last
-        newest_any = max(newest_any, last)
+        if last > newest_any:
+            newest_any = last
     return True
 
 
@@ -109,5 +114,5 @@ def take(parts: list[Part], frame_id: int, entries: Sequence[bytes], start: int,
     else:
         return 0
     part = entries if start == 0 and taken == len(entries) else entries[start:start + taken]
-    parts.append((frame_id, part, span_of(entries)))
+    parts.append((frame_id, part, entries))
     return taken

@@ -272,17 +272,23 @@ class Forwarder:
         parts: list[Part] = []
         samples = 0
         frame_id, start = after.frame_id, after.offset
-        cache = self._cache
+        cache, append = self._cache, parts.append
         # Fast path: the frames right after the cursor are still encoded in the cache.
         while frame_id < upto and samples < limit:
-            entries = cache.get(frame_id + 1)
+            frame_id += 1
+            entries = cache.get(frame_id)
             if entries is None:
+                frame_id -= 1
                 break
-            taken = take(parts, frame_id + 1, entries, start, limit - samples, limit)
+            if not start and samples + len(entries) <= limit:  # the whole frame fits
+                append((frame_id, entries, entries))
+                samples += len(entries)
+                continue
+            taken = take(parts, frame_id, entries, start, limit - samples, limit)
             samples += taken
             if start + taken < len(entries):  # no room, or a part of a frame over the cap
-                return parts, Position(frame_id, start + taken), True
-            frame_id, start = frame_id + 1, 0
+                return parts, Position(frame_id - 1, start + taken), True
+            start = 0
         if frame_id == after.frame_id:  # behind the cache (outage, restart, drops): read back
             while ahead and ahead[0].id <= after.frame_id:
                 ahead.popleft()
