@@ -33,8 +33,9 @@ _mids = itertools.count(1)
 
 
 class LocalGateway:
-    def __init__(self, path: Path, url: str, **forward: Any) -> None:
-        self.harness = Harness(path)
+    def __init__(self, path: Path, url: str, *, store: dict[str, Any] | None = None,
+                 **forward: Any) -> None:
+        self.harness = Harness(path, **(store or {}))  # max_bytes, policy of the buffer
         self.config = dataclasses.replace(BASE_CONFIG, endpoints=(url,), **forward)
         self.url = url
         self.forwarder: Forwarder
@@ -110,6 +111,10 @@ class LocalGateway:
         """fleetgate_forward_paused of the endpoint, as /metrics shows it."""
         return self.harness.metrics.registry.get_sample_value(
             "fleetgate_forward_paused", {"endpoint": self.url})
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the gateway's /metrics registry (0 when absent)."""
+        return self.harness.metrics.registry.get_sample_value(name, labels) or 0.0
 
     def frames_buffered(self) -> int:
         return int(self.harness.rows("SELECT COUNT(*) FROM frames")[0][0])
