@@ -12,7 +12,7 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
-from device_frames import birth_msg, now_ms
+from device_frames import birth_msg, now_ms, tele_msg
 from gateway_rig import LocalGateway
 from rw_receiver import RecordingReceiver, Reply
 from spec_cases import frames
@@ -48,3 +48,34 @@ def test_drop_oldest_a_frame_is_delivered_whole_or_counted_dropped_never_both(
     births = sum(1 for key, _, _ in accepted if dict(key)["__name__"] == info)
     assert births + len(per_frame) + dropped_total == 1 + FRAMES, (births, per_frame, dropped_total)
     assert dropped == dropped_total > 0, "one endpoint: its drops are all the drops"
+
+
+def test_drop_oldest_never_drops_a_frame_partly_sent(tmp_path: Path,
+                                                     receiver: RecordingReceiver) -> None:
+    """A frame split across requests, its second part held open while the buffer overflows:
+    the frame is not eligible for dropping (its first part is at the receiver), so all of it
+    arrives, once."""
+    receiver.script(Reply(204), Reply(204, hold=True))
+    t = now_ms() - 600_000
+    big = tele_msg(0, [["channel_volts", float(i), 0, {"ch": str(i)}] for i in range(200)],
+                   t_ms=t)
+
+    async def go() -> float:
+        async with LocalGateway(tmp_path / "buffer.db", receiver.url,
+                                store={"max_bytes": 3000, "policy": "drop_oldest"},
+                                max_samples_per_request=50) as gw:
+            gw.start()
+            await gw.publish(birth_msg(), big)
+            await receiver.until(lambda rx: rx.held == 1, what="the second part held")
+            for group in frames(FRAMES, t_ms=t, first_seq=1):
+                await gw.publish(*group)
+            receiver.release()
+            await gw.drain()
+            return gw.metric("fleetgate_frames_dropped_total", reason="buffer_full")
+
+    dropped = asyncio.run(go())
+    accepted = receiver.accepted_counts()
+    assert set(accepted.values()) == {1}, "a sample delivered twice"
+    volts = [key for key, _, _ in accepted if dict(key)["__name__"] == "channel_volts"]
+    assert len(volts) == 200, f"the split frame arrived in part: {len(volts)} of 200"
+    assert dropped > 0
