@@ -41,6 +41,7 @@ The promise, rule by rule:
 9. Stale markers. When a device goes offline (death/Will of its current boot, or the offline
    timeout), every series it reported in its current boot gets a stale marker (NaN) after its
    newest sample, also after a gateway restart (series older than the 5 min lookback excepted).
+   A label with an empty value is no label: it is left out, the sample kept, and counted.
 10. Requests. Within one request the samples of a series are in timestamp order; no request
     carries more than `remote_write_max_samples` samples.
 """
@@ -155,7 +156,8 @@ class Frame:
         out: list[Sample] = []
         for metric, value, dt, own in self.samples:
             ts = self.t + dt
-            labels = {**base, **dict(own)}
+            # {k=""} is no label k: left out, the sample kept (and counted)
+            labels = {**base, **{k: v for k, v in own if v}}
             if metric == 2:
                 count, total, buckets = value  # type: ignore[misc]
                 for le, c in zip((*self.boot.le_values(), math.inf), (*buckets, count),
@@ -209,6 +211,7 @@ class Counts:
 
     received: Counter[str] = field(default_factory=Counter)
     stored_telemetry: int = 0
+    labels_dropped: int = 0
     births_current: int = 0
     births_other: int = 0
     duplicates: int = 0
@@ -332,6 +335,7 @@ class Model:
         samples = frame.series_samples(self.external)
         self._commit(Counter(samples))
         self.invisible_frames += not samples
+        self.counts.labels_dropped += sum(1 for *_, own in frame.samples for _, v in own if not v)
         newest = self.series_of_boot.setdefault(key, {})
         for key_, _value, ts in samples:
             newest[key_] = max(newest.get(key_, ts), ts)

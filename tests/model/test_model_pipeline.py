@@ -28,7 +28,13 @@ from typing import Any, TypeVar
 import msgpack
 from hypothesis import HealthCheck, Phase, note, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from gateway.ingest import InboundMessage
 
@@ -49,10 +55,10 @@ T = TypeVar("T")
 LONG = os.environ.get("FAULTS_LONG") == "1"
 DEVICES = ("dev-a", "dev-b")
 MAX_SAMPLES = 5  # remote_write_max_samples: a frame of histograms is larger
-CAP_BYTES = 700  # buffer_max_bytes when the history runs at the cap
+CAP_BYTES = 400  # buffer_max_bytes when the history runs at the cap
 EXTERNAL = {"gw": "model"}
 RUNS_LOG = Path(__file__).resolve().parents[2] / "var" / "model-runs.log"  # gitignored
-STATS = Counter[str]()
+STATS = checks.STATS
 
 
 @dataclass
@@ -64,7 +70,7 @@ class Message:
     label: str
 
 
-SAMPLE_KINDS = st.lists(st.tuples(st.sampled_from("gchx"), st.sampled_from((-50, 0, 50))),
+SAMPLE_KINDS = st.lists(st.tuples(st.sampled_from("gchxe"), st.sampled_from((-50, 0, 50))),
                         max_size=4)
 DEFECTS = st.one_of(st.none(), st.none(), st.sampled_from(DECODE_DEFECTS + BIRTH_DEFECTS))
 SCRIPTS = st.sampled_from((("ok",), ("ok",), ("ok",), ("503", "ok"), ("429", "503"), ("400",),
@@ -82,8 +88,8 @@ class GatewayMachine(RuleBasedStateMachine):
 
     # ---------------------------------------------------------------- set-up and helpers
     @initialize(policy=st.sampled_from(("block", "drop_oldest")), capped=st.booleans(),
-                n_born=st.integers(0, len(DEVICES)))
-    def boot_gateway(self, policy: str, capped: bool, n_born: int) -> None:
+                n_born=st.integers(0, len(DEVICES)), warm=st.integers(0, 3))
+    def boot_gateway(self, policy: str, capped: bool, n_born: int, warm: int = 0) -> None:
         if policy == "block" and "held-block" in checks.KNOWN:
             capped = False  # exploring past the known deadlock at the cap
         self.policy, self.capped = policy, capped
@@ -106,8 +112,9 @@ class GatewayMachine(RuleBasedStateMachine):
         self.model.checkpoint()
         for d in DEVICES[:n_born]:  # a fleet already running, or not
             self.birth(d, 0, rebirth=False)
+            self.telemetry(d, 0, 0, False, None, [("g", 0), ("h", 0), ("x", 0)], warm)
         if n_born:
-            self.deliver(n_born, crash_at_ack=False)
+            self.deliver(len(self.pending), crash_at_ack=False)
 
     def run(self, coro: Awaitable[T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -143,13 +150,20 @@ class GatewayMachine(RuleBasedStateMachine):
                      f"bad birth {d}")
 
     @rule(d=st.sampled_from(DEVICES), i=st.integers(0, 2), seq=st.integers(0, 6),
-          h=st.booleans(), defect=DEFECTS, kinds=SAMPLE_KINDS, more=st.integers(0, 2))
+          h=st.booleans(), defect=DEFECTS, kinds=SAMPLE_KINDS, more=st.integers(0, 4))
     def telemetry(self, d: str, i: int, seq: int, h: bool, defect: str | None,
                   kinds: list[tuple[str, int]], more: int) -> None:
         """A frame, then `more` valid ones with the next seqs."""
         self.frame(d, i, seq, h, defect, kinds)
         for n in range(1, more + 1):
             self.frame(d, i, seq + n, h, None, kinds)
+
+    @rule(d=st.sampled_from(DEVICES), i=st.integers(0, 2), seq=st.integers(0, 6),
+          kinds=SAMPLE_KINDS, more=st.integers(0, 4))
+    def live_telemetry(self, d: str, i: int, seq: int, kinds: list[tuple[str, int]],
+                       more: int) -> None:
+        """Valid live frames: as often as all the other kinds together."""
+        self.telemetry(d, i, seq, False, None, kinds, more)
 
     def frame(self, d: str, i: int, seq: int, h: bool, defect: str | None,
               kinds: list[tuple[str, int]]) -> None:
@@ -169,6 +183,8 @@ class GatewayMachine(RuleBasedStateMachine):
             return 1, n, dt, ()
         if kind == "h":
             return 2, [n, n * 0.25, [n // 3, n // 2]], dt, ()
+        if kind == "e":  # an empty label value: the label is left out, the sample kept
+            return "extra_gauge", n + 0.75, dt, (("k", ""),)
         return "extra_gauge", n + 0.25, dt, (("k", "ab"[n % 2]),)
 
     @rule(d=st.sampled_from(DEVICES), i=st.integers(0, 2))
@@ -186,11 +202,16 @@ class GatewayMachine(RuleBasedStateMachine):
 
     # ---------------------------------------------------------------- what the gateway does
     @precondition(lambda self: bool(self.pending))
-    @rule(k=st.integers(1, 5), crash_at_ack=st.sampled_from((False, False, False, True)))
-    def deliver(self, k: int, crash_at_ack: bool) -> None:
+    @rule(k=st.integers(1, 8), crash_at_ack=st.sampled_from((False, False, False, True)),
+          same_ms=st.booleans())
+    def deliver(self, k: int, crash_at_ack: bool, same_ms: bool = False) -> None:
+        """The broker hands over the first k messages; one group commit. same_ms: they all
+        arrive in the same millisecond (a death and the next boot's birth, finding 5)."""
         batch = self.pending[:k]
-        stamped = [(m, self.stamp()) for m in batch]
-        note(f"deliver {[m.label for m in batch]}{' then crash before the acks' * crash_at_ack}")
+        first = self.stamp()
+        stamped = [(m, first if same_ms or n == 0 else self.stamp()) for n, m in enumerate(batch)]
+        note(f"deliver {[m.label for m in batch]}{' in one ms' * same_ms}"
+             f"{' then crash before the acks' * crash_at_ack}")
         assert self.node is not None
         messages = [InboundMessage(m.topic, m.payload, n, 1, 1, ms)
                     for n, (m, ms) in enumerate(stamped, 1)]
@@ -202,9 +223,16 @@ class GatewayMachine(RuleBasedStateMachine):
             self.model.end_batch()
             if not crashed:
                 del self.pending[:k]
+        STATS["messages committed"] += len(batch) if committed else 0
         if crashed:
+            STATS["crashes before the acks"] += committed
             self.crash_restart()
         self.after_step()
+
+    @precondition(lambda self: bool(self.pending))
+    @rule(k=st.integers(1, 8))
+    def deliver_acked(self, k: int) -> None:
+        self.deliver(k, crash_at_ack=False)
 
     def stamp(self) -> int:
         self.last_ms = max(int(time.time() * 1000), self.last_ms + 1)
@@ -251,6 +279,7 @@ class GatewayMachine(RuleBasedStateMachine):
             await asyncio.wait_for(forwarder.run(), 10)
         except Crash:
             last = self.receiver.requests[-1]
+            STATS[f"crash in a request ({last.outcome})"] += 1
             if last.outcome == "crash_stored":
                 self.state.allowed_twice.update(last.samples)
             return False
@@ -332,14 +361,19 @@ class GatewayMachine(RuleBasedStateMachine):
             self.node.process_fleet_events(now + 86_400_000 if timeout else None))
         assert committed and not crashed
 
+    @invariant()
+    def count_step(self) -> None:
+        STATS["steps"] += 1
+
     def after_step(self) -> None:
         """What the gateway's background tasks do between messages: the lifecycle pass and a
         fleet checkpoint; then every figure is checked."""
-        STATS["steps"] += 1
+        STATS["gateway steps checked"] += 1
         self.lifecycle(timeout=False)
         assert self.node is not None
         self.run(self.node.checkpoint())
         self.model.checkpoint()
+        STATS["held frames"] = max(STATS["held frames"], self.model.held_count())
         self.state.stale_due(self.model.markers_due)
         self.model.markers_due = []
         self.run(checks.check_all(self.node, self.model, self.receiver, self.state,
@@ -365,8 +399,8 @@ async def abandon_task(task: asyncio.Future[Any]) -> None:
         await task
 
 
-EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", 1500 if LONG else 40))
-PROFILE = settings(max_examples=EXAMPLES, stateful_step_count=40 if LONG else 25,
+EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", 4000 if LONG else 250))
+PROFILE = settings(max_examples=EXAMPLES, stateful_step_count=50 if LONG else 30,
                    deadline=None, suppress_health_check=list(HealthCheck),
                    phases=[p for p in Phase if p is not Phase.explain])
 GatewayMachine.TestCase.settings = PROFILE
