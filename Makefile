@@ -32,7 +32,7 @@ lint: venv
 	$(BIN)/mypy device_protocol gateway firmware_sim
 
 faults: install
-	FAULTS_LONG=1 FAULTS_REPORT=docs/reliability.md $(BIN)/pytest tests/faults
+	FAULTS_LONG=1 FAULTS_REPORT=docs/reliability.md $(BIN)/pytest tests/faults tests/model
 
 # Every benchmark with 3 interleaved repeats (~15 min on 2 cores); each rewrites its own section
 # of bench/RESULTS.md. Profiles are added when py-spy is installed (.venv/bin/pip install py-spy).
