@@ -105,11 +105,11 @@ def test_5xx_retries_keep_every_series_in_order(tmp_path: Path,
 
 
 # ---------------------------------------------------------------------- refused data
-def refused_once(tmp_path: Path, receiver: RecordingReceiver, status: int) -> None:
+def refused_once(tmp_path: Path, receiver: RecordingReceiver, status: int,
+                 reason: bytes = b"out of order sample") -> None:
     """The whole refused request goes to the dead letters with the receiver's reason, sent
     exactly once: no resend, no splitting (a receiver may already have written the good part
     of a partial write: issue 11, finding 10). Later frames still flow."""
-    reason = b"out of order sample"
     receiver.script(Reply(status, reason))
     t = now_ms() - 60_000
 
@@ -143,6 +143,15 @@ def test_no_retry_on_400(tmp_path: Path, receiver: RecordingReceiver) -> None:
 
 def test_no_retry_on_422(tmp_path: Path, receiver: RecordingReceiver) -> None:
     refused_once(tmp_path, receiver, 422)
+
+
+@pytest.mark.parametrize("reason", [b"too old sample", b"out of bounds",
+                                    b'label name "a" is not unique: invalid sample'])
+def test_prometheus_permanent_500_is_refused_not_retried(
+        tmp_path: Path, receiver: RecordingReceiver, reason: bytes) -> None:
+    """Beyond the spec, deliberately (docs/operations.md, section 8): Prometheus 2.42 answers
+    500 to samples it will never take; retried, they would block the queue forever."""
+    refused_once(tmp_path, receiver, 500, reason)
 
 
 def test_a_refused_part_of_a_split_frame_is_dead_lettered_alone(
