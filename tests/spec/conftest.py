@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from publisher import Publisher
 from rw_receiver import RecordingReceiver
+from spec_cases import GATEWAY_SETTINGS
 
 from gateway.devstack import GatewayProcess, Mosquitto
 
@@ -26,15 +27,6 @@ def receiver() -> Iterator[RecordingReceiver]:
     finally:
         rx.close()
 
-
-# Fast enough to see stale markers within a second or two; no fleet metrics in the way.
-GATEWAY_SETTINGS = {
-    "remote_write_flush_ms": "0",
-    "remote_write_retry_min_s": "0.05",
-    "remote_write_retry_max_s": "0.5",
-    "fleet_metrics_interval_s": "0",
-    "sqlite_synchronous": "normal",
-}
 
 GatewayStarter = Callable[..., GatewayProcess]
 

@@ -27,6 +27,14 @@ from rw_wire import Series
 
 Key = tuple[tuple[str, str], ...]  # a series' labels, sorted
 STALE_WITHIN_S = 15.0  # the lifecycle acts within a second; a process start takes a few
+# `fleetgate run` for the suite: stale markers within a second or two, no fleet metrics in the way.
+GATEWAY_SETTINGS = {
+    "remote_write_flush_ms": "0",
+    "remote_write_retry_min_s": "0.05",
+    "remote_write_retry_max_s": "0.5",
+    "fleet_metrics_interval_s": "0",
+    "sqlite_synchronous": "normal",
+}
 
 
 def a_device_reporting(t_ms: int) -> list[list[Message]]:
