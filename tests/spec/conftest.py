@@ -1,9 +1,21 @@
-"""Fixtures of the remote-write specification suite: a recording receiver per test.
+"""The remote-write specification suite: the forwarder checked from outside, one test per rule.
 
-The suite checks the forwarder from the outside, against the Prometheus remote-write 1.0
-specification (https://prometheus.io/docs/specs/remote_write_spec/): frames built by hand from
-docs/protocol.md go in, and what reaches a real HTTP receiver is read back with a decoder that
-shares no code with the gateway's encoder.
+The rules are those of the Prometheus remote-write 1.0 specification
+(https://prometheus.io/docs/specs/remote_write_spec/) and of the sender cases of its compliance
+suite (prometheus/compliance), plus where fleetgate documents going beyond them. Frames are
+built by hand from docs/protocol.md (device_frames), go through the gateway's real pipeline,
+SQLite buffer, forwarder and HTTP client, in process (gateway_rig) or as `fleetgate run` behind
+Mosquitto, and are read back at a real HTTP receiver (rw_receiver) with a decoder that shares
+no code with the gateway (rw_wire).
+
+    test_remote_write_spec.py                 wire, headers, labels, ordering, sizes, counts
+    test_remote_write_spec_answers.py         retries, backoff, Retry-After, 4xx, 413, pauses
+    test_remote_write_spec_staleness.py       stale markers (death, timeout, restart, reboot)
+    test_remote_write_spec_external_labels.py label rules with external labels
+    test_remote_write_spec_pause.py           a paused endpoint as an operator sees it
+    test_remote_write_spec_crash.py           the at-least-once window after a kill -9
+    test_remote_write_spec_drops.py           drop_oldest: dropped means not delivered
+    test_remote_write_spec_vectors.py         the protocol vectors end to end
 """
 
 from __future__ import annotations
