@@ -16,6 +16,7 @@ no code with the gateway (rw_wire).
     test_remote_write_spec_crash.py           the at-least-once window after a kill -9
     test_remote_write_spec_drops.py           drop_oldest: dropped means not delivered
     test_remote_write_spec_vectors.py         the protocol vectors end to end
+    test_remote_write_spec_random.py          seeded random traffic: order and once, always
 """
 
 from __future__ import annotations
