@@ -102,3 +102,31 @@ def test_serves_next_frame_only_when_every_cursor_is_within_the_cache() -> None:
         cache.put(frame_id, [b"e"])  # holds frames 3..5
     assert serves_next_frame_of(cache, [2, 4])  # next frames 3 and 5: in memory
     assert not serves_next_frame_of(cache, [1, 4])  # frame 2 is only in SQLite now
+
+
+def test_discard_forgets_dropped_frames_wherever_they_are() -> None:
+    cache = EntryCache(max_samples=100)
+    for frame_id in range(1, 6):
+        cache.put(frame_id, [b"e"] * frame_id)
+    cache.discard([2, 4, 9])  # 9 was never cached
+    assert [cache.get(i) is not None for i in range(1, 6)] == [True, False, True, False, True]
+    assert cache.samples == 1 + 3 + 5 and len(cache) == 3
+
+
+def test_send_windows_keep_what_is_on_the_wire_and_note_drops_a_forwarder_holds() -> None:
+    windows = EntryCache().windows
+    windows.register("a")
+    windows.register("a")
+    assert windows.endpoints == ["a"]
+    windows.hold("a", "backlog", 10, 20)  # frames 11..20 in memory
+    windows.keep("a", "wire", 10, 15)  # frames 11..15 on the wire
+    windows.keep("a", "partial:backlog", 10, 11)
+    assert sorted(windows.ranges()) == [(10, 11), (10, 15)]
+    windows.note_dropped([16, 17, 30])  # 30: nobody holds it
+    assert windows.dropped == {16, 17}
+    windows.keep("a", "wire", 0, 0)  # the answer came
+    assert windows.ranges() == [(10, 11)]
+    windows.hold("a", "backlog", 17, 40)  # the cursor moved past 16: forgotten
+    assert windows.dropped == {17}
+    windows.release("a")
+    assert windows.ranges() == []
