@@ -126,7 +126,7 @@ def test_send_windows_keep_what_is_on_the_wire_and_note_drops_a_forwarder_holds(
     assert windows.dropped == {16, 17}
     windows.keep("a", "wire", 0, 0)  # the answer came
     assert windows.ranges() == [(10, 11)]
-    windows.hold("a", "backlog", 17, 40)  # the cursor moved past 16: forgotten
+    windows.hold("a", "backlog", 16, 40)  # the cursor moved past 16: forgotten
     assert windows.dropped == {17}
     windows.release("a")
     assert windows.ranges() == []
