@@ -209,6 +209,9 @@ def test_413_lowers_request_size_and_never_resends_accepted_samples(
 PAUSING = [pytest.param(Reply(401, b"unauthorized"), id="401"),
            pytest.param(Reply(403, b"forbidden"), id="403"),
            pytest.param(Reply(404, b"404 page not found"), id="404"),
+           pytest.param(Reply(405, b"method not allowed"), id="405"),
+           pytest.param(Reply(307, headers=(("Location", "http://127.0.0.1:9/login"),)),
+                        id="307-redirect"),
            pytest.param(Reply(400, VMAUTH_WRONG_TOKEN), id="vmauth-wrong-token-400")]
 
 
