@@ -26,12 +26,12 @@ import asyncio
 import logging
 import math
 import random
+import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from gateway import store
-from gateway.db import Database
 from gateway.errors import ForwardUnavailable
 from gateway.forward_order import Part, Request
 from gateway.metrics import GatewayMetrics
@@ -174,16 +174,17 @@ class EndpointSender:
         return True
 
 
-async def dead_letter(db: Database, endpoint: str, parts: Sequence[Part],
-                      refused: Rejected | TooLarge, status: ForwarderStatus,
-                      metrics: GatewayMetrics) -> None:
+async def dead_letter(write: Callable[[Callable[[sqlite3.Connection], None]], Awaitable[None]],
+                      endpoint: str, parts: Sequence[Part], refused: Rejected | TooLarge,
+                      status: ForwarderStatus, metrics: GatewayMetrics) -> None:
     """A refused request goes to the dead letters whole, once: one row per sample (so a
-    replay can send them again), each with the receiver's reason."""
+    replay can send them again), each with the receiver's reason. `write` must not give up on
+    a failing disk by unwinding: the forwarder would send the refused request again."""
     now_ms = int(time.time() * 1000)
     reason = refused.reason[:1000]
     rows = [(endpoint, frame_id, now_ms, refused.status, reason, describe(entry), entry)
             for frame_id, entries, _ in parts for entry in entries]
-    await db.write(lambda conn: store.add_dead_letters(conn, rows))
+    await write(lambda conn: store.add_dead_letters(conn, rows))
     status.dead_letters += len(rows)
     status.last_error = refused.reason
     metrics.forward_dead_letters.labels(endpoint).inc(len(rows))

@@ -383,7 +383,9 @@ class Forwarder:
         return await replay(self._client, self.endpoint, letters)
 
     async def _dead_letter(self, parts: list[Part], refused: Rejected | TooLarge) -> None:
-        await dead_letter(self._db, self.endpoint, parts, refused, self.status, self._metrics)
+        # Written like a position: a failing disk must not make the refused request go again.
+        await dead_letter(self._write_position, self.endpoint, parts, refused, self.status,
+                          self._metrics)
 
     # ------------------------------------------------------------------ positions
     async def _advance_live(self, live_from: int, end: Position) -> None:

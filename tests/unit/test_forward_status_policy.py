@@ -181,3 +181,32 @@ def test_real_receivers_answer_the_pause_probe_an_empty_write_request_with_204(
         return result.status  # type: ignore[return-value]
 
     assert asyncio.run(probe()) == 204
+
+
+def test_a_refused_request_is_not_sent_again_when_its_dead_letters_cannot_be_written_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from gateway import store
+
+    h = Harness(tmp_path / "db")
+    receiver = RecordingReceiver(lambda series: httpx.Response(400, text="bad sample"))
+    failures = [sqlite3.OperationalError("database or disk is full")]
+    real_add = store.add_dead_letters
+
+    def add_dead_letters(conn, rows):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        real_add(conn, rows)
+
+    monkeypatch.setattr(store, "add_dead_letters", add_dead_letters)
+
+    async def go() -> None:
+        await h.open()
+        await fill(h, devices=1, frames=3)
+        await drain(make_forwarder(h, receiver.client()))
+        await h.db.close()
+
+    asyncio.run(go())
+    assert len(receiver.requests) == 1  # refused once, never sent again
+    assert h.rows("SELECT COUNT(*) FROM dead_letters") == [(1 + 3 * 2,)]
