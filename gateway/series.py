@@ -103,7 +103,7 @@ class SeriesEncoder:
             if name in _RESERVED:
                 raise LabelValidationError(f"external label {name!r} is reserved by the gateway")
         # validate as if attached to a dummy metric, which also checks names and values
-        validate_labels((("__name__", "x"), *external))
+        validate_labels(sorted((("__name__", "x"), *external)))  # byte order: "Az" < "__name__"
         self._external = external
         self._cache_size = cache_size
         # series -> entry prefix (see _prefix)

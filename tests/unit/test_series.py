@@ -328,3 +328,13 @@ def test_a_bound_keeps_its_series_across_a_precision_change_when_its_decimal_is_
     # A float64 bound is labelled at float64 precision, even when it is exactly a float32.
     assert _le_labels(_birth_bytes(_f64(0.004999999888241291))) == ["0.004999999888241291",
                                                                      "+Inf"]
+
+
+def test_an_upper_case_external_label_sorts_before_the_metric_name() -> None:
+    """Found by the spec suite: `Az` is a valid label name and sorts before `__name__` in byte
+    order; the gateway refused to start with it ("unsorted label name")."""
+    encoder = SeriesEncoder((("Az", "b"),))
+    labels = [name for name, _ in decode_write_request(
+        encoder.entry(encoder.series_prefix("dev", "t", ()), 1.0, 1_790_000_000_000))[0][0]
+        .items()]
+    assert labels == sorted(labels) == ["Az", "__name__", "device_id"]
