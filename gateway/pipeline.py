@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
+from tenacity import AsyncRetrying, retry_if_exception
 
 from device_protocol import (
     DEFAULT_LIMITS,
@@ -47,6 +47,7 @@ from gateway.dedup import Ledger, LedgerKey, LedgerOverlay, decode_ranges, encod
 from gateway.entry_cache import EntryCache
 from gateway.errors import StoreError
 from gateway.fleet import FleetState
+from gateway.forward_policy import backoff_s  # one backoff rule for every retry
 from gateway.frame_compiler import FrameCompiler
 from gateway.ingest import InboundMessage, Inbox
 from gateway.metrics import GatewayMetrics
@@ -446,7 +447,7 @@ class Pipeline:
         started = time.perf_counter()
         async for attempt in AsyncRetrying(
                 retry=retry_if_exception(lambda e: isinstance(e, StoreError)),
-                wait=wait_random_exponential(multiplier=0.05, max=5.0),
+                wait=lambda state: backoff_s(state.attempt_number, 0.05, 5.0),  # ~0.05 .. 5 s
                 before_sleep=self._log_commit_retry, reraise=True):
             with attempt:
                 dropped, closed = await self._db.write(lambda conn: self._write(conn, plan))
