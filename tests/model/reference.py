@@ -18,7 +18,12 @@ The promise, rule by rule:
    held seq is held too, and at the release the first valid frame of each seq (in arrival
    order) is committed, later valid ones are duplicates, invalid ones are quarantined.
 3. Duplicates. A frame whose seq is committed (a QoS 1 redelivery, a device replay with `h`)
-   is dropped and counted as a duplicate.
+   is dropped and counted as a duplicate. A frame both invalid and a duplicate counts once, by
+   the first check it fails: decoding (types, values, size, the clock once its boot's birth
+   is known), then the seq, then its birth's declarations (aliases); a held frame is decoded
+   and resolved before its seq is checked, at its release.
+   A boot whose birth's `t` is more than 5 min ahead of its arrival has a clock ahead by
+   that much (measured at each of its births): its samples are moved back by it.
 4. The current boot. A device's current boot is decided by the births' device clock `t`, then
    arrival: a birth becomes current iff its boot is not known as past and its `t` is at least
    the current boot's newest birth `t`. A birth of a boot already known as past never moves the
@@ -57,6 +62,7 @@ import msgpack
 
 STALE = "stale"  # a stale marker's value in the model (Prometheus's special NaN)
 LOOKBACK_MS = 300_000
+MAX_SKEW_MS = 300_000  # a birth this far ahead of the gateway's clock measures a clock error
 # A sample as the receiver holds it: (name, sorted labels without __name__, value, ts). The
 # `le` label is kept as the float it denotes (its text is checked on its own, rule of
 # finding 4), so a formatting change does not hide or invent a sample.
@@ -222,6 +228,7 @@ class Model:
     def __init__(self, external: tuple[tuple[str, str], ...]) -> None:
         self.external = external
         self.births: dict[tuple[str, int], BootSpec] = {}  # births committed (durable)
+        self.ahead: dict[tuple[str, int], int] = {}  # clock-ahead ms, as of the boot's birth
         # device -> (current boot, its order (t, arrival ms)): decided by births, durable
         self.current: dict[str, tuple[int, tuple[int, int]]] = {}
         # (device, {series: newest ts}) that must get stale markers (rule 9)
@@ -240,6 +247,7 @@ class Model:
         self._batch_quarantined: Counter[str] = Counter()
         self._batch_duplicates: Counter[tuple[str, int]] = Counter()
         self.went_offline: list[str] = []  # since the last lifecycle pass
+        self.deaths = 0  # deaths handed over, all incarnations
 
     def end_batch(self) -> None:
         """The fleet counts a device's quarantined frames once the batch is applied, for
@@ -271,6 +279,8 @@ class Model:
     def birth(self, spec: BootSpec, t: int, received_ms: int) -> None:
         self.counts.received["birth"] += 1
         self.births[spec.device, spec.boot] = spec
+        ahead = t - received_ms  # a clock ahead is measured at each birth of its boot
+        self.ahead[spec.device, spec.boot] = ahead if ahead > MAX_SKEW_MS else 0
         current = self.current.get(spec.device)
         order = (t, received_ms)
         if current is None or current[0] == spec.boot or order >= current[1]:
@@ -309,10 +319,13 @@ class Model:
             self._quarantine(device)
             return
         key = (device, frame.boot.boot)
+        spec = self.births.get(key)
+        if spec is not None and frame.defect == "future":  # decoding checks the clock
+            self._quarantine(device)
+            return
         if frame.seq in self.seen.get(key, ()):
             self._duplicate(device, frame.boot.boot)
             return
-        spec = self.births.get(key)
         if spec is None:
             held = self.held.setdefault(key, [])
             if any(h.payload == payload for h in held):
@@ -332,7 +345,8 @@ class Model:
             self._duplicate(device, spec.boot)
             return
         seen.add(frame.seq)
-        samples = frame.series_samples(self.external)
+        shift = self.ahead.get(key, 0)
+        samples = [(k, v, ts - shift) for k, v, ts in frame.series_samples(self.external)]
         self._commit(Counter(samples))
         self.invisible_frames += not samples
         self.counts.labels_dropped += sum(1 for *_, own in frame.samples for _, v in own if not v)
@@ -365,6 +379,7 @@ class Model:
     def death(self, device: str, boot: int) -> bool:
         """True if the device goes offline now (a death of its current boot)."""
         self.counts.received["death"] += 1
+        self.deaths += 1
         dev = self.devices.get(device)
         current = self.current.get(device)
         if dev is None or not dev.known or current is None or current[0] != boot:
