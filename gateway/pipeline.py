@@ -214,8 +214,10 @@ class Pipeline:
                 elif kind is FrameKind.DEATH:
                     death = decode_death(message.payload, limits=self._limits)
                     plan.fleet.append(("death", device_id, death.boot, message.received_ms))
-                    if death.boot == self._current_boot(plan, device_id):
-                        self._close_boot(plan, device_id, death.boot)
+                    current = plan.current.get(device_id) or self.births.current(device_id)
+                    if current is not None and death.boot == current[0]:
+                        self._close_boot(plan, device_id, death.boot, message.received_ms,
+                                         current)
             except Exception as exc:
                 self._quarantine(plan, message, device_id, _as_protocol_error(exc, device_id))
         assert plan.overlay is not None
@@ -322,10 +324,10 @@ class Pipeline:
         plan.birth_index[device_id, birth.boot] = (birth, ahead_ms)
         plan.write.births.append((device_id, birth.boot, message.received_ms, message.payload))
         plan.labels_dropped += birth.dropped_labels
-        previous = self._current_boot(plan, device_id)
+        previous = plan.current.get(device_id) or self.births.current(device_id)
         if self._takes_current(plan, device_id, birth, message.received_ms):
-            if previous is not None and previous != birth.boot:
-                self._close_boot(plan, device_id, previous)  # before the new boot's frames
+            if previous is not None and previous[0] != birth.boot:  # before the new boot's frames
+                self._close_boot(plan, device_id, previous[0], message.received_ms, previous)
             plan.fleet.append(("birth", device_id, birth, message.received_ms))
             frame_id = self._next_frame_id
             self._next_frame_id += 1
@@ -371,22 +373,34 @@ class Pipeline:
         plan.current[device_id] = after(current, birth, received_ms)
         return True
 
-    def _close_boot(self, plan: BatchPlan, device_id: str, boot: int) -> None:
-        """Stale markers for every series the boot wrote, committed in arrival order: after
-        its own frames, before any frame of the boot that follows it (whose samples may carry
-        the same series, later)."""
+    def _close_boot(self, plan: BatchPlan, device_id: str, boot: int, close_ms: int,
+                    current: tuple[int, BootOrder] | None) -> None:
+        """Stale markers for every series the boot wrote and for its fleet_device_info,
+        committed in arrival order: after its own frames, before any frame of the boot that
+        follows it (whose samples may carry the same series, later). close_ms: when the boot
+        ended (the death's or the next birth's arrival; now, for a timeout); current: the
+        device's current (boot, order) before this message."""
         assert plan.overlay is not None
         key = (device_id, boot)
-        newest = plan.overlay.newest(key)
-        if newest is None:
-            return  # nothing of that boot was ever stored
         if key in self._closed_boots and key not in plan.overlay.newest_ms:
             return  # closed already (a death, then the next boot's birth) and silent since
         if any(close.device_id == device_id and close.boot == boot for close in plan.closes):
             return
+        newest = plan.overlay.newest(key)
+        info, info_ms = None, 0
+        birth = self._birth_for(plan, device_id, boot)[0]
+        if birth is not None and current is not None and current[0] == boot:
+            born_ms = current[1][1]  # its info sample's time: the birth's arrival
+            info_ms = max(born_ms + 1, close_ms - 1)
+            if info_ms < close_ms:  # else it would meet the next boot's info sample
+                info = self._encoder.info_labels(device_id, birth)
+        if newest is None and info is None:
+            return  # nothing of that boot was ever sent
         frame_id = self._next_frame_id
         self._next_frame_id += 1
-        plan.closes.append(store.BootClose(frame_id, device_id, boot, newest + 1))
+        plan.closes.append(store.BootClose(frame_id, device_id, boot,
+                                           None if newest is None else newest + 1, info,
+                                           info_ms))
 
     def _current_boot(self, plan: BatchPlan, device_id: str) -> int | None:
         current = plan.current.get(device_id) or self.births.current(device_id)
@@ -635,7 +649,7 @@ class Pipeline:
             if not still_closed():
                 return 0
             plan = BatchPlan(overlay=self.ledger.overlay(), now_ms=int(time.time() * 1000))
-            self._close_boot(plan, device_id, boot)
+            self._close_boot(plan, device_id, boot, plan.now_ms, self.births.current(device_id))
             if not plan.closes:
                 return 0
             plan.last_frame_id = plan.closes[-1].frame_id

@@ -190,9 +190,12 @@ class SeriesEncoder:
         ``platform`` and ``firmware`` come from the birth fields and win over birth labels of
         the same name.
         """
+        return encode_entry(self.info_labels(device_id, birth), 1.0, timestamp_ms)
+
+    def info_labels(self, device_id: str, birth: Birth) -> bytes:
+        """The encoded labels of the boot's ``fleet_device_info`` series."""
         extra = (("firmware", birth.firmware), ("platform", birth.platform))
-        labels = self._labels(INFO_METRIC, device_id, birth.labels, extra)
-        return encode_entry(encode_labels(labels), 1.0, timestamp_ms)
+        return encode_labels(self._labels(INFO_METRIC, device_id, birth.labels, extra))
 
     def sample_count(self, telemetry: Telemetry) -> int:
         """Number of entries ``frame_entries`` produces for this frame."""

@@ -425,7 +425,11 @@ class BootClose:
     frame_id: int
     device_id: str
     boot: int
-    stale_ms: int  # 1 ms after the boot's newest sample stored
+    stale_ms: int | None  # 1 ms after the boot's newest sample stored; None: no samples
+    # The boot's fleet_device_info series (stamped at its birth's arrival, on the gateway's
+    # clock) and when it ends: before the next boot's info sample, after its own.
+    info_labels: bytes | None = None
+    info_ms: int = 0
 
 
 def write_closes(conn: sqlite3.Connection, closes: Sequence[BootClose],
@@ -434,10 +438,14 @@ def write_closes(conn: sqlite3.Connection, closes: Sequence[BootClose],
     lookback), in the caller's transaction: after that batch's boot_series rows, so series
     first seen in the same batch are closed too. Returns (frame id, entries) of each."""
     out: list[tuple[int, list[bytes]]] = []
+    recent = now_ms - STALE_LOOKBACK_MS
     for close in closes:
-        labels = (boot_series(conn, close.device_id, close.boot)
-                  if close.stale_ms >= now_ms - STALE_LOOKBACK_MS else [])
-        entries = [encode_entry(label_bytes, STALE_NAN, close.stale_ms) for label_bytes in labels]
+        entries = []
+        if close.stale_ms is not None and close.stale_ms >= recent:
+            entries = [encode_entry(label_bytes, STALE_NAN, close.stale_ms)
+                       for label_bytes in boot_series(conn, close.device_id, close.boot)]
+        if close.info_labels is not None and close.info_ms >= recent:
+            entries.append(encode_entry(close.info_labels, STALE_NAN, close.info_ms))
         conn.execute("INSERT INTO frames (id, kind, device_id, boot, seq, received_ms, payload)"
                      " VALUES (?,?,?,?,?,?,?)", (close.frame_id, KIND_ENTRIES, close.device_id,
                                                  close.boot, None, now_ms, b"".join(entries)))

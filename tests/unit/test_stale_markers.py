@@ -8,12 +8,14 @@ Frames are built by hand with msgpack from docs/protocol.md."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import factories as f
 import msgpack
 from test_pipeline_support import Harness, birth_msg, msg, run
 
+from device_protocol import decode_birth, encode_birth
 from gateway import store
 from gateway.remote_write import decode_write_request, is_stale_nan, split_entries
 
@@ -55,13 +57,32 @@ def written_series(h: Harness) -> set[frozenset[tuple[str, str]]]:
     return out
 
 
-def markers(h: Harness) -> dict[frozenset[tuple[str, str]], int]:
+def all_markers(h: Harness) -> dict[frozenset[tuple[str, str]], int]:
     out = {}
     for labels, samples in series_of(h, store.KIND_ENTRIES):
         for value, ts in samples:
             assert is_stale_nan(value)
             out[frozenset(labels.items())] = ts
     return out
+
+
+def markers(h: Harness) -> dict[frozenset[tuple[str, str]], int]:
+    """The markers of the device's own series."""
+    return {k: ts for k, ts in all_markers(h).items()
+            if dict(k)["__name__"] != "fleet_device_info"}
+
+
+def info_markers(h: Harness) -> dict[str, int]:
+    """firmware -> the marker of that fleet_device_info series."""
+    return {dict(k)["firmware"]: ts for k, ts in all_markers(h).items()
+            if dict(k)["__name__"] == "fleet_device_info"}
+
+
+def info_samples(h: Harness) -> list[tuple[str, int]]:
+    """(firmware, time) of every fleet_device_info sample queued, in order: one per birth frame
+    in the buffer, at the birth's arrival."""
+    return [(decode_birth(payload).firmware, received_ms) for payload, received_ms in h.rows(
+        "SELECT payload, received_ms FROM frames WHERE kind = 1 ORDER BY id")]
 
 
 def test_a_death_closes_every_series_of_the_boot(tmp_path: Path) -> None:
@@ -78,7 +99,7 @@ def test_a_death_closes_every_series_of_the_boot(tmp_path: Path) -> None:
         await h.db.close()
 
     run(go)
-    assert h.counter("fleetgate_stale_markers_total") == 10
+    assert h.counter("fleetgate_stale_markers_total") == 10 + 1  # and fleet_device_info
 
 
 def test_a_death_and_the_next_birth_in_the_same_millisecond(tmp_path: Path) -> None:
@@ -130,7 +151,7 @@ def test_after_a_restart_an_offline_timeout_closes_every_series(tmp_path: Path) 
         h.cache._frames.clear()  # type: ignore[attr-defined]
         p = await h.open()  # a restart: nothing in memory knows the boot's series
         markers_queued = await p.close_boot(DEVICE, BOOT, lambda: True)
-        assert markers_queued == len(written)
+        assert markers_queued == len(written) + 1  # and its fleet_device_info
         assert await p.close_boot(DEVICE, BOOT, lambda: False) == 0  # came back meanwhile
         await h.db.close()
 
@@ -153,3 +174,40 @@ def test_a_death_of_a_past_boot_closes_nothing(tmp_path: Path) -> None:
         await h.db.close()
 
     run(go)
+
+
+def test_the_info_series_of_a_boot_ends_between_its_info_and_the_next_boots(
+        tmp_path: Path) -> None:
+    """Found by the spec suite: a reboot into new firmware starts a new fleet_device_info
+    series; the old one must be closed (else `count by (firmware)` counts the device twice for
+    five minutes), also when the death and the next birth share a millisecond."""
+    h = Harness(tmp_path / "db")
+    new_firmware = replace(f.birth(1, reboot=1, time_ms=BASE + 5_000), firmware="3.0.0")
+
+    async def go() -> None:
+        p = await h.open()
+        await p.handle([birth_msg(1, time_ms=BASE - 1_000), telemetry(0, FIRST)])
+        same_ms = [death(), msg(f"fleet/{DEVICE}/birth", encode_birth(new_firmware))]
+        at = same_ms[0].received_ms + 5  # type: ignore[attr-defined]
+        await p.handle([m._replace(received_ms=at) for m in same_ms])  # type: ignore[attr-defined]
+        await h.db.close()
+
+    run(go)
+    (old, old_ms), (new, new_ms) = info_samples(h)
+    assert (old, new) == ("2.1.0", "3.0.0")
+    assert old_ms < info_markers(h)["2.1.0"] < new_ms
+    assert "3.0.0" not in info_markers(h)
+
+
+def test_a_boot_that_only_said_its_birth_closes_its_info_series(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+
+    async def go() -> None:
+        p = await h.open()
+        born = birth_msg(1)
+        await p.handle([born])
+        await p.handle([death()._replace(received_ms=born.received_ms + 1_000)])  # type: ignore[attr-defined]
+        await h.db.close()
+
+    run(go)
+    assert set(info_markers(h)) == {"2.1.0"} and markers(h) == {}
