@@ -327,7 +327,8 @@ class Pipeline:
         previous = plan.current.get(device_id) or self.births.current(device_id)
         if self._takes_current(plan, device_id, birth, message.received_ms):
             if previous is not None and previous[0] != birth.boot:  # before the new boot's frames
-                self._close_boot(plan, device_id, previous[0], message.received_ms, previous)
+                self._close_boot(plan, device_id, previous[0], message.received_ms, previous,
+                                 next_boot_ms=birth.time_ms - ahead_ms)
             plan.fleet.append(("birth", device_id, birth, message.received_ms))
             frame_id = self._next_frame_id
             self._next_frame_id += 1
@@ -374,12 +375,14 @@ class Pipeline:
         return True
 
     def _close_boot(self, plan: BatchPlan, device_id: str, boot: int, close_ms: int,
-                    current: tuple[int, BootOrder] | None) -> None:
+                    current: tuple[int, BootOrder] | None,
+                    next_boot_ms: int | None = None) -> None:
         """Stale markers for every series the boot wrote and for its fleet_device_info,
         committed in arrival order: after its own frames, before any frame of the boot that
         follows it (whose samples may carry the same series, later). close_ms: when the boot
         ended (the death's or the next birth's arrival; now, for a timeout); current: the
-        device's current (boot, order) before this message."""
+        device's current (boot, order) before this message; next_boot_ms: the next boot's
+        clock at its birth (on the gateway's clock), for a reboot."""
         assert plan.overlay is not None
         key = (device_id, boot)
         if key in self._closed_boots and key not in plan.overlay.newest_ms:
@@ -387,6 +390,11 @@ class Pipeline:
         if any(close.device_id == device_id and close.boot == boot for close in plan.closes):
             return
         newest = plan.overlay.newest(key)
+        if newest is not None and next_boot_ms is not None and newest + 1 > next_boot_ms:
+            # The next boot's clock reads earlier than this boot's last sample (a clock stepped
+            # back at boot): its samples of the same series would come after a marker that is
+            # later than them, out of order. Its series are left to the query lookback.
+            newest = None
         info, info_ms = None, 0
         birth = self._birth_for(plan, device_id, boot)[0]
         if birth is not None and current is not None and current[0] == boot:

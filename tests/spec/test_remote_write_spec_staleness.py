@@ -134,7 +134,7 @@ def test_stale_markers_when_a_new_boot_comes_before_the_old_boots_death(
     series = every_kind_of_series(device, receiver)
     new_boot = 0x5EC00003
     rebooted = now_ms() + 1_000  # a reboot takes a while: after the old boot's last sample
-    device.publish([birth_msg(boot=new_boot),
+    device.publish([birth_msg(boot=new_boot, t_ms=rebooted),  # its clock: after the old boot
                     tele_msg(0, [[GAUGE, 24.0]], boot=new_boot, t_ms=rebooted)])
     await_stale_markers(receiver, series)
     device.publish([death_msg(), tele_msg(1, [[GAUGE, 25.0]], boot=new_boot,

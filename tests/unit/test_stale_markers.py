@@ -92,7 +92,7 @@ def test_a_death_closes_every_series_of_the_boot(tmp_path: Path) -> None:
         p = await h.open()
         await p.handle([birth_msg(1), telemetry(0, FIRST), telemetry(1, LAST)])
         written = written_series(h)
-        await p.handle([death()])
+        await p.handle([death()._replace(received_ms=f.now_ms() + 1_000)])  # type: ignore[attr-defined]
         assert set(markers(h)) == written
         assert len(written) == 2 + 1 + 4 + 2 + 1  # gauges, counter, buckets+Inf, sum/count, rpm
         assert set(markers(h).values()) == {BASE + 1_000 + 1}
@@ -211,3 +211,23 @@ def test_a_boot_that_only_said_its_birth_closes_its_info_series(tmp_path: Path) 
 
     run(go)
     assert set(info_markers(h)) == {"2.1.0"} and markers(h) == {}
+
+
+def test_a_reboot_onto_a_clock_set_back_leaves_the_old_series_to_the_lookback(
+        tmp_path: Path) -> None:
+    """Found by the spec suite: the new boot's clock reads earlier than the old boot's newest
+    sample (stepped back at boot). Markers at old newest + 1 ms would come after the new
+    boot's samples of the same series, which a receiver refuses as out of order: none are made
+    for the device's series; its info series still ends."""
+    h = Harness(tmp_path / "db")
+
+    async def go() -> None:
+        p = await h.open()
+        await p.handle([birth_msg(1, time_ms=BASE - 1_000), telemetry(0, FIRST)])
+        await p.handle([msg(f"fleet/{DEVICE}/birth",
+                            f.birth_payload(1, reboot=1, time_ms=BASE - 50))])
+        await h.db.close()
+
+    run(go)
+    assert markers(h) == {}
+    assert set(info_markers(h)) == {"2.1.0"}
