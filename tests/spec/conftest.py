@@ -11,6 +11,7 @@ no code with the gateway (rw_wire).
     test_remote_write_spec.py                 wire, headers, labels, ordering, sizes, counts
     test_remote_write_spec_answers.py         retries, backoff, Retry-After, 4xx, 413, pauses
     test_remote_write_spec_staleness.py       stale markers (death, timeout, restart, reboot)
+    test_remote_write_spec_staleness_info.py  stale markers for fleet_device_info
     test_remote_write_spec_external_labels.py label rules with external labels
     test_remote_write_spec_pause.py           a paused endpoint as an operator sees it
     test_remote_write_spec_crash.py           the at-least-once window after a kill -9

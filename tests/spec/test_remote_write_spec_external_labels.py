@@ -50,3 +50,16 @@ def test_label_names_unique_with_external_labels(
         assert len(names) == len(set(names)), f"{s.name}: repeated label names {names}"
         if s.label("device_id") is not None:  # protocol.md: an external label fills gaps only
             assert s.label("site") == "lab-7", s.labels
+
+
+def test_upper_case_external_label_name_is_a_valid_label_name(
+        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver) -> None:
+    """`Az` is a valid label name ([a-zA-Z_][a-zA-Z0-9_]*) that sorts before `__name__` in
+    byte order; the gateway refused to start with it until b0d67f8 ("unsorted label name 'Az'
+    (after '__name__')"). Found by this suite."""
+    gateway_process(external_labels="Az=b")
+    device.publish([birth_msg(), tele_msg(0, [[GAUGE, 20.0]])])
+    receiver.wait_for(lambda rx: bool(rx.accepted_series()), what="the frame forwarded")
+    for s in receiver.accepted_series():
+        names = [name for name, _ in s.labels]
+        assert names == sorted(names) and s.label("Az") == "b", s.labels
