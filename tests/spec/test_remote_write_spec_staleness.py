@@ -145,3 +145,29 @@ def test_stale_markers_when_a_new_boot_comes_before_the_old_boots_death(
               if k == gauge]
     assert stamps == sorted(stamps), f"the gauge went back in time: {stamps}"
     assert not stamps[-1][1] and sum(stale for _, stale in stamps) == 1, stamps
+
+
+def test_a_stale_marker_never_lands_after_the_next_boots_sample_of_its_series(
+        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver) -> None:
+    """A reboot onto a clock set back (SNTP at boot) must not close a series at a time later
+    than the new boot's next sample of it. Here the gauge was last sampled at T-30 s, another
+    series at T; the new boot's clock runs ~10 s behind and reports the gauge at T-5 s. Before
+    fc43833 the old boot's series were all closed at T+1 ms, so the receiver got @T-30s,
+    @T+1ms stale, @T-5s: out of order, a 400 from Prometheus and the whole request (other
+    devices' samples too) dead-lettered. Found by this suite."""
+    gateway_process()
+    t = now_ms()
+    device.publish([birth_msg(t_ms=t - 60_000),  # booted a minute ago
+                    tele_msg(0, [[GAUGE, 21.0, -30_000], [COUNTER, 5]], t_ms=t)])
+    receiver.wait_for(lambda rx: any(s.value == 21.0 for _, s in rx.accepted_samples()),
+                      what="the old boot's frame")
+    new_boot = 0x5EC00004
+    device.publish([birth_msg(boot=new_boot, t_ms=t - 6_000),  # its clock ~10 s behind
+                    tele_msg(0, [[GAUGE, 22.0]], boot=new_boot, t_ms=t - 5_000)])
+    receiver.wait_for(lambda rx: any(s.value == 22.0 for _, s in rx.accepted_samples()),
+                      what="the new boot's frame")
+    gauge = device_key("device_temperature_celsius")
+    stamps = [(s.timestamp_ms - t, "stale" if s.is_stale_marker else s.value)
+              for k, s in receiver.accepted_samples() if k == gauge]
+    assert [ts for ts, _ in stamps] == sorted(ts for ts, _ in stamps), \
+        f"the series went back in time at the receiver (ms from T): {stamps}"
