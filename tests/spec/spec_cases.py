@@ -120,9 +120,10 @@ def _show(key: Key) -> str:
 def every_kind_of_series(device: Publisher, receiver: RecordingReceiver, *,
                          interval_ms: int = 60_000) -> set[Key]:
     """A boot whose first frame reports a gauge, a counter, a histogram, a gauge with its own
-    labels and an undeclared gauge; its next frame only the gauge. Returns the series."""
-    t = now_ms()
-    device.publish([birth_msg(interval_ms=interval_ms),
+    labels and an undeclared gauge; its next frame only the gauge. Returns the series.
+    All of it a second in the past, so that whatever a test sends next comes after it."""
+    t = now_ms() - 1_000
+    device.publish([birth_msg(interval_ms=interval_ms, t_ms=t - 1_000),
                     tele_msg(0, [[GAUGE, 21.5], [COUNTER, 7],
                                  [HISTOGRAM, histogram(4, 0.3, [1, 2, 3])],
                                  [GAUGE, 30.0, 0, {"core": "1"}], ["fan_speed_rpm", 1200]],
