@@ -376,17 +376,17 @@ class Model:
         self.counts.received["birth"] += 1
         self._quarantine(device)
 
-    def death(self, device: str, boot: int) -> bool:
-        """True if the device goes offline now (a death of its current boot)."""
+    def death(self, device: str, boot: int, now_ms: int = 0) -> bool:
+        """True if the device goes offline now (a death of its current boot). The boot's
+        series get their stale markers with the death (rule 9)."""
         self.counts.received["death"] += 1
         self.deaths += 1
         dev = self.devices.get(device)
         current = self.current.get(device)
         if dev is None or not dev.known or current is None or current[0] != boot:
             return False
+        self.markers_due.append((device, self.stale_due(device, boot, now_ms)))
         was, dev.online = dev.online, False
-        if was:
-            self.went_offline.append(device)
         return was
 
     def timeout(self) -> list[str]:
@@ -403,10 +403,10 @@ class Model:
         return {k: ts for k, ts in newest.items() if ts >= now_ms - LOOKBACK_MS}
 
     def lifecycle(self, now_ms: int) -> None:
-        """The lifecycle pass: devices that went offline get their markers due."""
+        """The lifecycle pass: devices that timed out get their markers due."""
         for device in self.went_offline:
             current = self.current.get(device)
-            if current is not None:
+            if current is not None and not self.devices[device].online:
                 self.markers_due.append((device, self.stale_due(device, current[0], now_ms)))
         self.went_offline = []
 

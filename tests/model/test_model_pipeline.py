@@ -194,7 +194,7 @@ class GatewayMachine(RuleBasedStateMachine):
     def death(self, d: str, i: int) -> None:
         boot = self.boots[d, i].boot
         self.publish("death", d, bytes(msgpack.packb({"v": 1, "b": boot})),
-                     lambda m, ms: m.death(d, boot) and None, f"death/Will {d} boot#{i}")
+                     lambda m, ms: m.death(d, boot, ms) and None, f"death/Will {d} boot#{i}")
 
     @precondition(lambda self: bool(self.sent))
     @rule(data=st.data())
@@ -406,10 +406,16 @@ GatewayMachine.TestCase.settings = PROFILE
 TestGatewayAgainstModel = GatewayMachine.TestCase
 
 
+def setup_module() -> None:
+    STATS.clear()
+    STATS["started"] = int(time.time())
+
+
 def teardown_module() -> None:
+    STATS["seconds"] = int(time.time()) - STATS.pop("started")
     line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} profile={'long' if LONG else 'default'} "
+            f"max_examples={EXAMPLES} "
             + " ".join(f"{k.replace(' ', '_')}={v}" for k, v in sorted(STATS.items())))
-    print("\nmodel-based test:", line)
     RUNS_LOG.parent.mkdir(exist_ok=True)
     with RUNS_LOG.open("a") as log:
         log.write(line + "\n")
