@@ -212,12 +212,7 @@ class Pipeline:
                 elif kind is FrameKind.BIRTH:
                     self._plan_birth(plan, message, device_id, now_ms)
                 elif kind is FrameKind.DEATH:
-                    death = decode_death(message.payload, limits=self._limits)
-                    plan.fleet.append(("death", device_id, death.boot, message.received_ms))
-                    current = plan.current.get(device_id) or self.births.current(device_id)
-                    if current is not None and death.boot == current[0]:
-                        self._close_boot(plan, device_id, death.boot, message.received_ms,
-                                         current)
+                    self._plan_death(plan, message, device_id)
             except Exception as exc:
                 self._quarantine(plan, message, device_id, _as_protocol_error(exc, device_id))
         assert plan.overlay is not None
@@ -374,6 +369,17 @@ class Pipeline:
         plan.current[device_id] = after(current, birth, received_ms)
         return True
 
+    def _plan_death(self, plan: BatchPlan, message: InboundMessage, device_id: str) -> None:
+        """A death of the current boot ends it (the fleet view's boot may be a checkpoint's,
+        older than the births': a death of a past boot must not take the device offline)."""
+        death = decode_death(message.payload, limits=self._limits)
+        current = plan.current.get(device_id) or self.births.current(device_id)
+        if current is not None and death.boot != current[0]:
+            return  # an old connection's Will, redelivered or late: changes nothing
+        plan.fleet.append(("death", device_id, death.boot, message.received_ms))
+        if current is not None:
+            self._close_boot(plan, device_id, death.boot, message.received_ms, current)
+
     def _close_boot(self, plan: BatchPlan, device_id: str, boot: int, close_ms: int,
                     current: tuple[int, BootOrder] | None,
                     next_boot_ms: int | None = None) -> None:
@@ -385,7 +391,7 @@ class Pipeline:
         clock at its birth (on the gateway's clock), for a reboot."""
         assert plan.overlay is not None
         key = (device_id, boot)
-        if key in self._closed_boots and key not in plan.overlay.newest_ms:
+        if key in self._closed_boots and key not in plan.overlay.changed:
             return  # closed already (a death, then the next boot's birth) and silent since
         if any(close.device_id == device_id and close.boot == boot for close in plan.closes):
             return
@@ -598,7 +604,7 @@ class Pipeline:
         closed = self._closed_boots
         assert plan.overlay is not None
         if closed:
-            closed.difference_update(plan.overlay.newest_ms)  # boots that stored frames again
+            closed.difference_update(plan.overlay.changed)  # boots that stored frames again
         if len(closed) > CLOSED_BOOTS_KEPT:
             closed.clear()
         closed.update((close.device_id, close.boot) for close in plan.closes)

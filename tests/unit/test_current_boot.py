@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import factories as f
+import msgpack
 import pytest
 from test_pipeline_support import Harness, msg, run
 
@@ -99,6 +100,33 @@ def test_births_with_the_same_clock_are_ordered_by_arrival(tmp_path: Path) -> No
         await p.handle([birth_message(OLD)])
         await p.handle([birth_message(same_t)])
         assert p._fleet.devices[DEVICE].boot == NEW.boot
+        await h.db.close()
+
+    run(go)
+
+
+def test_after_a_restart_a_redelivered_death_of_the_previous_boot_changes_nothing(
+        tmp_path: Path) -> None:
+    """Found by the model-based test: the fleet view restored from a checkpoint taken before
+    the reboot still names the old boot; a redelivered Will of that boot took the device
+    offline. The births (committed with every frame) say which boot is current."""
+    h = Harness(tmp_path / "db")
+
+    async def go() -> None:
+        p = await h.open()
+        await p.handle([birth_message(OLD)])
+        rows = p._fleet.take_dirty_rows()  # the checkpoint, before the reboot
+        await h.db.write(lambda conn: store.checkpoint_devices(conn, rows))
+        await p.handle([birth_message(NEW)])
+        await h.db.close()
+        p = await h.open()
+        state = await h.db.read(store.load_state)
+        p._fleet.load(state.devices, p.births.get)
+        p._fleet.take_events()
+        await p.handle([msg(f"fleet/{DEVICE}/death", msgpack.packb({"v": 1, "b": OLD.boot,
+                                                                     "t": T}))])
+        assert p._fleet.devices[DEVICE].online
+        assert p._fleet.take_events() == []
         await h.db.close()
 
     run(go)
