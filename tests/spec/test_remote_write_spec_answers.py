@@ -146,7 +146,8 @@ def test_no_retry_on_422(tmp_path: Path, receiver: RecordingReceiver) -> None:
 
 
 @pytest.mark.parametrize("reason", [b"too old sample", b"out of bounds",
-                                    b'label name "a" is not unique: invalid sample'])
+                                    b'label name "a" is not unique: invalid sample'],
+                         ids=["too-old-sample", "out-of-bounds", "invalid-sample"])
 def test_prometheus_permanent_500_is_refused_not_retried(
         tmp_path: Path, receiver: RecordingReceiver, reason: bytes) -> None:
     """Beyond the spec, deliberately (docs/operations.md, section 8): Prometheus 2.42 answers
