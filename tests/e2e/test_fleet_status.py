@@ -58,7 +58,8 @@ def test_a_silent_device_goes_late_then_offline_and_its_series_go_stale_in_prome
         'inference_seconds_bucket|inference_seconds_count|inference_seconds_sum"}'),
         30, what="stale series")
     stale = gw.metric("fleetgate_stale_markers_total")
-    assert stale == 2 * (2 + 4 + 2)  # 2 devices x (gauge, counter, 4 buckets, _sum, _count)
+    # 2 devices x (gauge, counter, 4 buckets, _sum, _count, and fleet_device_info)
+    assert stale == 2 * (2 + 4 + 2 + 1)
     # The samples themselves are all there: staleness hides, never deletes.
     assert len(prometheus.query('count_over_time(device_temperature_celsius'
                                 '{device_id="dev-0000"}[10m])')) == 1
@@ -311,7 +312,8 @@ def test_stale_markers_survive_a_receiver_outage(
         pub.publish(publisher.telemetry(range(1), range(3), base))
     wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == 4 and gw.caught_up(), 30)
     victoria_metrics.stop()  # the device goes offline while the receiver is away
-    wait_for(lambda: gw.metric("fleetgate_stale_markers_total") == 2, 30, what="markers queued")
+    wait_for(lambda: gw.metric("fleetgate_stale_markers_total") == 2 + 1, 30,  # + the info
+             what="markers queued")
     assert not gw.caught_up()  # held in the buffer like any frame
     victoria_metrics.start()
     wait_for(gw.caught_up, 60, what="the markers delivered after the outage")
