@@ -478,17 +478,10 @@ class Pipeline:
                 wait=lambda state: backoff_s(state.attempt_number, 0.05, 5.0),  # ~0.05 .. 5 s
                 before_sleep=self._log_commit_retry, reraise=True):
             with attempt:
-                dropped, closed = await self._db.write(lambda conn: self._write(conn, plan))
+                closed = await self._db.write(lambda conn: self._write(conn, plan))
         self.last_commit_ok = True
         if closed:
             self._take_closed(plan, closed)
-        if dropped.frames:
-            log.warning("buffer full: dropped the %d oldest frames (%d bytes)", dropped.frames,
-                        dropped.bytes)
-            self._metrics.frames_dropped.labels("buffer_full").inc(dropped.frames)
-            self._cache.evict_upto(dropped.upto_id)
-            self.buffer_bytes -= dropped.bytes
-            self.buffer_frames -= dropped.frames
         took = time.perf_counter() - started
         self._metrics.commit_seconds.observe(took)
         if took > SLOW_COMMIT_S:  # every PUBACK of the batch waited this long
@@ -498,12 +491,9 @@ class Pipeline:
             self._metrics.commit_frames.observe(messages)
 
     @staticmethod
-    def _write(conn: sqlite3.Connection, plan: BatchPlan
-               ) -> tuple[store.Dropped, list[tuple[int, list[bytes]]]]:
-        dropped = store.write_batch(conn, plan.write)
-        if not plan.closes:
-            return dropped, []
-        return dropped, store.write_closes(conn, plan.closes, plan.now_ms)
+    def _write(conn: sqlite3.Connection, plan: BatchPlan) -> list[tuple[int, list[bytes]]]:
+        store.write_batch(conn, plan.write)
+        return store.write_closes(conn, plan.closes, plan.now_ms) if plan.closes else []
 
     def _take_closed(self, plan: BatchPlan, closed: list[tuple[int, list[bytes]]]) -> None:
         """The stale-marker frames join the batch's entries, in frame id order."""

@@ -40,7 +40,6 @@ class BatchWrite:
     quarantine: list[tuple[int, str, str | None, str, str, bytes, int]] = field(
         default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
-    drop_oldest_bytes: int = 0  # "drop_oldest" policy: free this much before inserting
 
     def __len__(self) -> int:
         return len(self.frames) + len(self.held) + len(self.quarantine)
@@ -82,19 +81,7 @@ class StoredState:
     counters: dict[str, int]
 
 
-@dataclass(frozen=True, slots=True)
-class Dropped:
-    frames: int
-    bytes: int
-    upto_id: int
-
-
-def write_batch(conn: sqlite3.Connection, batch: BatchWrite) -> Dropped:
-    dropped = Dropped(0, 0, 0)
-    if batch.drop_oldest_bytes > 0:
-        dropped = Dropped(*drop_oldest(conn, batch.drop_oldest_bytes))
-        if dropped.frames:
-            bump_counters(conn, {"dropped_buffer_full": dropped.frames})
+def write_batch(conn: sqlite3.Connection, batch: BatchWrite) -> None:
     if batch.frames:
         insert_rows(conn, "INSERT INTO frames (id, kind, device_id, boot, seq, received_ms,"
                           " payload) VALUES ", batch.frames)
@@ -124,7 +111,6 @@ def write_batch(conn: sqlite3.Connection, batch: BatchWrite) -> Dropped:
             (QUARANTINE_KEEP_ROWS,))
     if batch.counters:
         bump_counters(conn, batch.counters)
-    return dropped
 
 
 ROWS_PER_STATEMENT = 256  # x 7 columns stays far below SQLite's 32,766 bound parameters
@@ -241,15 +227,6 @@ def delete_frames_upto(conn: sqlite3.Connection, frame_id: int) -> tuple[int, in
     if count:
         conn.execute("DELETE FROM frames WHERE id <= ?", (frame_id,))
     return count, size
-
-
-def drop_oldest(conn: sqlite3.Connection, need_bytes: int,
-                keep: Sequence[tuple[int, int]] = ()) -> tuple[int, int, int]:
-    """Delete the oldest frames until need_bytes are freed, but none in a `keep` range
-    (after, upto]. Returns (frames, bytes, last id deleted)."""
-    ids, freed = _pick_oldest(conn, need_bytes, keep)
-    _delete_ids(conn, ids)
-    return len(ids), freed, ids[-1] if ids else 0
 
 
 def _delete_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> None:

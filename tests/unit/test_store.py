@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gateway import store
 from gateway.db import Database, apply_migrations, connect
 from gateway.errors import StoreError
-from gateway.store import KIND_BIRTH, KIND_TELEMETRY, BatchWrite, Dropped, FrameRow
+from gateway.store import KIND_BIRTH, KIND_TELEMETRY, BatchWrite, FrameRow
 
 T = TypeVar("T")
 T0 = 1_700_000_000_000
@@ -53,7 +53,7 @@ def frame(frame_id: int, size: int = 10, *, device: str = "d1", boot: int = 1,
     return (frame_id, kind, device, boot, seq, T0 + frame_id, bytes([frame_id % 256]) * size)
 
 
-def write(conn: sqlite3.Connection, batch: BatchWrite) -> Dropped:
+def write(conn: sqlite3.Connection, batch: BatchWrite) -> None:
     return tx(conn, lambda c: store.write_batch(c, batch))
 
 
@@ -176,7 +176,7 @@ def test_frame_ids_never_go_back_after_the_buffer_empties(tmp_path: Path) -> Non
         assert state.next_frame_id == 4
         assert state.buffer_frames == 0
         write(conn, BatchWrite(frames=[frame(4)]))
-        tx(conn, lambda c: store.drop_oldest(c, 1))
+        tx(conn, lambda c: store.drop_unsent(c, 1, (), ()))
         assert store.load_state(conn).next_frame_id == 5
     finally:
         conn.close()
@@ -229,7 +229,9 @@ def test_drop_oldest_frees_at_least_the_bytes_asked_with_the_oldest_frames(
             first_id = 5  # ids need not start at 1
             ids = list(range(first_id, first_id + len(sizes)))
             write(conn, BatchWrite(frames=[frame(i, s) for i, s in zip(ids, sizes, strict=True)]))
-            count, freed, last_id = tx(conn, lambda c: store.drop_oldest(c, need))
+            drop = tx(conn, lambda c: store.drop_unsent(c, need, (), ()))
+            count, freed = len(drop.ids), drop.bytes
+            last_id = drop.ids[-1] if drop.ids else 0
             total = sum(sizes)
             if total >= need:
                 assert freed >= need
@@ -244,20 +246,8 @@ def test_drop_oldest_frees_at_least_the_bytes_asked_with_the_oldest_frames(
             conn.close()
 
 
-def test_write_batch_drops_before_inserting_and_counts_the_drop(
-        conn: sqlite3.Connection) -> None:
-    write(conn, BatchWrite(frames=[frame(i, 100) for i in range(1, 6)]))
-    dropped = write(conn, BatchWrite(frames=[frame(6, 100), frame(7, 100)],
-                                     drop_oldest_bytes=150, counters={"dup": 1}))
-    assert dropped == Dropped(frames=2, bytes=200, upto_id=2)
-    assert frame_ids(conn) == [3, 4, 5, 6, 7]  # the batch's own frames are never dropped
-    assert store.load_state(conn).counters == {"dropped_buffer_full": 2, "dup": 1}
-    write(conn, BatchWrite(drop_oldest_bytes=1))
-    assert store.load_state(conn).counters["dropped_buffer_full"] == 3
-
-
 def test_nothing_to_drop_counts_nothing(conn: sqlite3.Connection) -> None:
-    assert write(conn, BatchWrite(drop_oldest_bytes=100)) == Dropped(0, 0, 0)
+    assert tx(conn, lambda c: store.drop_unsent(c, 100, (), ())).ids == ()
     assert store.load_state(conn).counters == {}
 
 
@@ -288,13 +278,12 @@ def test_a_failing_batch_leaves_nothing_behind(tmp_path: Path) -> None:
         await database.open()
         try:
             await database.write(lambda c: store.write_batch(c, BatchWrite(frames=[frame(1)])))
-            # A quarantine row without its NOT NULL topic fails the batch late: after its drop
-            # (of frame 1), its frames, births, held and ledger rows were already written.
+            # A quarantine row without its NOT NULL topic fails the batch late: its frames,
+            # births, held and ledger rows were already written.
             bad = BatchWrite(frames=[frame(2)], births=[("d9", 1, T0, b"b")],
                              held=[("d8", 1, 0, T0, b"h")], ledger=[("d9", 1, "0-1", T0, None)],
                              counters={"dup": 1},
-                             quarantine=[(T0, None, None, "r", "d", b"p", 1)],  # type: ignore[list-item]
-                             drop_oldest_bytes=1)
+                             quarantine=[(T0, None, None, "r", "d", b"p", 1)])  # type: ignore[list-item]
             with pytest.raises(StoreError):
                 await database.write(lambda c: store.write_batch(c, bad))
             state = await database.read(store.load_state)
