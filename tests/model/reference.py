@@ -14,9 +14,8 @@ The promise, rule by rule:
 2. The seq rule. A (device, boot, seq) is marked seen only when that frame's samples are
    committed for forwarding. A frame quarantined at any stage (decode, schema, unknown alias,
    clock) leaves its seq unseen, so the same seq sent again valid is delivered. While a boot's
-   frames are held, a byte-identical copy of a held frame is a duplicate; another frame with a
-   held seq is held too, and at the release the first valid frame of each seq (in arrival
-   order) is committed, later valid ones are duplicates, invalid ones are quarantined.
+   frames are held, another frame with a held seq is counted as a duplicate when it arrives;
+   yet if the held one turns out invalid at the release, a valid later copy is still due.
 3. Duplicates. A frame whose seq is committed (a QoS 1 redelivery, a device replay with `h`)
    is dropped and counted as a duplicate. A frame both invalid and a duplicate counts once, by
    the first check it fails: decoding (types, values, size, the clock once its boot's birth
@@ -209,6 +208,7 @@ class Device:
 class Held:
     frame: Frame
     payload: bytes
+    shadow: bool = False  # another frame with a seq already held: counted as a duplicate
 
 
 @dataclass
@@ -248,6 +248,7 @@ class Model:
         self._batch_duplicates: Counter[tuple[str, int]] = Counter()
         self.went_offline: list[str] = []  # since the last lifecycle pass
         self.deaths = 0  # deaths handed over, all incarnations
+        self.copies_of_held_due = True  # rule 2's last clause (False: explore past it)
 
     def end_batch(self) -> None:
         """The fleet counts a device's quarantined frames once the batch is applied, for
@@ -262,15 +263,6 @@ class Model:
                 dev.duplicates[boot] = dev.duplicates.get(boot, 0) + count
         self._batch_quarantined.clear()
         self._batch_duplicates.clear()
-
-    def ambiguous_held(self) -> int:
-        """Held frames whose seq another held frame of their boot already has: the gateway
-        may count them as duplicates now or at the release (rule 2 decides the samples)."""
-        extra = 0
-        for held in self.held.values():
-            seqs = [h.frame.seq for h in held]
-            extra += len(seqs) - len(set(seqs))
-        return extra
 
     # ---------------------------------------------------------------- ingest
     def device(self, name: str) -> Device:
@@ -310,6 +302,11 @@ class Model:
         key = (spec.device, spec.boot)
         waiting = self.held.pop(key, [])
         for held in sorted(waiting, key=lambda h: h.frame.seq):  # stable: arrival order
+            if held.shadow:  # counted as a duplicate; still due if no valid copy came first
+                if (self.copies_of_held_due and held.frame.defect is None
+                        and held.frame.seq not in self.seen.get(key, ())):
+                    self._decide(held.frame, spec)
+                continue
             self._decide(held.frame, spec)
 
     def telemetry(self, frame: Frame, payload: bytes) -> None:
@@ -328,8 +325,10 @@ class Model:
             return
         if spec is None:
             held = self.held.setdefault(key, [])
-            if any(h.payload == payload for h in held):
+            if any(h.frame.seq == frame.seq for h in held):
                 self._duplicate(device, frame.boot.boot)
+                if all(h.payload != payload for h in held):
+                    held.append(Held(frame, payload, shadow=True))
             else:
                 held.append(Held(frame, payload))
             return
@@ -432,7 +431,7 @@ class Model:
         return len(seen), max(seen) - min(seen) + 1 - len(seen)
 
     def held_count(self) -> int:
-        return sum(len(v) for v in self.held.values())
+        return sum(not h.shadow for v in self.held.values() for h in v)
 
     def drop(self, frame: Counter[Sample]) -> None:
         self.expected.subtract(frame)

@@ -96,6 +96,7 @@ class GatewayMachine(RuleBasedStateMachine):
                                     external=EXTERNAL)
         self.broker, self.receiver = BrokerSide(), Receiver()
         self.model = Model(tuple(sorted(EXTERNAL.items())))
+        self.model.copies_of_held_due = "held-copy-lost" not in checks.KNOWN
         now = int(time.time() * 1000)
         self.last_ms = now
         self.boots = {(d, i): BootSpec(d, i, 1000 + 100 * n + 7 * i, now - 120_000 + 20_000 * i,
