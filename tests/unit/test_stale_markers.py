@@ -13,6 +13,7 @@ from pathlib import Path
 
 import factories as f
 import msgpack
+import pytest
 from test_pipeline_support import Harness, birth_msg, msg, run
 
 from device_protocol import decode_birth, encode_birth
@@ -20,7 +21,15 @@ from gateway import store
 from gateway.remote_write import decode_write_request, is_stale_nan, split_entries
 
 DEVICE = f.device_id(1)
-BASE = f.now_ms() - 30_000
+BASE = 0  # set per test: a boot older than the 5-minute lookback gets no markers at all
+
+
+@pytest.fixture(autouse=True)
+def recent_base() -> None:
+    """Frames 30 s old when the test runs (not when the module was collected: the whole
+    suite takes longer than the lookback)."""
+    global BASE
+    BASE = f.now_ms() - 30_000
 BOOT = f.boot_id(1)
 NEXT_BOOT = f.boot_id(1, reboot=1)
 
