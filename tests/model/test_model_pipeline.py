@@ -398,7 +398,7 @@ async def abandon_task(task: asyncio.Future[Any]) -> None:
         await task
 
 
-EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", 4000 if LONG else 250))
+EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", 4000 if LONG else 400))
 PROFILE = settings(max_examples=EXAMPLES, stateful_step_count=50 if LONG else 30,
                    deadline=None, suppress_health_check=list(HealthCheck),
                    phases=[p for p in Phase if p is not Phase.explain])
