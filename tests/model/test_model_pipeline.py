@@ -27,8 +27,10 @@ from typing import Any, TypeVar
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, Phase, note, settings
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import note as hypothesis_note
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from gateway.ingest import InboundMessage
@@ -47,6 +49,14 @@ from .reference import (
 from .seams import BrokerSide, Crash, Receiver
 
 T = TypeVar("T")
+
+
+def note(text: str) -> None:
+    """A line of the failing history (the machine's steps also run outside Hypothesis, in
+    test_model_findings.py)."""
+    if currently_in_test_context():
+        hypothesis_note(text)
+
 LONG = os.environ.get("FAULTS_LONG") == "1"
 pytestmark = pytest.mark.timeout(7200 if LONG else 900)  # shrinking a failure takes a while
 DEVICES = ("dev-a", "dev-b")
