@@ -158,6 +158,8 @@ class Gateway:
                                  clock_tolerance_ms=int(self.settings.max_clock_skew_s * 1000))
         self.ledger, self.births, self._held = restored.ledger, restored.births, restored.held
         self.fleet.load(state.devices, self.births.get)
+        for device_id, _boot in self.ledger.keys_with_gaps():  # the fleet's set is memory only
+            self.fleet.observe_gaps(device_id)
 
     async def _start_api(self) -> None:
         from gateway.api import create_api  # FastAPI import is heavy; keep it out of unit tests

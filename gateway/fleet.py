@@ -246,6 +246,9 @@ class FleetState:
                 record._note_boot(telemetry.boot)
             record.last_seq = telemetry.seq
             record.newest = telemetry
+        elif telemetry.boot not in record.boots:  # a past boot's frames (its birth came late)
+            record.boots.insert(0, telemetry.boot)
+            del record.boots[:-MAX_BOOTS_KEPT]
         if record.state is not DeviceState.ONLINE:
             self._set_state(record, DeviceState.ONLINE, now_ms, "telemetry")
             self._schedule(record)

@@ -98,6 +98,7 @@ class BatchPlan:
     labels_dropped: int = 0  # labels with an empty value left out of the frames stored
     closes: list[store.BootClose] = field(default_factory=list)  # boots whose series end here
     stored_extra: int = 0  # frames of the gateway's own (stale markers) stored with the batch
+    reopened: set[LedgerKey] = field(default_factory=set)  # closed, then stored frames again
     now_ms: int = 0
 
 
@@ -292,6 +293,8 @@ class Pipeline:
         if not plan.overlay.add(key, raw.seq):  # a held frame whose seq came in meanwhile
             self._count_duplicate(plan, key)
             return
+        if plan.closes and any((c.device_id, c.boot) == key for c in plan.closes):
+            plan.reopened.add(key)  # a frame after its boot's close in this batch (a late one)
         later_ms = max((row[2] for row in raw.rows), default=0)  # samples may carry dt > 0
         plan.overlay.note_newest(key, raw.time_ms + max(later_ms, 0))
         plan.labels_dropped += raw.dropped_labels
@@ -336,6 +339,8 @@ class Pipeline:
             log.info("device %s: birth of past boot %d (t=%d) kept; the current boot stays",
                      device_id, birth.boot, birth.time_ms)
         key = (device_id, birth.boot)
+        if key in plan.released:
+            return  # a second birth of the boot in this batch: its held frames are released
         waiting = [*self.held.get(key, ()), *plan.held.pop(key, ())]
         if not waiting:
             return
@@ -597,7 +602,8 @@ class Pipeline:
             closed.difference_update(plan.overlay.changed)  # boots that stored frames again
         if len(closed) > CLOSED_BOOTS_KEPT:
             closed.clear()
-        closed.update((close.device_id, close.boot) for close in plan.closes)
+        closed.update(key for key in ((close.device_id, close.boot) for close in plan.closes)
+                      if key not in plan.reopened)
 
     def _tell_fleet(self, plan: BatchPlan) -> None:
         fleet = self._fleet
