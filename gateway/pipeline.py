@@ -541,11 +541,16 @@ class Pipeline:
             return
         self._metrics.buffer_full_waits.inc()
         log.warning("buffer full (%d bytes): ingest waits for the forwarders", self.buffer_bytes)
-        # An empty buffer takes any batch: one batch larger than the cap must not wait forever.
-        while (self.buffer_bytes > 0
+        # A buffer the forwarders cannot free takes any batch: one batch larger than the cap,
+        # or frames held for a birth (only a birth frees them, and it must get in), must not
+        # stop ingest for good.
+        while (self.buffer_bytes > self._held_bytes()
                and self.buffer_bytes + plan.added_bytes > self._config.max_buffer_bytes):
             self._progress.clear()
             await self._progress.wait()
+
+    def _held_bytes(self) -> int:
+        return sum(len(payload) for frames in self.held.values() for _, _, payload in frames)
 
     def _log_commit_retry(self, retry_state: object) -> None:
         self.last_commit_ok = False
