@@ -79,7 +79,7 @@ class BatchPlan:
     current: dict[str, tuple[int, BootOrder]] = field(default_factory=dict)  # boots taking over
     birth_index: dict[tuple[str, int], tuple[Birth, int]] = field(default_factory=dict)
     held: dict[LedgerKey, list[HeldFrame]] = field(default_factory=dict)
-    held_seqs: dict[LedgerKey, set[int]] = field(default_factory=dict)
+    held_seqs: dict[LedgerKey, set[tuple[int, bytes]]] = field(default_factory=dict)
     released: list[LedgerKey] = field(default_factory=list)
     entries: list[tuple[int, Sequence[bytes]]] = field(default_factory=list)
     # What the fleet is told, in arrival order (a death then a birth is not a birth then a
@@ -174,7 +174,8 @@ class Pipeline:
         self.buffer_bytes = buffer_bytes
         self.buffer_frames = buffer_frames
         self.held: dict[LedgerKey, list[HeldFrame]] = held or {}
-        self._held_seqs = {key: {h[0] for h in frames} for key, frames in self.held.items()}
+        # (seq, payload) of the held frames: a copy is held again only if its bytes differ
+        self._held_seqs = {key: {(h[0], h[2]) for h in frames} for key, frames in self.held.items()}
         # Boots whose stale markers are queued and that stored nothing since: a second close
         # (a death, then the next boot's birth) would only repeat them. Memory only: after a
         # restart a repeat is harmless (the same markers, still before the next boot's frames).
@@ -241,12 +242,12 @@ class Pipeline:
             return
         birth, ahead_ms = self._birth_for(plan, device_id, raw.boot)
         if birth is None:
-            if self._is_held(plan, key, raw.seq):  # held frames are deduplicated on their own
+            if self._is_held(plan, key, raw.seq, message.payload):  # dedup of held frames
                 self._count_duplicate(plan, key)
                 return
             held = (raw.seq, message.received_ms, message.payload)
             plan.held.setdefault(key, []).append(held)
-            plan.held_seqs.setdefault(key, set()).add(raw.seq)
+            plan.held_seqs.setdefault(key, set()).add((raw.seq, message.payload))
             plan.write.held.append((device_id, raw.boot, raw.seq, message.received_ms,
                                     message.payload))
             plan.added_bytes += len(message.payload)
@@ -262,12 +263,18 @@ class Pipeline:
         plan.duplicates += 1
         plan.duplicate_keys.append(key)
 
-    def _is_held(self, plan: BatchPlan, key: LedgerKey, seq: int) -> bool:
+    def _is_held(self, plan: BatchPlan, key: LedgerKey, seq: int, payload: bytes) -> bool:
+        """Is this very frame (seq and bytes) held already? A different frame with a held seq
+        is held too: if the first one is refused at its release, this one may still be valid
+        (the seq rule); it is counted as a duplicate now, and not again at the release."""
         held = self._held_seqs.get(key)
-        if held is not None and seq in held:
-            return True
         planned = plan.held_seqs.get(key)
-        return planned is not None and seq in planned
+        if (held is not None and (seq, payload) in held) or (
+                planned is not None and (seq, payload) in planned):
+            return True
+        if any(s == seq for s, _ in held or ()) or any(s == seq for s, _ in planned or ()):
+            self._count_duplicate(plan, key)
+        return False
 
     def _decode_clock_ahead(self, plan: BatchPlan, device_id: str, payload: bytes,
                             now_ms: int, exc: TimestampOutOfRange) -> TelemetryRows:
@@ -285,13 +292,14 @@ class Pipeline:
         return decode_telemetry_rows(payload, limits=self._limits, now_ms=now_ms + ahead_ms)
 
     def _add_frame(self, plan: BatchPlan, device_id: str, raw: TelemetryRows, birth: Birth,
-                   received_ms: int, payload: bytes) -> None:
+                   received_ms: int, payload: bytes, released: bool = False) -> None:
         # May raise ProtocolError; drops (and counts) samples beyond the device's series budget.
         entries = self._compiler.entries(device_id, raw, birth, count_refused=True)
         key = (device_id, raw.boot)
         assert plan.overlay is not None
-        if not plan.overlay.add(key, raw.seq):  # a held frame whose seq came in meanwhile
-            self._count_duplicate(plan, key)
+        if not plan.overlay.add(key, raw.seq):
+            if not released:  # a released copy of a seq was counted when it arrived
+                self._count_duplicate(plan, key)
             return
         if plan.closes and any((c.device_id, c.boot) == key for c in plan.closes):
             plan.reopened.add(key)  # a frame after its boot's close in this batch (a late one)
@@ -355,7 +363,8 @@ class Pipeline:
                                             now_ms=received_ms + ahead_ms)
                 if ahead_ms:
                     raw = shifted(raw, ahead_ms)
-                self._add_frame(plan, device_id, raw, birth, received_ms, payload)
+                self._add_frame(plan, device_id, raw, birth, received_ms, payload,
+                                released=True)
             except Exception as exc:  # one bad held frame must not lose the others
                 held_message = InboundMessage(message.topic.rsplit("/", 1)[0] + "/telemetry",
                                               payload, 0, 0, 0, received_ms)
@@ -570,7 +579,7 @@ class Pipeline:
             self._held_seqs.pop(key, None)
         for key, frames in plan.held.items():
             self.held.setdefault(key, []).extend(frames)
-            self._held_seqs.setdefault(key, set()).update(h[0] for h in frames)
+            self._held_seqs.setdefault(key, set()).update((h[0], h[2]) for h in frames)
         for frame_id, entries in plan.entries:
             self._cache.put(frame_id, entries)
         self._tell_fleet(plan)
@@ -701,7 +710,7 @@ class Pipeline:
                     dropped += 1
             if kept:
                 self.held[key] = kept
-                self._held_seqs[key] = {h[0] for h in kept}
+                self._held_seqs[key] = {(h[0], h[2]) for h in kept}
             else:
                 del self.held[key]
                 self._held_seqs.pop(key, None)
