@@ -116,12 +116,12 @@ def restore_state(state: store.StoredState, ledger_max_ranges: int,
     for device_id, boot, ranges, newest_ms in state.ledger:
         ledger.load((device_id, boot), decode_ranges(ranges), newest_ms)
     births = BirthRegistry()
-    for device_id, boot, received_ms, payload in state.births:
+    for device_id, boot, received_ms, payload, ahead_ms in state.births:
         try:
             birth = decode_birth(payload)
-            births.put(device_id, birth,
-                       clock_ahead_ms(birth.time_ms, received_ms, clock_tolerance_ms),
-                       received_ms)
+            if ahead_ms is None:  # a row from before the measurement was kept
+                ahead_ms = clock_ahead_ms(birth.time_ms, received_ms, clock_tolerance_ms)
+            births.put(device_id, birth, ahead_ms, received_ms)
         except ProtocolError as exc:  # a damaged row must not stop the gateway
             log.error("stored birth of %s boot %d unreadable: %s", device_id, boot, exc)
     held: dict[LedgerKey, list[HeldFrame]] = {}
@@ -321,14 +321,19 @@ class Pipeline:
                     now_ms: int) -> None:
         # No future check: a clock that runs ahead is measured here and corrected for.
         birth = decode_birth(message.payload, limits=self._limits)
-        ahead_ms = clock_ahead_ms(birth.time_ms, message.received_ms,
-                                  self._limits.max_future_skew_ms)
-        if ahead_ms and self.births.clock_ahead_ms(device_id, birth.boot) == 0:
+        known, known_ahead_ms = self._birth_for(plan, device_id, birth.boot)
+        if known is not None:  # measured at the boot's first birth: frames stored rely on it
+            ahead_ms = known_ahead_ms
+        else:
+            ahead_ms = clock_ahead_ms(birth.time_ms, message.received_ms,
+                                      self._limits.max_future_skew_ms)
+        if ahead_ms and known is None:
             log.warning("device %s boot %d: clock %.0f s ahead of the gateway's; its timestamps "
                         "are moved back by that much", device_id, birth.boot, ahead_ms / 1000)
         plan.births.append((device_id, birth, ahead_ms, message.received_ms))
         plan.birth_index[device_id, birth.boot] = (birth, ahead_ms)
-        plan.write.births.append((device_id, birth.boot, message.received_ms, message.payload))
+        plan.write.births.append((device_id, birth.boot, message.received_ms, message.payload,
+                                  ahead_ms))
         plan.labels_dropped += birth.dropped_labels
         previous = plan.current.get(device_id) or self.births.current(device_id)
         if self._takes_current(plan, device_id, birth, message.received_ms):

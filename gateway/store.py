@@ -31,7 +31,8 @@ class BatchWrite:
     """Everything one group commit writes, in one transaction."""
 
     frames: list[tuple[int, int, str, int, int | None, int, bytes]] = field(default_factory=list)
-    births: list[tuple[str, int, int, bytes]] = field(default_factory=list)
+    # (device, boot, received_ms, payload, clock ahead ms measured at the boot's first birth)
+    births: list[tuple[str, int, int, bytes, int]] = field(default_factory=list)
     held: list[tuple[str, int, int, int, bytes]] = field(default_factory=list)
     released: list[tuple[str, int]] = field(default_factory=list)  # (device, boot) held -> frames
     ledger: list[tuple[str, int, str, int, int | None]] = field(default_factory=list)
@@ -68,7 +69,8 @@ class FrameRow:
 @dataclass(slots=True)
 class StoredState:
     next_frame_id: int
-    births: list[tuple[str, int, int, bytes]]  # (device, boot, received_ms, payload)
+    # (device, boot, received_ms, payload, clock ahead ms or None for rows before migration 7)
+    births: list[tuple[str, int, int, bytes, int | None]]
     ledger: list[tuple[str, int, str, int | None]]  # (device, boot, ranges, newest ms)
     held: list[tuple[str, int, int, int, bytes]]
     cursors: dict[str, int]
@@ -87,8 +89,8 @@ def write_batch(conn: sqlite3.Connection, batch: BatchWrite) -> None:
                           " payload) VALUES ", batch.frames)
     if batch.births:
         conn.executemany(
-            "INSERT OR REPLACE INTO births (device_id, boot, received_ms, payload)"
-            " VALUES (?,?,?,?)",
+            "INSERT OR REPLACE INTO births (device_id, boot, received_ms, payload,"
+            " clock_ahead_ms) VALUES (?,?,?,?,?)",
             batch.births)
     if batch.released:
         conn.executemany("DELETE FROM held WHERE device_id = ? AND boot = ?", batch.released)
@@ -153,7 +155,8 @@ def load_state(conn: sqlite3.Connection) -> StoredState:
     return StoredState(
         next_frame_id=next_id,
         births=conn.execute(
-            "SELECT device_id, boot, received_ms, payload FROM births").fetchall(),
+            "SELECT device_id, boot, received_ms, payload, clock_ahead_ms FROM births"
+        ).fetchall(),
         ledger=conn.execute("SELECT device_id, boot, ranges, newest_ms FROM ledger").fetchall(),
         held=conn.execute(
             "SELECT device_id, boot, seq, received_ms, payload FROM held ORDER BY id").fetchall(),

@@ -25,8 +25,8 @@ def test_prune_forgets_old_boots_but_never_the_current_one(tmp_path: Path) -> No
     conn = setup_db(tmp_path / "db")
     now = 100 * DAY
     batch = store.BatchWrite(
-        births=[("a", 1, now - 40 * DAY, b"old"), ("a", 2, now - 35 * DAY, b"current"),
-                ("b", 7, now - 1 * DAY, b"recent")],
+        births=[("a", 1, now - 40 * DAY, b"old", 0), ("a", 2, now - 35 * DAY, b"current", 0),
+                ("b", 7, now - 1 * DAY, b"recent", 0)],
         ledger=[("a", 1, "0-10", now - 40 * DAY, None), ("a", 2, "0-10", now - 35 * DAY, None),
                 ("b", 7, "0-3", now - 1 * DAY, None)],
         held=[("c", 9, 0, now - 31 * DAY, b"xx"), ("c", 9, 1, now - 1 * DAY, b"yy")])

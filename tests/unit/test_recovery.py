@@ -93,7 +93,7 @@ def build(tmp_path: Path) -> Built:
     conn.execute("BEGIN")
     store.write_batch(conn, store.BatchWrite(
         frames=frames,
-        births=[(d, 7, 1000, b"birth-" + d.encode()) for d in devices],
+        births=[(d, 7, 1000, b"birth-" + d.encode(), 0) for d in devices],
         held=[("dev-late", 3, s, 5000 + s, rng.randbytes(50)) for s in range(10)],
         ledger=[(d, 7, f"0-{seqs}", 9, None) for d in devices] + [("dev-late", 3, "0-10", 9, None)],
         quarantine=[(6000 + k, "fleet/x/telemetry", "x", "wrong type", "detail", b"\x01", 1)

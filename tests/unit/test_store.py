@@ -66,7 +66,7 @@ def test_write_batch_and_load_state_round_trip(conn: sqlite3.Connection) -> None
     birth_payload = b"\x81\xa4boot\x01"
     write(conn, BatchWrite(
         frames=[frame(1, 5, kind=KIND_BIRTH), frame(2, 7), frame(3, 11)],
-        births=[("d1", 1, T0, birth_payload)],
+        births=[("d1", 1, T0, birth_payload, 0)],
         held=[("d2", 9, 4, T0 + 4, b"held-a"), ("d2", 9, 5, T0 + 5, b"held-bb")],
         ledger=[("d1", 1, "2-4", T0, None)],
         quarantine=[(T0, "fleet/x/telemetry", "x", "decode", "bad msgpack", b"\xc1", 1)],
@@ -74,7 +74,7 @@ def test_write_batch_and_load_state_round_trip(conn: sqlite3.Connection) -> None
     ))
     state = store.load_state(conn)
     assert state.next_frame_id == 4
-    assert state.births == [("d1", 1, T0, birth_payload)]
+    assert state.births == [("d1", 1, T0, birth_payload, 0)]
     assert state.ledger == [("d1", 1, "2-4", None)]
     assert state.held == [("d2", 9, 4, T0 + 4, b"held-a"), ("d2", 9, 5, T0 + 5, b"held-bb")]
     assert state.cursors == {}
@@ -102,12 +102,12 @@ def test_empty_database_state(conn: sqlite3.Connection) -> None:
 
 def test_later_batches_replace_births_and_ledger_rows_and_add_counters(
         conn: sqlite3.Connection) -> None:
-    write(conn, BatchWrite(births=[("d1", 1, T0, b"old")], ledger=[("d1", 1, "0-5", T0, None)],
+    write(conn, BatchWrite(births=[("d1", 1, T0, b"old", 0)], ledger=[("d1", 1, "0-5", T0, None)],
                            counters={"dup": 2, "other": 1}))
-    write(conn, BatchWrite(births=[("d1", 1, T0 + 1, b"new")],
+    write(conn, BatchWrite(births=[("d1", 1, T0 + 1, b"new", 0)],
                            ledger=[("d1", 1, "0-9", T0 + 1, None)], counters={"dup": 5}))
     state = store.load_state(conn)
-    assert state.births == [("d1", 1, T0 + 1, b"new")]
+    assert state.births == [("d1", 1, T0 + 1, b"new", 0)]
     assert state.ledger == [("d1", 1, "0-9", None)]
     assert state.counters == {"dup": 7, "other": 1}
 
@@ -280,7 +280,7 @@ def test_a_failing_batch_leaves_nothing_behind(tmp_path: Path) -> None:
             await database.write(lambda c: store.write_batch(c, BatchWrite(frames=[frame(1)])))
             # A quarantine row without its NOT NULL topic fails the batch late: its frames,
             # births, held and ledger rows were already written.
-            bad = BatchWrite(frames=[frame(2)], births=[("d9", 1, T0, b"b")],
+            bad = BatchWrite(frames=[frame(2)], births=[("d9", 1, T0, b"b", 0)],
                              held=[("d8", 1, 0, T0, b"h")], ledger=[("d9", 1, "0-1", T0, None)],
                              counters={"dup": 1},
                              quarantine=[(T0, None, None, "r", "d", b"p", 1)])  # type: ignore[list-item]
@@ -311,8 +311,8 @@ def test_prune_forgets_only_past_boots_untouched_since_the_cutoff(
     old, recent = T0 - 40 * DAY_MS, T0 - 1 * DAY_MS
     tx(conn, lambda c: store.checkpoint_devices(c, [device_row("d1", 3), device_row("d2", 7)]))
     write(conn, BatchWrite(
-        births=[("d1", 1, old, b"b1"), ("d1", 2, recent, b"b2"), ("d1", 3, old, b"b3"),
-                ("d2", 7, old, b"b7")],
+        births=[("d1", 1, old, b"b1", 0), ("d1", 2, recent, b"b2", 0), ("d1", 3, old, b"b3", 0),
+                ("d2", 7, old, b"b7", 0)],
         ledger=[("d1", 1, "0-9", old, None), ("d1", 2, "0-9", recent, None),
                 ("d1", 3, "0-9", old, None), ("d2", 7, "0-9", old, None)]))
     ledger, births, held = tx(conn, lambda c: store.prune_dedup_state(c, T0 - 30 * DAY_MS))
@@ -323,7 +323,7 @@ def test_prune_forgets_only_past_boots_untouched_since_the_cutoff(
     assert held == 0
     state = store.load_state(conn)
     assert sorted((d, b) for d, b, *_ in state.ledger) == [("d1", 2), ("d1", 3), ("d2", 7)]
-    assert sorted((d, b) for d, b, _, _ in state.births) == [("d1", 2), ("d1", 3), ("d2", 7)]
+    assert sorted((d, b) for d, b, *_ in state.births) == [("d1", 2), ("d1", 3), ("d2", 7)]
 
 
 def test_prune_drops_held_frames_that_waited_too_long_and_counts_them(
@@ -348,7 +348,7 @@ def test_prune_keeps_the_birth_of_a_boot_whose_frames_are_still_buffered(
     old = T0 - 40 * DAY_MS
     tx(conn, lambda c: store.checkpoint_devices(c, [device_row("d1", 2)]))
     write(conn, BatchWrite(frames=[frame(1, device="d1", boot=1)],
-                           births=[("d1", 1, old, b"birth of boot 1")],
+                           births=[("d1", 1, old, b"birth of boot 1", 0)],
                            ledger=[("d1", 1, "0-2", old, None)]))
     tx(conn, lambda c: store.prune_dedup_state(c, T0 - 30 * DAY_MS))
-    assert ("d1", 1, old, b"birth of boot 1") in store.load_state(conn).births
+    assert ("d1", 1, old, b"birth of boot 1", 0) in store.load_state(conn).births
