@@ -120,7 +120,7 @@ class Gateway:
             next_frame_id=state.next_frame_id, buffer_bytes=state.buffer_bytes,
             buffer_frames=state.buffer_frames, held=self._held, on_committed=self._on_committed,
             forwarders_keeping_up=self._forwarders_keeping_up,
-            on_fleet_change=self._on_fleet_change)
+            on_fleet_change=self._on_fleet_change, closed_boots=self._closed_boots)
         for endpoint in forward.endpoints:
             self.forwarders.append(Forwarder(
                 endpoint=endpoint,
@@ -157,6 +157,7 @@ class Gateway:
         restored = restore_state(state, self.settings.ledger_max_ranges,
                                  clock_tolerance_ms=int(self.settings.max_clock_skew_s * 1000))
         self.ledger, self.births, self._held = restored.ledger, restored.births, restored.held
+        self._closed_boots = restored.closed_boots
         self.fleet.load(state.devices, self.births.get)
         for device_id, _boot in self.ledger.keys_with_gaps():  # the fleet's set is memory only
             self.fleet.observe_gaps(device_id)
@@ -345,6 +346,7 @@ class Gateway:
             lambda conn: store.prune_dedup_state(conn, before_ms))
         for key in ledger_keys:
             self.ledger.forget(key)
+        self.pipeline.forget_closed(ledger_keys)
         for device_id, boot in birth_keys:
             self.births.forget(device_id, boot)
             self.compiler.forget(device_id, boot)

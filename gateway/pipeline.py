@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 
 SLOW_COMMIT_S = 0.5  # a group commit slower than this is logged
 REBIRTH_REQUEST_INTERVAL_MS = 30_000  # don't nag a device more often than this
-CLOSED_BOOTS_KEPT = 100_000  # past that, forgetting costs only a repeat of identical markers
 TOPIC_CACHE_SIZE = 300_000  # three topics a device: a 100k-device fleet stays parsed
 HeldFrame = tuple[int, int, bytes]  # (seq, received_ms, payload)
 
@@ -107,6 +106,7 @@ class RestoredState:
     ledger: Ledger
     births: BirthRegistry
     held: dict[LedgerKey, list[HeldFrame]]
+    closed_boots: list[LedgerKey]
 
 
 def restore_state(state: store.StoredState, ledger_max_ranges: int,
@@ -132,7 +132,7 @@ def restore_state(state: store.StoredState, ledger_max_ranges: int,
         seen = ledger.get((device_id, boot))
         if seen is not None:
             seen.discard(seq)
-    return RestoredState(ledger, births, held)
+    return RestoredState(ledger, births, held, [tuple(key) for key in state.closed_boots])  # type: ignore[misc]
 
 
 def _as_protocol_error(exc: Exception, device_id: str | None) -> ProtocolError:
@@ -156,7 +156,8 @@ class Pipeline:
                  on_committed: Callable[[int], None] = lambda frame_id: None,
                  forwarders_keeping_up: Callable[[], bool] = lambda: False,
                  on_fleet_change: Callable[[], None] = lambda: None,
-                 max_future_skew_ms: int = 300_000) -> None:
+                 max_future_skew_ms: int = 300_000,
+                 closed_boots: Sequence[LedgerKey] = ()) -> None:
         self._db = db
         self._mqtt = mqtt
         self._config = config
@@ -177,9 +178,9 @@ class Pipeline:
         # (seq, payload) of the held frames: a copy is held again only if its bytes differ
         self._held_seqs = {key: {(h[0], h[2]) for h in frames} for key, frames in self.held.items()}
         # Boots whose stale markers are queued and that stored nothing since: a second close
-        # (a death, then the next boot's birth) would only repeat them. Memory only: after a
-        # restart a repeat is harmless (the same markers, still before the next boot's frames).
-        self._closed_boots: set[LedgerKey] = set()
+        # (a death, then the next boot's birth; a Will redelivered after a restart) would send
+        # them again. Kept in SQLite too (closed_boots), written with the markers.
+        self._closed_boots: set[LedgerKey] = set(closed_boots or ())
         self._on_committed = on_committed
         self._forwarders_keeping_up = forwarders_keeping_up
         self._on_fleet_change = on_fleet_change
@@ -222,6 +223,9 @@ class Pipeline:
         for key, ranges in overlay.changed.items():
             plan.write.ledger.append((key[0], key[1], encode_ranges(ranges), now_ms,
                                       overlay.newest(key)))
+        closed = self._closed_boots
+        if closed:  # closed boots that stored frames again (or closed again) are open again
+            plan.write.reopened = [key for key in overlay.changed if key in closed]
         if self._compiler.learned:  # series first seen in a boot: kept for its stale markers
             plan.write.boot_series, self._compiler.learned = self._compiler.learned, []
         plan.last_frame_id = self._next_frame_id - 1
@@ -512,7 +516,9 @@ class Pipeline:
     @staticmethod
     def _write(conn: sqlite3.Connection, plan: BatchPlan) -> list[tuple[int, list[bytes]]]:
         store.write_batch(conn, plan.write)
-        return store.write_closes(conn, plan.closes, plan.now_ms) if plan.closes else []
+        if not plan.closes:
+            return []
+        return store.write_closes(conn, plan.closes, plan.now_ms, plan.reopened)
 
     def _take_closed(self, plan: BatchPlan, closed: list[tuple[int, list[bytes]]]) -> None:
         """The stale-marker frames join the batch's entries, in frame id order."""
@@ -619,10 +625,12 @@ class Pipeline:
         assert plan.overlay is not None
         if closed:
             closed.difference_update(plan.overlay.changed)  # boots that stored frames again
-        if len(closed) > CLOSED_BOOTS_KEPT:
-            closed.clear()
         closed.update(key for key in ((close.device_id, close.boot) for close in plan.closes)
                       if key not in plan.reopened)
+
+    def forget_closed(self, keys: Sequence[LedgerKey]) -> None:
+        """Boots pruned from the dedup state (their closed_boots rows went with them)."""
+        self._closed_boots.difference_update(keys)
 
     def _tell_fleet(self, plan: BatchPlan) -> None:
         fleet = self._fleet

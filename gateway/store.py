@@ -7,7 +7,7 @@ file in tmp_path.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ class BatchWrite:
     released: list[tuple[str, int]] = field(default_factory=list)  # (device, boot) held -> frames
     ledger: list[tuple[str, int, str, int, int | None]] = field(default_factory=list)
     boot_series: list[tuple[str, int, bytes]] = field(default_factory=list)  # new in a boot
+    reopened: list[tuple[str, int]] = field(default_factory=list)  # closed boots with frames
     # (received_ms, topic, device_id, reason, detail, payload excerpt, the frame's size)
     quarantine: list[tuple[int, str, str | None, str, str, bytes, int]] = field(
         default_factory=list)
@@ -71,6 +72,7 @@ class StoredState:
     next_frame_id: int
     # (device, boot, received_ms, payload, clock ahead ms or None for rows before migration 7)
     births: list[tuple[str, int, int, bytes, int | None]]
+    closed_boots: list[tuple[str, int]]
     ledger: list[tuple[str, int, str, int | None]]  # (device, boot, ranges, newest ms)
     held: list[tuple[str, int, int, int, bytes]]
     cursors: dict[str, int]
@@ -101,6 +103,9 @@ def write_batch(conn: sqlite3.Connection, batch: BatchWrite) -> None:
     if batch.ledger:
         insert_rows(conn, "INSERT OR REPLACE INTO ledger (device_id, boot, ranges, updated_ms,"
                           " newest_ms) VALUES ", batch.ledger)
+    if batch.reopened:
+        conn.executemany("DELETE FROM closed_boots WHERE device_id = ? AND boot = ?",
+                         batch.reopened)
     if batch.boot_series:
         insert_rows(conn, "INSERT OR IGNORE INTO boot_series (device_id, boot, labels) VALUES ",
                     batch.boot_series)
@@ -157,6 +162,7 @@ def load_state(conn: sqlite3.Connection) -> StoredState:
         births=conn.execute(
             "SELECT device_id, boot, received_ms, payload, clock_ahead_ms FROM births"
         ).fetchall(),
+        closed_boots=conn.execute("SELECT device_id, boot FROM closed_boots").fetchall(),
         ledger=conn.execute("SELECT device_id, boot, ranges, newest_ms FROM ledger").fetchall(),
         held=conn.execute(
             "SELECT device_id, boot, seq, received_ms, payload FROM held ORDER BY id").fetchall(),
@@ -412,8 +418,8 @@ class BootClose:
     info_ms: int = 0
 
 
-def write_closes(conn: sqlite3.Connection, closes: Sequence[BootClose],
-                 now_ms: int) -> list[tuple[int, list[bytes]]]:
+def write_closes(conn: sqlite3.Connection, closes: Sequence[BootClose], now_ms: int,
+                 reopened: Collection[tuple[str, int]] = ()) -> list[tuple[int, list[bytes]]]:
     """Insert each close as a frame of stale-marker entries (none for a boot older than the
     lookback), in the caller's transaction: after that batch's boot_series rows, so series
     first seen in the same batch are closed too. Returns (frame id, entries) of each."""
@@ -426,6 +432,9 @@ def write_closes(conn: sqlite3.Connection, closes: Sequence[BootClose],
                        for label_bytes in boot_series(conn, close.device_id, close.boot)]
         if close.info_labels is not None and close.info_ms >= recent:
             entries.append(encode_entry(close.info_labels, STALE_NAN, close.info_ms))
+        if (close.device_id, close.boot) not in reopened:  # no frame of it after its close
+            conn.execute("INSERT OR IGNORE INTO closed_boots (device_id, boot) VALUES (?,?)",
+                         (close.device_id, close.boot))
         conn.execute("INSERT INTO frames (id, kind, device_id, boot, seq, received_ms, payload)"
                      " VALUES (?,?,?,?,?,?,?)", (close.frame_id, KIND_ENTRIES, close.device_id,
                                                  close.boot, None, now_ms, b"".join(entries)))
@@ -450,6 +459,7 @@ def prune_dedup_state(conn: sqlite3.Connection, before_ms: int
         f"DELETE FROM ledger WHERE updated_ms < ? AND boot IS NOT {current.format(t='ledger')}"
         " RETURNING device_id, boot", (before_ms,)).fetchall()
     conn.executemany("DELETE FROM boot_series WHERE device_id = ? AND boot = ?", ledger)
+    conn.executemany("DELETE FROM closed_boots WHERE device_id = ? AND boot = ?", ledger)
     candidates = conn.execute(
         f"SELECT device_id, boot FROM births WHERE received_ms < ?"
         f" AND boot IS NOT {current.format(t='births')}", (before_ms,)).fetchall()

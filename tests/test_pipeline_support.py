@@ -62,7 +62,8 @@ class Harness:
             ledger=ledger,
             fleet=FleetState(), cache=self.cache, metrics=self.metrics,
             next_frame_id=state.next_frame_id, buffer_bytes=state.buffer_bytes,
-            buffer_frames=state.buffer_frames, held=held, on_committed=self.committed.append)
+            buffer_frames=state.buffer_frames, held=held, on_committed=self.committed.append,
+            closed_boots=restored.closed_boots)
         return self.pipeline
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:

@@ -240,3 +240,23 @@ def test_a_reboot_onto_a_clock_set_back_leaves_the_old_series_to_the_lookback(
     run(go)
     assert markers(h) == {}
     assert set(info_markers(h)) == {"2.1.0"}
+
+
+def test_a_boot_closed_before_a_restart_is_not_closed_again_by_its_late_will(
+        tmp_path: Path) -> None:
+    """Found by the model-based test: closed boots were remembered in memory only, so a Will
+    redelivered after a restart closed the boot again and its markers (perhaps refused with a
+    400 the first time) were sent a second time."""
+    h = Harness(tmp_path / "db")
+
+    async def go() -> None:
+        p = await h.open()
+        await p.handle([birth_msg(1), telemetry(0, FIRST)])
+        assert await p.close_boot(DEVICE, BOOT, lambda: True)  # an offline timeout
+        await h.db.close()
+        p = await h.open()
+        await p.handle([death()._replace(received_ms=f.now_ms() + 1_000)])  # type: ignore[attr-defined]
+        await h.db.close()
+
+    run(go)
+    assert len(h.rows(f"SELECT id FROM frames WHERE kind = {store.KIND_ENTRIES}")) == 1
