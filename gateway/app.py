@@ -161,6 +161,8 @@ class Gateway:
         self.fleet.load(state.devices, self.births.get)
         for device_id, _boot in self.ledger.keys_with_gaps():  # the fleet's set is memory only
             self.fleet.observe_gaps(device_id)
+        for device_id, boot in self.ledger.keys():  # boots stored after the last checkpoint
+            self.fleet.note_boot(device_id, boot)
 
     async def _start_api(self) -> None:
         from gateway.api import create_api  # FastAPI import is heavy; keep it out of unit tests

@@ -187,6 +187,9 @@ class Ledger:
         self._entries.pop(key, None)
         self.newest_ms.pop(key, None)
 
+    def keys(self) -> list[LedgerKey]:
+        return list(self._entries)
+
     def keys_with_gaps(self) -> list[LedgerKey]:
         return [key for key, ranges in self._entries.items() if len(ranges) > 1]
 

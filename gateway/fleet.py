@@ -247,8 +247,7 @@ class FleetState:
             record.last_seq = telemetry.seq
             record.newest = telemetry
         elif telemetry.boot not in record.boots:  # a past boot's frames (its birth came late)
-            record.boots.insert(0, telemetry.boot)
-            del record.boots[:-MAX_BOOTS_KEPT]
+            self.note_boot(device_id, telemetry.boot)
         if record.state is not DeviceState.ONLINE:
             self._set_state(record, DeviceState.ONLINE, now_ms, "telemetry")
             self._schedule(record)
@@ -298,6 +297,14 @@ class FleetState:
         if record is not None:
             record.quarantined += frames
             self._dirty.add(device_id)
+
+    def note_boot(self, device_id: str, boot: int) -> None:
+        """A boot the device stored frames of (its ledger), for the completeness view: known
+        after a restart even when the last checkpoint was taken before its first frame."""
+        record = self.devices.get(device_id)
+        if record is not None and boot not in record.boots:
+            record.boots.insert(0, boot)
+            del record.boots[:-MAX_BOOTS_KEPT]
 
     def observe_gaps(self, device_id: str) -> None:
         """The device's ledger may now have gaps (checked when read)."""

@@ -364,8 +364,11 @@ class Pipeline:
         plan.released.append(key)
         plan.write.released.append(key)
         plan.write.held = [h for h in plan.write.held if (h[0], h[1]) != key]
-        for _seq, received_ms, payload in sorted(waiting):
+        assert plan.overlay is not None
+        for seq, received_ms, payload in sorted(waiting):
             plan.added_bytes -= len(payload)  # moves from held to frames
+            if plan.overlay.seen(key, seq):
+                continue  # another copy of the seq, released first: counted when it arrived
             try:
                 # Checked against the device's clock when it was received.
                 raw = decode_telemetry_rows(payload, limits=self._limits,
@@ -690,7 +693,10 @@ class Pipeline:
             if not plan.closes:
                 return 0
             plan.last_frame_id = plan.closes[-1].frame_id
-            await self._make_room(plan)
+            if self._config.full_policy == "drop_oldest":
+                await self._make_room(plan)
+            # Under block, a boot's markers (small) never wait for room: the lifecycle loop
+            # must not stall behind a full buffer, and ending a boot is part of its frames.
             await self._commit(plan, 0)
             self._note_closed(plan)
             for frame_id, entries in plan.entries:

@@ -22,7 +22,8 @@ The promise, rule by rule:
    is known), then the seq, then its birth's declarations (aliases); a held frame is decoded
    and resolved before its seq is checked, at its release.
    A boot whose birth's `t` is more than 5 min ahead of its arrival has a clock ahead by
-   that much (measured at each of its births): its samples are moved back by it.
+   that much (measured at its first birth and kept, also across restarts): its samples are
+   moved back by it.
 4. The current boot. A device's current boot is decided by the births' device clock `t`, then
    arrival: a birth becomes current iff its boot is not known as past and its `t` is at least
    the current boot's newest birth `t`. A birth of a boot already known as past never moves the
@@ -271,8 +272,9 @@ class Model:
     def birth(self, spec: BootSpec, t: int, received_ms: int) -> None:
         self.counts.received["birth"] += 1
         self.births[spec.device, spec.boot] = spec
-        ahead = t - received_ms  # a clock ahead is measured at each birth of its boot
-        self.ahead[spec.device, spec.boot] = ahead if ahead > MAX_SKEW_MS else 0
+        if (spec.device, spec.boot) not in self.ahead:  # measured at the boot's first birth
+            ahead = t - received_ms
+            self.ahead[spec.device, spec.boot] = ahead if ahead > MAX_SKEW_MS else 0
         current = self.current.get(spec.device)
         order = (t, received_ms)
         if current is None or current[0] == spec.boot or order >= current[1]:
@@ -431,7 +433,8 @@ class Model:
         return len(seen), max(seen) - min(seen) + 1 - len(seen)
 
     def held_count(self) -> int:
-        return sum(not h.shadow for v in self.held.values() for h in v)
+        """Frames waiting for their birth, a shadow copy too (it is kept, and takes room)."""
+        return sum(len(v) for v in self.held.values())
 
     def drop(self, frame: Counter[Sample]) -> None:
         self.expected.subtract(frame)
