@@ -45,6 +45,11 @@ def describe(value: object) -> str:
     return type(value).__name__
 
 
+# The gateway writes these families per device itself (gateway/fleet_series.py, the info
+# series): a device writing into them would make one series with two writers and two clocks.
+RESERVED_METRIC_PREFIX = "fleet_device"
+
+
 def check_metric_name(name: object, limits: Limits, where: str) -> str:
     if type(name) is not str:
         raise SchemaError("wrong type", f"{where}: metric name must be a str, got {describe(name)}")
@@ -57,6 +62,12 @@ def check_metric_name(name: object, limits: Limits, where: str) -> str:
             raise InvalidName(
                 "invalid metric name",
                 f"{where}: {describe(name)} must match {METRIC_NAME_RE.pattern}",
+            )
+        if name.startswith(RESERVED_METRIC_PREFIX):
+            raise InvalidName(
+                "reserved metric name",
+                f"{where}: {name!r}: {RESERVED_METRIC_PREFIX}* (fleet_device_up, "
+                "fleet_device_info, fleet_devices, ...) are the gateway's own series",
             )
         _remember(_metric_names_ok, name)
     return name

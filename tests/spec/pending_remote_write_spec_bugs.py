@@ -1,6 +1,6 @@
 """Spec-suite tests the gateway fails today, for bugs the suite found (not in issue 11).
 
-NOT collected (not named test_*.py): the two open bugs of issue 11's closing note. Each moves
+NOT collected (not named test_*.py): the open bug of issue 11's closing note. Each moves
 to its rule's file (test_remote_write_spec.py, ..._external_labels.py) once fixed.
 Run them explicitly: pytest tests/spec/pending_remote_write_spec_bugs.py
 """
@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from device_frames import (
-    DEVICE,
     GAUGE,
     HISTOGRAM,
     birth_msg,
@@ -19,7 +18,6 @@ from device_frames import (
     now_ms,
     tele_msg,
 )
-from publisher import Publisher
 from rw_receiver import RecordingReceiver
 from spec_cases import Key, sent
 
@@ -48,18 +46,3 @@ def test_no_two_values_for_one_series_at_one_timestamp(tmp_path: Path,
     assert not conflicts, f"two values for one series at one timestamp: {conflicts}"
 
 
-def test_device_metrics_never_write_into_the_gateways_own_series(
-        gateway_process: GatewayStarter, device: Publisher, receiver: RecordingReceiver) -> None:
-    """NEW BUG (not in issue 11): the gateway's own families (fleet_device_up, ..._info,
-    ..._last_seen_timestamp_seconds, ..._frames_*) are not reserved. A device without birth
-    labels that sends `fleet_device_up` writes into the gateway's series
-    fleet_device_up{device_id=...}: two writers, two clocks, one series (out of order or
-    duplicate timestamps at the receiver)."""
-    gateway_process(fleet_metrics_interval_s="0.5")
-    device.publish([birth_msg(labels={}), tele_msg(0, [["fleet_device_up", 5]])])
-    receiver.wait_for(lambda rx: any(dict(k)["__name__"] == "fleet_device_up" and s.value == 1.0
-                                     for k, s in rx.accepted_samples()),
-                      what="the gateway's fleet_device_up")
-    mixed = {s.value for k, s in receiver.accepted_samples()
-             if dict(k) == {"__name__": "fleet_device_up", "device_id": DEVICE}}
-    assert mixed <= {0.0, 1.0}, f"the device's samples in the gateway's series: {mixed}"
