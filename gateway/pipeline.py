@@ -62,6 +62,16 @@ TOPIC_CACHE_SIZE = 300_000  # three topics a device: a 100k-device fleet stays p
 HeldFrame = tuple[int, int, bytes]  # (seq, received_ms, payload)
 
 
+HeldIndex = dict[int, set[bytes]]  # seq -> the payloads held with it: O(1) dedup per frame
+
+
+def _held_index(frames: Sequence[HeldFrame]) -> HeldIndex:
+    index: HeldIndex = {}
+    for seq, _, payload in frames:
+        index.setdefault(seq, set()).add(payload)
+    return index
+
+
 class Acknowledger(Protocol):
     """What the pipeline needs of the MQTT side (the real one is gateway.ingest.MqttIngest)."""
 
@@ -78,7 +88,7 @@ class BatchPlan:
     current: dict[str, tuple[int, BootOrder]] = field(default_factory=dict)  # boots taking over
     birth_index: dict[tuple[str, int], tuple[Birth, int]] = field(default_factory=dict)
     held: dict[LedgerKey, list[HeldFrame]] = field(default_factory=dict)
-    held_seqs: dict[LedgerKey, set[tuple[int, bytes]]] = field(default_factory=dict)
+    held_seqs: dict[LedgerKey, HeldIndex] = field(default_factory=dict)
     released: list[LedgerKey] = field(default_factory=list)
     entries: list[tuple[int, Sequence[bytes]]] = field(default_factory=list)
     # What the fleet is told, in arrival order (a death then a birth is not a birth then a
@@ -176,7 +186,7 @@ class Pipeline:
         self.buffer_frames = buffer_frames
         self.held: dict[LedgerKey, list[HeldFrame]] = held or {}
         # (seq, payload) of the held frames: a copy is held again only if its bytes differ
-        self._held_seqs = {key: {(h[0], h[2]) for h in frames} for key, frames in self.held.items()}
+        self._held_seqs = {key: _held_index(frames) for key, frames in self.held.items()}
         # Boots whose stale markers are queued and that stored nothing since: a second close
         # (a death, then the next boot's birth; a Will redelivered after a restart) would send
         # them again. Kept in SQLite too (closed_boots), written with the markers.
@@ -251,7 +261,7 @@ class Pipeline:
                 return
             held = (raw.seq, message.received_ms, message.payload)
             plan.held.setdefault(key, []).append(held)
-            plan.held_seqs.setdefault(key, set()).add((raw.seq, message.payload))
+            plan.held_seqs.setdefault(key, {}).setdefault(raw.seq, set()).add(message.payload)
             plan.write.held.append((device_id, raw.boot, raw.seq, message.received_ms,
                                     message.payload))
             plan.added_bytes += len(message.payload)
@@ -271,12 +281,11 @@ class Pipeline:
         """Is this very frame (seq and bytes) held already? A different frame with a held seq
         is held too: if the first one is refused at its release, this one may still be valid
         (the seq rule); it is counted as a duplicate now, and not again at the release."""
-        held = self._held_seqs.get(key)
-        planned = plan.held_seqs.get(key)
-        if (held is not None and (seq, payload) in held) or (
-                planned is not None and (seq, payload) in planned):
+        copies = [index[seq] for index in (self._held_seqs.get(key), plan.held_seqs.get(key))
+                  if index is not None and seq in index]
+        if any(payload in held for held in copies):
             return True
-        if any(s == seq for s, _ in held or ()) or any(s == seq for s, _ in planned or ()):
+        if copies:
             self._count_duplicate(plan, key)
         return False
 
@@ -593,7 +602,9 @@ class Pipeline:
             self._held_seqs.pop(key, None)
         for key, frames in plan.held.items():
             self.held.setdefault(key, []).extend(frames)
-            self._held_seqs.setdefault(key, set()).update((h[0], h[2]) for h in frames)
+            index = self._held_seqs.setdefault(key, {})
+            for seq, _, payload in frames:
+                index.setdefault(seq, set()).add(payload)
         for frame_id, entries in plan.entries:
             self._cache.put(frame_id, entries)
         self._tell_fleet(plan)
@@ -729,7 +740,7 @@ class Pipeline:
                     dropped += 1
             if kept:
                 self.held[key] = kept
-                self._held_seqs[key] = {(h[0], h[2]) for h in kept}
+                self._held_seqs[key] = _held_index(kept)
             else:
                 del self.held[key]
                 self._held_seqs.pop(key, None)
