@@ -11,7 +11,7 @@ ARG PYTHON_IMAGE=python:3.11.9-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 # Exactly what the wheel is built from (pyproject.toml: the three packages, migrations
-# force-included as gateway/_migrations, README.md as the long description).
+# force-included as gateway/buffer/_migrations, README.md as the long description).
 COPY pyproject.toml README.md ./
 COPY device_protocol/ device_protocol/
 COPY gateway/ gateway/

@@ -24,12 +24,12 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy device_protocol gateway firmware_sim
+	$(BIN)/mypy device_protocol gateway firmware_sim devstack
 	$(BIN)/pytest
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy device_protocol gateway firmware_sim
+	$(BIN)/mypy device_protocol gateway firmware_sim devstack
 
 faults: install
 	FAULTS_LONG=1 FAULTS_REPORT=docs/reliability.md $(BIN)/pytest tests/faults tests/model

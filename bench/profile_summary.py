@@ -2,7 +2,7 @@
 
 Each line of the raw format is one distinct stack, root first, and how often it was sampled:
 
-    thread (0x7f..): MainThread;run (gateway/app.py:90);handle (gateway/pipeline.py:224) 17
+    thread (0x7f..): MainThread;run (gateway/app.py:90);handle (gateway/pipeline/stage.py:224) 17
 
 Shares are of samples of running threads. py-spy misses that some threads are blocked in C
 with the GIL released (paho's select, the event loop's epoll, an executor's queue); such
@@ -53,7 +53,7 @@ CATEGORIES: list[tuple[str, str]] = [
      r"gateway/(forwarder|remote_write)\.py|cramjam"),
     ("remote write: HTTP (httpx/httpcore/h11)", r"httpx/|httpcore/|h11/|anyio/"),
     ("retry wrappers (tenacity)", r"tenacity/"),
-    ("pipeline plan/apply (gateway/pipeline.py itself)", r"gateway/pipeline\.py"),
+    ("pipeline plan/apply (gateway/pipeline/stage.py itself)", r"gateway/pipeline\.py"),
     ("HTTP API (uvicorn/fastapi/starlette)", r"uvicorn/|fastapi/|starlette/|pydantic"),
     ("asyncio event loop, futures, threads", r"asyncio/|concurrent/|threading\.py|queue\.py"),
 ]
@@ -114,7 +114,8 @@ def _thread_name(name: str) -> str:
 
 
 def _short(frame: str) -> str:
-    """'handle (/work/main/gateway/pipeline.py:224)' -> 'handle (gateway/pipeline.py:224)'."""
+    """'handle (/work/main/gateway/pipeline/stage.py:224)'
+    -> 'handle (gateway/pipeline/stage.py:224)'."""
     m = _FRAME_RE.match(frame)
     if not m:
         return frame

@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-from gateway.devstack import LOOPBACK
-from gateway.remote_write import decompress
-from gateway.series import SeriesEncoder
+from devstack.stack import LOOPBACK
+from gateway.remote_write.series import SeriesEncoder
+from gateway.remote_write.wire import decompress
 
 _FORWARDED = ("Content-Encoding", "Content-Type", "X-Prometheus-Remote-Write-Version")
 
@@ -88,8 +88,8 @@ def _varint(data: bytes) -> int:
 
 def sample_pattern(metric: str, device_template: str) -> re.Pattern[bytes]:
     """Matches one entry of `metric` for any device whose id is `device_template` with its
-    digits (group 1) varying, as gateway.series.SeriesEncoder encodes it; group 2 is the
-    6-byte timestamp varint."""
+    digits (group 1) varying, as gateway.remote_write.series.SeriesEncoder encodes it; group 2
+    is the 6-byte timestamp varint."""
     digits = re.search(rb"\d+", device_template.encode())
     assert digits is not None
     prefix = SeriesEncoder().series_prefix(device_template, metric, ())

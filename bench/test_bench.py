@@ -24,8 +24,8 @@ import stats
 import vmagent_peer
 
 from device_protocol import decode_birth, decode_telemetry, resolve_telemetry
-from gateway.devstack import Mosquitto
-from gateway.remote_write import decode_write_request, decompress, encode_varint
+from devstack.stack import Mosquitto
+from gateway.remote_write.wire import decode_write_request, decompress, encode_varint
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -114,10 +114,10 @@ def test_process_cpu_is_read_from_proc() -> None:
 
 
 RAW_PROFILE = """\
-thread (0x1): MainThread;run (/work/main/gateway/pipeline.py:320);Pipeline.plan (/work/main/gateway/pipeline.py:127);decode_telemetry (/work/main/device_protocol/telemetry.py:36) 6
-thread (0x1): MainThread;run (/work/main/gateway/pipeline.py:320);MqttIngest.ack (/work/main/gateway/ingest.py:150);Client._sock_send (/x/site-packages/paho/mqtt/client.py:1102) 3
-thread (0x2): mqtt-ingest;MqttIngest._run (/work/main/gateway/ingest.py:180);Client._sock_recv (/x/site-packages/paho/mqtt/client.py:1086) 1
-thread (0x2): mqtt-ingest;MqttIngest._run (/work/main/gateway/ingest.py:180);Client._loop (/x/site-packages/paho/mqtt/client.py:1667) 40
+thread (0x1): MainThread;run (/work/main/gateway/pipeline/stage.py:320);Pipeline.plan (/work/main/gateway/pipeline/stage.py:127);decode_telemetry (/work/main/device_protocol/telemetry.py:36) 6
+thread (0x1): MainThread;run (/work/main/gateway/pipeline/stage.py:320);MqttIngest.ack (/work/main/gateway/ingest/mqtt.py:150);Client._sock_send (/x/site-packages/paho/mqtt/client.py:1102) 3
+thread (0x2): mqtt-ingest;MqttIngest._run (/work/main/gateway/ingest/mqtt.py:180);Client._sock_recv (/x/site-packages/paho/mqtt/client.py:1086) 1
+thread (0x2): mqtt-ingest;MqttIngest._run (/work/main/gateway/ingest/mqtt.py:180);Client._loop (/x/site-packages/paho/mqtt/client.py:1667) 40
 thread (0x3): sqlite-writer_0;Thread.run (/usr/lib/python3.11/threading.py:982);_worker (/usr/lib/python3.11/concurrent/futures/thread.py:81) 50
 """  # noqa: E501
 
@@ -224,8 +224,8 @@ def test_live_lateness_counts_from_the_first_publish_until_data_arrives() -> Non
 
 
 def test_recorded_requests_yield_each_live_sample_of_one_metric() -> None:
-    from gateway.remote_write import compress, encode_entry, encode_labels
-    from gateway.series import SeriesEncoder
+    from gateway.remote_write.series import SeriesEncoder
+    from gateway.remote_write.wire import compress, encode_entry, encode_labels
 
     encoder = SeriesEncoder()
 

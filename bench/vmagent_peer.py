@@ -4,9 +4,9 @@ vmagent (shipped in Debian's victoria-metrics package) accepts Prometheus remote
 forwards it through its on-disk queue (-remoteWrite.tmpDataPath), which is the job of the
 gateway's SQLite buffer + forwarder. It is fed exactly the requests the gateway sends for the
 same workload: the same series ({__name__="bench_mNN", device_id="bench-NNNNN"}, encoded by
-gateway.series.SeriesEncoder), one entry per sample, 20,000 samples per request (the
+gateway.remote_write.series.SeriesEncoder), one entry per sample, 20,000 samples per request (the
 gateway's remote_write_max_samples default), frames in the order the load generator publishes
-them, snappy-compressed by gateway.remote_write.compress. Bodies are built before timing.
+them, snappy-compressed by gateway.remote_write.wire.compress. Bodies are built before timing.
 
 Two measurements, each into a fresh VictoriaMetrics:
   (a) forward: VM up; every request posted to vmagent back to back; time until VM has counted
@@ -41,9 +41,9 @@ import stats
 from loadgen import Workload, device_id, metric_name, sample_value
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.devstack import LOOPBACK, VictoriaMetrics, _HttpService, wait_for
-from gateway.remote_write import compress, encode_varint
-from gateway.series import SeriesEncoder
+from devstack.stack import LOOPBACK, VictoriaMetrics, _HttpService, wait_for
+from gateway.remote_write.series import SeriesEncoder
+from gateway.remote_write.wire import compress, encode_varint
 
 BENCH_DIR = Path(__file__).resolve().parent
 MAX_SAMPLES_PER_REQUEST = 20_000  # gateway default remote_write_max_samples

@@ -27,23 +27,24 @@ from typing import Any
 import uvicorn
 
 from device_protocol import Limits
-from gateway import completeness, recovery, store
-from gateway.births import BirthRegistry
-from gateway.datadir_lock import DataDirLock
-from gateway.db import Database
-from gateway.entry_cache import EntryCache, serves_next_frame_of
+from gateway.buffer import recovery, store
+from gateway.buffer.datadir_lock import DataDirLock
+from gateway.buffer.db import Database
+from gateway.buffer.entry_cache import EntryCache, serves_next_frame_of
 from gateway.errors import ConfigError, StoreError
-from gateway.event_hub import EventHub
-from gateway.fleet import DeviceRecord, FleetState
-from gateway.fleet_series import FleetCollector, fleet_metric_entries
-from gateway.forwarder import Forwarder
-from gateway.frame_compiler import FrameCompiler
-from gateway.ingest import Inbox, MqttIngest
+from gateway.fleet import completeness
+from gateway.fleet.events import EventHub
+from gateway.fleet.series import FleetCollector, fleet_metric_entries
+from gateway.fleet.state import DeviceRecord, FleetState
+from gateway.forward.client import HttpRemoteWriteClient
+from gateway.forward.forwarder import Forwarder
+from gateway.ingest.mqtt import Inbox, MqttIngest
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import Pipeline, restore_state
-from gateway.remote_write_client import HttpRemoteWriteClient
-from gateway.series import SeriesEncoder
-from gateway.series_budget import SeriesBudget
+from gateway.pipeline.births import BirthRegistry
+from gateway.pipeline.frame_compiler import FrameCompiler
+from gateway.pipeline.series_budget import SeriesBudget
+from gateway.pipeline.stage import Pipeline, restore_state
+from gateway.remote_write.series import SeriesEncoder
 from gateway.settings import Settings, parse_listen
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,9 @@ class Gateway:
             self.fleet.note_boot(device_id, boot)
 
     async def _start_api(self) -> None:
-        from gateway.api import create_api  # FastAPI import is heavy; keep it out of unit tests
+        from gateway.api.routes import (
+            create_api,  # FastAPI import is heavy; keep it out of unit tests
+        )
 
         host, port = parse_listen(self.settings.api_listen)
         # Bind here, not in uvicorn: its bind failure is a SystemExit that would tear down the

@@ -32,7 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from gateway import db as dbmod
+    from gateway.buffer import db as dbmod
 
     settings = _settings(args)
     _configure_logging(settings.log_level)
@@ -49,7 +49,7 @@ def cmd_db(args: argparse.Namespace) -> int:
             print(f"{path}: applied {len(applied)} migration(s); schema version "
                   f"{dbmod.schema_version(conn)}")
         else:
-            from gateway import store
+            from gateway.buffer import store
 
             available = dbmod.discover_migrations()
             version = dbmod.schema_version(conn)
@@ -75,7 +75,7 @@ def cmd_sim(argv: list[str]) -> int:
 
 
 def cmd_demo(argv: list[str]) -> int:
-    from gateway.demo import main as demo_main
+    from devstack.demo import main as demo_main
 
     return demo_main(argv)
 

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import pytest
 
-from gateway.devstack import (
+from devstack.stack import (
     GatewayProcess,
     ManagedProcess,
     Mosquitto,
@@ -88,3 +88,16 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
     yield make
     for gw in started:
         gw.stop()
+
+
+_FOLDER_MARKERS = ("logic", "stages", "e2e", "faults", "model", "spec")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its folder's kind, so `-m` selects a layer of the suite."""
+    tests_dir = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(tests_dir).parts
+        if parts and parts[0] in _FOLDER_MARKERS:
+            item.add_marker(parts[0])
+

@@ -6,7 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tools import promtool
+
+from tests.support.tools import promtool
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules"
 

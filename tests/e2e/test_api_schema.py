@@ -22,20 +22,20 @@ import json
 import re
 from collections.abc import Iterator
 
-import factories as f
 import httpx
-import publisher
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-from publisher import Publisher
 from schemathesis import APIOperation, GenerationMode
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.result import Err
 
+import tests.support.factories as f
+import tests.support.publisher as publisher
 from device_protocol import Death, death_topic, encode_death
-from gateway.devstack import GatewayProcess, Mosquitto, Prometheus, wait_for
+from devstack.stack import GatewayProcess, Mosquitto, Prometheus, wait_for
+from tests.support.publisher import Publisher
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from tools import system_tool
+
+from tests.support.tools import system_tool
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from publisher import Publisher
+
+from tests.support.publisher import Publisher
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.devstack import (
+from devstack.stack import (
     Mosquitto,
     Prometheus,
     ServiceFailed,

@@ -19,9 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import factories as f
 import pytest
-from publisher import Publisher
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -29,6 +27,7 @@ from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+import tests.support.factories as f
 from device_protocol import (
     Birth,
     Death,
@@ -44,7 +43,8 @@ from device_protocol import (
     encode_telemetry,
     telemetry_topic,
 )
-from gateway.devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from devstack.stack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from tests.support.publisher import Publisher
 
 pytestmark = pytest.mark.e2e
 

@@ -7,17 +7,17 @@ import json
 import threading
 from typing import Any
 
-import factories as f
 import httpx
 import msgpack
-import publisher
 import pytest
-from faultproxy import Fault, FaultyReceiver
-from publisher import Publisher
-from receivers import vm_account
 
+import tests.support.factories as f
+import tests.support.publisher as publisher
 from device_protocol import RawSample, RawTelemetry, encode_telemetry
-from gateway.devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from devstack.stack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from tests.support.faultproxy import Fault, FaultyReceiver
+from tests.support.publisher import Publisher
+from tests.support.receivers import vm_account
 
 pytestmark = pytest.mark.e2e
 

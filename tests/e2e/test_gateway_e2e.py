@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import factories as f
 import msgpack
-import publisher
-from publisher import Publisher
-from receivers import expected_temperatures, prom_counts, prom_samples, vm_account
 
-from gateway.devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+import tests.support.factories as f
+import tests.support.publisher as publisher
+from devstack.stack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from tests.support.publisher import Publisher
+from tests.support.receivers import expected_temperatures, prom_counts, prom_samples, vm_account
 
 DEVICES = range(50)
 FRAMES = range(200)

@@ -1,5 +1,6 @@
-"""Bodies built by gateway.remote_write / gateway.series, sent with HttpRemoteWriteClient to a
-real Prometheus 2.42 and a real VictoriaMetrics 1.79, then read back through their query APIs.
+"""Bodies built by gateway.remote_write.wire / gateway.remote_write.series, sent with
+HttpRemoteWriteClient to a real Prometheus 2.42 and a real VictoriaMetrics 1.79, then read back
+through their query APIs.
 
 This is the proof that the hand-written protobuf and the snappy block format are what receivers
 accept, and that ``classify`` reads their real error answers correctly.
@@ -16,8 +17,16 @@ import cramjam
 import pytest
 
 from device_protocol.frames import HistogramSample, Sample, Telemetry
-from gateway.devstack import Prometheus, VictoriaMetrics, wait_for
-from gateway.remote_write import (
+from devstack.stack import Prometheus, VictoriaMetrics, wait_for
+from gateway.forward.client import (
+    Accepted,
+    HttpRemoteWriteClient,
+    Rejected,
+    Retryable,
+    SendResult,
+)
+from gateway.remote_write.series import SeriesEncoder
+from gateway.remote_write.wire import (
     STALE_NAN,
     LabelValidationError,
     build_body,
@@ -26,14 +35,6 @@ from gateway.remote_write import (
     encode_labels,
     validate_labels,
 )
-from gateway.remote_write_client import (
-    Accepted,
-    HttpRemoteWriteClient,
-    Rejected,
-    Retryable,
-    SendResult,
-)
-from gateway.series import SeriesEncoder
 
 pytestmark = pytest.mark.e2e
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from publisher import FleetThread
 
+from devstack.stack import Mosquitto, Prometheus, shipped_rule_files, wait_for
 from firmware_sim.config import FleetConfig
 from firmware_sim.faults import parse_fault
 from firmware_sim.profiles import parse_profiles
-from gateway.devstack import Mosquitto, Prometheus, shipped_rule_files, wait_for
+from tests.support.publisher import FleetThread
 
 pytestmark = pytest.mark.e2e
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from devstack.stack import Mosquitto, VictoriaMetrics, wait_for
 from firmware_sim.config import FleetConfig
 from firmware_sim.faults import parse_fault
 from firmware_sim.fleet import Fleet
 from firmware_sim.profiles import parse_profiles
-from gateway.devstack import Mosquitto, VictoriaMetrics, wait_for
 
 pytestmark = pytest.mark.e2e
 

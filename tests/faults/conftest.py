@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fault_matrix
 import pytest
+
+import tests.support.fault_matrix as fault_matrix
 
 LONG_RUN_TIMEOUT_S = 1800  # the 10-minute outage and the 20 kills take longer than 300 s
 

@@ -14,7 +14,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from faults.netns import capability_missing, require_root, tool
+from tests.faults.netns import capability_missing, require_root, tool
 
 _CHUNK = 64 * 1024
 

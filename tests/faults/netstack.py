@@ -14,12 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from receivers import vm_account
 
-from faults import seeded_fleet
-from faults.broker_stats import SYS_CONF, BrokerStats
-from faults.netns import GatewayNetns
-from gateway.devstack import (
+from devstack.stack import (
     GatewayProcess,
     Mosquitto,
     ServiceNotInstalled,
@@ -27,6 +23,10 @@ from gateway.devstack import (
     free_port,
     wait_for,
 )
+from tests.faults import seeded_fleet
+from tests.faults.broker_stats import SYS_CONF, BrokerStats
+from tests.faults.netns import GatewayNetns
+from tests.support.receivers import vm_account
 
 
 @dataclass

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import factories as f
 import httpx
-from receivers import prom_samples
 
-from gateway.devstack import GatewayProcess, Prometheus
+import tests.support.factories as f
+from devstack.stack import GatewayProcess, Prometheus
+from tests.support.receivers import prom_samples
 
 GatewayFactory = Callable[..., GatewayProcess]  # the gateway_factory fixture (tests/conftest.py)
 METRIC = "device_temperature_celsius"

@@ -32,10 +32,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-import factories as f
-from model import reference
-from model.reference import BootSpec, Frame
-from publisher import Publisher
+import tests.support.factories as f
+from tests.model import reference
+from tests.model.reference import BootSpec, Frame
+from tests.support.publisher import Publisher
 
 METRIC = reference.GAUGE  # the model firmware's temperature gauge
 SAMPLES_PER_FRAME = 2  # the temperature and the counter

@@ -4,14 +4,14 @@ resends fill the gap, and dedup absorbs the resends."""
 
 from __future__ import annotations
 
-import factories as f
 import pytest
-from publisher import PacedFleet
-from receivers import expected_temperatures, vm_account
 
-from faults.conftest import FaultReport
-from faults.probes import METRIC, GatewayFactory, committed_upto, readyz
-from gateway.devstack import Mosquitto, VictoriaMetrics, wait_for
+import tests.support.factories as f
+from devstack.stack import Mosquitto, VictoriaMetrics, wait_for
+from tests.faults.conftest import FaultReport
+from tests.faults.probes import METRIC, GatewayFactory, committed_upto, readyz
+from tests.support.publisher import PacedFleet
+from tests.support.receivers import expected_temperatures, vm_account
 
 pytestmark = pytest.mark.e2e
 

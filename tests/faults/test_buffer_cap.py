@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import factories as f
-import publisher
-from publisher import Publisher
-from receivers import account, expected_temperatures, vm_samples
-
-from faults.conftest import FaultReport
-from faults.probes import GatewayFactory
-from gateway.devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+import tests.support.factories as f
+import tests.support.publisher as publisher
+from devstack.stack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from tests.faults.conftest import FaultReport
+from tests.faults.probes import GatewayFactory
+from tests.support.publisher import Publisher
+from tests.support.receivers import account, expected_temperatures, vm_samples
 
 DEVICES, FRAMES = range(20), range(30)
 SETTINGS = {"buffer_max_bytes": "6000", "remote_write_retry_max_s": "0.5"}

@@ -13,15 +13,15 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-import factories as f
-import publisher
 import pytest
-from publisher import Publisher
-from receivers import expected_temperatures, vm_account, vm_samples
 
-from faults.conftest import FaultReport
-from faults.probes import FAST_RETRY, METRIC, GatewayFactory, committed_upto, readyz
-from gateway.devstack import Mosquitto, VictoriaMetrics, wait_for
+import tests.support.factories as f
+import tests.support.publisher as publisher
+from devstack.stack import Mosquitto, VictoriaMetrics, wait_for
+from tests.faults.conftest import FaultReport
+from tests.faults.probes import FAST_RETRY, METRIC, GatewayFactory, committed_upto, readyz
+from tests.support.publisher import Publisher
+from tests.support.receivers import expected_temperatures, vm_account, vm_samples
 
 pytestmark = pytest.mark.e2e
 

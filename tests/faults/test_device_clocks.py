@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-import factories as f
 import pytest
-from publisher import Publisher
-from receivers import prom_counts
 
+import tests.support.factories as f
 from device_protocol import RawSample, RawTelemetry, encode_telemetry
-from faults.conftest import FaultReport
-from faults.probes import METRIC, GatewayFactory
-from gateway.devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from devstack.stack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from tests.faults.conftest import FaultReport
+from tests.faults.probes import METRIC, GatewayFactory
+from tests.support.publisher import Publisher
+from tests.support.receivers import prom_counts
 
 pytestmark = pytest.mark.e2e
 

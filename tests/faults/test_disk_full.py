@@ -17,21 +17,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from receivers import vm_account
 
-from faults import seeded_fleet
-from faults.broker_stats import SYS_CONF, BrokerStats
-from faults.conftest import FaultReport
-from faults.diskfull import Tmpfs
-from faults.probes import FAST_RETRY, committed_upto, readyz
-from gateway.devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from devstack.stack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from tests.faults import seeded_fleet
+from tests.faults.broker_stats import SYS_CONF, BrokerStats
+from tests.faults.conftest import FaultReport
+from tests.faults.diskfull import Tmpfs
+from tests.faults.probes import FAST_RETRY, committed_upto, readyz
+from tests.support.receivers import vm_account
 
 pytestmark = pytest.mark.e2e
 
 TMPFS_KIB = 4096  # the empty database and its WAL take ~90 KiB; room for the whole backlog
 CHECKPOINT_S = 30.0  # gateway/app.py FLEET_CHECKPOINT_INTERVAL_S
 COMMIT_FAILED = "last group commit failed (retrying)"
-POSITION_FAILED = "sent, but its position could not be recorded"  # gateway/forwarder.py
+POSITION_FAILED = "sent, but its position could not be recorded"  # gateway/forward/forwarder.py
 
 
 @pytest.fixture

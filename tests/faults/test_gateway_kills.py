@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import factories as f
-import publisher
 import pytest
-from publisher import PacedFleet, Publisher
-from receivers import expected_temperatures, prom_counts, vm_account
 
-from faults.conftest import FaultReport
-from faults.probes import FAST_RETRY, METRIC, GatewayFactory, committed_upto, out_of_order
-from gateway.devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+import tests.support.factories as f
+import tests.support.publisher as publisher
+from devstack.stack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from tests.faults.conftest import FaultReport
+from tests.faults.probes import FAST_RETRY, METRIC, GatewayFactory, committed_upto, out_of_order
+from tests.support.publisher import PacedFleet, Publisher
+from tests.support.receivers import expected_temperatures, prom_counts, vm_account
 
 pytestmark = pytest.mark.e2e
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import random
 
-import factories as f
 import msgpack
-import publisher
-from publisher import Publisher
-from receivers import expected_temperatures, vm_account
 
-from faults.conftest import FaultReport
-from faults.probes import GatewayFactory
-from gateway.devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+import tests.support.factories as f
+import tests.support.publisher as publisher
+from devstack.stack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from tests.faults.conftest import FaultReport
+from tests.faults.probes import GatewayFactory
+from tests.support.publisher import Publisher
+from tests.support.receivers import expected_temperatures, vm_account
 
 GOOD_DEVICES = range(3)
 

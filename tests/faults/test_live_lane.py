@@ -3,15 +3,15 @@ ahead of a draining backlog while the gateway is killed mid-drain; still every s
 
 from __future__ import annotations
 
-import factories as f
-import publisher
 import pytest
-from publisher import PacedFleet, Publisher
-from receivers import expected_temperatures, vm_account
 
-from faults.conftest import FaultReport
-from faults.probes import FAST_RETRY, METRIC, GatewayFactory, buffer_frames
-from gateway.devstack import Mosquitto, VictoriaMetrics, wait_for
+import tests.support.factories as f
+import tests.support.publisher as publisher
+from devstack.stack import Mosquitto, VictoriaMetrics, wait_for
+from tests.faults.conftest import FaultReport
+from tests.faults.probes import FAST_RETRY, METRIC, GatewayFactory, buffer_frames
+from tests.support.publisher import PacedFleet, Publisher
+from tests.support.receivers import expected_temperatures, vm_account
 
 pytestmark = pytest.mark.e2e
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from faults import seeded_fleet
-from faults.conftest import FaultReport
-from faults.netstack import NetStack, gateway_in_netns
-from faults.probes import FAST_RETRY, readyz
-from gateway.devstack import wait_for
+from devstack.stack import wait_for
+from tests.faults import seeded_fleet
+from tests.faults.conftest import FaultReport
+from tests.faults.netstack import NetStack, gateway_in_netns
+from tests.faults.probes import FAST_RETRY, readyz
 
 pytestmark = pytest.mark.e2e
 

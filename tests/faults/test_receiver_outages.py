@@ -7,17 +7,17 @@ import email.utils
 import itertools
 import time
 
-import factories as f
 import msgpack
-import publisher
 import pytest
-from faultproxy import Fault, FaultyReceiver
-from publisher import PacedFleet, Publisher
-from receivers import account, expected_temperatures, prom_counts, vm_samples
 
-from faults.conftest import FaultReport
-from faults.probes import FAST_RETRY, METRIC, GatewayFactory, buffer_frames, out_of_order
-from gateway.devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+import tests.support.factories as f
+import tests.support.publisher as publisher
+from devstack.stack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from tests.faults.conftest import FaultReport
+from tests.faults.probes import FAST_RETRY, METRIC, GatewayFactory, buffer_frames, out_of_order
+from tests.support.faultproxy import Fault, FaultyReceiver
+from tests.support.publisher import PacedFleet, Publisher
+from tests.support.receivers import account, expected_temperatures, prom_counts, vm_samples
 
 pytestmark = pytest.mark.e2e
 

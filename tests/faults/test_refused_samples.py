@@ -6,15 +6,15 @@ refused request is dead-lettered whole, good samples included, and an operator's
 
 from __future__ import annotations
 
-import factories as f
-import publisher
 import pytest
-from publisher import Publisher
-from receivers import prom_counts
 
-from faults.conftest import FaultReport
-from faults.probes import METRIC, GatewayFactory, buffer_frames, out_of_order
-from gateway.devstack import Mosquitto, Prometheus, wait_for
+import tests.support.factories as f
+import tests.support.publisher as publisher
+from devstack.stack import Mosquitto, Prometheus, wait_for
+from tests.faults.conftest import FaultReport
+from tests.faults.probes import METRIC, GatewayFactory, buffer_frames, out_of_order
+from tests.support.publisher import Publisher
+from tests.support.receivers import prom_counts
 
 pytestmark = pytest.mark.e2e
 

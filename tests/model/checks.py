@@ -8,8 +8,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from gateway import completeness
-from gateway.fleet_series import device_exposition
+from gateway.fleet import completeness
+from gateway.fleet.series import device_exposition
 
 from .node import Node
 from .reference import STALE, Model, Sample, SeriesKey

@@ -13,8 +13,8 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.remote_write import decode_write_request, decompress  # the seam only
-from gateway.remote_write_client import Accepted, Rejected, Retryable, SendResult
+from gateway.forward.client import Accepted, Rejected, Retryable, SendResult
+from gateway.remote_write.wire import decode_write_request, decompress  # the seam only
 
 from .reference import STALE, Sample, receiver_key
 

@@ -26,11 +26,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from publisher import Publisher
-from rw_receiver import RecordingReceiver
-from spec_cases import GATEWAY_SETTINGS
 
-from gateway.devstack import GatewayProcess, Mosquitto
+from devstack.stack import GatewayProcess, Mosquitto
+from tests.spec.rw_receiver import RecordingReceiver
+from tests.spec.spec_cases import GATEWAY_SETTINGS
+from tests.support.publisher import Publisher
 
 
 @pytest.fixture

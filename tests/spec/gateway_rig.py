@@ -16,15 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rw_wire import Sample, decode_write_request
-from test_pipeline_support import Harness
-
-from gateway.forwarder import Forwarder
-from gateway.frame_compiler import FrameCompiler
-from gateway.ingest import InboundMessage
-from gateway.remote_write_client import HttpRemoteWriteClient
-from gateway.series import SeriesEncoder
+from gateway.forward.client import HttpRemoteWriteClient
+from gateway.forward.forwarder import Forwarder
+from gateway.ingest.mqtt import InboundMessage
+from gateway.pipeline.frame_compiler import FrameCompiler
+from gateway.remote_write.series import SeriesEncoder
 from gateway.settings import ForwardConfig
+from tests.spec.rw_wire import Sample, decode_write_request
+from tests.support.pipeline_harness import Harness
 
 BASE_CONFIG = ForwardConfig(endpoints=(), max_samples_per_request=500, flush_deadline_s=0.0,
                             request_timeout_s=5.0, retry_min_s=0.01, retry_max_s=0.05,
@@ -62,7 +61,7 @@ class LocalGateway:
     async def publish(self, *messages: tuple[str, bytes], received_ms: int | None = None
                       ) -> None:
         """Hand the messages to the pipeline as one group (as one read from the broker)."""
-        from device_frames import now_ms
+        from tests.spec.device_frames import now_ms
 
         at = received_ms if received_ms is not None else now_ms()
         await self.harness.pipeline.handle(

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from device_frames import (
+from devstack.stack import GatewayProcess
+from tests.spec.device_frames import (
     GAUGE,
     HISTOGRAM,
     birth_msg,
@@ -18,10 +19,8 @@ from device_frames import (
     now_ms,
     tele_msg,
 )
-from rw_receiver import RecordingReceiver
-from spec_cases import Key, sent
-
-from gateway.devstack import GatewayProcess
+from tests.spec.rw_receiver import RecordingReceiver
+from tests.spec.spec_cases import Key, sent
 
 GatewayStarter = Callable[..., GatewayProcess]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from rw_wire import Sample, Series, WireError, decode_body
+from tests.spec.rw_wire import Sample, Series, WireError, decode_body
 
 LOOPBACK = "127.0.0.1"
 HOLD_LIMIT_S = 60.0  # a held request is answered 503 after this, so no test can hang on it

@@ -1,6 +1,6 @@
 """An independent reader of Prometheus remote-write 1.0 bodies, written from the spec's schema.
 
-It shares no code with `gateway.remote_write`: snappy *block* decoding comes from cramjam
+It shares no code with `gateway.remote_write.wire`: snappy *block* decoding comes from cramjam
 directly and the protobuf reader below is ours, so a bug in the gateway's own decoder cannot
 hide the same bug in its encoder. It keeps what the spec's rules talk about and a decoder
 would normally throw away: the labels in the order they were sent (sorting, uniqueness), and

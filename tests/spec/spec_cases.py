@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from device_frames import (
+from tests.spec.device_frames import (
     COUNTER,
     DEVICE,
     GAUGE,
@@ -20,10 +20,10 @@ from device_frames import (
     now_ms,
     tele_msg,
 )
-from gateway_rig import run_through
-from publisher import Publisher
-from rw_receiver import RecordingReceiver, Request
-from rw_wire import Series
+from tests.spec.gateway_rig import run_through
+from tests.spec.rw_receiver import RecordingReceiver, Request
+from tests.spec.rw_wire import Series
+from tests.support.publisher import Publisher
 
 Key = tuple[tuple[str, str], ...]  # a series' labels, sorted
 STALE_WITHIN_S = 15.0  # the lifecycle acts within a second; a process start takes a few

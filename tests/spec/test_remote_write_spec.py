@@ -18,7 +18,9 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from device_frames import (
+
+import gateway
+from tests.spec.device_frames import (
     BOOT,
     BOUNDS,
     COUNTER,
@@ -36,12 +38,17 @@ from device_frames import (
     telemetry_with_raw_sample,
     topic,
 )
-from gateway_rig import LocalGateway, run_through
-from rw_receiver import RecordingReceiver, Reply
-from rw_wire import Sample
-from spec_cases import Key, a_device_reporting, all_series, device_key, order_violations, sent
-
-import gateway
+from tests.spec.gateway_rig import LocalGateway, run_through
+from tests.spec.rw_receiver import RecordingReceiver, Reply
+from tests.spec.rw_wire import Sample
+from tests.spec.spec_cases import (
+    Key,
+    a_device_reporting,
+    all_series,
+    device_key,
+    order_violations,
+    sent,
+)
 
 VECTORS = Path(__file__).parent.parent / "data" / "protocol-v1.json"
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")

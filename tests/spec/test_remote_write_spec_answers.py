@@ -17,10 +17,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-from device_frames import birth_msg, now_ms, tele_msg
-from gateway_rig import LocalGateway, run_through
-from rw_receiver import RecordingReceiver, Reply, Request
-from spec_cases import Key, frames, intervals, order_violations, sample_set
+
+from tests.spec.device_frames import birth_msg, now_ms, tele_msg
+from tests.spec.gateway_rig import LocalGateway, run_through
+from tests.spec.rw_receiver import RecordingReceiver, Reply, Request
+from tests.spec.spec_cases import Key, frames, intervals, order_violations, sample_set
 
 VMAUTH_WRONG_TOKEN = b'cannot find the provided auth token "Bearer wr0ng" in config'
 PAUSE_OBSERVED_S = 0.5  # with retries every <= 0.05 s, a resend would show ~10 times over

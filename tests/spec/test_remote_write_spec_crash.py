@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from device_frames import birth_msg, now_ms, tele_msg
-from publisher import Publisher
-from rw_receiver import RecordingReceiver, Reply
-from spec_cases import frames, sample_set
 
-from gateway.devstack import GatewayProcess
+from devstack.stack import GatewayProcess
+from tests.spec.device_frames import birth_msg, now_ms, tele_msg
+from tests.spec.rw_receiver import RecordingReceiver, Reply
+from tests.spec.spec_cases import frames, sample_set
+from tests.support.publisher import Publisher
 
 GatewayStarter = Callable[..., GatewayProcess]
 pytestmark = pytest.mark.e2e  # Mosquitto and a gateway process

@@ -12,10 +12,10 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
-from device_frames import birth_msg, now_ms, tele_msg
-from gateway_rig import LocalGateway
-from rw_receiver import RecordingReceiver, Reply
-from spec_cases import frames
+from tests.spec.device_frames import birth_msg, now_ms, tele_msg
+from tests.spec.gateway_rig import LocalGateway
+from tests.spec.rw_receiver import RecordingReceiver, Reply
+from tests.spec.spec_cases import frames
 
 FRAMES = 30  # telemetry frames of 8 samples, one request each (the cap), plus the birth
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from device_frames import GAUGE, HISTOGRAM, birth_msg, histogram, now_ms, tele_msg
-from publisher import Publisher
-from rw_receiver import RecordingReceiver
-from rw_wire import Series
-from spec_cases import reported
 
-from gateway.devstack import GatewayProcess
+from devstack.stack import GatewayProcess
+from tests.spec.device_frames import GAUGE, HISTOGRAM, birth_msg, histogram, now_ms, tele_msg
+from tests.spec.rw_receiver import RecordingReceiver
+from tests.spec.rw_wire import Series
+from tests.spec.spec_cases import reported
+from tests.support.publisher import Publisher
 
 GatewayStarter = Callable[..., GatewayProcess]
 pytestmark = pytest.mark.e2e  # Mosquitto and a gateway process

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from device_frames import GAUGE, birth_msg, now_ms, tele_msg
-from publisher import Publisher
-from rw_receiver import RecordingReceiver, Reply
-from spec_cases import GATEWAY_SETTINGS
 
-from gateway.devstack import GatewayProcess, Mosquitto
+from devstack.stack import GatewayProcess, Mosquitto
+from tests.spec.device_frames import GAUGE, birth_msg, now_ms, tele_msg
+from tests.spec.rw_receiver import RecordingReceiver, Reply
+from tests.spec.spec_cases import GATEWAY_SETTINGS
+from tests.support.publisher import Publisher
 
 GatewayStarter = Callable[..., GatewayProcess]
 pytestmark = pytest.mark.e2e  # Mosquitto and a gateway process

@@ -20,11 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from device_frames import GAUGE, HISTOGRAM, Message, birth_msg, histogram, now_ms, tele_msg
-from gateway_rig import LocalGateway
-from rw_receiver import RecordingReceiver, Reply, Request
-from rw_wire import Sample
-from spec_cases import Key
+
+from tests.spec.device_frames import (
+    GAUGE,
+    HISTOGRAM,
+    Message,
+    birth_msg,
+    histogram,
+    now_ms,
+    tele_msg,
+)
+from tests.spec.gateway_rig import LocalGateway
+from tests.spec.rw_receiver import RecordingReceiver, Reply, Request
+from tests.spec.rw_wire import Sample
+from tests.spec.spec_cases import Key
 
 SEEDS = range(40 if os.environ.get("FAULTS_LONG") == "1" else 4)
 DEVICES = [f"rnd-{i}" for i in range(3)]

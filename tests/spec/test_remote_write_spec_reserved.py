@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from device_frames import DEVICE, birth_msg, tele_msg
-from publisher import Publisher
-from rw_receiver import RecordingReceiver
-
-from gateway.devstack import GatewayProcess
+from devstack.stack import GatewayProcess
+from tests.spec.device_frames import DEVICE, birth_msg, tele_msg
+from tests.spec.rw_receiver import RecordingReceiver
+from tests.support.publisher import Publisher
 
 GatewayStarter = Callable[..., GatewayProcess]
 

@@ -16,11 +16,12 @@ import math
 from collections.abc import Callable
 
 import pytest
-from device_frames import COUNTER, GAUGE, birth_msg, death_msg, now_ms, tele_msg
-from publisher import Publisher
-from rw_receiver import RecordingReceiver
-from rw_wire import STALE_NAN_BITS
-from spec_cases import (
+
+from devstack.stack import GatewayProcess
+from tests.spec.device_frames import COUNTER, GAUGE, birth_msg, death_msg, now_ms, tele_msg
+from tests.spec.rw_receiver import RecordingReceiver
+from tests.spec.rw_wire import STALE_NAN_BITS
+from tests.spec.spec_cases import (
     STALE_WITHIN_S,
     Key,
     await_stale_markers,
@@ -29,8 +30,7 @@ from spec_cases import (
     reported,
     stale,
 )
-
-from gateway.devstack import GatewayProcess
+from tests.support.publisher import Publisher
 
 GatewayStarter = Callable[..., GatewayProcess]
 pytestmark = pytest.mark.e2e  # Mosquitto and a gateway process

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from device_frames import DEVICE, GAUGE, birth_msg, death_msg, tele_msg
-from publisher import Publisher
-from rw_receiver import RecordingReceiver
-from spec_cases import STALE_WITHIN_S
 
-from gateway.devstack import GatewayProcess
+from devstack.stack import GatewayProcess
+from tests.spec.device_frames import DEVICE, GAUGE, birth_msg, death_msg, tele_msg
+from tests.spec.rw_receiver import RecordingReceiver
+from tests.spec.spec_cases import STALE_WITHIN_S
+from tests.support.publisher import Publisher
 
 GatewayStarter = Callable[..., GatewayProcess]
 pytestmark = pytest.mark.e2e  # Mosquitto and a gateway process

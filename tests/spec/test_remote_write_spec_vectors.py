@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway_rig import run_through
-from rw_receiver import RecordingReceiver
+from tests.spec.gateway_rig import run_through
+from tests.spec.rw_receiver import RecordingReceiver
 
 VECTORS = Path(__file__).parent.parent / "data" / "protocol-v1.json"
 BASE = {"device_id": "dev-01", "site": "lab-7"}  # from the topic and birth-basic's labels

@@ -1,0 +1,51 @@
+"""Fakes of the gateway's seams: the MQTT side of the pipeline and a remote-write endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.forward.client import Accepted, Rejected, Retryable, SendResult
+from gateway.ingest.mqtt import InboundMessage
+from gateway.remote_write.wire import decode_write_request, decompress
+
+
+class FakeMqtt:
+    def __init__(self) -> None:
+        self.acked: list[InboundMessage] = []
+        self.published: list[tuple[str, bytes]] = []
+        self.ack_calls = 0
+
+    def ack(self, messages: list[InboundMessage]) -> int:
+        self.ack_calls += 1
+        self.acked.extend(messages)
+        return len(messages)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        self.published.append((topic, payload))
+
+
+class FakeRemoteWrite:
+    """Records every request; `respond` decides the outcome from the decoded series."""
+
+    endpoint = "fake://endpoint"
+
+    def __init__(self, respond: Callable[[list[tuple[dict[str, str], list[tuple[float, int]]]]],
+                                         SendResult] | None = None) -> None:
+        self.requests: list[list[tuple[dict[str, str], list[tuple[float, int]]]]] = []
+        self.accepted: list[tuple[dict[str, str], list[tuple[float, int]]]] = []
+        self._respond = respond or (lambda series: Accepted(204))
+        self.closed = False
+
+    async def send(self, compressed_body: bytes) -> SendResult:
+        series = decode_write_request(decompress(compressed_body))
+        self.requests.append(series)
+        result = self._respond(series)
+        if isinstance(result, Accepted):
+            self.accepted.extend(series)
+        return result
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+__all__ = ["Accepted", "FakeMqtt", "FakeRemoteWrite", "Rejected", "Retryable"]
