@@ -45,7 +45,7 @@ def describe(value: object) -> str:
     return type(value).__name__
 
 
-# The gateway writes these families per device itself (gateway/fleet_series.py, the info
+# The gateway writes these families per device itself (gateway/fleet/series.py, the info
 # series): a device writing into them would make one series with two writers and two clocks.
 RESERVED_METRIC_PREFIX = "fleet_device"
 
