@@ -61,7 +61,7 @@ from device_protocol import (
     encode_telemetry,
     telemetry_topic,
 )
-from devstack.stack import GatewayProcess, Mosquitto, wait_for
+from devstack import GatewayProcess, Mosquitto, wait_for
 
 BENCH_DIR = Path(__file__).resolve().parent
 SECTION = "api"

@@ -47,7 +47,7 @@ from loadgen import Workload
 from profiling import GatewayProfiler
 from throughput import BenchError, Child, parse_setting, start_loadgen
 
-from devstack.stack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
 
 BENCH_DIR = Path(__file__).resolve().parent
 POLL_S = 0.25

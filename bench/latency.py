@@ -41,7 +41,7 @@ import throughput
 import vmagent_peer
 from throughput import BenchError, Child, parse_setting
 
-from devstack.stack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
 
 BENCH_DIR = Path(__file__).resolve().parent
 GOAL_P99_S = 1.0

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from devstack.stack import LOOPBACK
+from devstack import LOOPBACK
 from gateway.remote_write.series import SeriesEncoder
 from gateway.remote_write.wire import decompress
 

@@ -35,7 +35,7 @@ import procstat
 import results_file
 
 from device_protocol import encode_telemetry, telemetry_topic
-from devstack.stack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
 from firmware_sim.config import FleetConfig
 from firmware_sim.device import SimDevice
 from firmware_sim.fleet import Fleet

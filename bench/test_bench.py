@@ -24,7 +24,7 @@ import stats
 import vmagent_peer
 
 from device_protocol import decode_birth, decode_telemetry, resolve_telemetry
-from devstack.stack import Mosquitto
+from devstack import Mosquitto
 from gateway.remote_write.wire import decode_write_request, decompress, encode_varint
 
 BENCH_DIR = Path(__file__).resolve().parent

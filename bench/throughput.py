@@ -48,7 +48,7 @@ import stats
 from loadgen import metric_name, sample_value
 from profiling import GatewayProfiler
 
-from devstack.stack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROFILE_FILE = "profile-gateway.txt"  # beside RESULTS.md

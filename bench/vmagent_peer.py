@@ -41,7 +41,7 @@ import stats
 from loadgen import Workload, device_id, metric_name, sample_value
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.stack import LOOPBACK, VictoriaMetrics, _HttpService, wait_for
+from devstack import LOOPBACK, HttpService, VictoriaMetrics, wait_for
 from gateway.remote_write.series import SeriesEncoder
 from gateway.remote_write.wire import compress, encode_varint
 
@@ -53,7 +53,7 @@ HEADERS = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf
 _SAMPLE_HEAD = struct.Struct("<BdB")
 
 
-class VMAgent(_HttpService):
+class VMAgent(HttpService):
     name = "vmagent"
     binary_names: tuple[str, ...] = ("/usr/bin/vmagent", "vmagent")
     ready_path = "/health"
@@ -70,7 +70,7 @@ class VMAgent(_HttpService):
                 f"-httpListenAddr={LOOPBACK}:{self.port}", "-loggerLevel=WARN"]
 
 
-def metric(service: _HttpService, name: str, **labels: str) -> float:
+def metric(service: HttpService, name: str, **labels: str) -> float:
     """Sum of a metric's samples matching labels, from the service's /metrics."""
     total = 0.0
     text = service.http.get("/metrics").raise_for_status().text

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from devstack.stack import (
+from devstack import (
     LOOPBACK,
     GatewayProcess,
     ManagedProcess,

@@ -21,7 +21,7 @@ fi
 
 SERVICE_PACKAGES=(mosquitto mosquitto-clients prometheus victoria-metrics chromium chromium-driver
                   docker-compose prometheus-alertmanager)
-# Where Debian's packages put them; devstack/stack.py looks in the same places.
+# Where Debian's packages put them; devstack's service classes look in the same places.
 BINARIES=(/usr/sbin/mosquitto /usr/bin/mosquitto_pub /usr/bin/prometheus /usr/bin/promtool
           /usr/bin/victoria-metrics /usr/bin/vmagent /usr/bin/chromium /usr/bin/chromedriver
           /usr/bin/docker-compose /usr/bin/amtool)

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import pytest
 
-from devstack.stack import (
+from devstack import (
     GatewayProcess,
     ManagedProcess,
     Mosquitto,

@@ -34,7 +34,7 @@ from schemathesis.core.result import Err
 import tests.support.factories as f
 import tests.support.publisher as publisher
 from device_protocol import Death, death_topic, encode_death
-from devstack.stack import GatewayProcess, Mosquitto, Prometheus, wait_for
+from devstack import GatewayProcess, Mosquitto, Prometheus, wait_for
 from tests.support.publisher import Publisher
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from devstack.stack import (
+from devstack import (
     Mosquitto,
     Prometheus,
     ServiceFailed,

@@ -43,7 +43,7 @@ from device_protocol import (
     encode_telemetry,
     telemetry_topic,
 )
-from devstack.stack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
 from tests.support.publisher import Publisher
 
 pytestmark = pytest.mark.e2e

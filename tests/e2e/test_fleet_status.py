@@ -14,7 +14,7 @@ import pytest
 import tests.support.factories as f
 import tests.support.publisher as publisher
 from device_protocol import RawSample, RawTelemetry, encode_telemetry
-from devstack.stack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
 from tests.support.faultproxy import Fault, FaultyReceiver
 from tests.support.publisher import Publisher
 from tests.support.receivers import vm_account

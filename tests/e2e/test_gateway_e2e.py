@@ -6,7 +6,7 @@ import msgpack
 
 import tests.support.factories as f
 import tests.support.publisher as publisher
-from devstack.stack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
 from tests.support.publisher import Publisher
 from tests.support.receivers import expected_temperatures, prom_counts, prom_samples, vm_account
 

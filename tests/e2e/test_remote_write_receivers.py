@@ -17,7 +17,7 @@ import cramjam
 import pytest
 
 from device_protocol.frames import HistogramSample, Sample, Telemetry
-from devstack.stack import Prometheus, VictoriaMetrics, wait_for
+from devstack import Prometheus, VictoriaMetrics, wait_for
 from gateway.forward.client import (
     Accepted,
     HttpRemoteWriteClient,

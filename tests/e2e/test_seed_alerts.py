@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from devstack.stack import Mosquitto, Prometheus, shipped_rule_files, wait_for
+from devstack import Mosquitto, Prometheus, shipped_rule_files, wait_for
 from firmware_sim.config import FleetConfig
 from firmware_sim.faults import parse_fault
 from firmware_sim.profiles import parse_profiles

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from devstack.stack import Mosquitto, VictoriaMetrics, wait_for
+from devstack import Mosquitto, VictoriaMetrics, wait_for
 from firmware_sim.config import FleetConfig
 from firmware_sim.faults import parse_fault
 from firmware_sim.fleet import Fleet

@@ -40,7 +40,7 @@ from device_protocol import (
     gateway_state_topic,
     parse_topic,
 )
-from devstack.stack import Mosquitto, wait_for
+from devstack import Mosquitto, wait_for
 from firmware_sim.config import FleetConfig
 from firmware_sim.ledger import FrameKey, FrameLedger
 from tests.support.publisher import FleetThread

@@ -7,7 +7,7 @@ import threading
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devstack.stack import Mosquitto
+from devstack import Mosquitto
 
 SYS_CONF = "sys_interval 1"  # Mosquitto's extra_conf: $SYS every second (default 10 s)
 _STORED = "$SYS/broker/store/messages/count"

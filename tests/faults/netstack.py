@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import (
+from devstack import (
     GatewayProcess,
     Mosquitto,
     ServiceNotInstalled,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import httpx
 
 import tests.support.factories as f
-from devstack.stack import GatewayProcess, Prometheus
+from devstack import GatewayProcess, Prometheus
 from tests.support.receivers import prom_samples
 
 GatewayFactory = Callable[..., GatewayProcess]  # the gateway_factory fixture (tests/conftest.py)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import tests.support.factories as f
-from devstack.stack import Mosquitto, VictoriaMetrics, wait_for
+from devstack import Mosquitto, VictoriaMetrics, wait_for
 from tests.faults.conftest import FaultReport
 from tests.faults.probes import METRIC, GatewayFactory, committed_upto, readyz
 from tests.support.publisher import PacedFleet

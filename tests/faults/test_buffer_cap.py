@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import tests.support.factories as f
 import tests.support.publisher as publisher
-from devstack.stack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
 from tests.faults.conftest import FaultReport
 from tests.faults.probes import GatewayFactory
 from tests.support.publisher import Publisher

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import wait_for
+from devstack import wait_for
 from tests.faults import seeded_fleet
 from tests.faults.conftest import FaultReport
 from tests.faults.netstack import NetStack, gateway_in_netns

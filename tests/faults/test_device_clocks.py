@@ -13,7 +13,7 @@ import pytest
 
 import tests.support.factories as f
 from device_protocol import RawSample, RawTelemetry, encode_telemetry
-from devstack.stack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
 from tests.faults.conftest import FaultReport
 from tests.faults.probes import METRIC, GatewayFactory
 from tests.support.publisher import Publisher

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+from devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
 from tests.faults import seeded_fleet
 from tests.faults.broker_stats import SYS_CONF, BrokerStats
 from tests.faults.conftest import FaultReport

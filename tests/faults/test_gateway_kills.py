@@ -9,7 +9,7 @@ import pytest
 
 import tests.support.factories as f
 import tests.support.publisher as publisher
-from devstack.stack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
 from tests.faults.conftest import FaultReport
 from tests.faults.probes import FAST_RETRY, METRIC, GatewayFactory, committed_upto, out_of_order
 from tests.support.publisher import PacedFleet, Publisher

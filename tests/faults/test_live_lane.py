@@ -7,7 +7,7 @@ import pytest
 
 import tests.support.factories as f
 import tests.support.publisher as publisher
-from devstack.stack import Mosquitto, VictoriaMetrics, wait_for
+from devstack import Mosquitto, VictoriaMetrics, wait_for
 from tests.faults.conftest import FaultReport
 from tests.faults.probes import FAST_RETRY, METRIC, GatewayFactory, buffer_frames
 from tests.support.publisher import PacedFleet, Publisher

@@ -12,7 +12,7 @@ import pytest
 
 import tests.support.factories as f
 import tests.support.publisher as publisher
-from devstack.stack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
+from devstack import Mosquitto, Prometheus, VictoriaMetrics, wait_for
 from tests.faults.conftest import FaultReport
 from tests.faults.probes import FAST_RETRY, METRIC, GatewayFactory, buffer_frames, out_of_order
 from tests.support.faultproxy import Fault, FaultyReceiver

@@ -10,7 +10,7 @@ import pytest
 
 import tests.support.factories as f
 import tests.support.publisher as publisher
-from devstack.stack import Mosquitto, Prometheus, wait_for
+from devstack import Mosquitto, Prometheus, wait_for
 from tests.faults.conftest import FaultReport
 from tests.faults.probes import METRIC, GatewayFactory, buffer_frames, out_of_order
 from tests.support.publisher import Publisher

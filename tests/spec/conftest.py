@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import GatewayProcess, Mosquitto
+from devstack import GatewayProcess, Mosquitto
 from tests.spec.rw_receiver import RecordingReceiver
 from tests.spec.spec_cases import GATEWAY_SETTINGS
 from tests.support.publisher import Publisher

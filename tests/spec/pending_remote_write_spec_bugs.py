@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from devstack.stack import GatewayProcess
+from devstack import GatewayProcess
 from tests.spec.device_frames import (
     GAUGE,
     HISTOGRAM,

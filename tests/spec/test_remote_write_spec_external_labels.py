@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from devstack.stack import GatewayProcess
+from devstack import GatewayProcess
 from tests.spec.device_frames import GAUGE, HISTOGRAM, birth_msg, histogram, now_ms, tele_msg
 from tests.spec.rw_receiver import RecordingReceiver
 from tests.spec.rw_wire import Series

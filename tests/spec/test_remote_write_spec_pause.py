@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from devstack.stack import GatewayProcess, Mosquitto
+from devstack import GatewayProcess, Mosquitto
 from tests.spec.device_frames import GAUGE, birth_msg, now_ms, tele_msg
 from tests.spec.rw_receiver import RecordingReceiver, Reply
 from tests.spec.spec_cases import GATEWAY_SETTINGS

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from devstack.stack import GatewayProcess
+from devstack import GatewayProcess
 from tests.spec.device_frames import DEVICE, birth_msg, tele_msg
 from tests.spec.rw_receiver import RecordingReceiver
 from tests.support.publisher import Publisher

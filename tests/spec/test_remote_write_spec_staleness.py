@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
-from devstack.stack import GatewayProcess
+from devstack import GatewayProcess
 from tests.spec.device_frames import COUNTER, GAUGE, birth_msg, death_msg, now_ms, tele_msg
 from tests.spec.rw_receiver import RecordingReceiver
 from tests.spec.rw_wire import STALE_NAN_BITS

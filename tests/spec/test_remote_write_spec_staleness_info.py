@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from devstack.stack import GatewayProcess
+from devstack import GatewayProcess
 from tests.spec.device_frames import DEVICE, GAUGE, birth_msg, death_msg, tele_msg
 from tests.spec.rw_receiver import RecordingReceiver
 from tests.spec.spec_cases import STALE_WITHIN_S

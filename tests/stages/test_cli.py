@@ -68,7 +68,7 @@ def test_run_refuses_a_data_dir_another_gateway_holds(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from devstack.stack import free_port
+    from devstack import free_port
     from gateway.buffer.datadir_lock import DataDirLock
 
     other = DataDirLock(tmp_path / "data")

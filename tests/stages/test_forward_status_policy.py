@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 import tests.support.factories as f
-from devstack.stack import Prometheus, VictoriaMetrics
+from devstack import Prometheus, VictoriaMetrics
 from gateway.forward.client import HttpRemoteWriteClient
 from gateway.remote_write.wire import compress
 from tests.stages.test_forward_support import (

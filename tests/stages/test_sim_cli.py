@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import free_port
+from devstack import free_port
 from firmware_sim.__main__ import build_parser, config_from_args, main
 from firmware_sim.config import BrokerAddress, ConfigError, FleetConfig, parse_mqtt_url
 from firmware_sim.fleet import Fleet

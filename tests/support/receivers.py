@@ -6,7 +6,7 @@ import time
 from collections import Counter
 
 import tests.support.factories as f
-from devstack.stack import Prometheus, VictoriaMetrics
+from devstack import Prometheus, VictoriaMetrics
 
 
 def vm_samples(vm: VictoriaMetrics, metric: str) -> dict[str, list[tuple[int, float]]]:
