@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/fleetgate demo
+	$(BIN)/python -m devstack demo
 
 test: install
 	$(BIN)/ruff check .

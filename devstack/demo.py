@@ -1,4 +1,5 @@
-"""`fleetgate demo`: Mosquitto, Prometheus, the gateway and a simulated fleet on this machine.
+"""`make demo` (`python -m devstack demo`): Mosquitto, Prometheus, the gateway and a simulated
+fleet on this machine, from a checkout.
 
 Everything runs as child processes of this command, with state under --workdir (default
 var/demo), on the usual ports when free (1883, 9090, 8080) and on free ones otherwise.
@@ -41,7 +42,7 @@ def _port(preferred: int) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleetgate demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devstack demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("var/demo"))
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between frames")

@@ -1,4 +1,8 @@
-"""`fleetgate` command line: run the gateway, manage its database, run the simulator or demo."""
+"""`fleetgate` command line: run the gateway, manage its database, run the simulator.
+
+Only what works from an installed wheel: the demo stack runs from a checkout
+(`make demo`, i.e. `python -m devstack demo`), since devstack is not in the wheel.
+"""
 
 from __future__ import annotations
 
@@ -74,19 +78,11 @@ def cmd_sim(argv: list[str]) -> int:
     return sim_main(argv)
 
 
-def cmd_demo(argv: list[str]) -> int:
-    from devstack.demo import main as demo_main
-
-    return demo_main(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # The simulator and the demo own their flags; hand them the rest of the line untouched.
+    # The simulator owns its flags; hand it the rest of the line untouched.
     if argv[:1] == ["sim"]:
         return cmd_sim(argv[1:])
-    if argv[:1] == ["demo"]:
-        return cmd_demo(argv[1:])
     parser = argparse.ArgumentParser(prog="fleetgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
@@ -95,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     db.add_argument("db_command", choices=["migrate", "status"])
     db.add_argument("--config", type=Path)
     sub.add_parser("sim", help="run the firmware simulator (see `fleetgate sim --help`)")
-    sub.add_parser("demo", help="start broker, Prometheus, gateway and a simulated fleet")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":

@@ -1,5 +1,5 @@
-"""`fleetgate demo` (what `make demo` runs) starts the whole stack; data reaches Prometheus, and
-every address it prints answers."""
+"""The demo (`make demo`, i.e. `python -m devstack demo` from the checkout) starts the whole
+stack; data reaches Prometheus, and every address it prints answers."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ START_S = 90.0
 
 
 def _demo(workdir: Path, duration: float) -> list[str]:
-    return [sys.executable, "-m", "gateway.cli", "demo", "--workdir", str(workdir),
+    return [sys.executable, "-m", "devstack", "demo", "--workdir", str(workdir),
             "--devices", "3", "--interval", "1", "--duration", f"{duration:g}"]
 
 

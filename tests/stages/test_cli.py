@@ -1,4 +1,5 @@
-"""`fleetgate db status|migrate` and settings errors from the command line."""
+"""`fleetgate db status|migrate`, settings errors, and only wheel-safe commands on the command
+line."""
 
 from __future__ import annotations
 
@@ -27,6 +28,18 @@ def test_db_status_and_migrate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert status["schema_version"] == len(discover_migrations())
     assert status["pending"] == []
     assert status["tables"]["frames"] == 0
+
+
+def test_the_installed_command_has_no_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo needs devstack, which is not in the wheel: it runs from a checkout only
+    (`make demo`), so the installed command does not offer it."""
+    with pytest.raises(SystemExit) as exited:
+        main(["demo"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'demo'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "usage: fleetgate [-h] {run,db,sim}" in capsys.readouterr().out
 
 
 def test_bad_settings_exit_2_with_the_field_named(monkeypatch: pytest.MonkeyPatch,
