@@ -9,6 +9,7 @@ one holds (parsed from the page bytes), so every expectation is computed, not gu
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import random
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.buffer import recovery, store
+from gateway.buffer import recovery, salvage, store
 from gateway.buffer.db import Database, apply_migrations, connect
 from gateway.buffer.recovery import Recovery
 from gateway.pipeline.dedup import decode_ranges
@@ -442,3 +443,46 @@ def test_check_modes(built: Built, mode: recovery.StartupCheck) -> None:
     assert recovery.check(built.path, mode) == truncated
     built.path.write_bytes(bytes(data[:len(data) // 2 + 100]))
     assert "not a whole number of 4096-byte pages" in str(recovery.check(built.path, mode))
+
+
+# ---------------------------------------------------------------------------- generic salvage
+def test_generic_salvage_copies_a_schema_it_does_not_know(tmp_path: Path) -> None:
+    """gateway.buffer.salvage knows no fleetgate table: the readable rows of any schema are
+    copied exactly, an unreadable stretch of a rowid table is estimated from the ids around it,
+    and the evidence is left byte for byte."""
+    path = tmp_path / "other.db"
+    schema = "CREATE TABLE notes (id INTEGER PRIMARY KEY, body BLOB NOT NULL)"
+    conn = sqlite3.connect(path)
+    conn.execute(schema)
+    with conn:
+        conn.executemany("INSERT INTO notes VALUES (?, ?)",
+                         [(i, random.Random(i).randbytes(300)) for i in range(1, 2001)])
+    leaves = [p for (p,) in conn.execute(
+        "SELECT pageno FROM dbstat WHERE name = 'notes' AND pagetype = 'leaf' ORDER BY path")]
+    conn.close()
+    data = bytearray(path.read_bytes())
+    hit = leaves[len(leaves) // 2]
+    lost = _leaf_rowids(bytes(data), hit)
+    data[(hit - 1) * PAGE:hit * PAGE] = bytes(PAGE)
+    path.write_bytes(bytes(data))
+
+    entry, files = salvage.set_aside(path, datetime.datetime.now(datetime.UTC),
+                                     salvage.present(path))
+    fresh = tmp_path / "fresh.db"
+    salvage.build_fresh(fresh, lambda c: c.execute(schema))
+    stats: dict[str, salvage.TableSalvage] = {}
+    copied: list[int] = []
+
+    def copy(src: sqlite3.Connection, dest: sqlite3.Connection) -> None:
+        for name, table in salvage.tables(dest).items():
+            salvage.copy_table(src, dest, table, stats.setdefault(name, salvage.TableSalvage()),
+                               lambda row, _skipped: copied.append(row["id"]))
+
+    notes: list[str] = []
+    salvage.salvage_into(entry, path.name, fresh, notes, probe_table="notes", copy=copy)
+    assert files == ["other.db"] and (entry / "other.db").read_bytes() == bytes(data)
+    assert set(copied) == set(range(1, 2001)) - lost and copied == sorted(copied)
+    assert {r[0] for r in rows_of(fresh, "notes")} == set(copied)
+    assert stats["notes"].salvaged == len(copied) and not stats["notes"].complete
+    assert stats["notes"].unreadable == len(lost)  # the ids are dense: the estimate is exact
+    assert not (entry / salvage.WORK_DIR).exists()
