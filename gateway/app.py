@@ -2,26 +2,27 @@
 
     MqttIngest -> Inbox -> Pipeline (decode, dedup, store, ack) -> EntryCache/SQLite
                                                                 -> Forwarder per endpoint
-    FleetState and the API beside them, on the same event loop. The lifecycle task moves
-    devices to late/offline, writes their events, streams them (EventHub) and sends stale
-    markers; the fleet-metrics task writes the fleet as metrics through the buffer.
+    FleetState and the API beside them, on the same event loop. The background jobs
+    (gateway/jobs, one task each, built here) move devices to late/offline, write their events,
+    stream them (EventHub) and send stale markers; write the fleet as metrics through the
+    buffer; checkpoint the fleet; prune past dedup state and old events; update the gauges.
 
 Shutdown order (SIGTERM/SIGINT): stop ingest (unacked messages stay at the broker), commit what
-is in hand, try a last forward under a deadline, checkpoint the fleet, close the database.
+is in hand, try a last forward under a deadline, checkpoint the fleet, close the database,
+release the data-dir lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import logging
 import signal
 import socket
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -31,14 +32,20 @@ from gateway.buffer import recovery, store
 from gateway.buffer.datadir_lock import DataDirLock
 from gateway.buffer.db import Database
 from gateway.buffer.entry_cache import EntryCache, serves_next_frame_of
-from gateway.errors import ConfigError, StoreError
+from gateway.errors import ConfigError
 from gateway.fleet import completeness
 from gateway.fleet.events import EventHub
-from gateway.fleet.series import FleetCollector, fleet_metric_entries
+from gateway.fleet.series import FleetCollector
 from gateway.fleet.state import DeviceRecord, FleetState
 from gateway.forward.client import HttpRemoteWriteClient
 from gateway.forward.forwarder import Forwarder
 from gateway.ingest.mqtt import Inbox, MqttIngest
+from gateway.jobs.checkpoint import CheckpointJob, run_checkpoint_and_gauges
+from gateway.jobs.fleet_metrics import FleetMetricsJob
+from gateway.jobs.gauges import GaugesJob
+from gateway.jobs.lifecycle import LIFECYCLE_TICK_S, LifecycleJob
+from gateway.jobs.maintenance import MAINTENANCE_INTERVAL_S, PruneDedupStateJob, PruneEventsJob
+from gateway.jobs.runner import Runner, wall_ms
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.births import BirthRegistry
 from gateway.pipeline.frame_compiler import FrameCompiler
@@ -49,15 +56,6 @@ from gateway.settings import Settings, parse_listen
 
 log = logging.getLogger(__name__)
 
-GAUGE_INTERVAL_S = 5.0  # device counts and the oldest unsent age, for alerting
-# Fleet state is advisory: losing 30 s of "last seen" to a kill is harmless, while writing it
-# encodes every active device's latest values (at 10,000 devices every 5 s: 9% of the CPU).
-FLEET_CHECKPOINT_INTERVAL_S = 30.0
-CHECKPOINT_CHUNK = 250  # device rows built and written at a time (~10 ms of the loop)
-MAINTENANCE_INTERVAL_S = 3600.0  # pruning past boots' dedup state is slow-moving work
-LIFECYCLE_TICK_S = 1.0  # late/offline found within a second; events written within one
-ENTRIES_PER_FRAME = 2000  # gateway-made entries (stale markers, fleet metrics) per buffer frame
-
 
 class _EmbeddedServer(uvicorn.Server):
     """uvicorn inside our loop: the gateway, not uvicorn, owns the signals."""
@@ -65,6 +63,20 @@ class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+@dataclass(frozen=True, slots=True)
+class Jobs:
+    """The gateway's background jobs (gateway/jobs), built in Gateway.start(); a test calls
+    their tick(now_ms) itself."""
+
+    runner: Runner
+    lifecycle: LifecycleJob
+    fleet_metrics: FleetMetricsJob
+    gauges: GaugesJob
+    checkpoint: CheckpointJob
+    prune_dedup_state: PruneDedupStateJob
+    prune_events: PruneEventsJob
 
 
 class Gateway:
@@ -86,15 +98,13 @@ class Gateway:
                            endpoints=settings.forward_config().endpoints)
         self.lock = DataDirLock(settings.data_dir)
         self.forwarders: list[Forwarder] = []
-        self.unsent_age_s: dict[str, float] = {}
-        # (monotonic s, samples sent) per endpoint, every GAUGE_INTERVAL_S over the last minute
-        self._sent_history: dict[str, deque[tuple[float, int]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_requested = asyncio.Event()
         self._server: _EmbeddedServer | None = None
         self.ingest: MqttIngest
         self.pipeline: Pipeline
         self.inbox: Inbox
+        self.jobs: Jobs
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -138,19 +148,16 @@ class Gateway:
         self.metrics.store_recoveries.inc(state.counters.get(recovery.COUNTER_RECOVERIES, 0))
         self.metrics.store_unreadable_frames.inc(
             state.counters.get(recovery.COUNTER_UNREADABLE_FRAMES, 0))
+        self.jobs = self._build_jobs()
         await self._start_api()  # first: a taken port fails the start before MQTT is touched
         self.ingest.start()
         self._spawn(self.pipeline.run(self.inbox), "pipeline")
         for forwarder in self.forwarders:
             self._spawn(forwarder.run(), f"forward:{forwarder.endpoint}")
-        self._spawn(self._checkpoint_loop(), "fleet-checkpoint")
-        self._spawn(self._lifecycle_loop(), "lifecycle")
-        if s.fleet_metrics_interval_s and self.forwarders:
-            self._spawn(self._fleet_metrics_loop(s.fleet_metrics_interval_s), "fleet-metrics")
+        self._spawn_jobs()
         if not s.api_tokens:
             log.warning("api_tokens is empty: the operator API is open to anyone who can reach "
                         "%s (set FLEETGATE_API_TOKENS=token:read,token:admin)", s.api_listen)
-        self._spawn(self._maintenance_loop(), "maintenance")
         log.info("fleetgate %s started: mqtt %s, %d endpoint(s), buffer %d frames, db %s",
                  s.gateway_id, s.mqtt_url, len(self.forwarders), state.buffer_frames, self.db.path)
 
@@ -242,170 +249,46 @@ class Gateway:
         if self.forwarders:
             self.cache.evict_upto(min(f.cursor for f in self.forwarders))
 
-    async def survive(self, task: str, step: Callable[[], Awaitable[object]]) -> bool:
-        """Run one tick of a background loop; a SQLite error (a full disk, an I/O error) is
-        logged and counted, and the loop goes on at its next tick: these loops own nothing
-        that a failed tick loses (checkpoint rows and events are kept for the next one), and a
-        dead loop would take the gateway down into a supervisor's restart loop."""
-        try:
-            await step()
-            return True
-        except StoreError as exc:
-            self.metrics.background_errors.labels(task).inc()
-            log.error("%s failed, retried at its next tick: %s", task, exc)
-            return False
+    # ------------------------------------------------------------------ jobs
+    def _build_jobs(self) -> Jobs:
+        s, db, fleet, metrics, pipeline = (self.settings, self.db, self.fleet, self.metrics,
+                                           self.pipeline)
+        gauges = GaugesJob(fleet, self.forwarders, db, lambda: self.pipeline.committed_upto,
+                           metrics)
+        checkpoint = CheckpointJob(fleet, db, gauges)
+        return Jobs(
+            runner=Runner(metrics.background_errors),
+            lifecycle=LifecycleJob(fleet, db, self.events, metrics,
+                                   close_boot=pipeline.close_boot if self.forwarders else None),
+            fleet_metrics=FleetMetricsJob(fleet, self.compiler.encoder, self.missing_of,
+                                          s.gateway_id, pipeline.commit_entries),
+            gauges=gauges, checkpoint=checkpoint,
+            prune_dedup_state=PruneDedupStateJob(db, checkpoint, self.ledger, self.births,
+                                                 self.compiler, pipeline, metrics,
+                                                 s.dedup_retention_days),
+            prune_events=PruneEventsJob(db, s.device_event_retention_days))
 
-    async def _checkpoint_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        checkpointed = loop.time()
-        while True:
-            await asyncio.sleep(GAUGE_INTERVAL_S)
-            if loop.time() - checkpointed >= FLEET_CHECKPOINT_INTERVAL_S:
-                checkpointed = loop.time()
-                await self.survive("fleet-checkpoint", self.checkpoint)
-            else:
-                await self.survive("gauges", self.update_gauges)
+    def _spawn_jobs(self) -> None:
+        jobs, run = self.jobs, self.jobs.runner
+        self._spawn(run_checkpoint_and_gauges(run, jobs.checkpoint, jobs.gauges),
+                    "fleet-checkpoint")
+        self._spawn(run.when_signalled("lifecycle", jobs.lifecycle, self._fleet_changed,
+                                       LIFECYCLE_TICK_S), "lifecycle")
+        interval_s = self.settings.fleet_metrics_interval_s
+        if interval_s and self.forwarders:
+            self._spawn(run.every(interval_s, ("fleet-metrics", jobs.fleet_metrics)),
+                        "fleet-metrics")
+        self._spawn(run.every(MAINTENANCE_INTERVAL_S, ("prune-dedup-state", jobs.prune_dedup_state),
+                              ("prune-events", jobs.prune_events), at_start=True), "maintenance")
 
-    async def _maintenance_loop(self) -> None:
-        while True:
-            await self.survive("prune-dedup-state", self.prune_dedup_state)
-            await self.survive("prune-events", self.prune_events)
-            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
-
-    async def prune_events(self, now_ms: int | None = None) -> int:
-        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        before_ms = now_ms - int(self.settings.device_event_retention_days * 86_400_000)
-        return await self.db.write(lambda conn: store.prune_events(conn, before_ms))
-
-    async def _lifecycle_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._fleet_changed.wait(), LIFECYCLE_TICK_S)
-            self._fleet_changed.clear()
-            await self.survive("lifecycle", self.process_fleet_events)
-
-    async def process_fleet_events(self, now_ms: int | None = None) -> int:
-        """Sweep for late/offline devices; write, stream and act on the events. Returns how
-        many events there were."""
-        self.fleet.sweep(now_ms if now_ms is not None else int(time.time() * 1000))
-        events = await self._write_events()
-        for event in events:
-            # Deaths and reboots are closed by the pipeline, in arrival order; a timeout here.
-            if (event.kind == "state" and event.state == "offline"
-                    and event.reason == "timeout" and event.boot is not None):
-                await self._close_silent_boot(event.device_id, event.boot)
-        return len(events)
-
-    async def _write_events(self) -> list[Any]:
-        events = self.fleet.take_events()
-        if not events:
-            return events
-        rows = [(e.device_id, e.ts_ms, e.kind, e.state, e.previous, e.boot, e.previous_boot,
-                 e.reason) for e in events]
-        try:
-            first_id = await self.db.write(lambda conn: store.insert_events(conn, rows))
-        except StoreError:
-            self.fleet.requeue_events(events)  # written at the next tick, in order
-            raise
-        self.events.publish(e.as_dict(first_id + i) for i, e in enumerate(events))
-        for e in events:
-            self.metrics.device_events.labels(e.state or e.kind).inc()
-        return events
-
-    async def _close_silent_boot(self, device_id: str, boot: int) -> None:
-        def still_offline() -> bool:
-            record = self.fleet.devices.get(device_id)
-            return record is not None and not record.online and record.boot == boot
-
-        if self.forwarders:
-            await self.pipeline.close_boot(device_id, boot, still_offline)
-
-    async def _fleet_metrics_loop(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            await self.survive("fleet-metrics", self.write_fleet_metrics)
-
-    async def write_fleet_metrics(self, now_ms: int | None = None) -> int:
-        """The fleet as metrics, through the buffer to every endpoint. Returns the entries."""
-        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        chunk: list[bytes] = []
-        written = 0
-        for entry in fleet_metric_entries(self.fleet, self.compiler.encoder, self.missing_of,
-                                          self.settings.gateway_id, now_ms):
-            chunk.append(entry)
-            if len(chunk) >= ENTRIES_PER_FRAME:
-                await self.pipeline.commit_entries("", chunk)
-                written += len(chunk)
-                chunk = []
-        if chunk:
-            await self.pipeline.commit_entries("", chunk)
-            written += len(chunk)
-        return written
-
-    async def prune_dedup_state(self, now_ms: int | None = None) -> None:
-        """Forget past boots' ledgers and births, and held frames whose birth never came."""
-        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        before_ms = now_ms - int(self.settings.dedup_retention_days * 86_400_000)
-        await self.checkpoint()  # devices.boot must be current: the current boot is kept
-        ledger_keys, birth_keys, held = await self.db.write(
-            lambda conn: store.prune_dedup_state(conn, before_ms))
-        for key in ledger_keys:
-            self.ledger.forget(key)
-        self.pipeline.forget_closed(ledger_keys)
-        for device_id, boot in birth_keys:
-            self.births.forget(device_id, boot)
-            self.compiler.forget(device_id, boot)
-        if held:
-            dropped = self.pipeline.drop_held_before(before_ms)
-            self.metrics.frames_dropped.labels("held_without_birth").inc(dropped)
-            log.warning("dropped %d held frames whose birth never came within %.0f days",
-                        dropped, self.settings.dedup_retention_days)
-        if ledger_keys or birth_keys:
-            log.info("forgot dedup state of %d past boots and %d births", len(ledger_keys),
-                     len(birth_keys))
-
-    async def checkpoint(self) -> None:
-        dirty = self.fleet.take_dirty_ids()
-        for start in range(0, len(dirty), CHECKPOINT_CHUNK):
-            rows = self.fleet.rows_of(dirty[start:start + CHECKPOINT_CHUNK])
-            if not rows:
-                continue
-            try:  # one transaction a chunk: the loop runs between them
-                await self.db.write(functools.partial(store.checkpoint_devices, rows=rows))
-            except StoreError:
-                self.fleet.mark_dirty(dirty[start:])  # checkpointed at the next tick
-                raise
-        await self.update_gauges()
-
-    async def update_gauges(self) -> None:
-        counts = self.fleet.counts()
-        for state, count in counts.items():
-            self.metrics.devices.labels(state).set(count)
-        await self._update_unsent_age()
-
-    async def _update_unsent_age(self) -> None:
-        """Age of each endpoint's oldest unsent frame: grows through an outage, 0 when caught up."""
-        now_ms = int(time.time() * 1000)
-        for forwarder in self.forwarders:
-            age = 0.0
-            if forwarder.cursor < self.pipeline.committed_upto:
-                oldest = await self.db.read(
-                    functools.partial(store.oldest_unsent_ms, after_id=forwarder.cursor))
-                if oldest is not None:
-                    age = max(0.0, (now_ms - oldest) / 1000)
-            self.metrics.oldest_unsent_age.labels(forwarder.endpoint).set(age)
-            self.unsent_age_s[forwarder.endpoint] = age
-            history = self._sent_history.setdefault(
-                forwarder.endpoint, deque(maxlen=int(60 / GAUGE_INTERVAL_S) + 1))
-            history.append((time.monotonic(), forwarder.status.sent_samples))
+    @property
+    def unsent_age_s(self) -> dict[str, float]:
+        """Each endpoint's oldest unsent age as of the last gauges tick (the API shows it)."""
+        return self.jobs.gauges.unsent_age_s
 
     def send_rate(self, endpoint: str) -> float:
-        """Samples per second an endpoint took over about the last minute."""
-        history = self._sent_history.get(endpoint)
-        if not history or len(history) < 2:
-            return 0.0
-        (t0, n0), (t1, n1) = history[0], history[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        """Samples per second the endpoint took over about the last minute (the API shows it)."""
+        return self.jobs.gauges.send_rate(endpoint)
 
     # ------------------------------------------------------------------ stop
     def request_stop(self) -> None:
@@ -449,8 +332,8 @@ class Gateway:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            await self._write_events()
-            await self.checkpoint()
+            await self.jobs.lifecycle.write_events()
+            await self.jobs.checkpoint.tick(wall_ms())
         except Exception as exc:  # the fleet checkpoint is advisory; the buffer is safe
             log.warning("final fleet checkpoint failed: %s", exc)
         for forwarder in self.forwarders:

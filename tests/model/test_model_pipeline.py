@@ -370,8 +370,8 @@ class GatewayMachine(RuleBasedStateMachine):
         if timeout:
             self.model.timeout()
         self.model.lifecycle(now)
-        committed, crashed = self.ingest(
-            self.node.process_fleet_events(now + 86_400_000 if timeout else None))
+        tick_ms = now + 86_400_000 if timeout else int(time.time() * 1000)
+        committed, crashed = self.ingest(self.node.jobs.lifecycle.tick(tick_ms))
         assert committed and not crashed
 
     def after_step(self) -> None:
@@ -380,7 +380,7 @@ class GatewayMachine(RuleBasedStateMachine):
         STATS["gateway steps checked"] += 1
         self.lifecycle(timeout=False)
         assert self.node is not None
-        self.run(self.node.checkpoint())
+        self.run(self.node.jobs.checkpoint.tick(int(time.time() * 1000)))
         self.model.checkpoint()
         STATS["held frames"] = max(STATS["held frames"], self.model.held_count())
         self.state.stale_due(self.model.markers_due)

@@ -79,17 +79,18 @@ def test_a_full_disk_during_background_ticks_is_waited_out(tmp_path: Path) -> No
             gw = Quiet(settings)
             await gw.start()
             await gw.pipeline.handle([birth_msg(1)])  # a device comes online: an event
+            jobs, run = gw.jobs, gw.jobs.runner
             disk.full = True
-            assert not await gw.survive("lifecycle", gw.process_fleet_events)
-            assert not await gw.survive("fleet-checkpoint", gw.checkpoint)
-            assert not await gw.survive("prune-events", gw.prune_events)
+            assert not await run.survive("lifecycle", jobs.lifecycle)
+            assert not await run.survive("fleet-checkpoint", jobs.checkpoint)
+            assert not await run.survive("prune-events", jobs.prune_events)
             assert not gw.failed
             failures = gw.metrics.registry.get_sample_value(
                 "fleetgate_background_errors_total", {"task": "fleet-checkpoint"})
             assert failures == 1
             disk.full = False
-            assert await gw.survive("lifecycle", gw.process_fleet_events)
-            assert await gw.survive("fleet-checkpoint", gw.checkpoint)
+            assert await run.survive("lifecycle", jobs.lifecycle)
+            assert await run.survive("fleet-checkpoint", jobs.checkpoint)
             await gw.db.close()
             gw.lock.release()
 

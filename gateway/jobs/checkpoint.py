@@ -1,0 +1,55 @@
+"""The fleet checkpoint: devices changed since the last one, written to SQLite in chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from gateway.buffer import store
+from gateway.errors import StoreError
+from gateway.fleet.state import FleetState
+from gateway.jobs.gauges import GAUGE_INTERVAL_S, GaugesJob
+from gateway.jobs.runner import Runner, Store
+
+# Fleet state is advisory: losing 30 s of "last seen" to a kill is harmless, while writing it
+# encodes every active device's latest values (at 10,000 devices every 5 s: 9% of the CPU).
+FLEET_CHECKPOINT_INTERVAL_S = 30.0
+CHECKPOINT_CHUNK = 250  # device rows built and written at a time (~10 ms of the loop)
+
+
+class CheckpointJob:
+    """Writes the dirty devices' rows, then updates the gauges."""
+
+    def __init__(self, fleet: FleetState, db: Store, gauges: GaugesJob) -> None:
+        self._fleet = fleet
+        self._db = db
+        self._gauges = gauges
+
+    async def tick(self, now_ms: int) -> None:
+        fleet = self._fleet
+        dirty = fleet.take_dirty_ids()
+        for start in range(0, len(dirty), CHECKPOINT_CHUNK):
+            rows = fleet.rows_of(dirty[start:start + CHECKPOINT_CHUNK])
+            if not rows:
+                continue
+            try:  # one transaction a chunk: the loop runs between them
+                await self._db.write(functools.partial(store.checkpoint_devices, rows=rows))
+            except StoreError:
+                fleet.mark_dirty(dirty[start:])  # checkpointed at the next tick
+                raise
+        await self._gauges.tick(now_ms)
+
+
+async def run_checkpoint_and_gauges(runner: Runner, checkpoint: CheckpointJob,
+                                    gauges: GaugesJob) -> None:
+    """Every GAUGE_INTERVAL_S the gauges, and every FLEET_CHECKPOINT_INTERVAL_S the checkpoint
+    instead (which updates the gauges too)."""
+    loop = asyncio.get_running_loop()
+    checkpointed = loop.time()
+    while True:
+        await asyncio.sleep(GAUGE_INTERVAL_S)
+        if loop.time() - checkpointed >= FLEET_CHECKPOINT_INTERVAL_S:
+            checkpointed = loop.time()
+            await runner.survive("fleet-checkpoint", checkpoint)
+        else:
+            await runner.survive("gauges", gauges)

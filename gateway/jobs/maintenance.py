@@ -1,0 +1,86 @@
+"""The maintenance: past boots' dedup state and old device events pruned, once an hour."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from gateway.buffer import store
+from gateway.jobs.runner import Job, Store
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline.dedup import LedgerKey
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_INTERVAL_S = 3600.0  # pruning past boots' dedup state is slow-moving work
+DAY_MS = 86_400_000
+
+
+class ForgetsKeys(Protocol):
+    """The dedup ledger (gateway.pipeline.dedup.Ledger)."""
+
+    def forget(self, key: LedgerKey) -> None: ...
+
+
+class ForgetsBoots(Protocol):
+    """The births and the frame compiler's per-boot state (BirthRegistry, FrameCompiler)."""
+
+    def forget(self, device_id: str, boot: int) -> None: ...
+
+
+class HeldAndClosed(Protocol):
+    """The pipeline's memory of closed boots and held frames (gateway.pipeline.stage.Pipeline)."""
+
+    def forget_closed(self, keys: Sequence[LedgerKey]) -> None: ...
+
+    def drop_held_before(self, before_ms: int) -> int: ...
+
+
+class PruneDedupStateJob:
+    """Forget past boots' ledgers and births, and held frames whose birth never came."""
+
+    def __init__(self, db: Store, checkpoint: Job, ledger: ForgetsKeys, births: ForgetsBoots,
+                 compiler: ForgetsBoots, pipeline: HeldAndClosed, metrics: GatewayMetrics,
+                 retention_days: float) -> None:
+        self._db = db
+        self._checkpoint = checkpoint
+        self._ledger = ledger
+        self._births = births
+        self._compiler = compiler
+        self._pipeline = pipeline
+        self._metrics = metrics
+        self._retention_days = retention_days
+
+    async def tick(self, now_ms: int) -> None:
+        before_ms = now_ms - int(self._retention_days * DAY_MS)
+        # devices.boot must be current: the current boot is kept
+        await self._checkpoint.tick(now_ms)
+        ledger_keys, birth_keys, held = await self._db.write(
+            lambda conn: store.prune_dedup_state(conn, before_ms))
+        for key in ledger_keys:
+            self._ledger.forget(key)
+        self._pipeline.forget_closed(ledger_keys)
+        for device_id, boot in birth_keys:
+            self._births.forget(device_id, boot)
+            self._compiler.forget(device_id, boot)
+        if held:
+            dropped = self._pipeline.drop_held_before(before_ms)
+            self._metrics.frames_dropped.labels("held_without_birth").inc(dropped)
+            log.warning("dropped %d held frames whose birth never came within %.0f days",
+                        dropped, self._retention_days)
+        if ledger_keys or birth_keys:
+            log.info("forgot dedup state of %d past boots and %d births", len(ledger_keys),
+                     len(birth_keys))
+
+
+class PruneEventsJob:
+    """Delete device events older than the retention. Returns how many went."""
+
+    def __init__(self, db: Store, retention_days: float) -> None:
+        self._db = db
+        self._retention_days = retention_days
+
+    async def tick(self, now_ms: int) -> int:
+        before_ms = now_ms - int(self._retention_days * DAY_MS)
+        return await self._db.write(lambda conn: store.prune_events(conn, before_ms))
