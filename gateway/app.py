@@ -29,16 +29,17 @@ import uvicorn
 
 from device_protocol import Limits
 from gateway.buffer import recovery, store
+from gateway.buffer.buffer import Buffer
 from gateway.buffer.datadir_lock import DataDirLock
 from gateway.buffer.db import Database
-from gateway.buffer.entry_cache import EntryCache, serves_next_frame_of
+from gateway.buffer.entry_cache import EntryCache
 from gateway.errors import ConfigError
 from gateway.fleet import completeness
 from gateway.fleet.events import EventHub
 from gateway.fleet.series import FleetCollector
 from gateway.fleet.state import DeviceRecord, FleetState
 from gateway.forward.client import HttpRemoteWriteClient
-from gateway.forward.forwarder import Forwarder
+from gateway.forward.forwarder import Forwarder, Resume
 from gateway.ingest.mqtt import Inbox, MqttIngest
 from gateway.jobs.checkpoint import CheckpointJob, run_checkpoint_and_gauges
 from gateway.jobs.fleet_metrics import FleetMetricsJob
@@ -49,8 +50,10 @@ from gateway.jobs.runner import Runner, wall_ms
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.births import BirthRegistry
 from gateway.pipeline.frame_compiler import FrameCompiler
+from gateway.pipeline.readback import stored_frame_decoder
 from gateway.pipeline.series_budget import SeriesBudget
-from gateway.pipeline.stage import Pipeline, restore_state
+from gateway.pipeline.stage import Pipeline
+from gateway.pipeline.state import restore_state
 from gateway.remote_write.series import SeriesEncoder
 from gateway.settings import Settings, parse_listen
 
@@ -103,6 +106,7 @@ class Gateway:
         self._server: _EmbeddedServer | None = None
         self.ingest: MqttIngest
         self.pipeline: Pipeline
+        self.buffer: Buffer
         self.inbox: Inbox
         self.jobs: Jobs
 
@@ -118,33 +122,28 @@ class Gateway:
         self.inbox = Inbox(loop, mqtt_config.max_in_hand)
         self.ingest = MqttIngest(mqtt_config, self.inbox,
                                  on_connection_change=self.metrics.mqtt_connected.set)
-        forward = s.forward_config()
+        forward, store_config = s.forward_config(), s.store_config()
         self.compiler = compiler = FrameCompiler(SeriesEncoder(forward.external_labels),
                                                  budget=self.series_budget)
+        self.buffer = Buffer(
+            self.db, self.metrics, next_frame_id=state.next_frame_id, frames=state.buffer_frames,
+            size=state.buffer_bytes, endpoints=forward.endpoints,
+            max_bytes=store_config.max_buffer_bytes, full_policy=store_config.full_policy,
+            cache=self.cache, decode=stored_frame_decoder(compiler, self.births))
         self.pipeline = Pipeline(
-            db=self.db, mqtt=self.ingest, config=s.store_config(),
+            buffer=self.buffer, mqtt=self.ingest, config=store_config,
             limits=Limits(max_payload_bytes=s.max_frame_bytes,
                           max_samples=s.max_samples_per_frame,
                           max_future_skew_ms=int(s.max_clock_skew_s * 1000)),
-            topic_prefix=s.topic_prefix, compiler=compiler, births=self.births,
-            ledger=self.ledger, fleet=self.fleet, cache=self.cache, metrics=self.metrics,
-            next_frame_id=state.next_frame_id, buffer_bytes=state.buffer_bytes,
-            buffer_frames=state.buffer_frames, held=self._held, on_committed=self._on_committed,
-            forwarders_keeping_up=self._forwarders_keeping_up,
-            on_fleet_change=self._on_fleet_change, closed_boots=self._closed_boots)
+            topic_prefix=s.topic_prefix, compiler=compiler, fleet=self.fleet,
+            metrics=self.metrics, state=self.pipeline_state,
+            on_fleet_change=self._on_fleet_change)
         for endpoint in forward.endpoints:
             self.forwarders.append(Forwarder(
                 endpoint=endpoint,
                 client=HttpRemoteWriteClient(endpoint, timeout_s=forward.request_timeout_s),
-                db=self.db, config=forward, cache=self.cache, births=self.births,
-                compiler=compiler, metrics=self.metrics, cursor=state.cursors.get(endpoint, 0),
-                all_endpoints=forward.endpoints,
-                committed_upto=lambda: self.pipeline.committed_upto, on_progress=self._on_progress,
-                live_lane=state.live_lanes.get(endpoint),
-                cursor_offset=state.cursor_offsets.get(endpoint, 0),
-                live_offset=state.live_offsets.get(endpoint, 0)))
-        self.metrics.buffer_frames.set(state.buffer_frames)
-        self.metrics.buffer_bytes.set(state.buffer_bytes)
+                buffer=self.buffer, config=forward, metrics=self.metrics,
+                resume=Resume.of(state, endpoint)))
         self.metrics.store_recoveries.inc(state.counters.get(recovery.COUNTER_RECOVERIES, 0))
         self.metrics.store_unreadable_frames.inc(
             state.counters.get(recovery.COUNTER_UNREADABLE_FRAMES, 0))
@@ -164,8 +163,8 @@ class Gateway:
     def _restore(self, state: store.StoredState) -> None:
         restored = restore_state(state, self.settings.ledger_max_ranges,
                                  clock_tolerance_ms=int(self.settings.max_clock_skew_s * 1000))
-        self.ledger, self.births, self._held = restored.ledger, restored.births, restored.held
-        self._closed_boots = restored.closed_boots
+        self.pipeline_state = restored
+        self.ledger, self.births = restored.ledger, restored.births
         self.fleet.load(state.devices, self.births.get)
         for device_id, _boot in self.ledger.keys_with_gaps():  # the fleet's set is memory only
             self.fleet.observe_gaps(device_id)
@@ -222,18 +221,6 @@ class Gateway:
     failed = False
 
     # ------------------------------------------------------------------ callbacks
-    def _on_committed(self, frame_id: int) -> None:
-        for forwarder in self.forwarders:
-            forwarder.notify()
-
-    def _forwarders_keeping_up(self) -> bool:
-        """Every forwarder is healthy and takes its next frame from the cache: only then is it
-        worth holding ingest so they stay there. One draining a backlog from SQLite is past
-        that; holding ingest would only make live data wait behind the backlog at the broker."""
-        forwarders = self.forwarders
-        return (bool(forwarders) and not any(f.retrying for f in forwarders)
-                and serves_next_frame_of(self.cache, (f.cursor for f in forwarders)))
-
     def _on_fleet_change(self) -> None:
         if self.fleet.has_events():
             self._fleet_changed.set()
@@ -244,16 +231,11 @@ class Gateway:
             return 0
         return completeness.totals(record, self.pipeline.ledger)[1]
 
-    def _on_progress(self, frames: int, size: int) -> None:
-        self.pipeline.freed(frames, size)
-        if self.forwarders:
-            self.cache.evict_upto(min(f.cursor for f in self.forwarders))
-
     # ------------------------------------------------------------------ jobs
     def _build_jobs(self) -> Jobs:
         s, db, fleet, metrics, pipeline = (self.settings, self.db, self.fleet, self.metrics,
                                            self.pipeline)
-        gauges = GaugesJob(fleet, self.forwarders, db, lambda: self.pipeline.committed_upto,
+        gauges = GaugesJob(fleet, self.forwarders, db, lambda: self.buffer.committed_upto,
                            metrics)
         checkpoint = CheckpointJob(fleet, db, gauges)
         return Jobs(

@@ -656,13 +656,13 @@ def create_api(gateway: Gateway) -> FastAPI:
     # ------------------------------------------------------------------ pipeline
     @api.get("/api/v1/pipeline", tags=["pipeline"], dependencies=read, responses=ERRORS)
     async def pipeline() -> dict[str, Any]:
-        p = gateway.pipeline
+        p, b = gateway.pipeline, gateway.buffer
         now_ms = int(time.time() * 1000)
         return {
             "mqtt_connected": gateway.ingest.connected,
             "uptime_s": (now_ms - gateway.started_ms) / 1000,
-            "committed_upto": p.committed_upto,
-            "buffer": {"frames": p.buffer_frames, "bytes": p.buffer_bytes,
+            "committed_upto": b.committed_upto,
+            "buffer": {"frames": b.frames, "bytes": b.bytes,
                        "held_frames": sum(len(v) for v in p.held.values()),
                        "max_bytes": gateway.settings.buffer_max_bytes,
                        "full_policy": gateway.settings.buffer_full_policy},
@@ -677,7 +677,7 @@ def create_api(gateway: Gateway) -> FastAPI:
                  "paused_reason": f.status.paused,
                  # remote_write_max_samples, or less after the endpoint answered 413
                  "max_samples_per_request": f.status.max_samples_per_request,
-                 "behind_frames": max(0, p.committed_upto - f.cursor),
+                 "behind_frames": max(0, b.committed_upto - f.cursor),
                  "oldest_unsent_age_s": gateway.unsent_age_s.get(f.endpoint, 0.0),
                  "send_rate_samples_per_s": round(gateway.send_rate(f.endpoint), 1),
                  "sent_samples": f.status.sent_samples, "retries": f.status.retries,

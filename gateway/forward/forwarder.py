@@ -41,26 +41,24 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
-from device_protocol import ProtocolError, decode_birth, decode_telemetry_rows
+from device_protocol import ProtocolError
 from gateway.backoff import backoff_s
 from gateway.buffer import store
-from gateway.buffer.db import Database
-from gateway.buffer.entry_cache import EntryCache
+from gateway.buffer.buffer import Buffer
 from gateway.buffer.store import Position
 from gateway.errors import StoreError
 from gateway.forward.client import Accepted, Rejected, RemoteWriteClient, TooLarge
 from gateway.forward.order import Part, Request, take
 from gateway.forward.policy import EndpointSender, ForwarderStatus, dead_letter, replay
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline.births import BirthRegistry, shifted
-from gateway.pipeline.frame_compiler import FrameCompiler
-from gateway.remote_write.wire import LabelValidationError, split_entries
+from gateway.remote_write.wire import LabelValidationError
 from gateway.settings import ForwardConfig
 
-__all__ = ["FETCH_FRAMES", "LIVE_LANE_MIN_BACKLOG", "Forwarder", "ForwarderStatus"]
+__all__ = ["FETCH_FRAMES", "LIVE_LANE_MIN_BACKLOG", "Forwarder", "ForwarderStatus", "Resume"]
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -77,33 +75,42 @@ class Delivery(Enum):
     STOPPED = "stopped"  # told to stop while the endpoint fails: the cursor stays
 
 
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where an endpoint's forwarding stands, as stored (table cursors)."""
+
+    cursor: int = 0
+    cursor_offset: int = 0  # entries of frame cursor + 1 already sent (a split frame)
+    live_lane: tuple[int, int] | None = None  # (live_from, live_upto)
+    live_offset: int = 0  # entries of frame live_upto + 1 already sent
+
+    @classmethod
+    def of(cls, state: store.StoredState, endpoint: str) -> Resume:
+        return cls(state.cursors.get(endpoint, 0), state.cursor_offsets.get(endpoint, 0),
+                   state.live_lanes.get(endpoint), state.live_offsets.get(endpoint, 0))
+
+
 class Forwarder:
-    def __init__(self, *, endpoint: str, client: RemoteWriteClient, db: Database,
-                 config: ForwardConfig, cache: EntryCache, births: BirthRegistry,
-                 compiler: FrameCompiler, metrics: GatewayMetrics, cursor: int,
-                 all_endpoints: Sequence[str], committed_upto: Callable[[], int],
-                 on_progress: Callable[[int, int], None],
-                 live_lane: tuple[int, int] | None = None, cursor_offset: int = 0,
-                 live_offset: int = 0) -> None:
+    def __init__(self, *, endpoint: str, client: RemoteWriteClient, buffer: Buffer,
+                 config: ForwardConfig, metrics: GatewayMetrics,
+                 resume: Resume = Resume()) -> None:
         self.endpoint = endpoint
-        self._all_endpoints = tuple(all_endpoints)
         self._client = client
-        self._db = db
+        self._buffer = buffer
+        self._db = buffer.db
         self._config = config
-        self._cache = cache
-        self._windows = cache.windows
+        self._cache = buffer.cache
+        self._windows = buffer.cache.windows
         self._windows.register(endpoint)
-        self._births = births
-        self._compiler = compiler
         self._metrics = metrics
-        self._committed_upto = committed_upto
-        self._on_progress = on_progress  # (frames deleted, bytes freed)
-        self.status = ForwarderStatus(cursor=cursor, cursor_offset=cursor_offset,
+        live_lane = resume.live_lane
+        self.status = ForwarderStatus(cursor=resume.cursor, cursor_offset=resume.cursor_offset,
                                       live_lane=live_lane,
                                       max_samples_per_request=config.max_samples_per_request)
-        self._live_offset = live_offset if live_lane is not None else 0
+        self._live_offset = resume.live_offset if live_lane is not None else 0
         self._sender = EndpointSender(endpoint, client, config, metrics, self.status,
-                                      on_stuck=lambda: on_progress(0, 0))
+                                      on_stuck=buffer.wake_ingest)
+        buffer.attach(self)
         metrics.forward_paused.labels(endpoint).set(0)
         metrics.forward_request_samples_max.labels(endpoint).set(config.max_samples_per_request)
         self._new_data = asyncio.Event()
@@ -168,7 +175,7 @@ class Forwarder:
             flush_after: float | None = None
             live_turn = True
             while True:
-                upto = self._committed_upto()
+                upto = self._buffer.committed_upto
                 self._maybe_open_live_lane(upto)
                 live = self.status.live_lane
                 if live is not None and live_turn and live[1] < upto:
@@ -331,19 +338,7 @@ class Forwarder:
 
     def _decode(self, row: store.FrameRow) -> Sequence[bytes]:
         try:
-            if row.kind == store.KIND_ENTRIES:
-                return split_entries(row.payload)
-            if row.kind == store.KIND_BIRTH:
-                stored_birth = decode_birth(row.payload)
-                return [self._compiler.encoder.info_entry(row.device_id, stored_birth,
-                                                          row.received_ms)]
-            raw = decode_telemetry_rows(row.payload)
-            births = self._births
-            known = births.get(row.device_id, raw.boot)
-            ahead_ms = births.clock_ahead_ms(row.device_id, raw.boot)
-            if ahead_ms:  # as the pipeline did when it stored the frame
-                raw = shifted(raw, ahead_ms)
-            return self._compiler.entries(row.device_id, raw, known)
+            return self._buffer.decode(row)
         except (ProtocolError, LabelValidationError, ValueError) as exc:
             # Stored frames were valid when stored: this is a bug or a bad disk. Skip, loudly.
             log.error("%s: stored frame %d of %s no longer decodes (%s); skipped", self.endpoint,
@@ -402,7 +397,7 @@ class Forwarder:
         live = self.status.live_lane
         assert live is not None
         now_ms = int(time.time() * 1000)
-        endpoints, endpoint, cursor = self._all_endpoints, self.endpoint, self.cursor
+        endpoints, endpoint, cursor = self._buffer.endpoints, self.endpoint, self.cursor
         jump = Position(live[1], self._live_offset)
 
         def close(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -417,7 +412,7 @@ class Forwarder:
         self._keep_partial(LIVE, Position(0))
         self._keep_partial(BACKLOG, jump)
         log.info("%s: backlog sent; the live lane closes at frame %d", endpoint, live[1])
-        self._on_progress(deleted, freed)
+        self._buffer.freed(deleted, freed)
 
     async def _write_position(self, write: Callable[[sqlite3.Connection], _T]) -> _T:
         """Record a position the receiver has acknowledged. Its samples are at the receiver
@@ -439,12 +434,12 @@ class Forwarder:
 
     async def _advance(self, end: Position) -> None:
         now_ms = int(time.time() * 1000)
-        endpoints = self._all_endpoints
+        endpoints = self._buffer.endpoints
         deleted, freed = await self._write_position(lambda conn: store.advance_cursor(
             conn, self.endpoint, end.frame_id, now_ms, endpoints, end.offset))
         self.status.cursor, self.status.cursor_offset = end.frame_id, end.offset
         self._keep_partial(BACKLOG, end)
-        self._on_progress(deleted, freed)
+        self._buffer.freed(deleted, freed)
 
     def _keep_partial(self, lane: str, position: Position) -> None:
         """A frame this endpoint has been sent part of is not eligible for drop_oldest."""

@@ -274,7 +274,7 @@ class GatewayMachine(RuleBasedStateMachine):
             await asyncio.wait([task], timeout=0.5)  # (Crash, if any, is raised below)
             assert task.done(), ("ingest still blocked at the cap after the forwarder sent "
                                  "everything it could (buffer_bytes "
-                                 f"{self.node.pipeline.buffer_bytes}, held "
+                                 f"{self.node.buffer.bytes}, held "
                                  f"{self.model.held_count()})")
         try:
             await task

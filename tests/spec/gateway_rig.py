@@ -19,8 +19,6 @@ from typing import Any
 from gateway.forward.client import HttpRemoteWriteClient
 from gateway.forward.forwarder import Forwarder
 from gateway.ingest.mqtt import InboundMessage
-from gateway.pipeline.frame_compiler import FrameCompiler
-from gateway.remote_write.series import SeriesEncoder
 from gateway.settings import ForwardConfig
 from tests.spec.rw_wire import Sample, decode_write_request
 from tests.support.pipeline_harness import Harness
@@ -43,13 +41,11 @@ class LocalGateway:
     async def __aenter__(self) -> LocalGateway:
         h = self.harness
         await h.open()
+        h.buffer.endpoints = self.config.endpoints
         self.forwarder = Forwarder(
             endpoint=self.url,
             client=HttpRemoteWriteClient(self.url, timeout_s=self.config.request_timeout_s),
-            db=h.db, config=self.config, cache=h.cache, births=h.pipeline.births,
-            compiler=FrameCompiler(SeriesEncoder(self.config.external_labels)),
-            metrics=h.metrics, cursor=0, all_endpoints=self.config.endpoints,
-            committed_upto=lambda: h.pipeline.committed_upto, on_progress=h.pipeline.freed)
+            buffer=h.buffer, config=self.config, metrics=h.metrics)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

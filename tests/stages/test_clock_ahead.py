@@ -8,7 +8,7 @@ from pathlib import Path
 import tests.support.factories as f
 from gateway.buffer import store
 from gateway.pipeline.births import clock_ahead_ms
-from gateway.pipeline.stage import restore_state
+from gateway.pipeline.state import restore_state
 from gateway.remote_write.wire import decode_write_request
 from tests.support.pipeline_harness import Harness, birth_msg, run, tele_msg
 

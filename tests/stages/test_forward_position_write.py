@@ -46,9 +46,9 @@ def test_a_failed_cursor_commit_after_a_2xx_resends_nothing(tmp_path: Path) -> N
         forwarder = make_forwarder(h, client)
         await drain(forwarder)
         assert db.failures == 0
-        assert forwarder.cursor == h.pipeline.committed_upto
+        assert forwarder.cursor == h.buffer.committed_upto
         cursors = await h.db.read(store.load_state)
-        assert cursors.cursors[client.endpoint] == h.pipeline.committed_upto
+        assert cursors.cursors[client.endpoint] == h.buffer.committed_upto
         await h.db.close()
 
     asyncio.run(go())

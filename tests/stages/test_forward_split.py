@@ -106,7 +106,7 @@ def test_a_crash_inside_a_split_frame_resends_at_most_one_request(tmp_path: Path
                                    cursor=state.cursors.get(endpoint, 0),
                                    cursor_offset=state.cursor_offsets.get(endpoint, 0))
         await drain(restarted)
-        assert restarted.cursor == h.pipeline.committed_upto
+        assert restarted.cursor == h.buffer.committed_upto
         await h.db.close()
 
     asyncio.run(go())

@@ -59,7 +59,7 @@ def test_a_400_dead_letters_the_whole_request_once_and_resends_nothing(tmp_path:
         await fill(h, devices=3, frames=40)
         forwarder = make_forwarder(h, receiver.client())
         await drain(forwarder)
-        assert forwarder.cursor == h.pipeline.committed_upto
+        assert forwarder.cursor == h.buffer.committed_upto
         await h.db.close()
 
     asyncio.run(go())
@@ -154,7 +154,7 @@ def test_a_configuration_error_pauses_the_endpoint_until_an_empty_probe_succeeds
         fixed.set()  # the credentials were fixed
         forwarder.begin_drain()
         await asyncio.wait_for(task, 10)
-        assert forwarder.cursor == h.pipeline.committed_upto
+        assert forwarder.cursor == h.buffer.committed_upto
         assert forwarder.status.paused is None and paused_gauge(h) == 0
         await h.db.close()
 

@@ -12,9 +12,7 @@ import httpx
 
 from gateway.buffer.entry_cache import EntryCache
 from gateway.forward.client import HttpRemoteWriteClient, RemoteWriteClient
-from gateway.forward.forwarder import Forwarder
-from gateway.pipeline.frame_compiler import FrameCompiler
-from gateway.remote_write.series import SeriesEncoder
+from gateway.forward.forwarder import Forwarder, Resume
 from gateway.remote_write.wire import decode_write_request, decompress
 from gateway.settings import ForwardConfig
 from tests.support.pipeline_harness import Harness
@@ -60,12 +58,10 @@ def _key(labels: dict[str, str]) -> str:
 def make_forwarder(h: Harness, client: RemoteWriteClient, *, config: ForwardConfig = CONFIG,
                    cache: EntryCache | None = None, **kw: Any) -> Forwarder:
     return Forwarder(
-        endpoint=client.endpoint, client=client, db=h.db, config=config,
-        cache=cache if cache is not None else h.cache, births=h.pipeline.births,
-        compiler=FrameCompiler(SeriesEncoder()), metrics=h.metrics, cursor=kw.pop("cursor", 0),
-        all_endpoints=kw.pop("endpoints", config.endpoints),
-        committed_upto=lambda: h.pipeline.committed_upto,
-        on_progress=lambda frames, size: None, **kw)
+        endpoint=client.endpoint, client=client, config=config, metrics=h.metrics,
+        buffer=h.buffer_for(kw.pop("endpoints", config.endpoints), cache),
+        resume=Resume(cursor=kw.pop("cursor", 0), cursor_offset=kw.pop("cursor_offset", 0),
+                      live_lane=kw.pop("live_lane", None)), **kw)
 
 
 async def wait_until(condition: Callable[[], bool], within_s: float = 5.0) -> None:

@@ -13,9 +13,7 @@ import pytest
 
 import tests.support.factories as f
 from gateway.buffer.entry_cache import EntryCache
-from gateway.forward.forwarder import Forwarder
-from gateway.pipeline.frame_compiler import FrameCompiler
-from gateway.remote_write.series import SeriesEncoder
+from gateway.forward.forwarder import Forwarder, Resume
 from gateway.settings import ForwardConfig
 from tests.support.fakes import Accepted, FakeRemoteWrite, Rejected, Retryable
 from tests.support.pipeline_harness import Harness, birth_msg, tele_msg
@@ -30,12 +28,16 @@ def make_forwarder(h: Harness, client: FakeRemoteWrite, *, cache: EntryCache | N
                    config: ForwardConfig = CONFIG,
                    live_lane: tuple[int, int] | None = None) -> Forwarder:
     freed: list[tuple[int, int]] = []
-    forwarder = Forwarder(
-        endpoint=client.endpoint, client=client, db=h.db, config=config,
-        cache=cache if cache is not None else h.cache, births=h.pipeline.births,
-        compiler=FrameCompiler(SeriesEncoder()), metrics=h.metrics, cursor=cursor,
-        all_endpoints=endpoints, committed_upto=lambda: h.pipeline.committed_upto,
-        on_progress=lambda frames, size: freed.append((frames, size)), live_lane=live_lane)
+    buffer = h.buffer_for(endpoints, cache)
+    account = buffer.freed
+
+    def record(frames: int, size: int) -> None:
+        freed.append((frames, size))
+        account(frames, size)
+
+    buffer.freed = record  # type: ignore[method-assign]
+    forwarder = Forwarder(endpoint=client.endpoint, client=client, buffer=buffer, config=config,
+                          metrics=h.metrics, resume=Resume(cursor=cursor, live_lane=live_lane))
     forwarder.freed_log = freed  # type: ignore[attr-defined]
     return forwarder
 
@@ -73,7 +75,7 @@ def test_delivers_everything_once_in_order_and_frees_the_buffer(tmp_path: Path) 
         await fill(h, devices=3, frames=40)
         forwarder = make_forwarder(h, client)
         await drain(forwarder)
-        assert forwarder.cursor == h.pipeline.committed_upto
+        assert forwarder.cursor == h.buffer.committed_upto
         assert sum(n for n, _ in forwarder.freed_log) == 3 + 3 * 40  # type: ignore[attr-defined]
         await h.db.close()
 
@@ -281,7 +283,7 @@ def test_live_lane_sends_new_frames_ahead_of_the_backlog_each_once(
         task = await start_backlog_and_live(h, forwarder, client, base)
         forwarder.begin_drain()
         await asyncio.wait_for(task, 10)
-        assert forwarder.cursor == h.pipeline.committed_upto
+        assert forwarder.cursor == h.buffer.committed_upto
         assert forwarder.status.live_lane is None
         assert h.rows("SELECT live_from, live_upto FROM cursors") == [(None, None)]
         await h.db.close()
@@ -320,7 +322,7 @@ def test_a_live_lane_survives_a_kill_and_nothing_is_lost(
         restarted = make_forwarder(h, after, cursor=state.cursors[endpoint],
                                    live_lane=state.live_lanes.get(endpoint))
         await drain(restarted)
-        assert restarted.cursor == h.pipeline.committed_upto
+        assert restarted.cursor == h.buffer.committed_upto
         await h.db.close()
 
     asyncio.run(go())

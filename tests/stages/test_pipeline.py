@@ -26,7 +26,7 @@ def test_frames_are_stored_then_acked_in_arrival_order(tmp_path: Path) -> None:
         assert h.mqtt.acked == batch
         assert h.rows("SELECT kind, seq FROM frames ORDER BY id") == [
             (1, None), (0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]
-        assert h.committed == [p.committed_upto]
+        assert h.committed == [h.buffer.committed_upto]
         assert len(h.cache) == 6
         await h.db.close()
 
@@ -43,9 +43,10 @@ def test_duplicates_within_and_across_batches_and_restarts_are_dropped(tmp_path:
                         tele_msg(1, 1, base)])
         await p.handle([tele_msg(1, 0, base), tele_msg(1, 2, base, historical=True)])
         await h.db.close()
-        p = await Harness(tmp_path / "db").open()  # a restart: the ledger comes from SQLite
+        again = Harness(tmp_path / "db")
+        p = await again.open()  # a restart: the ledger comes from SQLite
         await p.handle([tele_msg(1, 2, base), tele_msg(1, 3, base)])
-        await p._db.close()
+        await again.db.close()
 
     run(go)
     assert h.rows("SELECT seq FROM frames WHERE kind = 0 ORDER BY id") == [(0,), (1,), (2,), (3,)]
@@ -67,9 +68,10 @@ def test_telemetry_before_birth_is_held_then_released_in_seq_order(tmp_path: Pat
         assert decode_command(h.mqtt.published[0][1]).rebirth is True
         assert len(h.mqtt.acked) == 2  # held frames are durable: acked
         await h.db.close()
-        p = await Harness(tmp_path / "db").open()  # held frames survive a restart
+        again = Harness(tmp_path / "db")
+        p = await again.open()  # held frames survive a restart
         await p.handle([tele_msg(2, 2, base), birth_msg(2)])
-        await p._db.close()
+        await again.db.close()
 
     run(go)
     assert h.rows("SELECT COUNT(*) FROM held") == [(0,)]
@@ -163,7 +165,7 @@ def test_block_policy_waits_for_space(tmp_path: Path) -> None:
         await asyncio.sleep(0)  # let it reach the wait; it must not complete on its own
         done, _ = await asyncio.wait([blocked], timeout=0.2)
         assert not done and len(h.mqtt.acked) == 1
-        p.freed(1, p.buffer_bytes)  # the forwarder sent and deleted the birth
+        h.buffer.freed(1, h.buffer.bytes)  # the forwarder sent and deleted the birth
         await asyncio.wait_for(blocked, 5)
         assert len(h.mqtt.acked) == 11
         await h.db.close()
@@ -207,9 +209,9 @@ def test_dropping_old_held_frames_releases_their_space(tmp_path: Path) -> None:
     async def go() -> None:
         p = await h.open()
         await p.handle([tele_msg(4, 0, base), tele_msg(4, 1, base)])
-        assert p.buffer_bytes > 0
+        assert h.buffer.bytes > 0
         assert p.drop_held_before(f.now_ms() + 1) == 2
-        assert p.buffer_bytes == 0 and p.held == {}
+        assert h.buffer.bytes == 0 and p.held == {}
         assert h.metrics.registry.get_sample_value("fleetgate_frames_held") == 0
         await h.db.close()
 

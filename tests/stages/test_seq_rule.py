@@ -105,9 +105,10 @@ def test_a_held_frame_sent_twice_is_held_once(tmp_path: Path) -> None:
         await p.handle([msg(TOPIC, frame(0, base, [[0, 1.0]]))])
         assert h.rows("SELECT seq FROM held") == [(0,)]
         await h.db.close()
-        p = await Harness(tmp_path / "db").open()  # the held set survives a restart
+        again = Harness(tmp_path / "db")
+        p = await again.open()  # the held set survives a restart
         await p.handle([msg(TOPIC, frame(0, base, [[0, 1.0]])), birth_msg(1)])
-        await p._db.close()
+        await again.db.close()
 
     run(go)
     assert stored_seqs(h) == [0]

@@ -58,7 +58,7 @@ def series_of(h: Harness, kind: int) -> list[tuple[dict[str, str], list[tuple[fl
 def written_series(h: Harness) -> set[frozenset[tuple[str, str]]]:
     """Every series the boot's telemetry wrote, from the frames as a forwarder encodes them."""
     out = set()
-    for frame_id in range(1, h.pipeline.committed_upto + 1):
+    for frame_id in range(1, h.buffer.committed_upto + 1):
         for labels, samples in decode_write_request(b"".join(h.cache.get(frame_id) or [])):
             if not any(is_stale_nan(v) for v, _ in samples) and labels["__name__"] != (
                     "fleet_device_info"):

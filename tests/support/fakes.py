@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
+from typing import TypeVar
 
+from gateway.buffer.db import apply_migrations
+from gateway.errors import StoreError
 from gateway.forward.client import Accepted, Rejected, Retryable, SendResult
 from gateway.ingest.mqtt import InboundMessage
 from gateway.remote_write.wire import decode_write_request, decompress
+
+T = TypeVar("T")
 
 
 class FakeMqtt:
@@ -48,4 +54,36 @@ class FakeRemoteWrite:
         self.closed = True
 
 
-__all__ = ["Accepted", "FakeMqtt", "FakeRemoteWrite", "Rejected", "Retryable"]
+class MemoryStore:
+    """The buffer's database (gateway.buffer.db.Database's read/write) in memory with the real
+    migrations, on the caller's thread; while `full` is set every write fails like SQLite on
+    a full disk. `writes` counts the transactions that committed."""
+
+    def __init__(self) -> None:
+        self.conn = sqlite3.connect(":memory:", isolation_level=None)
+        apply_migrations(self.conn)
+        self.full = False
+        self.writes = 0
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self.full:
+            raise StoreError("database or disk is full", retryable=True)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(self.conn)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        self.writes += 1
+        return result
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return fn(self.conn)
+
+    def rows(self, sql: str) -> list[tuple[object, ...]]:
+        return self.conn.execute(sql).fetchall()
+
+
+__all__ = ["Accepted", "FakeMqtt", "FakeRemoteWrite", "MemoryStore", "Rejected", "Retryable"]

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import tests.support.factories as f
 from device_protocol import Limits
 from gateway.buffer import store
+from gateway.buffer.buffer import Buffer
 from gateway.buffer.db import Database
 from gateway.buffer.entry_cache import EntryCache
 from gateway.fleet.state import FleetState
 from gateway.ingest.mqtt import InboundMessage
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.frame_compiler import FrameCompiler
-from gateway.pipeline.stage import Pipeline, restore_state
+from gateway.pipeline.readback import stored_frame_decoder
+from gateway.pipeline.stage import Pipeline
+from gateway.pipeline.state import restore_state
 from gateway.remote_write.series import SeriesEncoder
 from gateway.settings import StoreConfig
 from tests.support.fakes import FakeMqtt
@@ -38,6 +41,19 @@ def tele_msg(i: int, seq: int, base_ms: int, **kw: Any) -> InboundMessage:
                f.telemetry_payload(i, seq, base_ms=base_ms, **kw))
 
 
+class _CommitLog:
+    """A reader of the buffer that records each committed position it is woken for."""
+
+    cursor = 0
+    retrying = True  # never holds ingest
+
+    def __init__(self, buffer: Buffer, log: list[int]) -> None:
+        self._buffer, self._log = buffer, log
+
+    def notify(self) -> None:
+        self._log.append(self._buffer.committed_upto)
+
+
 class Harness:
     def __init__(self, path: Path, *, max_bytes: int = 10**9, policy: str = "block") -> None:
         self.path = path
@@ -54,16 +70,28 @@ class Harness:
         await self.db.open()
         state = await self.db.read(store.load_state)
         restored = restore_state(state, 100)
-        births, ledger, held = restored.births, restored.ledger, restored.held
+        compiler = FrameCompiler(SeriesEncoder())
+        self.buffer = Buffer(self.db, self.metrics, next_frame_id=state.next_frame_id,
+                             frames=state.buffer_frames, size=state.buffer_bytes,
+                             max_bytes=self.config.max_buffer_bytes,
+                             full_policy=self.config.full_policy, cache=self.cache,
+                             decode=stored_frame_decoder(compiler, restored.births))
+        self.buffer.attach(_CommitLog(self.buffer, self.committed))
         self.pipeline = Pipeline(
-            db=self.db, mqtt=self.mqtt, config=self.config, limits=Limits(),
-            topic_prefix="fleet", compiler=FrameCompiler(SeriesEncoder()), births=births,
-            ledger=ledger,
-            fleet=FleetState(), cache=self.cache, metrics=self.metrics,
-            next_frame_id=state.next_frame_id, buffer_bytes=state.buffer_bytes,
-            buffer_frames=state.buffer_frames, held=held, on_committed=self.committed.append,
-            closed_boots=restored.closed_boots)
+            buffer=self.buffer, mqtt=self.mqtt, config=self.config, limits=Limits(),
+            topic_prefix="fleet", compiler=compiler, fleet=FleetState(), metrics=self.metrics,
+            state=restored)
         return self.pipeline
+
+    def buffer_for(self, endpoints: Sequence[str], cache: EntryCache | None = None) -> Buffer:
+        """The buffer a forwarder of these endpoints reads: the pipeline's own, or with another
+        entry cache (an empty one: every frame is read back) a view of it as it is now."""
+        b = self.buffer
+        if cache is None:
+            b.endpoints = tuple(endpoints)
+            return b
+        return Buffer(self.db, self.metrics, next_frame_id=b.last_reserved + 1, frames=b.frames,
+                      size=b.bytes, endpoints=endpoints, cache=cache, decode=b.decode)
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(self.path)
