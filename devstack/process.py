@@ -86,6 +86,11 @@ class ManagedProcess(ABC):
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code of the latest run once it has ended (negative: killed by that signal)."""
+        return self._proc.poll() if self._proc is not None else None
+
     def binary(self) -> str:
         for candidate in self.binary_names:
             if os.path.isabs(candidate):
