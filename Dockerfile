@@ -11,7 +11,10 @@ ARG PYTHON_IMAGE=python:3.11.9-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 # Exactly what the wheel is built from (pyproject.toml: the three packages, migrations
-# force-included as gateway/buffer/_migrations, README.md as the long description).
+# force-included as gateway/buffer/_migrations, README.md as the long description). devstack/
+# (the dev-only process stack for the demo and the tests), tests/ and bench/ are neither copied
+# nor in the build context (.dockerignore): the image is the product alone, like the wheel
+# (tests/e2e/test_wheel.py).
 COPY pyproject.toml README.md ./
 COPY device_protocol/ device_protocol/
 COPY gateway/ gateway/
