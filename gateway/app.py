@@ -40,7 +40,8 @@ from gateway.fleet.series import FleetCollector
 from gateway.fleet.state import DeviceRecord, FleetState
 from gateway.forward.client import HttpRemoteWriteClient
 from gateway.forward.forwarder import Forwarder, Resume
-from gateway.ingest.mqtt import Inbox, MqttIngest
+from gateway.ingest.inbox import Inbox
+from gateway.ingest.mqtt import MqttIngest
 from gateway.jobs.checkpoint import CheckpointJob, run_checkpoint_and_gauges
 from gateway.jobs.fleet_metrics import FleetMetricsJob
 from gateway.jobs.gauges import GaugesJob

@@ -29,7 +29,7 @@ from gateway.buffer import store
 from gateway.buffer.buffer import Buffer
 from gateway.errors import StoreError
 from gateway.fleet.state import FleetState
-from gateway.ingest.mqtt import InboundMessage, Inbox
+from gateway.ingest.inbox import InboundMessage, Inbox
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.births import BirthRegistry
 from gateway.pipeline.dedup import Ledger, LedgerKey

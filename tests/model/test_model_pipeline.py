@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from gateway.ingest.mqtt import InboundMessage
+from gateway.ingest.inbox import InboundMessage
 
 from . import checks
 from .node import Node, abandon, start

@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.forward.client import HttpRemoteWriteClient
 from gateway.forward.forwarder import Forwarder
-from gateway.ingest.mqtt import InboundMessage
+from gateway.ingest.inbox import InboundMessage
 from gateway.settings import ForwardConfig
 from tests.spec.rw_wire import Sample, decode_write_request
 from tests.support.pipeline_harness import Harness

@@ -9,7 +9,7 @@ from typing import TypeVar
 from gateway.buffer.db import apply_migrations
 from gateway.errors import StoreError
 from gateway.forward.client import Accepted, Rejected, Retryable, SendResult
-from gateway.ingest.mqtt import InboundMessage
+from gateway.ingest.inbox import InboundMessage
 from gateway.remote_write.wire import decode_write_request, decompress
 
 T = TypeVar("T")

@@ -15,7 +15,7 @@ from gateway.buffer.buffer import Buffer
 from gateway.buffer.db import Database
 from gateway.buffer.entry_cache import EntryCache
 from gateway.fleet.state import FleetState
-from gateway.ingest.mqtt import InboundMessage
+from gateway.ingest.inbox import InboundMessage
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.frame_compiler import FrameCompiler
 from gateway.pipeline.readback import stored_frame_decoder
