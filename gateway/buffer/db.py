@@ -1,23 +1,51 @@
-"""SQLite plumbing: migrations, and one thread per connection.
+"""SQLite plumbing: migrations, and the buffer's two connections on aiosqlite.
 
-The writer connection lives on its own single thread and every write is one function run there
-inside `BEGIN IMMEDIATE ... COMMIT`, so a whole batch costs one thread hop. Work queued on that
-thread runs to completion even if the awaiting task is cancelled: a commit is drained, never
-abandoned half-way. Reads use a second connection on a second thread (WAL lets them proceed
-while the writer commits).
+Each connection is an aiosqlite connection: one thread owns it and runs what is queued for it
+in order. Callers hand `Database.write`/`read` a plain function of a `sqlite3.Connection`
+(gateway/buffer/store.py); the whole function runs on that thread in one hop, a write inside
+`BEGIN IMMEDIATE ... COMMIT` (one group commit is one transaction). A write is shielded: once
+queued it runs to completion, committed or rolled back, even if its awaiting task is
+cancelled, so a commit is drained, never abandoned half-way. Reads use the second connection
+(WAL lets them proceed while the writer commits).
+
+One hop per unit of work, through aiosqlite's public API only. aiosqlite (0.22) runs its own
+per-statement methods on its thread (`execute`, `executemany`, `commit`, ...) but has no public
+method that takes a callable (checked against the installed source and its docs/api.rst; users
+who reached for the private `Connection._execute` were given new per-method wrappers instead,
+omnilib/aiosqlite#54/#58). A hop per statement would mean rewriting the sync store functions as
+coroutines, or bridging them (greenlet, as SQLAlchemy's aiosqlite dialect does) so that their
+Python runs on the event loop between hops; and it costs a thread hand-off per statement. So:
+- the connection is made by our own connector (`aiosqlite.Connection(connector, ...)`, the
+  documented constructor), which runs on aiosqlite's thread: the start-up check and salvage,
+  the PRAGMAs and the migrations run there, as they did on the old writer thread; it also
+  registers one SQL function, `fleetgate_unit(id)`, on the sqlite3 connection;
+- a unit of work is one public `execute_fetchall("SELECT fleetgate_unit(?)", (id,))`: SQLite
+  calls the function on aiosqlite's thread, and it runs fn(conn) (for a write inside
+  BEGIN IMMEDIATE ... COMMIT) on that same connection. SQLite lets an application-defined
+  function run other statements on its own connection (it must only not close it or reset the
+  calling statement; sqlite.org/c3ref/create_function.html), and the outer SELECT reads no
+  table, so it opens no read transaction of its own: fn sees the connection as a direct call
+  would. The function never raises into SQLite: fn's result or exception is handed back to
+  the awaiting side unchanged, so a sqlite3 error keeps its type (and its mapping to
+  StoreError below) and any other exception passes through as before.
+Measured against the previous hand-written executor in one run: bench/RESULTS.md,
+section "sqlite-layer".
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
+
+import aiosqlite
 
 from gateway.buffer import recovery
 from gateway.errors import MigrationError, StoreError
@@ -98,6 +126,79 @@ def connect(path: Path, synchronous: Literal["full", "normal"] = "full") -> sqli
     return conn
 
 
+UNIT_FUNCTION = "fleetgate_unit"  # the SQL function that runs one unit of work (see above)
+_RUN_UNIT = f"SELECT {UNIT_FUNCTION}(?)"
+ITER_CHUNK_SIZE = 64  # aiosqlite's default; unused here, units hand back their result whole
+
+
+@dataclass(slots=True)
+class _Unit(Generic[T]):
+    """One function to run on a connection's thread, and what came of it."""
+
+    fn: Callable[[sqlite3.Connection], T]
+    transaction: bool
+    done: bool = False
+    result: T | None = None
+    error: BaseException | None = None
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+class _Units:
+    """Units of work queued on the connections, found by the id passed to fleetgate_unit."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, _Unit[Any]] = {}
+        self._ids = itertools.count(1)
+
+    def install(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """Register fleetgate_unit on conn; called on the connection's own thread."""
+        conn.create_function(UNIT_FUNCTION, 1, functools.partial(self._run, conn))
+        return conn
+
+    def _run(self, conn: sqlite3.Connection, unit_id: int) -> None:
+        unit = self._pending.pop(unit_id)
+        try:
+            unit.result = _in_transaction(conn, unit.fn) if unit.transaction else unit.fn(conn)
+        except BaseException as exc:  # handed to the awaiting side, never raised into SQLite
+            unit.error = exc
+        unit.done = True
+
+    async def run(self, conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T], *,
+                  transaction: bool) -> T:
+        unit: _Unit[T] = _Unit(fn, transaction)
+        unit_id = next(self._ids)
+        self._pending[unit_id] = unit
+        try:
+            await conn.execute_fetchall(_RUN_UNIT, (unit_id,))
+        except asyncio.CancelledError:
+            raise  # an unshielded read whose awaiter left: the queued unit runs and is dropped
+        except BaseException:
+            self._pending.pop(unit_id, None)
+            if not unit.done:
+                raise
+        error, unit.error = unit.error, None
+        if error is not None:
+            raise error
+        return cast(T, unit.result)
+
+
+def _report_orphan_failure(task: asyncio.Task[Any]) -> None:
+    """Log how a write ended that failed after its caller was cancelled (nobody else can)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("a write whose caller was cancelled failed and was rolled back: %r", exc)
+
+
 class Database:
     def __init__(self, path: Path, synchronous: Literal["full", "normal"] = "full", *,
                  startup_check: recovery.StartupCheck = "quick",
@@ -109,50 +210,46 @@ class Database:
         # Set by open(): the recovery this start performed, and the newest one on record.
         self.recovery: recovery.Recovery | None = None
         self.last_recovery: dict[str, Any] | None = None
-        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
-        self._writer: sqlite3.Connection | None = None
-        self._reader: sqlite3.Connection | None = None
+        self._units = _Units()
+        self._writes: set[asyncio.Task[Any]] = set()  # in flight, whether awaited or not
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
+        self._writer = await self._connect(self._open_writer)
+        self._reader = await self._connect(lambda: connect(self.path, self._synchronous))
 
-        def open_writer() -> sqlite3.Connection:
-            # A damaged file is set aside and salvaged before anything writes to it.
-            self.recovery = recovery.recover(
-                self.path, migrate=apply_migrations, startup_check=self._startup_check,
-                endpoints=self._endpoints)
-            self.last_recovery = (self.recovery.as_dict() if self.recovery
-                                  else recovery.last_report(self.path))
-            conn = connect(self.path, self._synchronous)
-            apply_migrations(conn)
-            return conn
+    def _open_writer(self) -> sqlite3.Connection:
+        # A damaged file is set aside and salvaged before anything writes to it.
+        self.recovery = recovery.recover(
+            self.path, migrate=apply_migrations, startup_check=self._startup_check,
+            endpoints=self._endpoints)
+        self.last_recovery = (self.recovery.as_dict() if self.recovery
+                              else recovery.last_report(self.path))
+        conn = connect(self.path, self._synchronous)
+        apply_migrations(conn)
+        return conn
 
-        self._writer = await loop.run_in_executor(self._writer_pool, open_writer)
-        self._reader = await loop.run_in_executor(
-            self._reader_pool, lambda: connect(self.path, self._synchronous))
+    async def _connect(self, opener: Callable[[], sqlite3.Connection]) -> aiosqlite.Connection:
+        """An aiosqlite connection whose thread first runs opener (check, PRAGMAs, migrations)."""
+        return await aiosqlite.Connection(lambda: self._units.install(opener()), ITER_CHUNK_SIZE)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run fn(conn) in one IMMEDIATE transaction on the writer thread; commit or roll back."""
+        """Run fn(conn) in one IMMEDIATE transaction on the writer's thread; commit or roll back."""
         conn = self._writer
         if conn is None:
             raise StoreError("database is not open")
-
-        def run() -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
-
+        # Its own task, held here: a cancelled caller neither un-queues the transaction nor
+        # stops it half-way (shield); it runs to COMMIT, or to ROLLBACK on error.
+        task = asyncio.create_task(self._units.run(conn, fn, transaction=True),
+                                   name="sqlite-write")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
         try:
-            # shield: a cancelled caller must not un-queue a write the thread has not started.
-            return await asyncio.shield(
-                asyncio.get_running_loop().run_in_executor(self._writer_pool, run))
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_report_orphan_failure)
+            raise
         except sqlite3.Error as exc:
             # OperationalError covers disk full, I/O errors and lock timeouts: all may pass.
             retryable = isinstance(exc, sqlite3.OperationalError)
@@ -165,27 +262,19 @@ class Database:
         if conn is None:
             raise StoreError("database is not open")
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._reader_pool, lambda: fn(conn))
+            return await self._units.run(conn, fn, transaction=False)
         except sqlite3.Error as exc:
             raise StoreError(f"read from {self.path} failed: {exc}", retryable=True) from exc
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Reader first, then the writer: what is queued on it runs, the WAL is checkpointed."""
         if self._reader is not None:
-            await loop.run_in_executor(self._reader_pool, self._reader.close)
-            self._reader = None
+            reader, self._reader = self._reader, None
+            await reader.close()
         if self._writer is not None:
-            writer = self._writer
-
-            def close_writer() -> None:
-                try:
-                    writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                except sqlite3.Error as exc:  # a busy checkpoint is harmless: WAL replays
-                    log.warning("checkpoint at close failed: %s", exc)
-                writer.close()
-
-            await loop.run_in_executor(self._writer_pool, close_writer)
-            self._writer = None
-        self._writer_pool.shutdown(wait=True)
-        self._reader_pool.shutdown(wait=True)
+            writer, self._writer = self._writer, None
+            try:
+                await writer.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # a busy checkpoint is harmless: WAL replays
+                log.warning("checkpoint at close failed: %s", exc)
+            await writer.close()

@@ -1,4 +1,4 @@
-"""gateway.buffer.db on real SQLite files: migrations, pragmas, the writer/reader threads.
+"""gateway.buffer.db on real SQLite files: migrations, pragmas, the writer/reader connections.
 
 pytest-asyncio is not used: each test drives its own loop with asyncio.run.
 """
@@ -339,3 +339,117 @@ def test_queued_write_still_runs_when_its_awaiter_is_cancelled(tmp_path: Path) -
         return await database.read(lambda c: c.execute("SELECT * FROM counters").fetchall())
 
     assert run_with_db(tmp_path / "f.db", body) == [("queued", 1)]
+
+
+def _collect_loop_errors(errors: list[dict[str, object]]) -> None:
+    """Send the running loop's unhandled-error reports (a result never retrieved) to errors."""
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+
+
+def test_cancelled_write_commits_all_of_its_transaction_not_part(tmp_path: Path) -> None:
+    # Cancelled between two statements of one transaction: a reader meanwhile sees none of it,
+    # afterwards all of it, and the next write works.
+    inside = threading.Event()
+    release = threading.Event()
+    errors: list[dict[str, object]] = []
+
+    def count(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COUNT(*) FROM counters").fetchone()[0])
+
+    async def body(database: Database) -> tuple[int, list[tuple[str, int]]]:
+        _collect_loop_errors(errors)
+
+        def two_steps(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO counters VALUES ('first', 1)")
+            inside.set()
+            assert release.wait(WAIT_S)
+            conn.execute("INSERT INTO counters VALUES ('second', 2)")
+
+        task = asyncio.create_task(database.write(two_steps))
+        assert await asyncio.to_thread(inside.wait, WAIT_S)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        try:
+            during = await asyncio.wait_for(database.read(count), WAIT_S)
+        finally:
+            release.set()
+        await database.write(lambda c: c.execute("INSERT INTO counters VALUES ('next', 3)"))
+        return during, await database.read(
+            lambda c: c.execute("SELECT * FROM counters ORDER BY value").fetchall())
+
+    during, rows = run_with_db(tmp_path / "f.db", body)
+    assert during == 0
+    assert rows == [("first", 1), ("second", 2), ("next", 3)]
+    assert errors == []
+
+
+def test_cancelled_write_that_then_fails_leaves_nothing_and_the_next_write_works(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Cancelled mid-transaction, after one statement ran; the rest then fails: the statement
+    # before the cancel is rolled back too, the caller sees only its cancellation, the failure
+    # is logged once by the database (not as an unretrieved task error), and the writer takes
+    # the next transaction.
+    inside = threading.Event()
+    release = threading.Event()
+    errors: list[dict[str, object]] = []
+
+    class Boom(Exception):
+        pass
+
+    async def body(database: Database) -> list[tuple[str, int]]:
+        _collect_loop_errors(errors)
+
+        def fails_late(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO counters VALUES ('first', 1)")
+            inside.set()
+            assert release.wait(WAIT_S)
+            raise Boom
+
+        task = asyncio.create_task(database.write(fails_late))
+        assert await asyncio.to_thread(inside.wait, WAIT_S)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        await database.write(lambda c: c.execute("INSERT INTO counters VALUES ('next', 2)"))
+        assert await database.write(lambda c: c.in_transaction)  # a fresh transaction
+        return await database.read(lambda c: c.execute("SELECT * FROM counters").fetchall())
+
+    assert run_with_db(tmp_path / "f.db", body) == [("next", 2)]
+    assert errors == []
+    assert [r.getMessage() for r in caplog.records if r.name == dbmod.__name__] == [
+        "a write whose caller was cancelled failed and was rolled back: Boom()"]
+
+
+def test_sqlite_error_mid_transaction_rolls_back_the_statements_before_it(tmp_path: Path) -> None:
+    async def body(database: Database) -> list[tuple[str, int]]:
+        await database.write(lambda c: c.execute("INSERT INTO counters VALUES ('kept', 1)"))
+
+        def then_fails(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE counters SET value = 99")
+            conn.execute("INSERT INTO counters VALUES ('new', 2)")
+            conn.execute("INSERT INTO counters VALUES ('kept', 3)")  # primary key taken
+
+        with pytest.raises(StoreError) as info:
+            await database.write(then_fails)
+        assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
+        await database.write(lambda c: c.execute("INSERT INTO counters VALUES ('after', 4)"))
+        return await database.read(
+            lambda c: c.execute("SELECT * FROM counters ORDER BY value").fetchall())
+
+    assert run_with_db(tmp_path / "f.db", body) == [("kept", 1), ("after", 4)]
+
+
+def test_closed_database_refuses_work(tmp_path: Path) -> None:
+    async def body() -> None:
+        database = Database(tmp_path / "f.db")
+        await database.open()
+        await database.close()
+        with pytest.raises(StoreError, match="not open"):
+            await database.write(lambda c: None)
+        with pytest.raises(StoreError, match="not open"):
+            await database.read(lambda c: None)
+        await database.close()  # twice is harmless
+
+    asyncio.run(body())
