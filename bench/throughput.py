@@ -20,6 +20,10 @@ polling /api/v1/pipeline; then VictoriaMetrics is checked for every sample (coun
                                          [--gateway-setting KEY=VALUE ...] [--profile]
 
 Results go to stdout and the "throughput" section of bench/RESULTS.md (results_file.py).
+
+With `--sqlite-layers legacy,aiosqlite` it measures instead the gateway on the SQLite layer it
+had before issue 12 (bench/legacy_db.py) against the shipped one, both in the same run, with
+no bare subscriber; that goes to the "sqlite-layer" section (bench/layer_compare.py).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import layer_compare
 import procstat
 import profile_summary
 import profiling
@@ -169,14 +174,18 @@ def run_bare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- gateway
 def run_gateway(args: argparse.Namespace, workdir: Path,
-                profiler: GatewayProfiler | None = None) -> dict[str, Any]:
+                profiler: GatewayProfiler | None = None,
+                sqlite_layer: str | None = None) -> dict[str, Any]:
+    """One gateway run; on `sqlite_layer` (bench/gateway_launcher.py) if given."""
     n = args.devices * args.frames
     with contextlib.ExitStack() as stack:
         mosq = stack.enter_context(Mosquitto(workdir / "mosquitto"))
         vm = stack.enter_context(VictoriaMetrics(workdir / "vm"))
-        gw = GatewayProcess(workdir / "gateway", mqtt_url=mosq.url,
-                            remote_write_urls=[vm.remote_write_url],
-                            settings=args.gateway_settings)
+        options: dict[str, Any] = dict(mqtt_url=mosq.url, settings=args.gateway_settings,
+                                       remote_write_urls=[vm.remote_write_url])
+        gw = (GatewayProcess(workdir / "gateway", **options) if sqlite_layer is None else
+              layer_compare.LayeredGateway(workdir / "gateway", sqlite_layer=sqlite_layer,
+                                           **options))
         # Started inside: the GC probe (PYTHONPATH) reaches the gateway only.
         with profiler.environment() if profiler else contextlib.nullcontext():
             stack.enter_context(gw)
@@ -340,6 +349,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="report to write (its notes section is kept); default %(default)s")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep service dirs and logs here (default: a temp dir, removed)")
+    ap.add_argument("--sqlite-layers", type=layer_compare.parse_layers, default=None,
+                    metavar="legacy,aiosqlite",
+                    help="instead: the gateway on the old SQLite layer and on the shipped one, "
+                    "alternating, in each repeat (section 'sqlite-layer')")
     args = ap.parse_args(argv)
     args.gateway_settings = dict(args.gateway_setting)
     args.workloads = args.workload or [parse_workload(w) for w in DEFAULT_WORKLOADS]
@@ -362,12 +375,46 @@ def for_workload(args: argparse.Namespace, devices: int, frames: int) -> argpars
     return argparse.Namespace(**{**vars(args), "devices": devices, "frames": frames})
 
 
+def compare_layers(args: argparse.Namespace, command: str, root: Path,
+                   workloads: list[argparse.Namespace]) -> int:
+    """The gateway on each SQLite layer, alternating, per workload and repeat."""
+    results: list[dict[str, list[dict[str, Any]]]] = [
+        {layer: [] for layer in args.sqlite_layers} for _ in workloads]
+    try:
+        for i in range(args.repeat):
+            for wl, runs in zip(workloads, results, strict=True):
+                name = f"{wl.devices}x{wl.frames}"
+                for layer in layer_compare.order(args.sqlite_layers, i):
+                    print(f"run {i + 1}/{args.repeat}, {name}: gateway on {layer} ...",
+                          flush=True)
+                    runs[layer].append(run_gateway(wl, root / f"run{i}-{name}-{layer}",
+                                                   sqlite_layer=layer))
+                print(layer_compare.run_line(name, runs), flush=True)
+    except (BenchError, TimeoutError) as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    text = layer_compare.markdown(args=args, command=command, machine=procstat.machine(),
+                                  workloads=workloads, results=results)
+    print(text)
+    results_file.write_section(args.results, layer_compare.SECTION, text)
+    print(f"wrote section {layer_compare.SECTION!r} of {args.results}")
+    problems = [p for runs in results for p in layer_compare.problems(runs)]
+    for problem in problems:
+        print(f"CHECK FAILED: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([".venv/bin/python", "bench/throughput.py",
                           *(sys.argv[1:] if argv is None else argv)])
     root = args.workdir or Path(tempfile.mkdtemp(prefix="fleetgate-bench-"))
     workloads = [for_workload(args, d, f) for d, f in args.workloads]
+    if args.sqlite_layers:
+        return compare_layers(args, command, root, workloads)
     bare_runs: list[list[dict[str, Any]]] = [[] for _ in workloads]
     gw_runs: list[list[dict[str, Any]]] = [[] for _ in workloads]
     profile: str | None = None
