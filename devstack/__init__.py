@@ -8,8 +8,8 @@ can run side by side. Import what you need from here (`from devstack import Mosq
 Modules, one job each:
   ports             loopback, free ports, "does it accept connections"
   waiting           wait_for: poll a condition under a deadline
-  checkout          paths of the shipped configs and rules this stack reads from the source tree
   process           ManagedProcess: start in its own session, wait until ready, stop by PID
+  checkout          the shipped configs and rules this stack reads from the source tree
   http_service      HttpService: a ManagedProcess with an HTTP API
   mosquitto         Mosquitto from deploy/mosquitto/mosquitto.conf
   prometheus        Prometheus from deploy/prometheus/prometheus.yml

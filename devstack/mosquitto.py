@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from devstack.checkout import SHIPPED_MOSQUITTO_CONF
+from devstack.checkout import SHIPPED_MOSQUITTO_CONF, read_shipped
 from devstack.ports import LOOPBACK, tcp_accepts
-from devstack.process import ManagedProcess, ServiceFailed
+from devstack.process import ManagedProcess
 
 
 class Mosquitto(ManagedProcess):
@@ -46,13 +46,7 @@ class Mosquitto(ManagedProcess):
 
     def render_conf(self) -> str:
         """The shipped config with this broker's listener, data dir and logging."""
-        try:
-            shipped = self.shipped_conf.read_text()
-        except FileNotFoundError as e:
-            raise ServiceFailed(
-                f"shipped Mosquitto config {self.shipped_conf} is missing: devstack runs from "
-                "a source checkout of fleetgate"
-            ) from e
+        shipped = read_shipped(self.shipped_conf, "Mosquitto config")
         # Keys set by extra_conf win over both the shipped file and the devstack overrides
         # (Mosquitto rejects a second value for string options); listener lines just add.
         extra_keys = {_conf_key(line) for line in self.extra_conf.splitlines()} - {None, "listener"}

@@ -19,10 +19,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from devstack.checkout import INSTALL_HINT
 from devstack.ports import free_port
 
 _LOG_TAIL_LINES = 40
+INSTALL_HINT = (
+    "run `sudo scripts/install-system-deps.sh` "
+    "(Debian packages mosquitto, prometheus, victoria-metrics)"
+)
 
 
 class ServiceNotInstalled(RuntimeError):

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from devstack.checkout import SHIPPED_PROMETHEUS_YML
+from devstack.checkout import SHIPPED_PROMETHEUS_YML, read_shipped
 from devstack.http_service import HttpService
 from devstack.ports import LOOPBACK
 from devstack.process import ServiceFailed
@@ -52,13 +52,7 @@ class Prometheus(HttpService):
 
     def render_config(self) -> str:
         """The shipped config with these scrape targets and out-of-order window."""
-        try:
-            text = self.shipped_yml.read_text()
-        except FileNotFoundError as e:
-            raise ServiceFailed(
-                f"shipped Prometheus config {self.shipped_yml} is missing: devstack runs from "
-                "a source checkout of fleetgate"
-            ) from e
+        text = read_shipped(self.shipped_yml, "Prometheus config")
         text, n_window = re.subn(
             r"(?m)^(\s*out_of_order_time_window:)\s*\S+",
             rf"\g<1> {self.out_of_order_window}",
