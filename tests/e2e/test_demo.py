@@ -39,6 +39,15 @@ def test_demo_runs_the_stack_and_fills_prometheus(tmp_path: Path) -> None:
     assert "fleetgate demo stopped." in result.stdout
 
 
+def test_python_m_devstack_names_its_one_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from devstack.__main__ import main
+
+    assert main([]) == 2
+    assert "usage: python -m devstack demo" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    assert "make demo" in capsys.readouterr().out
+
+
 class RunningDemo:
     """The demo as a child process, its stdout read by a thread (a line at a time)."""
 
