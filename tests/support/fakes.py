@@ -9,7 +9,7 @@ from typing import TypeVar
 from gateway.buffer.db import apply_migrations
 from gateway.errors import StoreError
 from gateway.forward.client import Accepted, Rejected, Retryable, SendResult
-from gateway.ingest.inbox import InboundMessage
+from gateway.ingest.inbox import InboundMessage, Inbox
 from gateway.remote_write.wire import decode_write_request, decompress
 
 T = TypeVar("T")
@@ -28,6 +28,57 @@ class FakeMqtt:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         self.published.append((topic, payload))
+
+
+class FakeIngest:
+    """MqttIngest at its seam, built as Gateway.start() builds it (config, inbox,
+    on_connection_change): `deliver` puts messages in the inbox as paho's thread does; start,
+    stop and ack are appended to `calls` (a timeline the test may share with other fakes),
+    and `on_start`/`on_ack` let a test look at the world at that moment."""
+
+    def __init__(self, config: object, inbox: Inbox, *,
+                 on_connection_change: Callable[[bool], None] | None = None,
+                 calls: list[str] | None = None, on_start: Callable[[], None] | None = None,
+                 on_ack: Callable[[list[InboundMessage]], None] | None = None) -> None:
+        self.inbox = inbox
+        self.calls = calls if calls is not None else []
+        self.connected = False
+        self.acked: list[InboundMessage] = []
+        self.published: list[tuple[str, bytes]] = []
+        self._on_connection_change = on_connection_change
+        self._on_start = on_start
+        self._on_ack = on_ack
+
+    def start(self) -> None:
+        self.calls.append("mqtt start")
+        if self._on_start is not None:
+            self._on_start()
+        self._set_connected(True)
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        self.calls.append("ingest stop")
+        self.inbox.close()  # what is not in hand stays at the broker
+        self._set_connected(False)
+
+    def deliver(self, *messages: InboundMessage) -> None:
+        for message in messages:
+            assert self.inbox.put(message), "the inbox is closed"
+
+    def ack(self, messages: list[InboundMessage]) -> int:
+        self.calls.append(f"ack {len(messages)}")
+        if self._on_ack is not None:
+            self._on_ack(messages)
+        self.acked.extend(messages)
+        self.inbox.release(len(messages))
+        return len(messages)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        self.published.append((topic, payload))
+
+    def _set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        if self._on_connection_change is not None:
+            self._on_connection_change(connected)
 
 
 class FakeRemoteWrite:
@@ -86,4 +137,5 @@ class MemoryStore:
         return self.conn.execute(sql).fetchall()
 
 
-__all__ = ["Accepted", "FakeMqtt", "FakeRemoteWrite", "MemoryStore", "Rejected", "Retryable"]
+__all__ = ["Accepted", "FakeIngest", "FakeMqtt", "FakeRemoteWrite", "MemoryStore", "Rejected",
+           "Retryable"]
