@@ -29,7 +29,7 @@ from tests.support.receivers import vm_account
 pytestmark = pytest.mark.e2e
 
 TMPFS_KIB = 4096  # the empty database and its WAL take ~90 KiB; room for the whole backlog
-CHECKPOINT_S = 30.0  # gateway/app.py FLEET_CHECKPOINT_INTERVAL_S
+CHECKPOINT_S = 30.0  # gateway/jobs/checkpoint.py FLEET_CHECKPOINT_INTERVAL_S
 COMMIT_FAILED = "last group commit failed (retrying)"
 POSITION_FAILED = "sent, but its position could not be recorded"  # gateway/forward/forwarder.py
 
