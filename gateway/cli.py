@@ -53,7 +53,7 @@ def cmd_db(args: argparse.Namespace) -> int:
             print(f"{path}: applied {len(applied)} migration(s); schema version "
                   f"{dbmod.schema_version(conn)}")
         else:
-            from gateway.buffer import store
+            from gateway.fleet import queries
 
             available = dbmod.discover_migrations()
             version = dbmod.schema_version(conn)
@@ -65,7 +65,7 @@ def cmd_db(args: argparse.Namespace) -> int:
                 "pending": [m.path.name for m in available if m.version > version],
             }
             if version == len(available):
-                status["tables"] = store.table_counts(conn)
+                status["tables"] = queries.table_counts(conn)
             print(json.dumps(status, indent=2))
     finally:
         conn.close()

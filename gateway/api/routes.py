@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway import __version__
 from gateway.buffer import store
 from gateway.errors import ForwardUnavailable
-from gateway.fleet import completeness
+from gateway.fleet import completeness, queries
 from gateway.fleet.series import device_exposition
 from gateway.fleet.state import DeviceRecord, DeviceState
 
@@ -552,7 +552,7 @@ def create_api(gateway: Gateway) -> FastAPI:
         ledger = gateway.pipeline.ledger
         full = completeness.of_device(record, ledger)
         events = await gateway.db.read(
-            lambda conn: store.device_events(conn, device_id, RECENT_EVENTS))
+            lambda conn: queries.device_events(conn, device_id, RECENT_EVENTS))
         budget = gateway.series_budget
         boot = record.boot
         return DeviceDetail(
@@ -577,7 +577,7 @@ def create_api(gateway: Gateway) -> FastAPI:
                             before_id: int | None = None) -> EventPage:
         view.device_or_404(device_id)
         rows = await gateway.db.read(
-            lambda conn: store.device_events(conn, device_id, limit + 1, before_id))
+            lambda conn: queries.device_events(conn, device_id, limit + 1, before_id))
         more = len(rows) > limit
         rows = rows[:limit]
         return EventPage(events=[Event(**e) for e in rows],
@@ -694,12 +694,12 @@ def create_api(gateway: Gateway) -> FastAPI:
     @api.get("/api/v1/quarantine", tags=["pipeline"], dependencies=read, responses=ERRORS)
     async def quarantine(limit: Annotated[int, Query(ge=1, le=1000)] = 100
                          ) -> list[dict[str, Any]]:
-        return await gateway.db.read(lambda conn: store.quarantine_rows(conn, limit))
+        return await gateway.db.read(lambda conn: queries.quarantine_rows(conn, limit))
 
     @api.get("/api/v1/dead-letters", tags=["pipeline"], dependencies=read, responses=ERRORS)
     async def dead_letters(limit: Annotated[int, Query(ge=1, le=1000)] = 100
                            ) -> list[dict[str, Any]]:
-        return await gateway.db.read(lambda conn: store.dead_letter_rows(conn, limit))
+        return await gateway.db.read(lambda conn: queries.dead_letter_rows(conn, limit))
 
     @api.post("/api/v1/dead-letters/replay", response_model=ReplayResult, tags=["pipeline"],
               dependencies=admin,

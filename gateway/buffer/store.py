@@ -334,15 +334,6 @@ def insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> 
     return first
 
 
-def device_events(conn: sqlite3.Connection, device_id: str, limit: int,
-                  before_id: int | None = None) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        f"SELECT id, {', '.join(EVENT_COLUMNS)} FROM device_events WHERE device_id = ?"
-        " AND id < ? ORDER BY id DESC LIMIT ?",
-        (device_id, before_id if before_id is not None else 2**63 - 1, limit)).fetchall()
-    return [dict(zip(("id", *EVENT_COLUMNS), row, strict=True)) for row in rows]
-
-
 def prune_events(conn: sqlite3.Connection, before_ms: int) -> int:
     return conn.execute("DELETE FROM device_events WHERE ts_ms < ?", (before_ms,)).rowcount
 
@@ -350,17 +341,6 @@ def prune_events(conn: sqlite3.Connection, before_ms: int) -> int:
 def forget_device(conn: sqlite3.Connection, device_id: str) -> None:
     conn.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
     conn.execute("DELETE FROM device_events WHERE device_id = ?", (device_id,))
-
-
-def quarantine_rows(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, object]]:
-    """The newest quarantined frames; `size` is the frame's (rows from before migration 6
-    only know the size of their stored excerpt)."""
-    rows = conn.execute(
-        "SELECT id, received_ms, topic, device_id, reason, detail,"
-        " COALESCE(size, LENGTH(payload)) FROM quarantine ORDER BY id DESC LIMIT ?",
-        (limit,)).fetchall()
-    keys = ("id", "received_ms", "topic", "device_id", "reason", "detail", "size")
-    return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 def dead_letters_to_replay(conn: sqlite3.Connection, endpoint: str | None,
@@ -380,22 +360,6 @@ def settle_dead_letters(conn: sqlite3.Connection, delivered: Sequence[int],
     conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in delivered])
     conn.executemany("UPDATE dead_letters SET status = ?, reason = ? WHERE id = ?", refused)
     return conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
-
-
-def dead_letter_rows(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, object]]:
-    rows = conn.execute(
-        "SELECT id, endpoint, frame_id, created_ms, status, reason, series FROM dead_letters"
-        " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-    keys = ("id", "endpoint", "frame_id", "created_ms", "status", "reason", "series")
-    return [dict(zip(keys, row, strict=True)) for row in rows]
-
-
-def table_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    return {
-        table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        for table in ("frames", "held", "births", "ledger", "devices", "quarantine",
-                      "dead_letters")
-    }
 
 
 # Prometheus shows a series for 5 minutes after its newest sample (the query lookback): a boot

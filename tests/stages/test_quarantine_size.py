@@ -13,6 +13,7 @@ import msgpack
 
 from gateway.buffer import store
 from gateway.buffer.db import apply_migrations
+from gateway.fleet import queries
 from tests.support.pipeline_harness import Harness, msg, run
 
 
@@ -25,7 +26,7 @@ def test_an_oversize_frame_is_listed_with_its_own_size(tmp_path: Path) -> None:
         p = await h.open()
         await p.handle([msg("fleet/dev-0001/telemetry", oversized),
                         msg("fleet/dev-0001/telemetry", small_bad)])
-        rows = await h.db.read(store.quarantine_rows)
+        rows = await h.db.read(queries.quarantine_rows)
         await h.db.close()
         assert [(r["reason"], r["size"]) for r in rows] == [
             ("not msgpack", len(small_bad)), ("frame too large", len(oversized))]
@@ -46,7 +47,7 @@ def test_rows_from_before_the_size_column_report_their_excerpt(tmp_path: Path) -
                      " payload) VALUES (1, 'fleet/d/telemetry', 'd', 'r', 'old row', x'0102')")
         store.write_batch(conn, store.BatchWrite(quarantine=[
             (2, "fleet/d/telemetry", "d", "frame too large", "new row", b"\x01" * 10, 99_999)]))
-        assert [(r["detail"], r["size"]) for r in store.quarantine_rows(conn)] == [
+        assert [(r["detail"], r["size"]) for r in queries.quarantine_rows(conn)] == [
             ("new row", 99_999), ("old row", 2)]
     finally:
         conn.close()

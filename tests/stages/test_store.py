@@ -17,6 +17,7 @@ from gateway.buffer import store
 from gateway.buffer.db import Database, apply_migrations, connect
 from gateway.buffer.store import KIND_BIRTH, KIND_TELEMETRY, BatchWrite, FrameRow
 from gateway.errors import StoreError
+from gateway.fleet import queries
 
 T = TypeVar("T")
 T0 = 1_700_000_000_000
@@ -87,7 +88,7 @@ def test_write_batch_and_load_state_round_trip(conn: sqlite3.Connection) -> None
         FrameRow(2, KIND_TELEMETRY, "d1", 1, 2, T0 + 2, b"\x02" * 7),
         FrameRow(3, KIND_TELEMETRY, "d1", 1, 3, T0 + 3, b"\x03" * 11),
     ]
-    rows = store.quarantine_rows(conn)
+    rows = queries.quarantine_rows(conn)
     assert rows == [{"id": 1, "received_ms": T0, "topic": "fleet/x/telemetry", "device_id": "x",
                      "reason": "decode", "detail": "bad msgpack", "size": 1}]
 
@@ -144,12 +145,12 @@ def test_dead_letters_and_table_counts(conn: sqlite3.Connection) -> None:
     rows = [("http://prom/api/v1/write", 7, T0, 400, f"out of order {i}", f"up{{}} {i}",
              b"entry") for i in range(5)]
     tx(conn, lambda c: store.add_dead_letters(c, rows))
-    newest = store.dead_letter_rows(conn, limit=2)
+    newest = queries.dead_letter_rows(conn, limit=2)
     assert [r["reason"] for r in newest] == ["out of order 4", "out of order 3"]
     assert newest[0] == {"id": 5, "endpoint": "http://prom/api/v1/write", "frame_id": 7,
                          "created_ms": T0, "status": 400, "reason": "out of order 4",
                          "series": "up{} 4"}
-    counts = store.table_counts(conn)
+    counts = queries.table_counts(conn)
     assert counts["dead_letters"] == 5
     assert counts["frames"] == 0
 
@@ -260,15 +261,15 @@ def test_quarantine_keeps_only_the_newest_rows(conn: sqlite3.Connection,
         return (T0 + i, f"fleet/d{i}/telemetry", f"d{i}", "schema", f"detail {i}", b"x" * i, i)
 
     write(conn, BatchWrite(quarantine=[q(1), q(2)]))
-    assert [r["device_id"] for r in store.quarantine_rows(conn)] == ["d2", "d1"]
+    assert [r["device_id"] for r in queries.quarantine_rows(conn)] == ["d2", "d1"]
     write(conn, BatchWrite(quarantine=[q(3), q(4)]))
-    assert [r["device_id"] for r in store.quarantine_rows(conn)] == ["d4", "d3", "d2"]
+    assert [r["device_id"] for r in queries.quarantine_rows(conn)] == ["d4", "d3", "d2"]
     write(conn, BatchWrite(quarantine=[q(i) for i in range(5, 12)]))  # more than the cap at once
-    rows = store.quarantine_rows(conn)
+    rows = queries.quarantine_rows(conn)
     assert [r["device_id"] for r in rows] == ["d11", "d10", "d9"]
     assert rows[0]["size"] == 11
-    assert store.table_counts(conn)["quarantine"] == 3
-    assert [r["device_id"] for r in store.quarantine_rows(conn, limit=1)] == ["d11"]
+    assert queries.table_counts(conn)["quarantine"] == 3
+    assert [r["device_id"] for r in queries.quarantine_rows(conn, limit=1)] == ["d11"]
 
 
 # ---------------------------------------------------------------------------- via Database
@@ -289,7 +290,7 @@ def test_a_failing_batch_leaves_nothing_behind(tmp_path: Path) -> None:
             state = await database.read(store.load_state)
             assert (state.buffer_frames, state.births, state.ledger, state.held,
                     state.counters) == (1, [], [], [], {})
-            assert await database.read(store.quarantine_rows) == []
+            assert await database.read(queries.quarantine_rows) == []
             assert await database.read(lambda c: store.fetch_frames(c, 0, 10)) == [
                 FrameRow(*frame(1))]
         finally:
