@@ -41,7 +41,7 @@ def test_drop_oldest_never_counts_a_frame_that_is_delivered(tmp_path: Path) -> N
         release.set()
         forwarder.begin_drain()
         await asyncio.wait_for(task, 10)
-        await wait_until(lambda: forwarder.cursor == h.pipeline.committed_upto)
+        await wait_until(lambda: forwarder.cursor == h.buffer.committed_upto)
         await h.db.close()
 
     asyncio.run(go())
