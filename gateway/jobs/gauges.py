@@ -10,7 +10,7 @@ from typing import Protocol
 
 from gateway.buffer import store
 from gateway.fleet.state import FleetState
-from gateway.jobs.runner import Store
+from gateway.jobs.runner import Db
 from gateway.metrics import GatewayMetrics
 
 GAUGE_INTERVAL_S = 5.0  # device counts and the oldest unsent age, for alerting
@@ -36,7 +36,7 @@ class Sending(Protocol):
 
 
 class GaugesJob:
-    def __init__(self, fleet: FleetState, forwarders: Sequence[Sending], db: Store,
+    def __init__(self, fleet: FleetState, forwarders: Sequence[Sending], db: Db,
                  committed_upto: Callable[[], int], metrics: GatewayMetrics,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._fleet = fleet

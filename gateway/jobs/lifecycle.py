@@ -8,7 +8,7 @@ from gateway.buffer import store
 from gateway.errors import StoreError
 from gateway.fleet.events import EventHub
 from gateway.fleet.state import DeviceEvent, FleetState
-from gateway.jobs.runner import Store
+from gateway.jobs.runner import Db
 from gateway.metrics import GatewayMetrics
 
 LIFECYCLE_TICK_S = 1.0  # late/offline found within a second; events written within one
@@ -20,7 +20,7 @@ CloseBoot = Callable[[str, int, Callable[[], bool]], Awaitable[int]]
 class LifecycleJob:
     """close_boot sends a silent boot's stale markers; None when there is no endpoint."""
 
-    def __init__(self, fleet: FleetState, db: Store, events: EventHub, metrics: GatewayMetrics,
+    def __init__(self, fleet: FleetState, db: Db, events: EventHub, metrics: GatewayMetrics,
                  close_boot: CloseBoot | None) -> None:
         self._fleet = fleet
         self._db = db

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.buffer import store
-from gateway.jobs.runner import Job, Store
+from gateway.jobs.runner import Db, Job
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.dedup import LedgerKey
 
@@ -40,7 +40,7 @@ class HeldAndClosed(Protocol):
 class PruneDedupStateJob:
     """Forget past boots' ledgers and births, and held frames whose birth never came."""
 
-    def __init__(self, db: Store, checkpoint: Job, ledger: ForgetsKeys, births: ForgetsBoots,
+    def __init__(self, db: Db, checkpoint: Job, ledger: ForgetsKeys, births: ForgetsBoots,
                  compiler: ForgetsBoots, pipeline: HeldAndClosed, metrics: GatewayMetrics,
                  retention_days: float) -> None:
         self._db = db
@@ -77,7 +77,7 @@ class PruneDedupStateJob:
 class PruneEventsJob:
     """Delete device events older than the retention. Returns how many went."""
 
-    def __init__(self, db: Store, retention_days: float) -> None:
+    def __init__(self, db: Db, retention_days: float) -> None:
         self._db = db
         self._retention_days = retention_days
 

@@ -26,7 +26,7 @@ class Job(Protocol):
         ...
 
 
-class Store(Protocol):
+class Db(Protocol):
     """What jobs need of the buffer's database (gateway.buffer.db.Database)."""
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...

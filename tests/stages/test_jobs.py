@@ -301,6 +301,14 @@ def test_gauges_show_each_endpoints_oldest_unsent_age_and_send_rate() -> None:
     assert sample(metrics, "fleetgate_devices", {"state": "online"}) == 1
 
 
+def test_the_gauges_after_a_checkpoint_are_as_of_its_end() -> None:
+    db, fleet = MemoryStore(), fleet_of("a")
+    frame_received_at(db, 1, T0)
+    gauge_job, _ = gauges(fleet, db, [Sender("http://behind")], committed=1)
+    run(CheckpointJob(fleet, db, gauge_job, clock=lambda: T0 + 9_000).tick(T0 + 1_000))
+    assert gauge_job.unsent_age_s == {"http://behind": 9.0}
+
+
 # ---------------------------------------------------------------------- maintenance
 class Forgets:
     def __init__(self) -> None:
