@@ -173,9 +173,10 @@ class Gateway:
             self.fleet.note_boot(device_id, boot)
 
     async def _start_api(self) -> None:
-        from gateway.api.routes import (
+        from gateway.api.factory import (
             create_api,  # FastAPI import is heavy; keep it out of unit tests
         )
+        from gateway.gateway_port import GatewayView
 
         host, port = parse_listen(self.settings.api_listen)
         # Bind here, not in uvicorn: its bind failure is a SystemExit that would tear down the
@@ -192,7 +193,7 @@ class Gateway:
             listener.close()
             raise ConfigError(f"the API could not listen on {self.settings.api_listen}: {exc}",
                               hint="another process holds the port? set api_listen") from exc
-        config = uvicorn.Config(create_api(self), log_level="warning", lifespan="off",
+        config = uvicorn.Config(create_api(GatewayView(self)), log_level="warning", lifespan="off",
                                 access_log=False, timeout_graceful_shutdown=2)
         self._server = _EmbeddedServer(config)
         self._spawn(self._server.serve(sockets=[listener]), "api")
