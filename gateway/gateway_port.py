@@ -9,8 +9,8 @@ routes and their in-process tests do not.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import generate_latest
 
@@ -23,14 +23,62 @@ from gateway.fleet.series import device_exposition
 from gateway.fleet.state import FleetState
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.buffer.buffer import Buffer
+    from gateway.buffer.db import Database
+    from gateway.fleet.events import EventHub
+    from gateway.fleet.state import DeviceRecord
     from gateway.forward.forwarder import Forwarder
+    from gateway.ingest.mqtt import MqttIngest
+    from gateway.metrics import GatewayMetrics
+    from gateway.pipeline.births import BirthRegistry
+    from gateway.pipeline.frame_compiler import FrameCompiler
+    from gateway.pipeline.series_budget import SeriesBudget
+    from gateway.pipeline.stage import Pipeline
+    from gateway.settings import Settings
+
+
+class RunningGateway(Protocol):
+    """The parts of gateway.app.Gateway that GatewayView reads (a Protocol, so this module
+    needs no import of gateway.app, which imports it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def started_ms(self) -> int: ...
+    @property
+    def metrics(self) -> GatewayMetrics: ...
+    @property
+    def fleet(self) -> FleetState: ...
+    @property
+    def series_budget(self) -> SeriesBudget: ...
+    @property
+    def births(self) -> BirthRegistry: ...
+    @property
+    def events(self) -> EventHub: ...
+    @property
+    def ingest(self) -> MqttIngest: ...
+    @property
+    def pipeline(self) -> Pipeline: ...
+    @property
+    def compiler(self) -> FrameCompiler: ...
+    @property
+    def buffer(self) -> Buffer: ...
+    @property
+    def db(self) -> Database: ...
+    @property
+    def forwarders(self) -> Sequence[Forwarder]: ...
+    @property
+    def unsent_age_s(self) -> Mapping[str, float]: ...
+
+    def missing_of(self, record: DeviceRecord) -> int: ...
+
+    def send_rate(self, endpoint: str) -> float: ...
 
 
 class GatewayView:
     """Implements GatewayPort by reading the Gateway's parts; holds no state of its own."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: RunningGateway) -> None:
         self._gateway = gateway
 
     # ---------------------------------------------------------------- configuration
