@@ -22,11 +22,20 @@ from firmware_sim.profiles import PROFILES, UnknownProfileError, parse_profiles
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
     parser = argparse.ArgumentParser(
         prog="fleetgate-sim",
         description="Simulate a fleet of edge-ML devices publishing telemetry over MQTT.",
     )
+    # Added in this order, which is the order of --help.
+    _add_fleet_args(parser)
+    _add_naming_and_frame_args(parser)
+    _add_fault_and_output_args(parser)
+    return parser
+
+
+def _add_fleet_args(parser: argparse.ArgumentParser) -> None:
+    """Where to connect, how many devices of which profiles, how often and how long."""
+    env = os.environ.get
     parser.add_argument(
         "--mqtt-url",
         default=env("FLEETGATE_MQTT_URL", "mqtt://127.0.0.1:1883"),
@@ -48,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many seconds (default: until Ctrl-C / SIGTERM)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for a reproducible fleet")
+
+
+def _add_naming_and_frame_args(parser: argparse.ArgumentParser) -> None:
+    """Topic and id naming, and the frames: how many, how large, how many buffered."""
+    env = os.environ.get
     parser.add_argument(
         "--topic-prefix",
         default=env("FLEETGATE_TOPIC_PREFIX", "fleet"),
@@ -78,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RING_SIZE,
         help="frames each device buffers while offline (%(default)s)",
     )
+
+
+def _add_fault_and_output_args(parser: argparse.ArgumentParser) -> None:
+    """Deliberate misbehaviour, and where the summary and progress go."""
     parser.add_argument(
         "--fault",
         action="append",
@@ -96,7 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--summary-json", type=Path, default=None, help="write the summary here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
