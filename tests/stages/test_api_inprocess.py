@@ -2,8 +2,10 @@
 
 No broker, no SQLite file, no gateway process: the routes see a real FleetState and dedup
 ledger fed with decoded frames, and a fake for everything else, so the device list and detail,
-the fleet summary, auth, readiness and the two commands are checked in milliseconds. The same
-routes against a real gateway: tests/e2e/test_fleet_status.py and tests/e2e/test_api_schema.py.
+the fleet summary, auth, readiness and the two commands are checked in milliseconds. Then the
+real port, gateway.gateway_port.GatewayView, over a gateway's parts (SQLite in memory, fake
+forwarders): its queries, forgetting and the dead-letter replay's settling. The same routes
+against a real gateway: tests/e2e/test_fleet_status.py and tests/e2e/test_api_schema.py.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import asyncio
 import json
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import Any, TypeVar, cast
 
 import httpx
 import pytest
@@ -31,9 +34,12 @@ from gateway.api.port import EndpointStatus, PipelineStatus, ReplayOutcome
 from gateway.errors import ForwardUnavailable
 from gateway.fleet.events import EventHub, Subscription
 from gateway.fleet.state import FleetState
+from gateway.forward.policy import ForwarderStatus
+from gateway.gateway_port import GatewayView, RunningGateway
 from gateway.pipeline.dedup import Ledger
 from gateway.pipeline.series_budget import SeriesBudget
 from gateway.seq_ranges import SeqRanges
+from tests.support.fakes import MemoryStore
 
 T = TypeVar("T")
 T0 = 1_790_000_000_000
@@ -359,3 +365,117 @@ def test_unknown_routes_and_methods_keep_the_error_shape(port: FakePort) -> None
     wrong_method = run(call(port, "PUT", "/api/v1/devices/dev-a"))
     assert (wrong_method.status_code, wrong_method.json()["error"]) == (
         405, "method_not_allowed")
+
+
+# ---------------------------------------------------------------------------------- GatewayView
+# The real port over the parts of a gateway: a real fleet, ledger and budget, the buffer's
+# database in memory (tests/support/fakes.MemoryStore, the real migrations), fake forwarders.
+class FakeForwarder:
+    """Takes every dead letter but those of `refuse` (refused again with a 400) or, if
+    `unreachable`, raises ForwardUnavailable like a forwarder whose endpoint is down."""
+
+    def __init__(self, endpoint: str, refuse: frozenset[int] = frozenset(),
+                 unreachable: bool = False) -> None:
+        self.endpoint, self.cursor, self.retrying = endpoint, 7, False
+        self.status = ForwarderStatus(cursor=7, sent_samples=90, paused="HTTP 401",
+                                      max_samples_per_request=500)
+        self.refuse, self.unreachable = refuse, unreachable
+
+    async def replay(self, letters: list[tuple[int, bytes]]
+                     ) -> tuple[list[int], list[tuple[int, str, int]]]:
+        if self.unreachable:
+            raise ForwardUnavailable(self.endpoint, "connection refused")
+        return ([i for i, _ in letters if i not in self.refuse],
+                [(400, "out of order", i) for i, _ in letters if i in self.refuse])
+
+
+class MemoryDatabase(MemoryStore):
+    last_recovery: dict[str, Any] | None = None
+
+
+@dataclass
+class GatewayParts:
+    """What GatewayView reads of a running Gateway (gateway_port.RunningGateway)."""
+
+    port: FakePort  # its fleet, ledger and budget, as fed by the fixture
+    db: MemoryDatabase = field(default_factory=MemoryDatabase)
+    forwarders: list[FakeForwarder] = field(default_factory=list)
+    forgotten_series: list[str] = field(default_factory=list)
+    started_ms: int = T0
+
+    def __post_init__(self) -> None:
+        self.settings = SimpleNamespace(api_tokens={ADMIN: "admin", READ: "read"},
+                                        buffer_max_bytes=1 << 20,
+                                        buffer_full_policy="drop_oldest")
+        self.fleet, self.series_budget = self.port.fleet, self.port.series_budget
+        self.pipeline = SimpleNamespace(ledger=self.port.ledger, held={("dev-a", 1): [b"f"]},
+                                        last_commit_ok=True)
+        self.buffer = SimpleNamespace(committed_upto=10, frames=3, bytes=300)
+        self.ingest = SimpleNamespace(connected=True)
+        self.births = SimpleNamespace(clock_ahead_ms=lambda device_id, boot: 0)
+        self.compiler = SimpleNamespace(forget_device=self.forgotten_series.append)
+        self.events = self.port.hub
+        self.unsent_age_s = {ENDPOINT: 4.0}
+
+    def send_rate(self, endpoint: str) -> float:
+        return 2.25
+
+    def missing_of(self, record: Any) -> int:
+        return 0
+
+
+def view_of(parts: GatewayParts) -> FakePort:
+    return cast(FakePort, GatewayView(cast(RunningGateway, parts)))  # served like the fake
+
+
+def test_gateway_view_reads_events_and_forgets_a_device_in_sqlite(port: FakePort) -> None:
+    parts = GatewayParts(port)
+    parts.db.conn.executemany(
+        "INSERT INTO device_events (id, device_id, ts_ms, kind, state, reason) VALUES"
+        " (?, ?, ?, 'state', 'online', 'birth')", [(1, "dev-a", T0), (2, "dev-b", T0)])
+    events = get(view_of(parts), "/api/v1/devices/dev-a/events").json()["events"]
+    assert [(e["id"], e["device_id"]) for e in events] == [(1, "dev-a")]
+
+    answer = run(call(view_of(parts), "DELETE", "/api/v1/devices/dev-a", token=ADMIN))
+    assert answer.status_code == 204
+    assert "dev-a" not in port.fleet.devices
+    assert parts.forgotten_series == ["dev-a"]
+    assert parts.db.rows("SELECT device_id FROM device_events") == [("dev-b",)]
+
+
+def test_gateway_view_replays_per_endpoint_and_settles_what_was_taken(port: FakePort) -> None:
+    other = "http://victoria/api/v1/write"
+    parts = GatewayParts(port, forwarders=[FakeForwarder(ENDPOINT, refuse=frozenset({2})),
+                                           FakeForwarder(other, unreachable=True)])
+    letters = [(ENDPOINT, 7, T0, 400, "r", "up{}", b"e")] * 3 + [
+        ("http://gone/write", 7, T0, 400, "r", "up{}", b"e")]
+    parts.db.conn.executemany("INSERT INTO dead_letters (endpoint, frame_id, created_ms, status,"
+                              " reason, series, entry) VALUES (?,?,?,?,?,?,?)", letters)
+    done = run(call(view_of(parts), "POST", "/api/v1/dead-letters/replay", token=ADMIN))
+    assert done.json() == {"replayed": 2, "refused": 1, "remaining": 2}
+    assert parts.db.rows("SELECT id, endpoint, reason FROM dead_letters ORDER BY id") == [
+        (2, ENDPOINT, "out of order"), (4, "http://gone/write", "r")]  # no longer configured
+
+    # The first endpoint takes letter 6, the second cannot be reached: 503, and letter 6 is
+    # settled all the same (it was delivered; sending it again would duplicate it).
+    parts.db.conn.executemany("INSERT INTO dead_letters (endpoint, frame_id, created_ms, status,"
+                              " reason, series, entry) VALUES (?,?,?,?,?,?,?)",
+                              [(other, *letters[0][1:]), letters[0]])
+    down = run(call(view_of(parts), "POST", "/api/v1/dead-letters/replay", token=ADMIN))
+    assert (down.status_code, down.json()["error"]) == (503, "unavailable")
+    assert parts.db.rows("SELECT id FROM dead_letters ORDER BY id") == [(2,), (4,), (5,)]
+
+
+def test_gateway_view_pipeline_status_names_each_part(port: FakePort) -> None:
+    parts = GatewayParts(port, forwarders=[FakeForwarder(ENDPOINT)])
+    status = get(view_of(parts), "/api/v1/pipeline", token=ADMIN).json()
+    assert status["buffer"] == {"frames": 3, "bytes": 300, "held_frames": 1,
+                                "max_bytes": 1 << 20, "full_policy": "drop_oldest"}
+    assert status["last_recovery"] is None
+    [endpoint] = status["endpoints"]
+    assert {k: endpoint[k] for k in ("state", "paused_reason", "behind_frames",
+                                     "oldest_unsent_age_s", "send_rate_samples_per_s",
+                                     "max_samples_per_request", "sent_samples")} == {
+        "state": "paused", "paused_reason": "HTTP 401", "behind_frames": 3,
+        "oldest_unsent_age_s": 4.0, "send_rate_samples_per_s": 2.2,
+        "max_samples_per_request": 500, "sent_samples": 90}
