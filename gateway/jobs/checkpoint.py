@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from gateway.buffer import store
 from gateway.errors import StoreError
@@ -18,31 +19,30 @@ FLEET_CHECKPOINT_INTERVAL_S = 30.0
 CHECKPOINT_CHUNK = 250  # device rows built and written at a time (~10 ms of the loop)
 
 
+@dataclass
 class CheckpointJob:
     """Writes the dirty devices' rows, then updates the gauges as of `clock()` after the writes
     (a checkpoint of 100,000 devices takes seconds: the unsent ages are not that much older)."""
 
-    def __init__(self, fleet: FleetState, db: Db, gauges: GaugesJob,
-                 clock: Callable[[], int] = wall_ms) -> None:
-        self._fleet = fleet
-        self._db = db
-        self._gauges = gauges
-        self._clock = clock
+    fleet: FleetState
+    db: Db
+    gauges: GaugesJob
+    clock: Callable[[], int] = wall_ms
 
     async def tick(self, now_ms: int) -> None:
         """The rows carry their own times; the gauges are taken at clock() after the writes."""
-        fleet = self._fleet
+        fleet = self.fleet
         dirty = fleet.take_dirty_ids()
         for start in range(0, len(dirty), CHECKPOINT_CHUNK):
             rows = fleet.rows_of(dirty[start:start + CHECKPOINT_CHUNK])
             if not rows:
                 continue
             try:  # one transaction a chunk: the loop runs between them
-                await self._db.write(functools.partial(store.checkpoint_devices, rows=rows))
+                await self.db.write(functools.partial(store.checkpoint_devices, rows=rows))
             except StoreError:
                 fleet.mark_dirty(dirty[start:])  # checkpointed at the next tick
                 raise
-        await self._gauges.tick(self._clock())
+        await self.gauges.tick(self.clock())
 
 
 async def run_checkpoint_and_gauges(runner: Runner, checkpoint: CheckpointJob,

@@ -4,6 +4,7 @@ the buffer so they reach every endpoint through outages like device frames do.""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from gateway.fleet.series import fleet_metric_entries
 from gateway.fleet.state import DeviceRecord, FleetState
@@ -15,28 +16,26 @@ ENTRIES_PER_FRAME = 2000  # gateway-made entries (stale markers, fleet metrics) 
 CommitEntries = Callable[[str, Sequence[bytes]], Awaitable[int]]
 
 
+@dataclass
 class FleetMetricsJob:
-    def __init__(self, fleet: FleetState, encoder: SeriesEncoder,
-                 missing_of: Callable[[DeviceRecord], int], gateway_id: str,
-                 commit_entries: CommitEntries) -> None:
-        self._fleet = fleet
-        self._encoder = encoder
-        self._missing_of = missing_of
-        self._gateway_id = gateway_id
-        self._commit_entries = commit_entries
+    fleet: FleetState
+    encoder: SeriesEncoder
+    missing_of: Callable[[DeviceRecord], int]
+    gateway_id: str
+    commit_entries: CommitEntries
 
     async def tick(self, now_ms: int) -> int:
         """The fleet as metrics, through the buffer to every endpoint. Returns the entries."""
         chunk: list[bytes] = []
         written = 0
-        for entry in fleet_metric_entries(self._fleet, self._encoder, self._missing_of,
-                                          self._gateway_id, now_ms):
+        for entry in fleet_metric_entries(self.fleet, self.encoder, self.missing_of,
+                                          self.gateway_id, now_ms):
             chunk.append(entry)
             if len(chunk) >= ENTRIES_PER_FRAME:
-                await self._commit_entries("", chunk)
+                await self.commit_entries("", chunk)
                 written += len(chunk)
                 chunk = []
         if chunk:
-            await self._commit_entries("", chunk)
+            await self.commit_entries("", chunk)
             written += len(chunk)
         return written

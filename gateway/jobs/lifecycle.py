@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from gateway.buffer import store
 from gateway.errors import StoreError
@@ -17,21 +18,20 @@ LIFECYCLE_TICK_S = 1.0  # late/offline found within a second; events written wit
 CloseBoot = Callable[[str, int, Callable[[], bool]], Awaitable[int]]
 
 
+@dataclass
 class LifecycleJob:
     """close_boot sends a silent boot's stale markers; None when there is no endpoint."""
 
-    def __init__(self, fleet: FleetState, db: Db, events: EventHub, metrics: GatewayMetrics,
-                 close_boot: CloseBoot | None) -> None:
-        self._fleet = fleet
-        self._db = db
-        self._events = events
-        self._metrics = metrics
-        self._close_boot = close_boot
+    fleet: FleetState
+    db: Db
+    events: EventHub
+    metrics: GatewayMetrics
+    close_boot: CloseBoot | None
 
     async def tick(self, now_ms: int) -> int:
         """Sweep for late/offline devices; write, stream and act on the events. Returns how
         many events there were."""
-        self._fleet.sweep(now_ms)
+        self.fleet.sweep(now_ms)
         events = await self.write_events()
         for event in events:
             # Deaths and reboots are closed by the pipeline, in arrival order; a timeout here.
@@ -43,25 +43,25 @@ class LifecycleJob:
     async def write_events(self) -> list[DeviceEvent]:
         """The fleet's pending events to SQLite, then to the stream; on a StoreError they stay
         pending, first in line."""
-        events = self._fleet.take_events()
+        events = self.fleet.take_events()
         if not events:
             return events
         rows = [(e.device_id, e.ts_ms, e.kind, e.state, e.previous, e.boot, e.previous_boot,
                  e.reason) for e in events]
         try:
-            first_id = await self._db.write(lambda conn: store.insert_events(conn, rows))
+            first_id = await self.db.write(lambda conn: store.insert_events(conn, rows))
         except StoreError:
-            self._fleet.requeue_events(events)  # written at the next tick, in order
+            self.fleet.requeue_events(events)  # written at the next tick, in order
             raise
-        self._events.publish(e.as_dict(first_id + i) for i, e in enumerate(events))
+        self.events.publish(e.as_dict(first_id + i) for i, e in enumerate(events))
         for e in events:
-            self._metrics.device_events.labels(e.state or e.kind).inc()
+            self.metrics.device_events.labels(e.state or e.kind).inc()
         return events
 
     async def _close_silent_boot(self, device_id: str, boot: int) -> None:
         def still_offline() -> bool:
-            record = self._fleet.devices.get(device_id)
+            record = self.fleet.devices.get(device_id)
             return record is not None and not record.online and record.boot == boot
 
-        if self._close_boot is not None:
-            await self._close_boot(device_id, boot, still_offline)
+        if self.close_boot is not None:
+            await self.close_boot(device_id, boot, still_offline)

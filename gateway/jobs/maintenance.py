@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.buffer import store
@@ -37,50 +38,48 @@ class HeldAndClosed(Protocol):
     def drop_held_before(self, before_ms: int) -> int: ...
 
 
+@dataclass
 class PruneDedupStateJob:
     """Forget past boots' ledgers and births, and held frames whose birth never came."""
 
-    def __init__(self, db: Db, checkpoint: Job, ledger: ForgetsKeys, births: ForgetsBoots,
-                 compiler: ForgetsBoots, pipeline: HeldAndClosed, metrics: GatewayMetrics,
-                 retention_days: float) -> None:
-        self._db = db
-        self._checkpoint = checkpoint
-        self._ledger = ledger
-        self._births = births
-        self._compiler = compiler
-        self._pipeline = pipeline
-        self._metrics = metrics
-        self._retention_days = retention_days
+    db: Db
+    checkpoint: Job
+    ledger: ForgetsKeys
+    births: ForgetsBoots
+    compiler: ForgetsBoots
+    pipeline: HeldAndClosed
+    metrics: GatewayMetrics
+    retention_days: float
 
     async def tick(self, now_ms: int) -> None:
-        before_ms = now_ms - int(self._retention_days * DAY_MS)
+        before_ms = now_ms - int(self.retention_days * DAY_MS)
         # devices.boot must be current: the current boot is kept
-        await self._checkpoint.tick(now_ms)
-        ledger_keys, birth_keys, held = await self._db.write(
+        await self.checkpoint.tick(now_ms)
+        ledger_keys, birth_keys, held = await self.db.write(
             lambda conn: store.prune_dedup_state(conn, before_ms))
         for key in ledger_keys:
-            self._ledger.forget(key)
-        self._pipeline.forget_closed(ledger_keys)
+            self.ledger.forget(key)
+        self.pipeline.forget_closed(ledger_keys)
         for device_id, boot in birth_keys:
-            self._births.forget(device_id, boot)
-            self._compiler.forget(device_id, boot)
+            self.births.forget(device_id, boot)
+            self.compiler.forget(device_id, boot)
         if held:
-            dropped = self._pipeline.drop_held_before(before_ms)
-            self._metrics.frames_dropped.labels("held_without_birth").inc(dropped)
+            dropped = self.pipeline.drop_held_before(before_ms)
+            self.metrics.frames_dropped.labels("held_without_birth").inc(dropped)
             log.warning("dropped %d held frames whose birth never came within %.0f days",
-                        dropped, self._retention_days)
+                        dropped, self.retention_days)
         if ledger_keys or birth_keys:
             log.info("forgot dedup state of %d past boots and %d births", len(ledger_keys),
                      len(birth_keys))
 
 
+@dataclass
 class PruneEventsJob:
     """Delete device events older than the retention. Returns how many went."""
 
-    def __init__(self, db: Db, retention_days: float) -> None:
-        self._db = db
-        self._retention_days = retention_days
+    db: Db
+    retention_days: float
 
     async def tick(self, now_ms: int) -> int:
-        before_ms = now_ms - int(self._retention_days * DAY_MS)
-        return await self._db.write(lambda conn: store.prune_events(conn, before_ms))
+        before_ms = now_ms - int(self.retention_days * DAY_MS)
+        return await self.db.write(lambda conn: store.prune_events(conn, before_ms))
