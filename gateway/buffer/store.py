@@ -7,11 +7,9 @@ file in tmp_path.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from gateway.remote_write.wire import STALE_NAN, encode_entry
 
 KIND_TELEMETRY = 0
 KIND_BIRTH = 1
@@ -360,56 +358,6 @@ def settle_dead_letters(conn: sqlite3.Connection, delivered: Sequence[int],
     conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in delivered])
     conn.executemany("UPDATE dead_letters SET status = ?, reason = ? WHERE id = ?", refused)
     return conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
-
-
-# Prometheus shows a series for 5 minutes after its newest sample (the query lookback): a boot
-# whose newest sample is older than that is already gone from dashboards, and markers for it
-# would only be refused as too old by receivers that keep no history that far back.
-STALE_LOOKBACK_MS = 300_000
-
-
-@dataclass(frozen=True, slots=True)
-class BootClose:
-    """Stale markers for every series a boot wrote, as one buffer frame with a given id."""
-
-    frame_id: int
-    device_id: str
-    boot: int
-    stale_ms: int | None  # 1 ms after the boot's newest sample stored; None: no samples
-    # The boot's fleet_device_info series (stamped at its birth's arrival, on the gateway's
-    # clock) and when it ends: before the next boot's info sample, after its own.
-    info_labels: bytes | None = None
-    info_ms: int = 0
-
-
-def write_closes(conn: sqlite3.Connection, closes: Sequence[BootClose], now_ms: int,
-                 reopened: Collection[tuple[str, int]] = ()) -> list[tuple[int, list[bytes]]]:
-    """Insert each close as a frame of stale-marker entries (none for a boot older than the
-    lookback), in the caller's transaction: after that batch's boot_series rows, so series
-    first seen in the same batch are closed too. Returns (frame id, entries) of each."""
-    out: list[tuple[int, list[bytes]]] = []
-    recent = now_ms - STALE_LOOKBACK_MS
-    for close in closes:
-        entries = []
-        if close.stale_ms is not None and close.stale_ms >= recent:
-            entries = [encode_entry(label_bytes, STALE_NAN, close.stale_ms)
-                       for label_bytes in boot_series(conn, close.device_id, close.boot)]
-        if close.info_labels is not None and close.info_ms >= recent:
-            entries.append(encode_entry(close.info_labels, STALE_NAN, close.info_ms))
-        if (close.device_id, close.boot) not in reopened:  # no frame of it after its close
-            conn.execute("INSERT OR IGNORE INTO closed_boots (device_id, boot) VALUES (?,?)",
-                         (close.device_id, close.boot))
-        conn.execute("INSERT INTO frames (id, kind, device_id, boot, seq, received_ms, payload)"
-                     " VALUES (?,?,?,?,?,?,?)", (close.frame_id, KIND_ENTRIES, close.device_id,
-                                                 close.boot, None, now_ms, b"".join(entries)))
-        out.append((close.frame_id, entries))
-    return out
-
-
-def boot_series(conn: sqlite3.Connection, device_id: str, boot: int) -> list[bytes]:
-    """The encoded labels of every series the boot wrote (for its stale markers)."""
-    return [row[0] for row in conn.execute(
-        "SELECT labels FROM boot_series WHERE device_id = ? AND boot = ?", (device_id, boot))]
 
 
 def prune_dedup_state(conn: sqlite3.Connection, before_ms: int

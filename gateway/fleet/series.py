@@ -1,7 +1,7 @@
 """Remote-write entries the gateway makes about the fleet (pure; sent through the buffer).
 
 (Stale markers for a boot that ended are made by the pipeline from the series the boot wrote:
-see `gateway.buffer.store.write_closes`.)
+see `gateway.buffer.markers.write_closes`.)
 - The fleet mirrored as metrics, every `fleet_metrics_interval_s`: `fleet_device_up`,
   `fleet_device_last_seen_timestamp_seconds`, per-device frame counters and `fleet_devices`.
 """

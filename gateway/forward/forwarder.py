@@ -45,17 +45,16 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
-from device_protocol import ProtocolError
 from gateway.backoff import backoff_s
 from gateway.buffer import store
 from gateway.buffer.buffer import Buffer
 from gateway.buffer.store import Position
 from gateway.errors import StoreError
 from gateway.forward.client import Accepted, Rejected, RemoteWriteClient, TooLarge
-from gateway.forward.order import Part, Request, take
+from gateway.forward.gather import FETCH_FRAMES, Batch, Gatherer
+from gateway.forward.order import Part, Request
 from gateway.forward.policy import EndpointSender, ForwarderStatus, dead_letter, replay
 from gateway.metrics import GatewayMetrics
-from gateway.remote_write.wire import LabelValidationError
 from gateway.settings import ForwardConfig
 
 __all__ = ["FETCH_FRAMES", "LIVE_LANE_MIN_BACKLOG", "Forwarder", "ForwarderStatus", "Resume"]
@@ -63,9 +62,7 @@ __all__ = ["FETCH_FRAMES", "LIVE_LANE_MIN_BACKLOG", "Forwarder", "ForwarderStatu
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
-FETCH_FRAMES = 2000  # rows per read-back from SQLite when behind the cache
 LIVE_LANE_MIN_BACKLOG = 5000  # frames behind, read back from SQLite, before live goes first
-Batch = tuple[list[Part], Position, bool]  # (parts, position after them, full)
 BACKLOG, LIVE = "backlog", "live"  # the lanes a forwarder holds frames in (SendWindows)
 
 
@@ -117,7 +114,7 @@ class Forwarder:
         # Rows read back from SQLite that the last request had no room for, in id order.
         self._read_ahead: deque[store.FrameRow] = deque()
         self._live_read_ahead: deque[store.FrameRow] = deque()
-        self._decoded: tuple[int, Sequence[bytes]] | None = None  # the last row read back
+        self._gatherer = Gatherer(endpoint, buffer, metrics)
         self._draining = False
         self._keep_partial(BACKLOG, self.position)
         if live_lane is not None:
@@ -269,82 +266,12 @@ class Forwarder:
         ahead = self._read_ahead if lane == BACKLOG else self._live_read_ahead
         low = self.cursor if lane == BACKLOG else (self.status.live_lane or (0, 0))[1]
         self._windows.hold(self.endpoint, lane, low, 1 << 62)  # whatever a read-back returns
-        batch = await self._gather(after, upto, ahead)
+        batch = await self._gatherer.gather(after, upto, ahead,
+                                            self.status.max_samples_per_request)
         end = batch[1]
         high = max(end.frame_id + (1 if end.offset else 0), ahead[-1].id if ahead else 0)
         self._windows.hold(self.endpoint, lane, low, high)
         return batch
-
-    async def _gather(self, after: Position, upto: int, ahead: deque[store.FrameRow]) -> Batch:
-        limit = self.status.max_samples_per_request
-        parts: list[Part] = []
-        samples = 0
-        frame_id, start = after.frame_id, after.offset
-        cache, append = self._cache, parts.append
-        # Fast path: the frames right after the cursor are still encoded in the cache.
-        while frame_id < upto and samples < limit:
-            frame_id += 1
-            entries = cache.get(frame_id)
-            if entries is None:
-                frame_id -= 1
-                break
-            if not start and samples + len(entries) <= limit:  # the whole frame fits
-                append((frame_id, entries, entries))
-                samples += len(entries)
-                continue
-            taken = take(parts, frame_id, entries, start, limit - samples, limit)
-            samples += taken
-            if start + taken < len(entries):  # no room, or a part of a frame over the cap
-                return parts, Position(frame_id - 1, start + taken), True
-            start = 0
-        if frame_id == after.frame_id:  # behind the cache (outage, restart, drops): read back
-            while ahead and ahead[0].id <= after.frame_id:
-                ahead.popleft()
-            if not ahead:
-                rows = await self._db.read(
-                    lambda conn: store.fetch_frames(conn, after.frame_id, FETCH_FRAMES))
-                if not rows:
-                    return parts, Position(upto), False  # everything up to upto was deleted
-                ahead.extend(rows)
-            dropped = self._windows.dropped
-            while ahead and samples < limit:
-                row = ahead[0]
-                if row.id > upto:  # nothing left in (frame_id, upto]: deleted or dropped
-                    frame_id = upto
-                    break
-                if dropped and row.id in dropped:  # read ahead, then dropped (drop_oldest)
-                    ahead.popleft()
-                    frame_id = row.id
-                    continue
-                start = after.offset if row.id == after.frame_id + 1 else 0
-                entries = self._entries_for(row)
-                taken = take(parts, row.id, entries, start, limit - samples, limit)
-                samples += taken
-                if start + taken < len(entries):
-                    return parts, Position(row.id - 1, start + taken), True
-                ahead.popleft()
-                frame_id = row.id
-        return parts, Position(frame_id), frame_id < upto or samples >= limit
-
-    def _entries_for(self, row: store.FrameRow) -> Sequence[bytes]:
-        cached = self._cache.get(row.id)
-        if cached is not None:
-            return cached
-        if self._decoded is not None and self._decoded[0] == row.id:  # a frame split in parts
-            return self._decoded[1]
-        entries = self._decode(row)
-        self._decoded = (row.id, entries)
-        return entries
-
-    def _decode(self, row: store.FrameRow) -> Sequence[bytes]:
-        try:
-            return self._buffer.decode(row)
-        except (ProtocolError, LabelValidationError, ValueError) as exc:
-            # Stored frames were valid when stored: this is a bug or a bad disk. Skip, loudly.
-            log.error("%s: stored frame %d of %s no longer decodes (%s); skipped", self.endpoint,
-                      row.id, row.device_id, exc)
-            self._metrics.frames_dropped.labels("undecodable_stored").inc()
-            return []
 
     # ------------------------------------------------------------------ sending
     async def _deliver(self, parts: list[Part]) -> Delivery:

@@ -25,9 +25,9 @@ from device_protocol import (
     decode_telemetry_rows,
     parse_topic,
 )
-from gateway.buffer import store
+from gateway.buffer import markers, store
 from gateway.buffer.buffer import Buffer
-from gateway.ingest.mqtt import InboundMessage
+from gateway.ingest.inbox import InboundMessage
 from gateway.pipeline.births import BootOrder, after, clock_ahead_ms, shifted, supersedes
 from gateway.pipeline.dedup import LedgerKey, LedgerOverlay, encode_ranges
 from gateway.pipeline.frame_compiler import FrameCompiler
@@ -66,7 +66,7 @@ class BatchPlan:
     added_bytes: int = 0
     last_frame_id: int = 0
     labels_dropped: int = 0  # labels with an empty value left out of the frames stored
-    closes: list[store.BootClose] = field(default_factory=list)  # boots whose series end here
+    closes: list[markers.BootClose] = field(default_factory=list)  # boots whose series end here
     stored_extra: int = 0  # frames of the gateway's own (stale markers) stored with the batch
     reopened: set[LedgerKey] = field(default_factory=set)  # closed, then stored frames again
     now_ms: int = 0
@@ -260,6 +260,11 @@ class Planner:
         else:  # kept for its boot's frames; the device stays on its newer boot
             log.info("device %s: birth of past boot %d (t=%d) kept; the current boot stays",
                      device_id, birth.boot, birth.time_ms)
+        self._release_held(plan, message, device_id, birth, ahead_ms)
+
+    def _release_held(self, plan: BatchPlan, message: InboundMessage, device_id: str,
+                      birth: Birth, ahead_ms: int) -> None:
+        """The frames held for this boot's birth go in with it, each checked as it arrived."""
         key = (device_id, birth.boot)
         if key in plan.released:
             return  # a second birth of the boot in this batch: its held frames are released
@@ -343,7 +348,7 @@ class Planner:
         if newest is None and info is None:
             return  # nothing of that boot was ever sent
         frame_id = self._buffer.reserve_id()
-        plan.closes.append(store.BootClose(frame_id, device_id, boot,
+        plan.closes.append(markers.BootClose(frame_id, device_id, boot,
                                            None if newest is None else newest + 1, info,
                                            info_ms))
 

@@ -25,7 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception
 from device_protocol import Command as DeviceCommand
 from device_protocol import Limits, cmd_topic, encode_command
 from gateway.backoff import backoff_s  # one backoff rule for every retry
-from gateway.buffer import store
+from gateway.buffer import markers, store
 from gateway.buffer.buffer import Buffer
 from gateway.errors import StoreError
 from gateway.fleet.state import FleetState
@@ -119,7 +119,7 @@ class Pipeline:
         store.write_batch(conn, plan.write)
         if not plan.closes:
             return []
-        return store.write_closes(conn, plan.closes, plan.now_ms, plan.reopened)
+        return markers.write_closes(conn, plan.closes, plan.now_ms, plan.reopened)
 
     def _take_closed(self, plan: BatchPlan, closed: list[tuple[int, list[bytes]]]) -> None:
         """The stale-marker frames join the batch's entries, in frame id order."""

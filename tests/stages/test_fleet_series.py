@@ -1,5 +1,5 @@
 """Stale markers for a boot that ended (the series FrameCompiler records as first seen in a boot,
-closed by gateway.buffer.store.write_closes), and gateway.fleet.series: the fleet as metrics.
+closed by gateway.buffer.markers.write_closes), and gateway.fleet.series: the fleet as metrics.
 
 Frames go the way the pipeline sends them: decoded from the wire, compiled to entries by a
 budgeted FrameCompiler (what a receiver gets) and observed by FleetState. Entries are decoded
@@ -24,9 +24,10 @@ from device_protocol import (
     decode_telemetry_rows,
     encode_telemetry,
 )
+from gateway.buffer import markers as stale_markers
 from gateway.buffer import store
 from gateway.buffer.db import apply_migrations
-from gateway.buffer.store import STALE_LOOKBACK_MS
+from gateway.buffer.markers import STALE_LOOKBACK_MS
 from gateway.fleet.series import (
     DEVICE_DUPLICATES,
     DEVICE_FRAMES,
@@ -99,7 +100,7 @@ class Device:
     def stale(self, now_ms: int | None = None, boot: int | None = None) -> list[bytes]:
         """Markers as the gateway commits them when a boot ends (by default the current boot,
         a minute after its newest sample): the series the compiler recorded for the boot, as
-        the pipeline stores them, closed by store.write_closes on a real SQLite schema."""
+        the pipeline stores them, closed by markers.write_closes on a real SQLite schema."""
         boot = self.birth.boot if boot is None else boot
         if boot not in self.newest:
             return []
@@ -108,8 +109,8 @@ class Device:
         conn = sqlite3.connect(":memory:")
         apply_migrations(conn)
         store.write_batch(conn, store.BatchWrite(boot_series=self.compiler.learned))
-        close = store.BootClose(1, self.device_id, boot, self.newest[boot] + 1)
-        ((_, entries),) = store.write_closes(conn, [close], now_ms)
+        close = stale_markers.BootClose(1, self.device_id, boot, self.newest[boot] + 1)
+        ((_, entries),) = stale_markers.write_closes(conn, [close], now_ms)
         conn.close()
         return entries
 
