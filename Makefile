@@ -25,11 +25,13 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy device_protocol gateway firmware_sim devstack
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy device_protocol gateway firmware_sim devstack
+	$(BIN)/lint-imports
 
 faults: install
 	FAULTS_LONG=1 FAULTS_REPORT=docs/reliability.md $(BIN)/pytest tests/faults tests/model
