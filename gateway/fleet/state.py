@@ -11,168 +11,35 @@ declared interval), `offline` (a death of its current boot, or no frame for
 not offline has one live entry (`due_ms`), re-queued at its next deadline when popped, so a
 frame costs no heap work at all. An entry whose time no longer matches the device's `due_ms`
 is stale (the device came back, or its interval changed) and is skipped when popped.
+
+The records, states and events themselves (and their checkpoint rows) are in
+`gateway.fleet.records`; `FleetState` holds the fleet's indexes (by state, by last seen,
+versions), the lifecycle rules, the deadline heap and the queue of events not yet taken.
 """
 
 from __future__ import annotations
 
 import heapq
-import json
-import math
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-from device_protocol import Birth, HistogramValue, Labels, TelemetryRows
+from device_protocol import Birth, TelemetryRows
+from gateway.fleet.records import (
+    MAX_BOOTS_KEPT,
+    DeviceEvent,
+    DeviceRecord,
+    DeviceState,
+    SeriesId,
+    SeriesValue,
+    record_from_row,
+    series_key,
+)
 
-MAX_BOOTS_KEPT = 8  # per device, for the completeness view; older boots' stats are dropped
-
-
-class DeviceState(StrEnum):
-    ONLINE = "online"
-    LATE = "late"
-    OFFLINE = "offline"
-
-
-@dataclass(slots=True, frozen=True)
-class DeviceEvent:
-    """A state change (kind "state") or a reboot (kind "reboot"), as stored and streamed."""
-
-    device_id: str
-    ts_ms: int
-    kind: str
-    state: str | None = None
-    previous: str | None = None
-    boot: int | None = None
-    previous_boot: int | None = None
-    reason: str | None = None
-
-    def as_dict(self, event_id: int | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": event_id, "device_id": self.device_id, "ts_ms": self.ts_ms,
-                               "kind": self.kind, "boot": self.boot}
-        if self.kind == "state":
-            out.update(state=self.state, previous=self.previous, reason=self.reason)
-        else:
-            out["previous_boot"] = self.previous_boot
-        return out
-
-
-# The newest value of a series: a number, or for a histogram (count, sum) and nothing else.
-SeriesValue = float | HistogramValue
-SeriesId = tuple[str, Labels]  # (metric name, the sample's own labels)
-
-
-@dataclass(slots=True)
-class DeviceRecord:
-    device_id: str
-    platform: str | None = None
-    firmware: str | None = None
-    boot: int | None = None
-    interval_ms: int | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    first_seen_ms: int = 0
-    last_seen_ms: int = 0
-    last_seq: int | None = None
-    state: DeviceState = DeviceState.OFFLINE
-    state_since_ms: int = 0
-    birth: Birth | None = None  # names the aliases of the raw samples below
-    # Latest raw sample per (alias or name, own labels) of the current boot: one dict store per
-    # sample when folded; names are resolved only when read.
-    samples: dict[tuple[int | str, Labels], tuple[SeriesValue, int]] = field(
-        default_factory=dict)
-    # Series by name: from a checkpoint, or from a past boot (a new boot may reuse aliases).
-    restored: dict[SeriesId, tuple[SeriesValue, int]] = field(default_factory=dict)
-    # The newest frame, folded into `samples` only when read or checkpointed: the hot path
-    # stores one reference per frame instead of one entry per sample. A metric sent only in
-    # frames between two folds is missed by this view (it still reaches Prometheus).
-    newest: TelemetryRows | None = None
-    frames: int = 0  # telemetry frames accepted (not duplicates), all boots
-    quarantined: int = 0  # frames refused as invalid (their seqs stay free), all boots
-    duplicates: dict[int, int] = field(default_factory=dict)  # per boot
-    boots: list[int] = field(default_factory=list)  # newest last, at most MAX_BOOTS_KEPT
-    due_ms: int | None = None  # when its live entry in FleetState's deadline heap is due
-    new: bool = True  # no state change yet: its first event has previous = None
-
-    @property
-    def online(self) -> bool:
-        return self.state is not DeviceState.OFFLINE
-
-    def fold(self) -> None:
-        frame = self.newest
-        if frame is None:
-            return
-        self.newest = None
-        samples = self.samples
-        base_ms = frame.time_ms
-        for metric, value, dt_ms, labels in frame.rows:
-            samples[metric, labels] = (value, base_ms + dt_ms)
-
-    def series(self) -> dict[SeriesId, tuple[SeriesValue, int]]:
-        """Every series' newest value and timestamp (ms), by (name, own labels)."""
-        self.fold()
-        out = dict(self.restored)
-        names = {m.alias: m.name for m in self.birth.metrics} if self.birth else {}
-        for (metric, labels), value_ts in self.samples.items():
-            name = metric if isinstance(metric, str) else names.get(metric, f"alias_{metric}")
-            out[name, labels] = value_ts
-        return out
-
-    def latest(self) -> dict[str, tuple[float, int]]:
-        """Series key (name and own labels, Prometheus-style) -> (value, timestamp ms)."""
-        out: dict[str, tuple[float, int]] = {}
-        for (name, labels), (value, ts) in self.series().items():
-            if isinstance(value, HistogramValue):
-                out[series_key(name + "_count", labels)] = (value.count, ts)
-                out[series_key(name + "_sum", labels)] = (value.sum, ts)
-            else:
-                out[series_key(name, labels)] = (float(value), ts)
-        return out
-
-    def _note_boot(self, boot: int) -> None:
-        if boot not in self.boots:
-            self.boots.append(boot)
-            del self.boots[:-MAX_BOOTS_KEPT]
-
-    def row(self) -> tuple[Any, ...]:
-        series = [[name, [list(p) for p in labels],
-                   [_json_float(v.count), _json_float(v.sum)] if isinstance(v, HistogramValue)
-                   else _json_float(float(v)), ts]
-                  for (name, labels), (v, ts) in self.series().items()]
-        stats = {"frames": self.frames, "quarantined": self.quarantined,
-                 "duplicates": {str(b): n for b, n in self.duplicates.items()},
-                 "boots": self.boots}
-        return (self.device_id, self.platform, self.firmware, self.boot, self.interval_ms,
-                json.dumps(self.labels), self.first_seen_ms, self.last_seen_ms, self.last_seq,
-                int(self.online), json.dumps(series), self.state.value, self.state_since_ms,
-                json.dumps(stats))
-
-
-def _json_float(value: float) -> float | str:
-    return value if math.isfinite(value) else str(value)
-
-
-def series_key(name: str, labels: tuple[tuple[str, str], ...]) -> str:
-    if not labels:
-        return name
-    return name + "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
-
-
-def _restored_series(text: str | None) -> dict[SeriesId, tuple[SeriesValue, int]]:
-    data = json.loads(text or "[]")
-    out: dict[SeriesId, tuple[SeriesValue, int]] = {}
-    if isinstance(data, dict):  # schema v1-v2 checkpoints: {series key: [value, ts]}
-        for key, (value, ts) in data.items():
-            out[key, ()] = (float(value), int(ts))
-        return out
-    for name, labels, value, ts in data:
-        own = tuple((str(k), str(v)) for k, v in labels)
-        if isinstance(value, list):
-            out[name, own] = (HistogramValue(float(value[0]), float(value[1]), ()), int(ts))
-        else:
-            out[name, own] = (float(value), int(ts))
-    return out
+# Importers name these from here: the records moved to gateway.fleet.records.
+__all__ = ["MAX_BOOTS_KEPT", "DeviceEvent", "DeviceRecord", "DeviceState", "FleetState",
+           "SeriesId", "SeriesValue", "series_key"]
 
 
 class FleetState:
@@ -437,29 +304,12 @@ class FleetState:
     def load(self, rows: list[sqlite3.Row],
              birth_of: Callable[[str, int], Birth | None] = lambda d, b: None) -> None:
         for row in rows:
-            keys = row.keys()
-            state = (DeviceState(row["state"]) if "state" in keys and row["state"]
-                     else DeviceState.ONLINE if row["online"] else DeviceState.OFFLINE)
-            stats = json.loads(row["stats"] or "{}") if "stats" in keys else {}
-            record = DeviceRecord(
-                device_id=row["device_id"], platform=row["platform"], firmware=row["firmware"],
-                boot=row["boot"], interval_ms=row["interval_ms"],
-                labels=json.loads(row["labels"] or "{}"), first_seen_ms=row["first_seen_ms"],
-                last_seen_ms=row["last_seen_ms"], last_seq=row["last_seq"], state=state,
-                state_since_ms=(row["state_since_ms"] if "state_since_ms" in keys
-                                and row["state_since_ms"] is not None
-                                else row["last_seen_ms"]) or 0,
-                restored=_restored_series(row["latest"]),
-                frames=int(stats.get("frames", 0)),
-                quarantined=int(stats.get("quarantined", 0)),
-                duplicates={int(b): int(n) for b, n in stats.get("duplicates", {}).items()},
-                boots=[int(b) for b in stats.get("boots", [])])
-            record.new = False
+            record = record_from_row(row)
             if record.boot is not None:
                 record.birth = birth_of(record.device_id, record.boot)
                 record._note_boot(record.boot)
             self.devices[record.device_id] = record
-            self.by_state[state].add(record.device_id)
+            self.by_state[record.state].add(record.device_id)
             self.reporting += bool(record.frames)
             self._count_versions(record, +1)
             if record.online and record.interval_ms:
