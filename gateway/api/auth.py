@@ -8,7 +8,7 @@ answer's timing does not tell how much of a guessed token was right.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
@@ -24,8 +24,10 @@ bearer = HTTPBearer(auto_error=False, description="token:scope pairs from api_to
 Scope = Literal["read", "admin"]
 
 
-def gateway_port(request: Request) -> GatewayPort:
-    """The port create_api was given (a dependency: routes take it as a `Port` parameter)."""
+async def gateway_port(request: Request) -> GatewayPort:
+    """The port create_api was given (a dependency: routes take it as a `Port` parameter).
+    Async, as every dependency here: FastAPI runs a plain `def` one in its thread pool, a
+    thread hop per request for a dictionary lookup."""
     port: GatewayPort = request.app.state.gateway_port
     return port
 
@@ -56,9 +58,9 @@ def authorize(tokens: Mapping[str, str], scope: Scope, token: str | None) -> Non
         raise ApiError(403, "forbidden", "this route needs a token with the admin scope")
 
 
-def needs(scope: Scope) -> Callable[..., None]:
-    def check(port: Port, credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                                 Depends(bearer)]) -> None:
+def needs(scope: Scope) -> Callable[..., Awaitable[None]]:
+    async def check(port: Port, credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                                       Depends(bearer)]) -> None:
         authorize(port.api_tokens, scope, credentials.credentials if credentials else None)
     return check
 
