@@ -18,6 +18,9 @@ CommitEntries = Callable[[str, Sequence[bytes]], Awaitable[int]]
 
 @dataclass
 class FleetMetricsJob:
+    """commit_entries commits one frame of the buffer for every endpoint (gateway-made: device
+    id ""); missing_of counts a device's missing seqs."""
+
     fleet: FleetState
     encoder: SeriesEncoder
     missing_of: Callable[[DeviceRecord], int]

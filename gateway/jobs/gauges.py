@@ -6,6 +6,7 @@ import functools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.buffer import store
@@ -35,39 +36,41 @@ class Sending(Protocol):
     def status(self) -> SentCount: ...
 
 
+@dataclass
 class GaugesJob:
-    def __init__(self, fleet: FleetState, forwarders: Sequence[Sending], db: Db,
-                 committed_upto: Callable[[], int], metrics: GatewayMetrics,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._fleet = fleet
-        self._forwarders = forwarders
-        self._db = db
-        self._committed_upto = committed_upto
-        self._metrics = metrics
-        self._monotonic = monotonic
-        self.unsent_age_s: dict[str, float] = {}
-        # (monotonic s, samples sent) per endpoint, every GAUGE_INTERVAL_S over the last minute
-        self._sent_history: dict[str, deque[tuple[float, int]]] = {}
+    """committed_upto: the buffer's committed position (an endpoint whose cursor is there has
+    nothing unsent); monotonic: the clock of the send rates."""
+
+    fleet: FleetState
+    forwarders: Sequence[Sending]
+    db: Db
+    committed_upto: Callable[[], int]
+    metrics: GatewayMetrics
+    monotonic: Callable[[], float] = time.monotonic
+    unsent_age_s: dict[str, float] = field(default_factory=dict, init=False)
+    # (monotonic s, samples sent) per endpoint, every GAUGE_INTERVAL_S over the last minute
+    _sent_history: dict[str, deque[tuple[float, int]]] = field(default_factory=dict, init=False,
+                                                               repr=False)
 
     async def tick(self, now_ms: int) -> None:
-        for state, count in self._fleet.counts().items():
-            self._metrics.devices.labels(state).set(count)
+        for state, count in self.fleet.counts().items():
+            self.metrics.devices.labels(state).set(count)
         await self._update_unsent_age(now_ms)
 
     async def _update_unsent_age(self, now_ms: int) -> None:
         """Age of each endpoint's oldest unsent frame: grows through an outage, 0 when caught up."""
-        for forwarder in self._forwarders:
+        for forwarder in self.forwarders:
             age = 0.0
-            if forwarder.cursor < self._committed_upto():
-                oldest = await self._db.read(
+            if forwarder.cursor < self.committed_upto():
+                oldest = await self.db.read(
                     functools.partial(store.oldest_unsent_ms, after_id=forwarder.cursor))
                 if oldest is not None:
                     age = max(0.0, (now_ms - oldest) / 1000)
-            self._metrics.oldest_unsent_age.labels(forwarder.endpoint).set(age)
+            self.metrics.oldest_unsent_age.labels(forwarder.endpoint).set(age)
             self.unsent_age_s[forwarder.endpoint] = age
             history = self._sent_history.setdefault(
                 forwarder.endpoint, deque(maxlen=int(RATE_WINDOW_S / GAUGE_INTERVAL_S) + 1))
-            history.append((self._monotonic(), forwarder.status.sent_samples))
+            history.append((self.monotonic(), forwarder.status.sent_samples))
 
     def send_rate(self, endpoint: str) -> float:
         """Samples per second an endpoint took over about the last minute."""
