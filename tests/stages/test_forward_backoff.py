@@ -13,7 +13,7 @@ import pytest
 
 import tests.support.factories as f
 from gateway.buffer import store
-from tests.stages.test_forward_support import CONFIG, RecordingReceiver, drain, make_forwarder
+from tests.support.forward_harness import CONFIG, RecordingReceiver, drain, make_forwarder
 from tests.support.pipeline_harness import Harness, birth_msg, tele_msg
 
 SLOW = dataclasses.replace(CONFIG, retry_min_s=0.1, retry_max_s=1.6)

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 import tests.support.factories as f
-from tests.stages.test_forward_support import RecordingReceiver, make_forwarder, wait_until
+from tests.support.forward_harness import RecordingReceiver, make_forwarder, wait_until
 from tests.support.pipeline_harness import Harness, birth_msg, tele_msg
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import tests.support.factories as f
 from device_protocol import RawSample, RawTelemetry, encode_telemetry
 from gateway.buffer.entry_cache import EntryCache
-from tests.stages.test_forward_support import RecordingReceiver, Series, drain, make_forwarder
+from tests.support.forward_harness import RecordingReceiver, Series, drain, make_forwarder
 from tests.support.pipeline_harness import Harness, birth_msg, msg, tele_msg
 
 

@@ -16,7 +16,7 @@ import pytest
 import tests.support.factories as f
 from device_protocol import HistogramValue, RawSample, RawTelemetry, encode_telemetry
 from gateway.buffer import store
-from tests.stages.test_forward_support import (
+from tests.support.forward_harness import (
     CONFIG,
     RecordingReceiver,
     drain,

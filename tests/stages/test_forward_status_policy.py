@@ -17,7 +17,7 @@ import tests.support.factories as f
 from devstack import Prometheus, VictoriaMetrics
 from gateway.forward.client import HttpRemoteWriteClient
 from gateway.remote_write.wire import compress
-from tests.stages.test_forward_support import (
+from tests.support.forward_harness import (
     CONFIG,
     URL,
     RecordingReceiver,

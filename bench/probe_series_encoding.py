@@ -1,6 +1,6 @@
 """Timing probe for SeriesEncoder.frame_entries (not a test): prints microseconds per frame.
 
-Run from the repo root: PYTHONPATH=. .venv/bin/python tests/unit/timing_series_probe.py
+Run from the repo root: .venv/bin/python bench/probe_series_encoding.py
 """
 
 from __future__ import annotations

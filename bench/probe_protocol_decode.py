@@ -1,6 +1,6 @@
 """Timing probe (not a test): µs per telemetry frame for decode_telemetry + resolve_telemetry.
 
-    cd /work/main && PYTHONPATH=. .venv/bin/python tests/protocol/timing_probe.py
+    .venv/bin/python bench/probe_protocol_decode.py
 
 Frames are 20 samples each, shaped like the simulator's: aliased gauges and counters, a few
 with dt offsets, one named metric with labels, one histogram.
