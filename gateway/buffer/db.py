@@ -40,6 +40,7 @@ import itertools
 import logging
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,18 @@ class _Units:
         return cast(T, unit.result)
 
 
+def write_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    # OperationalError covers disk full, I/O errors and lock timeouts: all may pass.
+    retryable = isinstance(exc, sqlite3.OperationalError)
+    full = "full" in str(exc).lower()
+    return StoreError(f"write to {path} failed: {exc}", retryable=retryable,
+                      hint="free disk space on the data_dir volume" if full else "")
+
+
+def read_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    return StoreError(f"read from {path} failed: {exc}", retryable=True)
+
+
 def _report_orphan_failure(task: asyncio.Task[Any]) -> None:
     """Log how a write ended that failed after its caller was cancelled (nobody else can)."""
     if not task.cancelled() and (exc := task.exception()) is not None:
@@ -216,8 +229,9 @@ class Database:
         self._reader: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
-        self._writer = await self._connect(self._open_writer)
-        self._reader = await self._connect(lambda: connect(self.path, self._synchronous))
+        self._writer = await self._connect("sqlite-writer", self._open_writer)
+        self._reader = await self._connect("sqlite-reader",
+                                           lambda: connect(self.path, self._synchronous))
 
     def _open_writer(self) -> sqlite3.Connection:
         # A damaged file is set aside and salvaged before anything writes to it.
@@ -230,9 +244,17 @@ class Database:
         apply_migrations(conn)
         return conn
 
-    async def _connect(self, opener: Callable[[], sqlite3.Connection]) -> aiosqlite.Connection:
+    async def _connect(self, name: str,
+                       opener: Callable[[], sqlite3.Connection]) -> aiosqlite.Connection:
         """An aiosqlite connection whose thread first runs opener (check, PRAGMAs, migrations)."""
-        return await aiosqlite.Connection(lambda: self._units.install(opener()), ITER_CHUNK_SIZE)
+
+        def connector() -> sqlite3.Connection:
+            # Runs on the connection's thread: named for py-spy profiles and thread dumps
+            # (bench/profile_summary.py groups by it), as the old executor's threads were.
+            threading.current_thread().name = name
+            return self._units.install(opener())
+
+        return await aiosqlite.Connection(connector, ITER_CHUNK_SIZE)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn(conn) in one IMMEDIATE transaction on the writer's thread; commit or roll back."""
@@ -251,11 +273,7 @@ class Database:
             task.add_done_callback(_report_orphan_failure)
             raise
         except sqlite3.Error as exc:
-            # OperationalError covers disk full, I/O errors and lock timeouts: all may pass.
-            retryable = isinstance(exc, sqlite3.OperationalError)
-            full = "full" in str(exc).lower()
-            raise StoreError(f"write to {self.path} failed: {exc}", retryable=retryable,
-                             hint="free disk space on the data_dir volume" if full else "") from exc
+            raise write_error(self.path, exc) from exc
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._reader
@@ -264,7 +282,7 @@ class Database:
         try:
             return await self._units.run(conn, fn, transaction=False)
         except sqlite3.Error as exc:
-            raise StoreError(f"read from {self.path} failed: {exc}", retryable=True) from exc
+            raise read_error(self.path, exc) from exc
 
     async def close(self) -> None:
         """Reader first, then the writer: what is queued on it runs, the WAL is checkpointed."""

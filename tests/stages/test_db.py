@@ -346,11 +346,34 @@ def _collect_loop_errors(errors: list[dict[str, object]]) -> None:
     asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
 
 
+def _insert(name: str, value: int) -> Callable[[sqlite3.Connection], object]:
+    return lambda conn: conn.execute("INSERT INTO counters VALUES (?, ?)", (name, value))
+
+
+async def _cancel_mid_write(database: Database, before: Callable[[sqlite3.Connection], object],
+                            after: Callable[[sqlite3.Connection], object]) -> threading.Event:
+    """Start a write that runs `before`, then waits; cancel its caller there (the caller sees
+    CancelledError). Returns the event that lets the write go on to `after`."""
+    inside = threading.Event()
+    release = threading.Event()
+
+    def write(conn: sqlite3.Connection) -> None:
+        before(conn)
+        inside.set()
+        assert release.wait(WAIT_S)
+        after(conn)
+
+    task = asyncio.create_task(database.write(write))
+    assert await asyncio.to_thread(inside.wait, WAIT_S)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return release
+
+
 def test_cancelled_write_commits_all_of_its_transaction_not_part(tmp_path: Path) -> None:
     # Cancelled between two statements of one transaction: a reader meanwhile sees none of it,
     # afterwards all of it, and the next write works.
-    inside = threading.Event()
-    release = threading.Event()
     errors: list[dict[str, object]] = []
 
     def count(conn: sqlite3.Connection) -> int:
@@ -358,23 +381,12 @@ def test_cancelled_write_commits_all_of_its_transaction_not_part(tmp_path: Path)
 
     async def body(database: Database) -> tuple[int, list[tuple[str, int]]]:
         _collect_loop_errors(errors)
-
-        def two_steps(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO counters VALUES ('first', 1)")
-            inside.set()
-            assert release.wait(WAIT_S)
-            conn.execute("INSERT INTO counters VALUES ('second', 2)")
-
-        task = asyncio.create_task(database.write(two_steps))
-        assert await asyncio.to_thread(inside.wait, WAIT_S)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        release = await _cancel_mid_write(database, _insert("first", 1), _insert("second", 2))
         try:
             during = await asyncio.wait_for(database.read(count), WAIT_S)
         finally:
             release.set()
-        await database.write(lambda c: c.execute("INSERT INTO counters VALUES ('next', 3)"))
+        await database.write(_insert("next", 3))
         return during, await database.read(
             lambda c: c.execute("SELECT * FROM counters ORDER BY value").fetchall())
 
@@ -387,32 +399,21 @@ def test_cancelled_write_commits_all_of_its_transaction_not_part(tmp_path: Path)
 def test_cancelled_write_that_then_fails_leaves_nothing_and_the_next_write_works(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # Cancelled mid-transaction, after one statement ran; the rest then fails: the statement
-    # before the cancel is rolled back too, the caller sees only its cancellation, the failure
-    # is logged once by the database (not as an unretrieved task error), and the writer takes
-    # the next transaction.
-    inside = threading.Event()
-    release = threading.Event()
+    # before the cancel is rolled back too, the failure is logged once by the database (not as
+    # an unretrieved task error), and the writer takes the next transaction.
     errors: list[dict[str, object]] = []
 
     class Boom(Exception):
         pass
 
+    def fail(conn: sqlite3.Connection) -> None:
+        raise Boom
+
     async def body(database: Database) -> list[tuple[str, int]]:
         _collect_loop_errors(errors)
-
-        def fails_late(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO counters VALUES ('first', 1)")
-            inside.set()
-            assert release.wait(WAIT_S)
-            raise Boom
-
-        task = asyncio.create_task(database.write(fails_late))
-        assert await asyncio.to_thread(inside.wait, WAIT_S)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        release = await _cancel_mid_write(database, _insert("first", 1), fail)
         release.set()
-        await database.write(lambda c: c.execute("INSERT INTO counters VALUES ('next', 2)"))
+        await database.write(_insert("next", 2))
         assert await database.write(lambda c: c.in_transaction)  # a fresh transaction
         return await database.read(lambda c: c.execute("SELECT * FROM counters").fetchall())
 
