@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import layer_compare
 import procstat
 import profile_summary
@@ -61,6 +62,9 @@ PROFILE_MAX_KEPT_BYTES = 200_000
 POLL_INTERVAL_S = 0.1
 STALL_TIMEOUT_S = 60.0
 VM_SETTLE_TIMEOUT_S = 30.0
+# --sqlite-layers: a run that fails (a VictoriaMetrics query timing out on a loaded machine) is
+# run again once, so that one such hiccup does not throw away the other runs' pairs.
+LAYER_RUN_RETRIES = 1
 # The same 60,000 frames as 1,000 devices x 60 and as 10,000 devices x 6: what changes is the
 # number of devices (series, births, per-device state), not the amount of work.
 DEFAULT_WORKLOADS = ("1000x60", "10000x30")  # 10k x 30: 1 frame in 30 is a first one
@@ -385,12 +389,20 @@ def compare_layers(args: argparse.Namespace, command: str, root: Path,
             for wl, runs in zip(workloads, results, strict=True):
                 name = f"{wl.devices}x{wl.frames}"
                 for layer in layer_compare.order(args.sqlite_layers, i):
-                    print(f"run {i + 1}/{args.repeat}, {name}: gateway on {layer} ...",
-                          flush=True)
-                    runs[layer].append(run_gateway(wl, root / f"run{i}-{name}-{layer}",
-                                                   sqlite_layer=layer))
+                    for attempt in range(1 + LAYER_RUN_RETRIES):
+                        print(f"run {i + 1}/{args.repeat}, {name}: gateway on {layer} ...",
+                              flush=True)
+                        try:
+                            runs[layer].append(run_gateway(
+                                wl, root / f"run{i}-{name}-{layer}-{attempt}",
+                                sqlite_layer=layer))
+                            break
+                        except (BenchError, TimeoutError, httpx.HTTPError) as exc:
+                            if attempt == LAYER_RUN_RETRIES:
+                                raise
+                            print(f"  failed ({exc!r}); once more", flush=True)
                 print(layer_compare.run_line(name, runs), flush=True)
-    except (BenchError, TimeoutError) as exc:
+    except (BenchError, TimeoutError, httpx.HTTPError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 2
     finally:
