@@ -12,7 +12,7 @@ CPython allows between classes of identical layout:
 The result is an ordinary instance of the frozen class (same type, ==, hash, repr, pickling,
 and immutable from then on). Twins are generated from dataclasses.fields(), as dataclasses
 generates __init__ itself, so they cannot drift from frames.py. Only the frames built per
-sample or per frame on the hot path have twins; tests/protocol/test_protocol_resolve.py checks
+sample or per frame on the hot path have twins; tests/logic/protocol/test_protocol_resolve.py checks
 that what they build is indistinguishable from normally built frames.
 """
 

@@ -1,7 +1,7 @@
 """A real full disk under the gateway's data dir: a small tmpfs, filled to ENOSPC by a file.
 
 `Tmpfs(path, size_kib)` mounts a tmpfs of that size on `path` (root only: in CI a missing
-capability fails, elsewhere it skips, as tests/tools.py does for a missing tool). `fill()`
+capability fails, elsewhere it skips, as tests/support/tools.py does for a missing tool). `fill()`
 writes a filler file until the kernel answers ENOSPC; `free()` deletes it. `close()` unmounts,
 also when the test fails (a lazy unmount if something still holds a file open), and is safe to
 call twice. Only the mount made here is ever touched.

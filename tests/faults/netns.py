@@ -23,7 +23,7 @@ Names carry the test process's PID and a counter, so parallel runs never collide
 stops the wires (TUN devices vanish with their file descriptors) and removes the namespace (the
 veth pair goes with it), from a `finally`, also when the test fails. Only loopback and
 namespaces made here are ever touched. In CI a missing capability (not root, no `ip`, no
-/dev/net/tun) fails the test; elsewhere it skips, as tests/tools.py does for a missing tool.
+/dev/net/tun) fails the test; elsewhere it skips, as tests/support/tools.py does for a missing tool.
 """
 
 from __future__ import annotations

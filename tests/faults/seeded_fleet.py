@@ -16,7 +16,7 @@ docs/protocol.md, not our codec), and so does the verdict: every message is hand
 Every valid frame carries one `temp_celsius` sample whose value names it,
 `device * 1,000,000 + boot * 100,000 + seq`, and one counter sample, so the expected contents of
 a receiver are exact per device: `expected` is the set of temperature values the model
-committed; `account` in tests/receivers.py counts the lost and doubled against it. (A broker
+committed; `account` in tests/support/receivers.py counts the lost and doubled against it. (A broker
 redelivers only what it delivered before, so the order the gateway sees can differ from the
 publish order only by such copies, which the model's rules make duplicates.)
 

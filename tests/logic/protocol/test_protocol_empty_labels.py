@@ -63,7 +63,7 @@ def test_a_dropped_sample_label_lets_the_birth_label_of_that_name_apply() -> Non
 def test_two_samples_that_differ_only_by_an_empty_label_are_one_series_twice() -> None:
     # Kept both, in frame order, as if the device had sent the label-less sample twice: what a
     # receiver does with two values of one series at one timestamp is its own rule. See also
-    # tests/unit/test_frame_compiler.py.
+    # tests/logic/test_frame_compiler.py.
     birth = decode_birth(pack(birth_map(labels={})))
     raw = decode_telemetry(pack(telemetry_map(m=[[0, 1.0, 0, {"core": ""}], [0, 2.0]])))
     first, second = resolve_telemetry(raw, birth).samples
