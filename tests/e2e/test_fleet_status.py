@@ -21,7 +21,8 @@ from tests.support.receivers import vm_account
 
 pytestmark = pytest.mark.e2e
 
-# Devices declare 60 s intervals (tests/support/factories.py): late after 1.2 s, offline after 2.4 s.
+# Devices declare 60 s intervals (tests/support/factories.py): late after 1.2 s, offline after
+# 2.4 s.
 FAST_LIFECYCLE = {"device_late_after_intervals": "0.02",
                   "device_offline_after_intervals": "0.04"}
 
