@@ -20,9 +20,9 @@ import httpx
 
 from devstack import LOOPBACK
 from gateway.remote_write.series import SeriesEncoder
-from gateway.remote_write.wire import decompress
+from gateway.remote_write.wire import PROTOCOL_HEADERS, decompress
 
-_FORWARDED = ("Content-Encoding", "Content-Type", "X-Prometheus-Remote-Write-Version")
+_FORWARDED = tuple(PROTOCOL_HEADERS)
 
 
 @dataclass(frozen=True, slots=True)

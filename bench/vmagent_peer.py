@@ -27,7 +27,6 @@ import contextlib
 import resource
 import shlex
 import shutil
-import struct
 import sys
 import tempfile
 import time
@@ -43,14 +42,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack import LOOPBACK, HttpService, VictoriaMetrics, wait_for
 from gateway.remote_write.series import SeriesEncoder
-from gateway.remote_write.wire import compress, encode_varint
+from gateway.remote_write.wire import (
+    PROTOCOL_HEADERS,
+    SAMPLE_HEAD,
+    SAMPLE_TIMESTAMP_TAG,
+    SAMPLE_VALUE_TAG,
+    compress,
+    encode_varint,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 MAX_SAMPLES_PER_REQUEST = 20_000  # gateway default remote_write_max_samples
 POLL_S = 0.1
-HEADERS = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
-           "X-Prometheus-Remote-Write-Version": "0.1.0"}
-_SAMPLE_HEAD = struct.Struct("<BdB")
+HEADERS = PROTOCOL_HEADERS
 
 
 class VMAgent(HttpService):
@@ -93,14 +97,14 @@ def build_requests(workload: Workload,
     encoder = SeriesEncoder()
     prefixes = [[encoder.series_prefix(device_id(d), metric_name(m), ())
                  for m in range(workload.samples)] for d in range(workload.devices)]
-    pack = _SAMPLE_HEAD.pack
+    pack, value_tag, ts_tag = SAMPLE_HEAD.pack, SAMPLE_VALUE_TAG, SAMPLE_TIMESTAMP_TAG
     bodies: list[bytes] = []
     batch: list[bytes] = []
     for seq in range(workload.frames):
         ts = encode_varint(workload.base_ms + seq * 1000)
         for d in range(workload.devices):
             row = prefixes[d]
-            batch += [row[m] + pack(0x09, sample_value(d, seq, m), 0x10) + ts
+            batch += [row[m] + pack(value_tag, sample_value(d, seq, m), ts_tag) + ts
                       for m in range(workload.samples)]
             if len(batch) >= max_samples:
                 bodies.append(compress(b"".join(batch)))

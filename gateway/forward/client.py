@@ -26,6 +26,8 @@ from typing import Protocol
 
 import httpx
 
+from gateway.remote_write.wire import PROTOCOL_HEADERS
+
 __all__ = [
     "Accepted",
     "HttpRemoteWriteClient",
@@ -179,14 +181,7 @@ class HttpRemoteWriteClient:
         self.endpoint = url
         request_headers = {**(headers or {})}
         # the protocol headers win over configured extras: a receiver refuses anything else
-        request_headers.update(
-            {
-                "Content-Encoding": "snappy",
-                "Content-Type": "application/x-protobuf",
-                "X-Prometheus-Remote-Write-Version": "0.1.0",
-                "User-Agent": user_agent,
-            }
-        )
+        request_headers.update({**PROTOCOL_HEADERS, "User-Agent": user_agent})
         self._client = httpx.AsyncClient(
             headers=request_headers,
             timeout=timeout_s,

@@ -10,8 +10,6 @@ Histogram samples always take the long way (they are few). Validation of the fra
 
 from __future__ import annotations
 
-import struct
-
 from device_protocol import (
     Birth,
     BirthRequired,
@@ -27,9 +25,14 @@ from device_protocol import (
 from gateway.buffer.entry_cache import FrameEntries
 from gateway.pipeline.series_budget import SeriesBudget
 from gateway.remote_write.series import SeriesEncoder, label_bytes
-from gateway.remote_write.wire import encode_varint, entry_timestamp
+from gateway.remote_write.wire import (
+    SAMPLE_HEAD,
+    SAMPLE_TIMESTAMP_TAG,
+    SAMPLE_VALUE_TAG,
+    encode_varint,
+    entry_timestamp,
+)
 
-_SAMPLE = struct.Struct("<BdB")
 _TS_LEN = 6  # SeriesEncoder prefixes assume a 6-byte varint timestamp (years 1971..2109)
 
 
@@ -89,7 +92,7 @@ class FrameCompiler:
         prefixes = cached[1]
         out = FrameEntries()
         append = out.append
-        pack = _SAMPLE.pack
+        pack, value_tag, ts_tag = SAMPLE_HEAD.pack, SAMPLE_VALUE_TAG, SAMPLE_TIMESTAMP_TAG
         base_ms = raw.time_ms
         frame_ts = encode_varint(base_ms)
         # The common sample: no labels of its own, no time offset, a plain number, and a
@@ -104,7 +107,7 @@ class FrameCompiler:
                 if prefix is None:
                     prefix = self._learn(device_id, raw, row, birth, prefixes)
                 if prefix:  # b"": a series over the device's budget
-                    append(prefix + pack(0x09, value, 0x10) + frame_ts)
+                    append(prefix + pack(value_tag, value, ts_tag) + frame_ts)
                 else:
                     refused += 1
                 continue
@@ -120,7 +123,7 @@ class FrameCompiler:
                 if prefix is None:
                     prefix = self._learn(device_id, raw, row, birth, prefixes)
                 if prefix:
-                    append(prefix + pack(0x09, value, 0x10) + ts_bytes)
+                    append(prefix + pack(value_tag, value, ts_tag) + ts_bytes)
                 else:
                     refused += 1
         if refused and count_refused:

@@ -20,11 +20,15 @@ Label sets are validated once per series (on a cache miss); an invalid one raise
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Sequence
 
 from device_protocol.frames import Birth, HistogramSample, Labels, Sample, Telemetry
 from gateway.remote_write.wire import (
+    SAMPLE_HEAD,
+    SAMPLE_TAG,
+    SAMPLE_TIMESTAMP_TAG,
+    SAMPLE_VALUE_TAG,
+    TIMESERIES_TAG,
     LabelValidationError,
     encode_entry,
     encode_labels,
@@ -36,7 +40,6 @@ __all__ = ["INFO_METRIC", "SeriesEncoder", "format_le"]
 
 INFO_METRIC = "fleet_device_info"
 _RESERVED = frozenset({"__name__", "device_id"})
-_SAMPLE_HEAD = struct.Struct("<BdB")
 _INF = math.inf
 # Millisecond timestamps from 1971 to 2109 are 6-byte varints. Entries are cached up to their
 # sample for that length, so encoding a sample is one struct.pack and two concatenations.
@@ -47,7 +50,8 @@ _SAMPLE_LEN = 1 + 8 + 1 + _TS_LEN
 def _prefix(label_bytes: bytes) -> bytes:
     """Everything of an entry that precedes the Sample's value, for a 6-byte timestamp."""
     series_len = len(label_bytes) + 2 + _SAMPLE_LEN
-    return b"\x0a" + encode_varint(series_len) + label_bytes + b"\x12" + bytes((_SAMPLE_LEN,))
+    return (TIMESERIES_TAG + encode_varint(series_len) + label_bytes + SAMPLE_TAG
+            + bytes((_SAMPLE_LEN,)))
 
 
 def label_bytes(prefix: bytes) -> bytes:
@@ -125,7 +129,7 @@ class SeriesEncoder:
         entries: list[bytes] = []
         append = entries.append
         cache = self._cache
-        pack = _SAMPLE_HEAD.pack
+        pack, value_tag, ts_tag = SAMPLE_HEAD.pack, SAMPLE_VALUE_TAG, SAMPLE_TIMESTAMP_TAG
         last_ts: int | None = None
         ts_bytes = b""
         for sample in telemetry.samples:
@@ -138,7 +142,7 @@ class SeriesEncoder:
                 if ts != last_ts:
                     last_ts, ts_bytes = ts, encode_varint(ts)
                 if len(ts_bytes) == _TS_LEN:
-                    append(prefix + pack(0x09, sample.value, 0x10) + ts_bytes)
+                    append(prefix + pack(value_tag, sample.value, ts_tag) + ts_bytes)
                 else:
                     append(encode_entry(label_bytes(prefix), sample.value, ts))
             elif isinstance(sample, HistogramSample):
@@ -181,7 +185,8 @@ class SeriesEncoder:
         """An entry of the series whose prefix this is (see series_prefix)."""
         ts_bytes = encode_varint(timestamp_ms)
         if len(ts_bytes) == _TS_LEN:
-            return prefix + _SAMPLE_HEAD.pack(0x09, value, 0x10) + ts_bytes
+            head = SAMPLE_HEAD.pack(SAMPLE_VALUE_TAG, value, SAMPLE_TIMESTAMP_TAG)
+            return prefix + head + ts_bytes
         return encode_entry(label_bytes(prefix), value, timestamp_ms)
 
     def info_entry(self, device_id: str, birth: Birth, timestamp_ms: int) -> bytes:
@@ -221,9 +226,9 @@ class SeriesEncoder:
         ts = sample.timestamp_ms
         ts_bytes = encode_varint(ts)
         if len(ts_bytes) == _TS_LEN:
-            pack = _SAMPLE_HEAD.pack
+            pack, value_tag, ts_tag = SAMPLE_HEAD.pack, SAMPLE_VALUE_TAG, SAMPLE_TIMESTAMP_TAG
             entries.extend(
-                prefix + pack(0x09, value, 0x10) + ts_bytes
+                prefix + pack(value_tag, value, ts_tag) + ts_bytes
                 for prefix, value in zip(group, values, strict=True)
             )
         else:

@@ -28,7 +28,16 @@ from collections.abc import Iterable, Sequence
 import cramjam
 
 __all__ = [
+    "LABEL_NAME_TAG",
+    "LABEL_TAG",
+    "LABEL_VALUE_TAG",
+    "PROTOCOL_HEADERS",
+    "SAMPLE_HEAD",
+    "SAMPLE_TAG",
+    "SAMPLE_TIMESTAMP_TAG",
+    "SAMPLE_VALUE_TAG",
     "STALE_NAN",
+    "TIMESERIES_TAG",
     "LabelValidationError",
     "build_body",
     "compress",
@@ -46,10 +55,28 @@ __all__ = [
 STALE_NAN: float = struct.unpack("<d", (0x7FF0000000000002).to_bytes(8, "little"))[0]
 """Prometheus's staleness marker: a NaN with this exact bit pattern ends a series."""
 
+# The WriteRequest's field tags, (field number << 3) | wire type (prompb/remote.proto and
+# types.proto). The one home of the wire constants: series.py, the frame compiler and the
+# forwarders' client take them from here.
+TIMESERIES_TAG = b"\x0a"  # WriteRequest.timeseries = 1, length-delimited
+LABEL_TAG = b"\x0a"  # TimeSeries.labels = 1, length-delimited
+SAMPLE_TAG = b"\x12"  # TimeSeries.samples = 2, length-delimited
+LABEL_NAME_TAG = b"\x0a"  # Label.name = 1, length-delimited
+LABEL_VALUE_TAG = b"\x12"  # Label.value = 2, length-delimited
+SAMPLE_VALUE_TAG = 0x09  # Sample.value = 1, 64-bit
+SAMPLE_TIMESTAMP_TAG = 0x10  # Sample.timestamp = 2, varint
+# A Sample up to its timestamp's varint: value tag, the double, timestamp tag. Hot loops bind
+# the two tags to locals (as fast as the literals they replace).
+SAMPLE_HEAD = struct.Struct("<BdB")
+# The headers remote-write 1.0 requires of every request (and a receiver checks).
+PROTOCOL_HEADERS = {
+    "Content-Encoding": "snappy",
+    "Content-Type": "application/x-protobuf",
+    "X-Prometheus-Remote-Write-Version": "0.1.0",
+}
+
 _UINT64 = 1 << 64
 _SMALL_VARINTS = tuple(bytes((i,)) for i in range(0x80))
-# tag 0x09 = Sample.value (field 1, 64-bit), tag 0x10 = Sample.timestamp (field 2, varint)
-_SAMPLE_HEAD = struct.Struct("<BdB")
 _DOUBLE = struct.Struct("<d")
 
 
@@ -83,21 +110,23 @@ def encode_labels(labels: Iterable[tuple[str, str]]) -> bytes:
     """
     out = []
     for name, value in labels:
-        label = _len_prefixed(b"\x0a", name.encode()) + _len_prefixed(b"\x12", value.encode())
-        out.append(_len_prefixed(b"\x0a", label))
+        label = (_len_prefixed(LABEL_NAME_TAG, name.encode())
+                 + _len_prefixed(LABEL_VALUE_TAG, value.encode()))
+        out.append(_len_prefixed(LABEL_TAG, label))
     return b"".join(out)
 
 
 def _sample(value: float, timestamp_ms: int) -> bytes:
-    return _SAMPLE_HEAD.pack(0x09, value, 0x10) + encode_varint(timestamp_ms)
+    head = SAMPLE_HEAD.pack(SAMPLE_VALUE_TAG, value, SAMPLE_TIMESTAMP_TAG)
+    return head + encode_varint(timestamp_ms)
 
 
 def encode_entry(label_bytes: bytes, value: float, timestamp_ms: int) -> bytes:
     """One complete ``WriteRequest.timeseries`` entry holding a single sample."""
     sample = _sample(value, timestamp_ms)
     # a Sample is at most 1 + 8 + 1 + 10 = 20 bytes, so its length is a one-byte varint
-    series = label_bytes + b"\x12" + _SMALL_VARINTS[len(sample)] + sample
-    return b"\x0a" + encode_varint(len(series)) + series
+    series = label_bytes + SAMPLE_TAG + _SMALL_VARINTS[len(sample)] + sample
+    return TIMESERIES_TAG + encode_varint(len(series)) + series
 
 
 def encode_entry_multi(label_bytes: bytes, samples: Sequence[tuple[float, int]]) -> bytes:
@@ -105,9 +134,9 @@ def encode_entry_multi(label_bytes: bytes, samples: Sequence[tuple[float, int]])
     parts = [label_bytes]
     for value, timestamp_ms in samples:
         sample = _sample(value, timestamp_ms)
-        parts.append(b"\x12" + _SMALL_VARINTS[len(sample)] + sample)
+        parts.append(SAMPLE_TAG + _SMALL_VARINTS[len(sample)] + sample)
     series = b"".join(parts)
-    return b"\x0a" + encode_varint(len(series)) + series
+    return TIMESERIES_TAG + encode_varint(len(series)) + series
 
 
 def entry_timestamp(entry: bytes) -> int:
