@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
 from device_protocol.frames import MetricDef, MetricType
-from firmware_sim.profiles.base import (
-    ALL_FAULTS,
-    KIB,
-    Baseline,
-    Profile,
-    Reading,
-    check_platform,
-)
-from firmware_sim.profiles.dynamics import (
-    FLASH_FILL_PER_S,
-    TEMP_NOISE,
-    ModelBase,
-    clamp,
-    events,
-    lag,
-    ou,
-    revert,
-)
+from firmware_sim.profiles import base, dynamics
+from firmware_sim.profiles.base import Baseline, Reading
+from firmware_sim.profiles.dynamics import TEMP_NOISE, ModelBase, clamp, events, lag, ou, revert
 
 # Baselines (platform -> model -> Baseline): the latency is audio_inference_latency_ms (one
 # 250 ms window), here in seconds.
@@ -52,8 +36,8 @@ class _AudioPlatform:
 
 
 _AUDIO_PLATFORMS = {
-    "stm32f4": _AudioPlatform(192 * KIB, 0.55, 0.45),
-    "nrf52840": _AudioPlatform(256 * KIB, 0.44, 0.36),
+    "stm32f4": _AudioPlatform(192 * base.KIB, 0.55, 0.45),
+    "nrf52840": _AudioPlatform(256 * base.KIB, 0.44, 0.36),
 }
 
 _WINDOW_MS = 250  # one inference per 250 ms audio window
@@ -65,12 +49,13 @@ class _AudioNetsModel(ModelBase):
     profile = "audio-nets"
     # flash-fill: the device's logs fill its flash. Overheat: no throttling, these parts have no
     # thermal management (a hot one just runs hot).
-    supported = ALL_FAULTS
+    platforms = _AUDIO_PLATFORMS
+    supported = base.ALL_FAULTS
     _typical_load = 0.3  # speech activity: the devices' means are 0.15-0.45
+    _temp_tau_s = 120.0
 
     def __init__(self, rng: random.Random, platform: str) -> None:
-        check_platform(self.profile, _AUDIO_PLATFORMS, platform)
-        super().__init__(rng)
+        super().__init__(rng, platform)
         self._p = _AUDIO_PLATFORMS[platform]
         (baseline,) = BASELINES[platform].values()
         self._latency_ms = 1000.0 * baseline.latency_s
@@ -99,7 +84,6 @@ class _AudioNetsModel(ModelBase):
     def _retime(self, elapsed_ms: int) -> None:
         super()._retime(elapsed_ms)
         s = self._s
-        self._k_temp = math.exp(-s / 120.0)
         self._k_acc, self._n_acc = ou(s, 1200.0, 0.006)
         self._k_drift, self._n_drift = ou(s, 900.0, 0.04)
         self._k_flash, self._n_flash = ou(s, 3600.0, 3.0)
@@ -135,9 +119,9 @@ class _AudioNetsModel(ModelBase):
         self._battery_mwh -= power * s / 3600.0
         if self._battery_mwh < 0.05 * _BATTERY_MWH:
             self._battery_mwh = _BATTERY_MWH  # swapped by a technician
-        self._temp = self._heat(self._temp, self._ambient + 1.5 + 5.0 * activity, self._k_temp)
+        self._temp = self._heat(self._temp, self._ambient + 1.5 + 5.0 * activity)
         if self._filling:
-            self._flash = min(98.0, self._flash + FLASH_FILL_PER_S * s)
+            self._flash = min(98.0, self._flash + dynamics.FLASH_FILL_PER_S * s)
         else:
             self._flash = clamp(revert(r, self._flash, 57.0, self._k_flash, self._n_flash),
                                  40.0, 80.0)
@@ -167,13 +151,6 @@ class _AudioNetsModel(ModelBase):
         ]
 
 
-PROFILE = Profile(
-    name="audio-nets",
-    description="liquid-audio-nets: always-on keyword spotting on battery",
-    platforms=tuple(_AUDIO_PLATFORMS),
-    firmware="1.4.2",
-    model_name="kws-lnn-12",
-    metrics=_AUDIO_METRICS,
-    new_model=_AudioNetsModel,
-    model_faults=_AudioNetsModel.supported,
-)
+PROFILE = _AudioNetsModel.declare("liquid-audio-nets: always-on keyword spotting on battery",
+                                  firmware="1.4.2", model_name="kws-lnn-12",
+                                  metrics=_AUDIO_METRICS)

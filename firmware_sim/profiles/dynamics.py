@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
-from device_protocol.frames import HistogramValue
-from firmware_sim.profiles.base import ModelFault
+from device_protocol.frames import HistogramValue, MetricDef
+from firmware_sim.profiles.base import ModelFault, Profile, Reading, check_platform
 
 _SQRT6 = math.sqrt(6.0)  # (r() + r() - 1) has variance 1/6
 
@@ -110,14 +110,28 @@ THROTTLE = 0.6  # ...and so does throughput, by 40 % (an inference takes 1 / 0.6
 
 
 class ModelBase:
-    """Faults, the load walk and the per-interval constants, shared by the five models."""
+    """Faults, the load walk and the per-interval constants, shared by the five models.
+
+    A model class says which profile it is, the platforms it runs on and the faults it accepts;
+    `declare` makes its `Profile` from them."""
 
     profile = ""
+    platforms: Collection[str] = ()
     supported: frozenset[ModelFault] = frozenset()
     _load_lo, _load_hi = 0.05, 0.95
     _typical_load = 0.45  # the middle of the fleet's load means: a baseline device runs at it
+    _temp_tau_s = 60.0  # how fast its temperature follows the heat source (each model's own)
 
-    def __init__(self, rng: random.Random) -> None:
+    @classmethod
+    def declare(cls, description: str, firmware: str, model_name: str,
+                metrics: tuple[MetricDef, ...]) -> Profile:
+        """The profile this model simulates: name, platforms, faults and model from the class."""
+        return Profile(name=cls.profile, description=description, platforms=tuple(cls.platforms),
+                       firmware=firmware, model_name=model_name, metrics=metrics, new_model=cls,
+                       model_faults=cls.supported)
+
+    def __init__(self, rng: random.Random, platform: str) -> None:
+        check_platform(self.profile, self.platforms, platform)
         self._r = rng.random
         self._faults: set[ModelFault] = set()
         self._overheat = self._leaking = self._collapsed = self._filling = False
@@ -131,6 +145,9 @@ class ModelBase:
         self._leaked = 0.0  # share of memory capacity lost to a leak
         self._collapse_to = rng.uniform(0.58, 0.66)
         self._unit = rng.uniform(1.0 - _UNIT_SPREAD, 1.0 + _UNIT_SPREAD)
+
+    def read(self, elapsed_ms: int) -> list[Reading]:
+        raise NotImplementedError  # each model reads its own metrics
 
     @property
     def faults(self) -> frozenset[ModelFault]:
@@ -153,6 +170,7 @@ class ModelBase:
         self._dt_ms = elapsed_ms
         s = self._s = max(0, elapsed_ms) / 1000.0
         self._k_load, self._n_load = ou(s, _LOAD_TAU_S, _LOAD_SD)
+        self._k_temp = math.exp(-s / self._temp_tau_s)
         self._k_hot = math.exp(-s / _HOT_TAU_S)
         self._k_collapse = math.exp(-s / _COLLAPSE_TAU_S)
         self._d_leak = _LEAK_PER_S * s
@@ -172,11 +190,11 @@ class ModelBase:
         share += self._leaked
         return 0.99 if share > 0.99 else share
 
-    def _heat(self, temp: float, target: float, keep: float, hot_extra: float = 0.0) -> float:
+    def _heat(self, temp: float, target: float, hot_extra: float = 0.0) -> float:
         """Temperature after one step: towards `target`, or towards ~95 C when cooling failed."""
         if self._overheat:
             return self._hot + hot_extra + (temp - self._hot - hot_extra) * self._k_hot
-        return target + (temp - target) * keep
+        return target + (temp - target) * self._k_temp
 
     def _slowdown(self, load: float, used: float, throttled: bool = False) -> float:
         """How long one inference takes now against the platform's baseline (1.0 = baseline),

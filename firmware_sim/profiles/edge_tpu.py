@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import random
 
 from device_protocol.frames import MetricDef, MetricType
-from firmware_sim.profiles.base import (
-    COMMON_FAULTS,
-    GIB,
-    Baseline,
-    Profile,
-    Reading,
-    check_platform,
-    labels,
-)
-from firmware_sim.profiles.dynamics import (
-    JITTER,
-    TEMP_NOISE,
-    THROTTLE,
-    ModelBase,
-    clamp,
-    events,
-    lag,
-    ou,
-    revert,
-)
+from firmware_sim.profiles import base, dynamics
+from firmware_sim.profiles.base import Baseline, Reading, labels
+from firmware_sim.profiles.dynamics import TEMP_NOISE, ModelBase, clamp, events, lag, ou, revert
 
 # Baselines (platform -> model -> Baseline): the latency is tpu_latency_p99_ms per network,
 # here in seconds; the throughput is in frames per second.
@@ -43,25 +25,27 @@ _TPU_METRICS = (
 )
 
 _MOBILENET, _YOLO = labels(model="mobilenet_v3"), labels(model="yolov8n")
-_TPU_MEMORY = 4 * GIB
+_TPU_MEMORY = 4 * base.GIB
 _TPU_BASELINES = BASELINES["edgetpu-v5-devboard"]
 _MOBILENET_FPS = _TPU_BASELINES["mobilenet_v3"].throughput
 _MOBILENET_P99_MS = 1000.0 * _TPU_BASELINES["mobilenet_v3"].latency_s
 _YOLO_FPS = _TPU_BASELINES["yolov8n"].throughput
 _YOLO_P99_MS = 1000.0 * _TPU_BASELINES["yolov8n"].latency_s
+_P99_JITTER = 2 * dynamics.JITTER  # p99: the slowest of many inferences, so noisier than the mean
 
 
 class _EdgeTpuModel(ModelBase):
     profile = "edge-tpu"
     # accuracy-collapse shows as failed output checks: the suite compares results with golden
     # outputs and counts mismatches as failed inferences (tpu_error_rate).
-    supported = COMMON_FAULTS
+    platforms = ("edgetpu-v5-devboard",)
+    supported = base.COMMON_FAULTS
     _load_lo = 0.4  # load here is TPU utilization, 40-95 %
     _typical_load = 0.675
+    _temp_tau_s = 30.0
 
     def __init__(self, rng: random.Random, platform: str) -> None:
-        check_platform(self.profile, ("edgetpu-v5-devboard",), platform)
-        super().__init__(rng)
+        super().__init__(rng, platform)
         self._load_mean = rng.uniform(0.6, 0.75)
         self._ambient = rng.uniform(24.0, 28.0)
         self._temp = self._ambient + 18.0 + 22.0 * self._load
@@ -74,17 +58,15 @@ class _EdgeTpuModel(ModelBase):
 
     def _retime(self, elapsed_ms: int) -> None:
         super()._retime(elapsed_ms)
-        self._k_temp = math.exp(-self._s / 30.0)
         self._k_err, self._n_err = ou(self._s, 600.0, 0.0002)
 
     def read(self, elapsed_ms: int) -> list[Reading]:
         u = self._step(elapsed_ms)
         r, s = self._r, self._s
-        self._temp = temp = self._heat(self._temp, self._ambient + 18.0 + 22.0 * u, self._k_temp,
-                                       2.0 * u)
+        self._temp = temp = self._heat(self._temp, self._ambient + 18.0 + 22.0 * u, 2.0 * u)
         state = 3.0 if temp >= 90.0 else 2.0 if temp >= 80.0 else 1.0 if temp >= 70.0 else 0.0
         throttled = state >= 2.0
-        speed = THROTTLE if throttled else 1.0
+        speed = dynamics.THROTTLE if throttled else 1.0
         # Host memory: a leaking runtime feeds the TPU slower once the host is short of it.
         used = self._used(self._noisy(self._mem_share + 0.15 * u, 0.005))
         mobilenet = self._slowdown(u, used, throttled)
@@ -106,10 +88,9 @@ class _EdgeTpuModel(ModelBase):
             Reading(0, _YOLO, self._yolo),
             Reading(1, _MOBILENET, round(mobilenet_fps, 1)),
             Reading(1, _YOLO, round(yolo_fps, 1)),
-            # p99: the slowest of many inferences, so noisier than the mean.
             Reading(2, _MOBILENET,
-                    round(_MOBILENET_P99_MS * mobilenet * self._noisy(1.0, 2 * JITTER), 3)),
-            Reading(2, _YOLO, round(_YOLO_P99_MS * yolo * self._noisy(1.0, 2 * JITTER), 3)),
+                    round(_MOBILENET_P99_MS * mobilenet * self._noisy(1.0, _P99_JITTER), 3)),
+            Reading(2, _YOLO, round(_YOLO_P99_MS * yolo * self._noisy(1.0, _P99_JITTER), 3)),
             Reading(3, (), state),
             Reading(4, (), round(self._noisy(self._temp, TEMP_NOISE), 2)),
             Reading("tpu_utilization_percent", (), round(100.0 * u, 2)),
@@ -122,13 +103,5 @@ class _EdgeTpuModel(ModelBase):
         ]
 
 
-PROFILE = Profile(
-    name="edge-tpu",
-    description="Edge TPU v5 benchmark box",
-    platforms=("edgetpu-v5-devboard",),
-    firmware="5.0.3",
-    model_name="benchmark-suite",
-    metrics=_TPU_METRICS,
-    new_model=_EdgeTpuModel,
-    model_faults=_EdgeTpuModel.supported,
-)
+PROFILE = _EdgeTpuModel.declare("Edge TPU v5 benchmark box", firmware="5.0.3",
+                                model_name="benchmark-suite", metrics=_TPU_METRICS)

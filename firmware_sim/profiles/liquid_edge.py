@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
 from device_protocol.frames import MetricDef, MetricType
-from firmware_sim.profiles.base import (
-    ALL_FAULTS,
-    GIB,
-    KIB,
-    MIB,
-    Baseline,
-    Profile,
-    Reading,
-    check_platform,
-    labels,
-)
-from firmware_sim.profiles.dynamics import (
-    FLASH_FILL_PER_S,
-    TEMP_NOISE,
-    THROTTLE,
-    THROTTLE_C,
-    Histogram,
-    ModelBase,
-    clamp,
-    events,
-    lag,
-    ou,
-    revert,
-)
+from firmware_sim.profiles import base, dynamics
+from firmware_sim.profiles.base import Baseline, Reading, labels
+from firmware_sim.profiles.dynamics import THROTTLE, ModelBase, clamp, events, lag, ou, revert
 
 # Baselines (platform -> model -> Baseline): the latency is the mean duration of one inference
 # (the histogram's _sum / _count).
@@ -61,10 +39,11 @@ class _LiquidPlatform:
     heat: float  # degrees above the usual at the same load (enclosure, heat sink)
 
 
+_KIB, _MIB, _GIB = base.KIB, base.MIB, base.GIB
 _LIQUID_PLATFORMS = {
-    "esp32-s3": _LiquidPlatform(512 * KIB, 8 * MIB, 16 * MIB, 80.0, 200.0, 0.0),
-    "stm32h7": _LiquidPlatform(1 * MIB, 8 * MIB, 2 * MIB, 90.0, 190.0, 0.0),
-    "rpi-cm4": _LiquidPlatform(2 * GIB, 512 * MIB, 32 * GIB, 100.0, 180.0, 3.0),
+    "esp32-s3": _LiquidPlatform(512 * _KIB, 8 * _MIB, 16 * _MIB, 80.0, 200.0, 0.0),
+    "stm32h7": _LiquidPlatform(1 * _MIB, 8 * _MIB, 2 * _MIB, 90.0, 190.0, 0.0),
+    "rpi-cm4": _LiquidPlatform(2 * _GIB, 512 * _MIB, 32 * _GIB, 100.0, 180.0, 3.0),
 }
 # Inference durations are nearly fixed by the compute: a narrow lognormal around the median.
 _LIQUID_SIGMA = 0.08
@@ -81,17 +60,18 @@ _SENSOR = labels(component="sensor")
 
 class _LiquidEdgeModel(ModelBase):
     profile = "liquid-edge"
-    supported = ALL_FAULTS  # flash-fill: the flash partition fills with logs
+    platforms = _LIQUID_PLATFORMS
+    supported = base.ALL_FAULTS  # flash-fill: the flash partition fills with logs
+    _temp_tau_s = 90.0
 
     def __init__(self, rng: random.Random, platform: str) -> None:
-        check_platform(self.profile, _LIQUID_PLATFORMS, platform)
-        super().__init__(rng)
+        super().__init__(rng, platform)
         p = self._p = _LIQUID_PLATFORMS[platform]
         (baseline,) = BASELINES[platform].values()
         self._ambient = rng.uniform(23.5, 28.0)
         self._temp = self._target_temp(self._load)
         self._total = 0.0
-        self._hist = Histogram(LIQUID_DURATION_BOUNDS, _LIQUID_SIGMA)
+        self._hist = dynamics.Histogram(LIQUID_DURATION_BOUNDS, _LIQUID_SIGMA)
         # The baseline is the mean duration (what _sum / _count gives), the histogram's median
         # a little under it.
         self._median_s = baseline.latency_s / self._hist.mean_factor
@@ -111,19 +91,18 @@ class _LiquidEdgeModel(ModelBase):
 
     def _retime(self, elapsed_ms: int) -> None:
         super()._retime(elapsed_ms)
-        self._k_temp = math.exp(-self._s / 90.0)
         self._k_acc, self._n_acc = ou(self._s, 1200.0, 0.006)
 
     def read(self, elapsed_ms: int) -> list[Reading]:
         load = self._step(elapsed_ms)
         r, p, s = self._r, self._p, self._s
         # The firmware drops the CPU clock above 80 C: fewer inferences, each one slower.
-        throttled = self._temp >= THROTTLE_C
+        throttled = self._temp >= dynamics.THROTTLE_C
         sram = self._used(self._noisy(self._sram_share + 0.15 * load, 0.005))
         n = events(r, (5.0 + 45.0 * load) * (THROTTLE if throttled else 1.0), s)
         self._total += n
         self._hist.observe(n, self._median_s * self._slowdown(load, sram, throttled))
-        self._temp = self._heat(self._temp, self._target_temp(load), self._k_temp, 2.0 * load)
+        self._temp = self._heat(self._temp, self._target_temp(load), 2.0 * load)
         if self._collapsed:
             self._top1 = lag(self._top1, self._collapse_to, self._k_collapse)
             top1 = self._noisy(self._top1, 0.004)
@@ -133,7 +112,7 @@ class _LiquidEdgeModel(ModelBase):
             top1 = self._top1
         f1 = clamp(self._noisy(top1 - self._f1_gap, 0.003), 0.0, 0.95)
         if self._filling and self._flash_share < 0.98:
-            self._flash_share = min(0.98, self._flash_share + FLASH_FILL_PER_S / 100.0 * s)
+            self._flash_share = min(0.98, self._flash_share + dynamics.FLASH_FILL_PER_S / 100.0 * s)
         # The radio wakes in bursts to sync; most of the time it idles.
         radio = 115.0 + 10.0 * r() if r() < 0.15 else 8.0 + 4.0 * r()
         return [
@@ -143,7 +122,7 @@ class _LiquidEdgeModel(ModelBase):
             Reading(2, _PSRAM, float(round((0.2 + 0.3 * load) * p.psram))),
             Reading(2, _SRAM, float(round(sram * p.sram))),
             *self._capacity,
-            Reading(4, (), round(self._noisy(self._temp, TEMP_NOISE), 2)),
+            Reading(4, (), round(self._noisy(self._temp, dynamics.TEMP_NOISE), 2)),
             Reading(_LIQUID_CPU, _CORE0, round(self._noisy(12.0 + 80.0 * load, 2.0), 2)),
             Reading(_LIQUID_CPU, _CORE1, round(self._noisy(12.0 + 55.0 * load, 2.0), 2)),
             Reading("liquid_model_accuracy", _F1, round(f1, 4)),
@@ -155,13 +134,6 @@ class _LiquidEdgeModel(ModelBase):
         ]
 
 
-PROFILE = Profile(
-    name="liquid-edge",
-    description="Liquid Edge LLN kit: liquid neural networks for robotics",
-    platforms=tuple(_LIQUID_PLATFORMS),
-    firmware="2.1.0",
-    model_name="lnn-anomaly-v3",
-    metrics=_LIQUID_METRICS,
-    new_model=_LiquidEdgeModel,
-    model_faults=_LiquidEdgeModel.supported,
-)
+PROFILE = _LiquidEdgeModel.declare("Liquid Edge LLN kit: liquid neural networks for robotics",
+                                   firmware="2.1.0", model_name="lnn-anomaly-v3",
+                                   metrics=_LIQUID_METRICS)

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import random
 
 from device_protocol.frames import MetricDef, MetricType
-from firmware_sim.profiles.base import (
-    COMMON_FAULTS,
-    GIB,
-    Baseline,
-    Profile,
-    Reading,
-    check_platform,
-)
-from firmware_sim.profiles.dynamics import (
-    TEMP_NOISE,
-    ModelBase,
-    clamp,
-    events,
-    lag,
-    ou,
-    revert,
-)
+from firmware_sim.profiles import base
+from firmware_sim.profiles.base import Baseline, Reading
+from firmware_sim.profiles.dynamics import TEMP_NOISE, ModelBase, clamp, events, lag, ou, revert
 
 # Baselines (platform -> model -> Baseline): the latency is photon_inference_latency_seconds.
 BASELINES: dict[str, dict[str, Baseline]] = {
@@ -37,7 +22,7 @@ _PHOTON_METRICS = (
     MetricDef(4, "photon_calibration_drift", MetricType.GAUGE),
 )
 
-_PHOTON_MEMORY = 8 * GIB
+_PHOTON_MEMORY = 8 * base.GIB
 _DRIFT_LIMIT = 0.05  # above it the device recalibrates
 _CALIBRATION_S = 15.0
 _RETRY_S = 60.0  # after a failed calibration
@@ -51,11 +36,12 @@ class _PhotonModel(ModelBase):
     # accuracy-collapse shows as calibration that no longer holds: the phase drift that sets
     # the accelerator's numerical accuracy climbs past the limit, recalibration fails to bring
     # it back, and mismatching results count as runtime errors.
-    supported = COMMON_FAULTS
+    platforms = ("photon-lt1",)
+    supported = base.COMMON_FAULTS
+    _temp_tau_s = 60.0
 
     def __init__(self, rng: random.Random, platform: str) -> None:
-        check_platform(self.profile, ("photon-lt1",), platform)
-        super().__init__(rng)
+        super().__init__(rng, platform)
         self._ambient = rng.uniform(22.0, 26.0)
         self._temp = self._ambient + 13.0 + 8.0 * self._load
         self._drift_rate = rng.uniform(0.5e-4, 1.5e-4)  # per second: recalibrates every 5-17 min
@@ -75,14 +61,12 @@ class _PhotonModel(ModelBase):
 
     def _retime(self, elapsed_ms: int) -> None:
         super()._retime(elapsed_ms)
-        self._k_temp = math.exp(-self._s / 60.0)
         self._k_laser, self._n_laser = ou(self._s, 600.0, 0.2)
 
     def read(self, elapsed_ms: int) -> list[Reading]:
         load = self._step(elapsed_ms)
         r, s = self._r, self._s
-        self._temp = self._heat(self._temp, self._ambient + 13.0 + 8.0 * load, self._k_temp,
-                                2.0 * load)
+        self._temp = self._heat(self._temp, self._ambient + 13.0 + 8.0 * load, 2.0 * load)
         # Heat makes the phases drift faster.
         drift_rate = self._drift_rate * (1.0 + max(0.0, self._temp - 40.0) / 10.0)
         if self._collapsed:
@@ -141,13 +125,5 @@ class _PhotonModel(ModelBase):
         ]
 
 
-PROFILE = Profile(
-    name="photon",
-    description="photon-mlir-bridge photonic accelerator",
-    platforms=("photon-lt1",),
-    firmware="0.4.0",
-    model_name="resnet18-photonic",
-    metrics=_PHOTON_METRICS,
-    new_model=_PhotonModel,
-    model_faults=_PhotonModel.supported,
-)
+PROFILE = _PhotonModel.declare("photon-mlir-bridge photonic accelerator", firmware="0.4.0",
+                               model_name="resnet18-photonic", metrics=_PHOTON_METRICS)

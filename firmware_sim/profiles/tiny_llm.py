@@ -7,25 +7,9 @@ import random
 from dataclasses import dataclass
 
 from device_protocol.frames import MetricDef, MetricType
-from firmware_sim.profiles.base import (
-    KIB,
-    MIB,
-    Baseline,
-    ModelFault,
-    Profile,
-    Reading,
-    check_platform,
-    labels,
-)
-from firmware_sim.profiles.dynamics import (
-    JITTER,
-    TEMP_NOISE,
-    THROTTLE,
-    THROTTLE_C,
-    ModelBase,
-    clamp,
-    events,
-)
+from firmware_sim.profiles import base, dynamics
+from firmware_sim.profiles.base import Baseline, ModelFault, Reading, labels
+from firmware_sim.profiles.dynamics import JITTER, TEMP_NOISE, ModelBase, clamp, events
 
 # Baselines (platform -> model -> Baseline): the latency is model_latency_p95_ms (per-token
 # p95), here in seconds; the throughput is tokens/s while generating (the per-token p95 is
@@ -52,9 +36,9 @@ class _LlmPlatform:
 
 
 _LLM_PLATFORMS = {
-    "esp32-s3": _LlmPlatform(8 * MIB + 512 * KIB, 150.0, 230.0),
-    "stm32h7": _LlmPlatform(1 * MIB, 150.0, 200.0),
-    "riscv-k230": _LlmPlatform(512 * MIB, 170.0, 270.0),
+    "esp32-s3": _LlmPlatform(8 * base.MIB + 512 * base.KIB, 150.0, 230.0),
+    "stm32h7": _LlmPlatform(1 * base.MIB, 150.0, 200.0),
+    "riscv-k230": _LlmPlatform(512 * base.MIB, 170.0, 270.0),
 }
 
 _SENSOR_BOARD, _SENSOR_CPU = labels(sensor_location="board"), labels(sensor_location="cpu")
@@ -64,11 +48,12 @@ class _TinyLlmModel(ModelBase):
     profile = "tiny-llm"
     # No accuracy-collapse: the profiler measures speed, memory and power, not output quality,
     # so no metric of docs/seeds.md could show it.
+    platforms = _LLM_PLATFORMS
     supported = frozenset({ModelFault.OVERHEAT, ModelFault.MEMORY_LEAK})
+    _temp_tau_s = 45.0
 
     def __init__(self, rng: random.Random, platform: str) -> None:
-        check_platform(self.profile, _LLM_PLATFORMS, platform)
-        super().__init__(rng)
+        super().__init__(rng, platform)
         p = self._p = _LLM_PLATFORMS[platform]
         (baseline,) = BASELINES[platform].values()
         self._nominal_tps = baseline.throughput
@@ -89,7 +74,6 @@ class _TinyLlmModel(ModelBase):
     def _retime(self, elapsed_ms: int) -> None:
         super()._retime(elapsed_ms)
         s = self._s
-        self._k_temp = math.exp(-s / 45.0)
         # Generation sessions of ~45 s, gaps of ~30 s.
         self._p_stop = 1.0 - math.exp(-s / 45.0)
         self._p_start = 1.0 - math.exp(-s / 30.0)
@@ -100,10 +84,9 @@ class _TinyLlmModel(ModelBase):
         if r() < (self._p_stop if self._generating else self._p_start):
             self._generating = not self._generating
         cpu = clamp(self._noisy(self._cpu(load), 1.5), 10.0, 95.0)
-        self._cpu_temp = self._heat(self._cpu_temp, self._ambient + 13.0 + 0.25 * cpu,
-                                    self._k_temp, cpu / 100.0)
+        self._cpu_temp = self._heat(self._cpu_temp, self._ambient + 13.0 + 0.25 * cpu, cpu / 100.0)
         # The SoC drops its clock above 80 C.
-        throttled = self._cpu_temp >= THROTTLE_C
+        throttled = self._cpu_temp >= dynamics.THROTTLE_C
         used = self._used(self._noisy(self._mem_share + (0.12 if self._generating else 0.0),
                                       0.004))
         tps = 0.0
@@ -113,7 +96,7 @@ class _TinyLlmModel(ModelBase):
             # The p95 of the tokens of one interval: its own sampling noise on top.
             self._p95_ms = self._baseline_p95_ms * slowdown * self._noisy(1.0, JITTER / 2.0)
             self._tokens += events(r, tps, s)
-        dynamic_mw = p.power_cpu_mw * cpu / 100.0 * (THROTTLE if throttled else 1.0)
+        dynamic_mw = p.power_cpu_mw * cpu / 100.0 * (dynamics.THROTTLE if throttled else 1.0)
         cpu_temp = self._noisy(self._cpu_temp, TEMP_NOISE)
         board = self._ambient + 0.35 * (self._cpu_temp - self._ambient)
         return [
@@ -133,13 +116,6 @@ class _TinyLlmModel(ModelBase):
         ]
 
 
-PROFILE = Profile(
-    name="tiny-llm",
-    description="tiny-llm-edge-profiler: small LLMs on microcontrollers",
-    platforms=tuple(_LLM_PLATFORMS),
-    firmware="0.9.1",
-    model_name="stories-260k-q8",
-    metrics=_TINY_LLM_METRICS,
-    new_model=_TinyLlmModel,
-    model_faults=_TinyLlmModel.supported,
-)
+PROFILE = _TinyLlmModel.declare("tiny-llm-edge-profiler: small LLMs on microcontrollers",
+                                firmware="0.9.1", model_name="stories-260k-q8",
+                                metrics=_TINY_LLM_METRICS)
