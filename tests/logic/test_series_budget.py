@@ -15,15 +15,13 @@ from device_protocol import (
     MetricDef,
     MetricType,
     RawSample,
-    RawTelemetry,
     TelemetryRows,
-    decode_telemetry_rows,
-    encode_telemetry,
 )
 from gateway.pipeline.frame_compiler import FrameCompiler
 from gateway.pipeline.series_budget import SeriesBudget
 from gateway.remote_write.series import SeriesEncoder
 from gateway.remote_write.wire import decode_write_request
+from tests.support.factories import decoded_frame
 
 T0 = 1_790_000_000_000
 BOUNDS = (0.1, 1.0, 10.0)
@@ -43,9 +41,7 @@ BIRTH = birth()
 
 
 def frame(*samples: RawSample, seq: int = 0, boot: int = 1, time_ms: int = T0) -> TelemetryRows:
-    """Through the wire codec, as the pipeline decodes a frame before compiling it."""
-    return decode_telemetry_rows(encode_telemetry(RawTelemetry(boot, seq, time_ms, samples,
-                                                               False)))
+    return decoded_frame(boot, seq, time_ms, samples)
 
 
 def gauge(core: int, value: float = 1.0, dt_ms: int = 0) -> RawSample:

@@ -20,15 +20,7 @@ from typing import Any, TypeVar, cast
 import httpx
 import pytest
 
-from device_protocol import (
-    Birth,
-    MetricDef,
-    MetricType,
-    RawSample,
-    RawTelemetry,
-    decode_telemetry_rows,
-    encode_telemetry,
-)
+from device_protocol import Birth, MetricDef, MetricType, RawSample
 from gateway.api.factory import create_api
 from gateway.api.port import EndpointStatus, PipelineStatus, ReplayOutcome
 from gateway.errors import ForwardUnavailable
@@ -39,6 +31,7 @@ from gateway.gateway_port import GatewayView, RunningGateway
 from gateway.pipeline.dedup import Ledger
 from gateway.pipeline.series_budget import SeriesBudget
 from gateway.seq_ranges import SeqRanges
+from tests.support.factories import decoded_frame
 from tests.support.fakes import MemoryStore
 
 T = TypeVar("T")
@@ -131,8 +124,7 @@ def send(port: FakePort, device_id: str, boot: int, seqs: range, value: float = 
     """Frames as the pipeline applies them: the fleet observes, the ledger records the seq."""
     ranges = port.ledger.get((device_id, boot)) or SeqRanges()
     for seq in seqs:
-        raw = decode_telemetry_rows(encode_telemetry(RawTelemetry(
-            boot, seq, T0 + seq * 1000, (RawSample(0, value, 0, ()),), False)))
+        raw = decoded_frame(boot, seq, T0 + seq * 1000, [RawSample(0, value, 0, ())])
         port.fleet.observe_telemetry(device_id, raw, T0 + seq * 1000)
         ranges.add(seq)
     port.ledger.load((device_id, boot), ranges)

@@ -24,14 +24,12 @@ from device_protocol import (
     MetricDef,
     MetricType,
     RawSample,
-    RawTelemetry,
     TelemetryRows,
-    decode_telemetry_rows,
-    encode_telemetry,
 )
 from gateway.buffer import store
 from gateway.buffer.db import apply_migrations, discover_migrations
 from gateway.fleet.state import MAX_BOOTS_KEPT, DeviceEvent, DeviceRecord, DeviceState, FleetState
+from tests.support.factories import decoded_frame
 
 T0 = 1_790_000_000_000  # gateway clock at the start of each test
 INTERVAL = 1_000
@@ -51,10 +49,9 @@ def birth(boot: int = 1, *, interval_ms: int = INTERVAL, platform: str = "esp32-
 
 def frame(boot: int, seq: int, *samples: RawSample, time_ms: int = T0,
           historical: bool = False) -> TelemetryRows:
-    """A telemetry frame through the wire codec, as the pipeline hands it to the fleet."""
-    raw = RawTelemetry(boot, seq, time_ms, samples or (RawSample(0, float(seq), 0, ()),),
-                       historical)
-    return decode_telemetry_rows(encode_telemetry(raw))
+    """Through the wire codec; without samples, one gauge reading its seq."""
+    return decoded_frame(boot, seq, time_ms, samples or (RawSample(0, float(seq), 0, ()),),
+                         historical)
 
 
 def state_events(fleet: FleetState) -> list[tuple[int, str | None, str | None, str | None]]:

@@ -14,16 +14,7 @@ import sqlite3
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from device_protocol import (
-    Birth,
-    HistogramValue,
-    MetricDef,
-    MetricType,
-    RawSample,
-    RawTelemetry,
-    decode_telemetry_rows,
-    encode_telemetry,
-)
+from device_protocol import Birth, HistogramValue, MetricDef, MetricType, RawSample
 from gateway.buffer import markers as stale_markers
 from gateway.buffer import store
 from gateway.buffer.db import apply_migrations
@@ -46,6 +37,7 @@ from gateway.pipeline.frame_compiler import FrameCompiler
 from gateway.pipeline.series_budget import SeriesBudget
 from gateway.remote_write.series import SeriesEncoder
 from gateway.remote_write.wire import STALE_NAN, decode_write_request, is_stale_nan
+from tests.support.factories import decoded_frame
 
 T0 = 1_790_000_000_000
 EXTERNAL = (("region", "eu"),)
@@ -83,8 +75,7 @@ class Device:
         self.fleet.observe_birth(self.device_id, new_birth, T0)
 
     def send(self, *samples: RawSample, time_ms: int) -> None:
-        raw = decode_telemetry_rows(encode_telemetry(RawTelemetry(
-            self.birth.boot, self.seq, time_ms, samples, False)))
+        raw = decoded_frame(self.birth.boot, self.seq, time_ms, samples)
         self.seq += 1
         self.written += self.compiler.entries(self.device_id, raw, self.birth,
                                               count_refused=True)
@@ -262,8 +253,7 @@ def fleet_of_three() -> FleetState:
     fleet = FleetState()
     for device_id in ("a", "b", "c"):
         fleet.observe_birth(device_id, birth(), T0)
-    frame = decode_telemetry_rows(encode_telemetry(RawTelemetry(
-        1, 0, T0, (RawSample(0, 1.0, 0, ()),), False)))
+    frame = decoded_frame(1, 0, T0, [RawSample(0, 1.0, 0, ())])
     for i in range(3):
         fleet.observe_telemetry("a", frame, T0 + 1_500 + i)
     fleet.observe_duplicates([("a", 1), ("a", 0), ("b", 1)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from device_protocol import (
     Birth,
@@ -10,6 +11,8 @@ from device_protocol import (
     MetricType,
     RawSample,
     RawTelemetry,
+    TelemetryRows,
+    decode_telemetry_rows,
     encode_birth,
     encode_telemetry,
 )
@@ -59,6 +62,14 @@ def telemetry(device_index: int, seq: int, *, base_ms: int, reboot: int = 0,
     return RawTelemetry(boot=boot_id(device_index, reboot), seq=seq,
                         time_ms=base_ms + seq * step_ms, samples=tuple(samples),
                         historical=historical)
+
+
+def decoded_frame(boot: int, seq: int, time_ms: int, samples: Sequence[RawSample],
+                  historical: bool = False) -> TelemetryRows:
+    """A telemetry frame through the wire codec, as the pipeline decodes it before compiling its
+    entries and handing it to the fleet."""
+    raw = RawTelemetry(boot, seq, time_ms, tuple(samples), historical)
+    return decode_telemetry_rows(encode_telemetry(raw))
 
 
 def telemetry_payload(device_index: int, seq: int, **kwargs: object) -> bytes:
