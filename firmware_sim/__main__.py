@@ -35,12 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_fleet_args(parser: argparse.ArgumentParser) -> None:
     """Where to connect, how many devices of which profiles, how often and how long."""
-    env = os.environ.get
-    parser.add_argument(
-        "--mqtt-url",
-        default=env("FLEETGATE_MQTT_URL", "mqtt://127.0.0.1:1883"),
-        help="broker URL (env FLEETGATE_MQTT_URL; default %(default)s)",
-    )
+    _add_env_option(parser, "--mqtt-url", "FLEETGATE_MQTT_URL", "mqtt://127.0.0.1:1883",
+                    "broker URL")
     parser.add_argument("--devices", type=int, default=20, help="number of devices (%(default)s)")
     parser.add_argument(
         "--profiles",
@@ -61,18 +57,10 @@ def _add_fleet_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_naming_and_frame_args(parser: argparse.ArgumentParser) -> None:
     """Topic and id naming, and the frames: how many, how large, how many buffered."""
-    env = os.environ.get
-    parser.add_argument(
-        "--topic-prefix",
-        default=env("FLEETGATE_TOPIC_PREFIX", "fleet"),
-        help="MQTT topic prefix (env FLEETGATE_TOPIC_PREFIX; default %(default)s)",
-    )
-    parser.add_argument(
-        "--gateway-id",
-        default=env("FLEETGATE_GATEWAY_ID", "gw1"),
-        help="gateway whose state topic gates publishing (env FLEETGATE_GATEWAY_ID; "
-        "default %(default)s)",
-    )
+    _add_env_option(parser, "--topic-prefix", "FLEETGATE_TOPIC_PREFIX", "fleet",
+                    "MQTT topic prefix")
+    _add_env_option(parser, "--gateway-id", "FLEETGATE_GATEWAY_ID", "gw1",
+                    "gateway whose state topic gates publishing")
     parser.add_argument("--device-prefix", default="sim", help="device id prefix (%(default)s)")
     parser.add_argument(
         "--frames",
@@ -92,6 +80,13 @@ def _add_naming_and_frame_args(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_RING_SIZE,
         help="frames each device buffers while offline (%(default)s)",
     )
+
+
+def _add_env_option(parser: argparse.ArgumentParser, flag: str, variable: str, default: str,
+                    what: str) -> None:
+    """An option the environment can set, as it sets the gateway's own (FLEETGATE_*)."""
+    parser.add_argument(flag, default=os.environ.get(variable, default),
+                        help=f"{what} (env {variable}; default %(default)s)")
 
 
 def _add_fault_and_output_args(parser: argparse.ArgumentParser) -> None:
