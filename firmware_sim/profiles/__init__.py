@@ -17,14 +17,7 @@ and histograms must be declared so the gateway knows their type and bounds) and 
 from __future__ import annotations
 
 from firmware_sim.profiles import audio_nets, edge_tpu, liquid_edge, photon, tiny_llm
-from firmware_sim.profiles.base import (
-    Baseline,
-    DeviceModel,
-    ModelFault,
-    Profile,
-    Reading,
-    UnknownProfileError,
-)
+from firmware_sim.profiles.base import Baseline, DeviceModel, ModelFault, Profile, Reading
 from firmware_sim.profiles.liquid_edge import LIQUID_DURATION_BOUNDS
 
 __all__ = ["LATENCY_BASELINES", "LIQUID_DURATION_BOUNDS", "PROFILES", "Baseline", "DeviceModel",
@@ -40,6 +33,10 @@ PROFILES: dict[str, Profile] = {m.PROFILE.name: m.PROFILE for m in _MODULES}
 # latency each profile reports is said beside its BASELINES.
 LATENCY_BASELINES: dict[str, dict[str, dict[str, Baseline]]] = {
     m.PROFILE.name: m.BASELINES for m in _MODULES}
+
+
+class UnknownProfileError(ValueError):
+    """A profile name that is not in `PROFILES`."""
 
 
 def get_profile(name: str) -> Profile:

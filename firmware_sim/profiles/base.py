@@ -85,10 +85,6 @@ class Profile:
         return len(self.new_model(random.Random(0), self.platforms[0]).read(1))
 
 
-class UnknownProfileError(ValueError):
-    """A profile name that is not in `PROFILES`."""
-
-
 def check_platform(profile: str, platforms: Collection[str], platform: str) -> None:
     if platform not in platforms:
         raise ValueError(f"profile {profile!r} has no platform {platform!r}; "
