@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from device_protocol.frames import MetricDef, MetricType
 from firmware_sim.profiles import base, dynamics
@@ -27,17 +26,9 @@ _AUDIO_METRICS = (
     MetricDef(6, "device_temperature_celsius", MetricType.GAUGE),
 )
 
-
-@dataclass(frozen=True, slots=True)
-class _AudioPlatform:
-    ram: int  # bytes
-    power_mw: float
-    power_rise_mw: float
-
-
 _AUDIO_PLATFORMS = {
-    "stm32f4": _AudioPlatform(192 * base.KIB, 0.55, 0.45),
-    "nrf52840": _AudioPlatform(256 * base.KIB, 0.44, 0.36),
+    "stm32f4": base.Board(192 * base.KIB, 0.55, 0.45),
+    "nrf52840": base.Board(256 * base.KIB, 0.44, 0.36),
 }
 
 _WINDOW_MS = 250  # one inference per 250 ms audio window
@@ -115,7 +106,7 @@ class _AudioNetsModel(ModelBase):
         self._detections += events(r, 0.015 + 0.06 * activity + 0.5 * fp, s)
         used = self._used(self._noisy(self._mem_share + 0.08 * activity, 0.003))
         latency = self._latency_ms * self._slowdown(activity, used)
-        power = self._noisy(p.power_mw + p.power_rise_mw * activity, 0.015)
+        power = self._noisy(p.power_mw + p.power_load_mw * activity, 0.015)
         self._battery_mwh -= power * s / 3600.0
         if self._battery_mwh < 0.05 * _BATTERY_MWH:
             self._battery_mwh = _BATTERY_MWH  # swapped by a technician
@@ -125,7 +116,7 @@ class _AudioNetsModel(ModelBase):
         else:
             self._flash = clamp(revert(r, self._flash, 57.0, self._k_flash, self._n_flash),
                                  40.0, 80.0)
-        used *= p.ram
+        used *= p.memory
         return [
             Reading(0, (), self._inferences),
             Reading(1, (), self._detections),
@@ -137,7 +128,7 @@ class _AudioNetsModel(ModelBase):
             # 16 kHz audio kept up with, plus the DMA backlog drained at each window.
             Reading("audio_throughput_samples_per_second", (), round(16000.0 + 64.0 * r(), 1)),
             Reading("audio_memory_usage_bytes", (), float(round(used))),
-            Reading("audio_free_ram_kilobytes", (), round((p.ram - used) / 1024.0, 2)),
+            Reading("audio_free_ram_kilobytes", (), round((p.memory - used) / 1024.0, 2)),
             Reading("audio_cpu_usage_percent", (),
                     round(clamp(self._noisy(22.0 + 45.0 * activity, 1.5), 20.0, 70.0), 2)),
             Reading("audio_energy_per_inference_microjoules", (),

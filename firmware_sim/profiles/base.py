@@ -38,6 +38,15 @@ class Baseline(NamedTuple):
     throughput: float = 0.0  # per second where an alert compares it (tokens, frames); else 0
 
 
+@dataclass(frozen=True, slots=True)
+class Board:
+    """A platform where memory and power are all a model needs of it (audio-nets, tiny-llm)."""
+
+    memory: int  # bytes
+    power_mw: float  # at no load
+    power_load_mw: float  # added at full load (speech activity, CPU), in proportion
+
+
 class ModelFault(StrEnum):
     OVERHEAT = "overheat"
     MEMORY_LEAK = "memory-leak"

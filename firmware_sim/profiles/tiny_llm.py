@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
 from device_protocol.frames import MetricDef, MetricType
 from firmware_sim.profiles import base, dynamics
@@ -27,18 +26,10 @@ _TINY_LLM_METRICS = (
     MetricDef(3, "device_memory_total_bytes", MetricType.GAUGE),
 )
 
-
-@dataclass(frozen=True, slots=True)
-class _LlmPlatform:
-    memory: int  # bytes
-    power_mw: float  # at 0 % CPU
-    power_cpu_mw: float  # added at 100 % CPU
-
-
 _LLM_PLATFORMS = {
-    "esp32-s3": _LlmPlatform(8 * base.MIB + 512 * base.KIB, 150.0, 230.0),
-    "stm32h7": _LlmPlatform(1 * base.MIB, 150.0, 200.0),
-    "riscv-k230": _LlmPlatform(512 * base.MIB, 170.0, 270.0),
+    "esp32-s3": base.Board(8 * base.MIB + 512 * base.KIB, 150.0, 230.0),
+    "stm32h7": base.Board(1 * base.MIB, 150.0, 200.0),
+    "riscv-k230": base.Board(512 * base.MIB, 170.0, 270.0),
 }
 
 _SENSOR_BOARD, _SENSOR_CPU = labels(sensor_location="board"), labels(sensor_location="cpu")
@@ -96,7 +87,7 @@ class _TinyLlmModel(ModelBase):
             # The p95 of the tokens of one interval: its own sampling noise on top.
             self._p95_ms = self._baseline_p95_ms * slowdown * self._noisy(1.0, JITTER / 2.0)
             self._tokens += events(r, tps, s)
-        dynamic_mw = p.power_cpu_mw * cpu / 100.0 * (dynamics.THROTTLE if throttled else 1.0)
+        dynamic_mw = p.power_load_mw * cpu / 100.0 * (dynamics.THROTTLE if throttled else 1.0)
         cpu_temp = self._noisy(self._cpu_temp, TEMP_NOISE)
         board = self._ambient + 0.35 * (self._cpu_temp - self._ambient)
         return [
