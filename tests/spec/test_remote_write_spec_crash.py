@@ -15,12 +15,29 @@ import pytest
 
 from devstack import GatewayProcess
 from tests.spec.device_frames import birth_msg, now_ms, tele_msg
-from tests.spec.rw_receiver import RecordingReceiver, Reply
+from tests.spec.rw_receiver import RecordingReceiver, Reply, Request
 from tests.spec.spec_cases import frames, sample_set
 from tests.support.publisher import Publisher
 
 GatewayStarter = Callable[..., GatewayProcess]
 pytestmark = pytest.mark.e2e  # Mosquitto and a gateway process
+
+
+def crash_with_a_request_in_flight(gw: GatewayProcess, receiver: RecordingReceiver) -> Request:
+    """Kill the gateway while the receiver holds its second request, answer that request 204 into
+    the dead connection, start the gateway again; returns the request that was in flight."""
+    receiver.wait_for(lambda rx: rx.held == 1, what="the second request held")
+    gw.kill()
+    held = receiver.snapshot()[-1]
+    assert held.sample_count, "the held request carries samples"
+    receiver.release()  # written, but the 204 reaches nobody
+    gw.start()
+    return held
+
+
+def assert_doubled_only_from(held: Request, receiver: RecordingReceiver) -> None:
+    doubled = {sample for sample, n in receiver.accepted_counts().items() if n > 1}
+    assert doubled <= set(sample_set([held])), "samples doubled outside the request in flight"
 
 
 def test_a_crash_resends_at_most_the_request_in_flight(
@@ -29,16 +46,10 @@ def test_a_crash_resends_at_most_the_request_in_flight(
     gw = gateway_process(remote_write_max_samples="20")
     t = now_ms() - 60_000
     device.publish([birth_msg(), *(m for group in frames(10, t_ms=t) for m in group)])
-    receiver.wait_for(lambda rx: rx.held == 1, what="the second request held")
-    gw.kill()
-    held = receiver.snapshot()[-1]
-    assert held.sample_count, "the held request carries samples"
-    receiver.release()  # written, but the 204 reaches nobody
-    gw.start()
+    held = crash_with_a_request_in_flight(gw, receiver)
     receiver.wait_for(lambda rx: len(rx.accepted_counts()) == 1 + 10 * 8, within_s=30,
                       what="every sample after the restart")
-    doubled = {sample for sample, n in receiver.accepted_counts().items() if n > 1}
-    assert doubled <= set(sample_set([held])), "samples doubled outside the request in flight"
+    assert_doubled_only_from(held, receiver)
     assert max(receiver.accepted_counts().values()) <= 2
 
 
@@ -52,14 +63,8 @@ def test_a_crash_resends_at_most_the_request_in_flight_of_a_split_frame(
     big = tele_msg(0, [["channel_volts", float(i), 0, {"ch": str(i)}] for i in range(200)],
                    t_ms=now_ms() - 60_000)
     device.publish([birth_msg(), big])
-    receiver.wait_for(lambda rx: rx.held == 1, what="the second request held")
-    gw.kill()
-    held = receiver.snapshot()[-1]
-    assert held.sample_count, "the held request carries samples"
-    receiver.release()  # written, but the 204 reaches nobody
-    gw.start()
+    held = crash_with_a_request_in_flight(gw, receiver)
     receiver.wait_for(lambda rx: len(rx.accepted_counts()) == 1 + 200, within_s=30,
                       what="every sample after the restart")
     assert max(r.sample_count for r in receiver.snapshot()) <= 50, receiver.describe()
-    doubled = {sample for sample, n in receiver.accepted_counts().items() if n > 1}
-    assert doubled <= set(sample_set([held])), "samples doubled outside the request in flight"
+    assert_doubled_only_from(held, receiver)
