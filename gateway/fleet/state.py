@@ -67,6 +67,10 @@ class FleetState:
         # are observed in arrival order): a page by last seen without sorting the fleet.
         self._recent: dict[str, None] = {}
         self.reporting = 0  # devices that sent telemetry at least once
+        # Boots with stored frames (the ledger, at a restart) of devices the last checkpoint did
+        # not have yet: a kill before a device's first checkpoint. Joined to its record when
+        # the record is made again (its next birth or frame), so completeness lists them.
+        self._stored_boots: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ observations
     def _record(self, device_id: str, now_ms: int) -> DeviceRecord:
@@ -74,6 +78,8 @@ class FleetState:
         if record is None:
             record = self.devices[device_id] = DeviceRecord(
                 device_id, first_seen_ms=now_ms, state_since_ms=now_ms)
+            for boot in self._stored_boots.pop(device_id, ()):
+                record._note_boot(boot)
             self.by_state[record.state].add(device_id)
             self._sorted_ids = None
         self._dirty.add(device_id)
@@ -169,7 +175,11 @@ class FleetState:
         """A boot the device stored frames of (its ledger), for the completeness view: known
         after a restart even when the last checkpoint was taken before its first frame."""
         record = self.devices.get(device_id)
-        if record is not None and boot not in record.boots:
+        if record is None:
+            stored = self._stored_boots.setdefault(device_id, [])
+            if boot not in stored:
+                stored.append(boot)
+        elif boot not in record.boots:
             record.boots.insert(0, boot)
             del record.boots[:-MAX_BOOTS_KEPT]
 
@@ -188,6 +198,7 @@ class FleetState:
                 del self.firmwares[record.firmware]
 
     def forget(self, device_id: str) -> bool:
+        self._stored_boots.pop(device_id, None)
         record = self.devices.pop(device_id, None)
         if record is None:
             return False

@@ -126,3 +126,18 @@ def test_a_valid_copy_of_a_held_frames_seq_is_kept_if_the_held_one_is_refused() 
         m.deliver(3, crash_at_ack=False)
         m.forward(("ok",))
     run(steps)
+
+
+def test_a_boot_stored_before_the_devices_first_checkpoint_is_in_its_completeness() -> None:
+    """(issue 12) A kill right after a device's first group commit, before the fleet's first
+    checkpoint of it: at the restart its stored boot was known to the ledger but not to the
+    fleet (note_boot ignored devices without a record), so when the device came back on its
+    newer boot the older boot's frames were missing from its completeness."""
+    def steps(m: GatewayMachine) -> None:
+        m.boot_gateway(policy="block", capped=False, n_born=0)
+        m.birth("dev-a", 0, False)
+        m.birth("dev-a", 1, False)
+        m.telemetry("dev-a", 0, 0, False, None, [], 0)
+        m.deliver(3, crash_at_ack=True)
+        m.deliver_acked(2)
+    run(steps)
