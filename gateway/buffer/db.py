@@ -227,11 +227,25 @@ class Database:
         self._writes: set[asyncio.Task[Any]] = set()  # in flight, whether awaited or not
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         self._writer = await self._connect("sqlite-writer", self._open_writer)
+        self._closer = asyncio.create_task(self._close_when_the_loop_ends(), name="sqlite-closer")
         self._reader = await self._connect("sqlite-reader",
                                            lambda: connect(self.path, self._synchronous))
+
+    async def _close_when_the_loop_ends(self) -> None:
+        """Close the database if the loop winds down with it open (asyncio.run cancels what is
+        left): aiosqlite's threads are not daemon threads, so a Database that a failed shutdown
+        left open would keep the process from ever exiting (the old executor's threads ended
+        at exit). Checked by tests/stages/test_db.py."""
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError:
+            if self._closer is asyncio.current_task():  # not cancelled by close() itself
+                await self.close()
+            raise
 
     def _open_writer(self) -> sqlite3.Connection:
         # A damaged file is set aside and salvaged before anything writes to it.
@@ -286,6 +300,9 @@ class Database:
 
     async def close(self) -> None:
         """Reader first, then the writer: what is queued on it runs, the WAL is checkpointed."""
+        closer, self._closer = self._closer, None
+        if closer is not None and closer is not asyncio.current_task():
+            closer.cancel()
         if self._reader is not None:
             reader, self._reader = self._reader, None
             await reader.close()

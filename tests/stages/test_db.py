@@ -454,3 +454,29 @@ def test_closed_database_refuses_work(tmp_path: Path) -> None:
         await database.close()  # twice is harmless
 
     asyncio.run(body())
+
+
+def test_database_left_open_is_closed_when_the_loop_ends(tmp_path: Path) -> None:
+    # aiosqlite's threads are not daemon threads: a Database that a failed shutdown left open
+    # would keep the process from exiting. asyncio.run cancels what is left at its end; the
+    # database closes then (threads gone, WAL checkpointed), as the old executor's threads
+    # ended at exit.
+    path = tmp_path / "f.db"
+    left_open: list[Database] = []
+    before = set(threading.enumerate())
+
+    async def body() -> None:
+        database = Database(path)
+        await database.open()
+        await database.write(_insert("x", 1))
+        left_open.append(database)  # still referenced: nothing closes it by being collected
+
+    asyncio.run(body())
+    started = [t for t in set(threading.enumerate()) - before if t.name.startswith("sqlite-")]
+    for thread in started:  # each may still be handing its last result to the closed loop
+        thread.join(WAIT_S)
+    assert [t.name for t in started if t.is_alive()] == []
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    with pytest.raises(StoreError, match="not open"):
+        asyncio.run(left_open[0].read(lambda c: None))
