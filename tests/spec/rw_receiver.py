@@ -140,19 +140,20 @@ class RecordingReceiver:
                     within_s: float = 10.0, what: str = "condition") -> None:
         deadline = time.monotonic() + within_s
         while not condition(self):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"receiver: {what} not met within {within_s} s; "
-                                     f"saw {self.describe()}")
+            self._fail_past(deadline, within_s, what)
             await asyncio.sleep(0.005)
 
     def wait_for(self, condition: Callable[[RecordingReceiver], bool],
                  within_s: float = 20.0, what: str = "condition") -> None:
         deadline = time.monotonic() + within_s
         while not condition(self):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"receiver: {what} not met within {within_s} s; "
-                                     f"saw {self.describe()}")
+            self._fail_past(deadline, within_s, what)
             time.sleep(0.01)
+
+    def _fail_past(self, deadline: float, within_s: float, what: str) -> None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"receiver: {what} not met within {within_s} s; "
+                                 f"saw {self.describe()}")
 
     def describe(self, requests: Iterable[Request] | None = None) -> str:
         rows = [f"#{r.index} {r.status or 'held'} {r.sample_count} samples"
