@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from device_protocol import (
-    Birth,
-    HistogramValue,
-    Labels,
-    MetricDef,
-    MetricType,
-    RawSample,
-    TelemetryRows,
-)
+from device_protocol import HistogramValue, Labels, MetricDef, MetricType, RawSample, TelemetryRows
 from gateway.pipeline.frame_compiler import FrameCompiler
 from gateway.pipeline.series_budget import SeriesBudget
 from gateway.remote_write.series import SeriesEncoder
 from gateway.remote_write.wire import decode_write_request
-from tests.support.factories import decoded_frame
+from tests.support.factories import decoded_frame, fixed_birth
 
 T0 = 1_790_000_000_000
 BOUNDS = (0.1, 1.0, 10.0)
@@ -31,13 +23,7 @@ METRICS = (
     MetricDef(1, "inferences_total", MetricType.COUNTER),
     MetricDef(2, "latency_seconds", MetricType.HISTOGRAM, BOUNDS),
 )
-
-
-def birth(boot: int = 1) -> Birth:
-    return Birth(boot, T0, "esp32-s3", "1.0.0", (("site", "lab"),), 1_000, METRICS)
-
-
-BIRTH = birth()
+BIRTH = fixed_birth(1, T0, METRICS)
 
 
 def frame(*samples: RawSample, seq: int = 0, boot: int = 1, time_ms: int = T0) -> TelemetryRows:
@@ -205,7 +191,7 @@ def test_another_device_is_unaffected() -> None:
 def test_the_budget_spans_the_devices_boots() -> None:
     fc = compiler(2)
     fc.entries("d", frame(gauge(0), gauge(1)), BIRTH, count_refused=True)
-    rebooted = birth(2)
+    rebooted = fixed_birth(2, T0, METRICS)
     entries = fc.entries("d", frame(gauge(1), gauge(5), gauge(0), boot=2), rebooted,
                          count_refused=True)
     assert series_of(entries) == [("temperature_celsius", "1", None),

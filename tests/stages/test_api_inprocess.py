@@ -31,7 +31,7 @@ from gateway.gateway_port import GatewayView, RunningGateway
 from gateway.pipeline.dedup import Ledger
 from gateway.pipeline.series_budget import SeriesBudget
 from gateway.seq_ranges import SeqRanges
-from tests.support.factories import decoded_frame
+from tests.support.factories import decoded_frame, fixed_birth
 from tests.support.fakes import MemoryStore
 
 T = TypeVar("T")
@@ -42,7 +42,8 @@ METRICS = (MetricDef(0, "temperature_celsius", MetricType.GAUGE),)
 
 
 def birth(boot: int, platform: str = "esp32-s3", site: str = "lab") -> Birth:
-    return Birth(boot, T0, platform, "1.0.0", (("site", site),), 10_000, METRICS)
+    return fixed_birth(boot, T0, METRICS, interval_ms=10_000, platform=platform,
+                       labels=(("site", site),))
 
 
 @dataclass

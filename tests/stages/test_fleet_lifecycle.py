@@ -29,7 +29,7 @@ from device_protocol import (
 from gateway.buffer import store
 from gateway.buffer.db import apply_migrations, discover_migrations
 from gateway.fleet.state import MAX_BOOTS_KEPT, DeviceEvent, DeviceRecord, DeviceState, FleetState
-from tests.support.factories import decoded_frame
+from tests.support.factories import decoded_frame, fixed_birth
 
 T0 = 1_790_000_000_000  # gateway clock at the start of each test
 INTERVAL = 1_000
@@ -44,7 +44,8 @@ OLD_METRICS = (MetricDef(0, "old_gauge", MetricType.GAUGE),)
 def birth(boot: int = 1, *, interval_ms: int = INTERVAL, platform: str = "esp32-s3",
           firmware: str = "1.0.0", metrics: tuple[MetricDef, ...] = METRICS,
           labels: Labels = (("site", "lab"),)) -> Birth:
-    return Birth(boot, T0, platform, firmware, labels, interval_ms, metrics)
+    return fixed_birth(boot, T0, metrics, interval_ms=interval_ms, platform=platform,
+                       firmware=firmware, labels=labels)
 
 
 def frame(boot: int, seq: int, *samples: RawSample, time_ms: int = T0,

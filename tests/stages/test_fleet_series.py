@@ -37,7 +37,7 @@ from gateway.pipeline.frame_compiler import FrameCompiler
 from gateway.pipeline.series_budget import SeriesBudget
 from gateway.remote_write.series import SeriesEncoder
 from gateway.remote_write.wire import STALE_NAN, decode_write_request, is_stale_nan
-from tests.support.factories import decoded_frame
+from tests.support.factories import decoded_frame, fixed_birth
 
 T0 = 1_790_000_000_000
 EXTERNAL = (("region", "eu"),)
@@ -53,8 +53,7 @@ SeriesKey = frozenset[tuple[str, str]]
 
 
 def birth(boot: int = 1, metrics: tuple[MetricDef, ...] = METRICS) -> Birth:
-    return Birth(boot, T0, "esp32-s3", "1.0.0", (("site", "lab"), ("zone", "a")), 1_000,
-                 metrics)
+    return fixed_birth(boot, T0, metrics, labels=(("site", "lab"), ("zone", "a")))
 
 
 class Device:

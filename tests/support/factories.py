@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from device_protocol import (
     Birth,
+    Labels,
     MetricDef,
     MetricType,
     RawSample,
@@ -39,6 +40,14 @@ def birth(device_index: int, *, reboot: int = 0, time_ms: int | None = None,
     return Birth(boot=boot_id(device_index, reboot), time_ms=time_ms or now_ms(),
                  platform="esp32-s3", firmware="2.1.0", labels=(("site", "lab"),),
                  interval_ms=interval_ms, metrics=METRICS)
+
+
+def fixed_birth(boot: int, time_ms: int, metrics: tuple[MetricDef, ...], *,
+                interval_ms: int = 1_000, platform: str = "esp32-s3", firmware: str = "1.0.0",
+                labels: Labels = (("site", "lab"),)) -> Birth:
+    """A birth at a time the test chose, for tests that compile frames or drive FleetState
+    themselves with explicit times."""
+    return Birth(boot, time_ms, platform, firmware, labels, interval_ms, metrics)
 
 
 def birth_payload(device_index: int, **kwargs: object) -> bytes:
