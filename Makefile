@@ -26,12 +26,14 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy device_protocol gateway firmware_sim devstack
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_sizes.py
 	$(BIN)/pytest
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy device_protocol gateway firmware_sim devstack
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_sizes.py
 
 faults: install
 	FAULTS_LONG=1 FAULTS_REPORT=docs/reliability.md $(BIN)/pytest tests/faults tests/model
