@@ -49,21 +49,10 @@ class Database(db.Database):
         if conn is None:
             raise StoreError("database is not open")
 
-        def run() -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
-
         try:
             # shield: a cancelled caller must not un-queue a write the thread has not started.
-            return await asyncio.shield(
-                asyncio.get_running_loop().run_in_executor(self._writer_pool, run))
+            return await asyncio.shield(asyncio.get_running_loop().run_in_executor(
+                self._writer_pool, db.run_in_transaction, conn, fn))
         except sqlite3.Error as exc:
             raise db.write_error(self.path, exc) from exc
 

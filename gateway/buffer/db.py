@@ -143,7 +143,8 @@ class _Unit(Generic[T]):
     error: BaseException | None = None
 
 
-def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+def run_in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """fn(conn) inside BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any error, which is re-raised."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = fn(conn)
@@ -170,7 +171,8 @@ class _Units:
     def _run(self, conn: sqlite3.Connection, unit_id: int) -> None:
         unit = self._pending.pop(unit_id)
         try:
-            unit.result = _in_transaction(conn, unit.fn) if unit.transaction else unit.fn(conn)
+            unit.result = (run_in_transaction(conn, unit.fn) if unit.transaction
+                           else unit.fn(conn))
         except BaseException as exc:  # handed to the awaiting side, never raised into SQLite
             unit.error = exc
         unit.done = True
