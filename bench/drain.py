@@ -23,6 +23,10 @@ Drain rate = backlog frames / (end - the first poll where the cursor had moved).
 from VM ready to that first move is the forwarder's retry back-off, reported apart.
 
     .venv/bin/python bench/drain.py [--repeat 3] [--profile] [--live-rate 1000]
+
+With `--gateway-trees before=/tmp/old,after=.` it drains instead with the gateway of each source
+tree in turn (bench/tree_compare.py), alternating which goes first per repeat, no vmagent
+baseline; that goes to the "redesign-drain" section.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ import procstat
 import profile_summary
 import profiling
 import results_file
+import same_run
 import stats
+import tree_compare
 import vmagent_peer
 from loadgen import Workload
 from profiling import GatewayProfiler
@@ -73,16 +79,19 @@ def _newest_live(vm: VictoriaMetrics) -> float | None:
 
 
 def run_gateway(args: argparse.Namespace, workdir: Path,
-                profiler: GatewayProfiler | None = None) -> dict[str, Any]:
+                profiler: GatewayProfiler | None = None,
+                variant: same_run.Variant | None = None) -> dict[str, Any]:
+    """One gateway drain; `variant` (bench/same_run.py) if given, else the plain gateway."""
     n = args.devices * args.frames
     live_frames_max = int(args.live_rate * LIVE_MAX_S)
     with contextlib.ExitStack() as stack:
         mosq = stack.enter_context(Mosquitto(workdir / "mosquitto"))
         vm = VictoriaMetrics(workdir / "vm")  # port reserved; started after the backlog
         stack.callback(vm.stop)
-        gw = GatewayProcess(workdir / "gateway", mqtt_url=mosq.url,
-                            remote_write_urls=[vm.remote_write_url],
-                            settings=args.gateway_settings)
+        options: dict[str, Any] = dict(mqtt_url=mosq.url, settings=args.gateway_settings,
+                                       remote_write_urls=[vm.remote_write_url])
+        gw = (GatewayProcess(workdir / "gateway", **options) if variant is None else
+              variant.gateway(workdir / "gateway", **options))
         with profiler.environment() if profiler else contextlib.nullcontext():
             stack.enter_context(gw)
         assert gw.pid is not None
@@ -168,7 +177,7 @@ def run_gateway(args: argparse.Namespace, workdir: Path,
         if progress["caught_up"] is not None else None,
         "backlog_vm": backlog_vm, "live_vm": live_vm,
         "lost_samples": expected_backlog + expected_live - backlog_vm - live_vm,
-        "duplicates": duplicates, "dead_letters": dead,
+        "duplicates": duplicates, "dead_letters": dead, **same_run.provenance(gw),
     }
 
 
@@ -296,6 +305,39 @@ def markdown(args: argparse.Namespace, command: str, machine: dict[str, str],
     return "\n".join(out)
 
 
+def problems(run: dict[str, Any]) -> list[str]:
+    """Output checks of one gateway drain that failed."""
+    return [f"{run[key]:,.0f} {what}" for key, what in (("lost_samples", "samples lost"),
+                                                         ("duplicates", "duplicates"))
+            if run[key]]
+
+
+def compare_trees(args: argparse.Namespace, command: str, root: Path) -> int:
+    """The drain with the gateway of each source tree, alternating, per repeat."""
+    comparison: same_run.Comparison = args.gateway_trees
+    case = f"{args.devices}x{args.frames}"
+
+    def run(i: int, _: str, variant: same_run.Variant, attempt: int) -> dict[str, Any]:
+        return run_gateway(args, root / f"run{i}-{variant.name}-{attempt}", variant=variant)
+
+    def on_pair(_: str, runs: same_run.Runs) -> None:
+        for figure in tree_compare.DRAIN_FIGURES:
+            print("  " + same_run.console_line(comparison, case, runs, figure), flush=True)
+
+    results = same_run.measure(comparison, args.repeat, [case], run, on_pair,
+                               remove=None if args.workdir else root)
+    if results is None:
+        return 2
+    runs, = results
+    text = tree_compare.drain_markdown(
+        comparison=comparison, command=command, machine=procstat.machine(),
+        repeat=args.repeat, runs=runs, check=problems,
+        title=f"Backlog {args.devices:,} devices x {args.frames} frames x {args.samples} "
+        f"samples; live {args.live_devices:,} devices at {args.live_rate:,.0f} frames/s")
+    return same_run.report(args.results, args.section or tree_compare.DRAIN_SECTION, text,
+                           same_run.problems(runs, problems))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=1000, help="backlog devices")
@@ -312,14 +354,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600, help="per phase, seconds")
     ap.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
     ap.add_argument("--workdir", type=Path, default=None, help="keep service dirs here")
-    ap.add_argument("--section", default="drain",
-                    help="RESULTS.md section to write (one per gateway configuration)")
+    ap.add_argument("--section", default=None,
+                    help="RESULTS.md section to write (one per gateway configuration; default "
+                    f"drain, or {tree_compare.DRAIN_SECTION} with --gateway-trees)")
     ap.add_argument("--title", default="", help="appended to the section's heading")
+    ap.add_argument("--gateway-trees", type=tree_compare.parse_trees, default=None,
+                    metavar="NAME=PATH,NAME=PATH",
+                    help="instead: the gateway imported from each source tree (the first is "
+                    "the baseline), alternating, in each repeat, e.g. before=/tmp/old,after=.")
     args = ap.parse_args(argv)
     args.gateway_settings = dict(args.gateway_setting)
     command = shlex.join([".venv/bin/python", "bench/drain.py",
                           *(sys.argv[1:] if argv is None else argv)])
     root = args.workdir or Path(tempfile.mkdtemp(prefix="fleetgate-drain-"))
+    if args.gateway_trees:
+        return compare_trees(args, command, root)
+    args.section = args.section or "drain"
     workload = Workload.ending_in_past(args.devices, args.frames, args.samples)
     bodies = vmagent_peer.build_requests(workload)
     gw_runs: list[dict[str, Any]] = []

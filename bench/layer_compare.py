@@ -2,69 +2,34 @@
 
 `bench/throughput.py --sqlite-layers legacy,aiosqlite` runs the gateway once per layer for each
 workload in each repeat (no bare subscriber: here the old layer is the baseline), started through
-bench/gateway_launcher.py. The layers alternate which goes first from one repeat to the next, so
-that a drift of the shared machine during a repeat does not always favour the same one. This
-module starts such a gateway and writes the "sqlite-layer" section of bench/RESULTS.md.
+bench/gateway_launcher.py, alternating which goes first (bench/same_run.py). This module names
+the two layers and writes the "sqlite-layer" section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
-from typing import Any
 
 import report
+import same_run
 from gateway_launcher import LAYERS
+from same_run import Comparison, Figure, Runs, Variant
 
-from devstack import GatewayProcess
-
-BENCH_DIR = Path(__file__).resolve().parent
 SECTION = "sqlite-layer"
 BAR = 0.03  # issue 12: gateway CPU per frame on aiosqlite at most 3% above the old layer's
+CPU = Figure("cpu_us_per_frame", "µs/frame", "", 1, lower_is_better=True)
+RATE = Figure("frames_per_s", "frames/s", "", 0, lower_is_better=False)
 
 
-class LayeredGateway(GatewayProcess):
-    """The gateway started by bench/gateway_launcher.py on one SQLite layer."""
-
-    def __init__(self, *args: Any, sqlite_layer: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.sqlite_layer = sqlite_layer
-
-    def _command(self, binary: str) -> list[str]:
-        return [*self.command_prefix, binary, str(BENCH_DIR / "gateway_launcher.py"),
-                self.sqlite_layer, "run"]
-
-
-def parse_layers(text: str) -> tuple[str, ...]:
+def parse_layers(text: str) -> Comparison:
+    """legacy is the baseline; the layer named first runs first in repeat 1."""
     layers = tuple(name.strip() for name in text.split(",") if name.strip())
     if sorted(layers) != sorted(LAYERS):
         raise argparse.ArgumentTypeError(f"{text!r}: expected the two layers, "
                                          f"e.g. {','.join(LAYERS)}")
-    return layers
-
-
-def order(layers: tuple[str, ...], repeat: int) -> tuple[str, ...]:
-    """The layers in the order repeat number `repeat` (from 0) runs them: alternating."""
-    return layers if repeat % 2 == 0 else layers[::-1]
-
-
-def _us(run: dict[str, Any]) -> float:
-    return float(run["cpu_us_per_frame"])
-
-
-def paired_ratios(runs: dict[str, list[dict[str, Any]]]) -> list[float]:
-    """aiosqlite / legacy CPU per frame of each repeat (the two ran back to back)."""
-    return [_us(n) / _us(o) for o, n in zip(*(runs[x] for x in LAYERS), strict=True)]
-
-
-def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
-    """Median µs per frame of each layer, their ratio, and the per-repeat ratios' median and
-    spread (how much two back-to-back runs differ on this machine: the noise)."""
-    old, new = (statistics.median(_us(r) for r in runs[name]) for name in LAYERS)
-    paired = paired_ratios(runs)
-    return {"legacy_us": old, "aiosqlite_us": new, "ratio": new / old,
-            "paired_ratio": statistics.median(paired), "low": min(paired), "high": max(paired)}
+    legacy, aiosqlite = (Variant(name, mode=name) for name in LAYERS)
+    return Comparison(legacy, aiosqlite, first=layers[0])
 
 
 def verdict(ratio: float) -> str:
@@ -72,46 +37,21 @@ def verdict(ratio: float) -> str:
     return f"Bar: at most {BAR:.0%} above the old layer ({met})."
 
 
-def run_line(name: str, runs: dict[str, list[dict[str, Any]]]) -> str:
-    last = {layer: _us(r[-1]) for layer, r in runs.items()}
-    return (f"{name}: legacy {last['legacy']:.1f} µs/frame, aiosqlite "
-            f"{last['aiosqlite']:.1f} µs/frame ({last['aiosqlite'] / last['legacy']:.3f}x)")
-
-
-def problems(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
-    return [f"{layer} run {i}: {p}" for layer, rs in runs.items()
-            for i, run in enumerate(rs, 1) for p in report.problems(run)]
-
-
-def _workload_markdown(wl: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> list[str]:
-    s = summary(runs)
-    lines = [
-        f"### {wl.devices:,} devices x {wl.frames} frames x {wl.samples} samples",
-        "",
-        "| repeat | first | legacy µs/frame | aiosqlite µs/frame | aiosqlite / legacy | "
-        "legacy frames/s | aiosqlite frames/s |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+def _workload_markdown(comparison: Comparison, wl: argparse.Namespace, runs: Runs) -> list[str]:
+    old, new = (statistics.median(float(r[CPU.key]) for r in runs[n]) for n in comparison.names)
+    found = same_run.problems(runs, report.problems)
+    return [
+        f"### {wl.devices:,} devices x {wl.frames} frames x {wl.samples} samples", "",
+        *same_run.case_table(comparison, runs, (CPU, RATE)), "",
+        same_run.figure_line(comparison, runs, CPU) + " " + verdict(new / old), "",
+        "Output checks (every run, both layers): "
+        + ("all passed." if not found else "FAILED: " + "; ".join(found)), "",
     ]
-    for i, (o, n) in enumerate(zip(runs["legacy"], runs["aiosqlite"], strict=True)):
-        lines.append(f"| {i + 1} | {order(LAYERS, i)[0]} | {_us(o):.1f} | {_us(n):.1f} | "
-                     f"{_us(n) / _us(o):.3f} | {o['frames_per_s']:,.0f} | "
-                     f"{n['frames_per_s']:,.0f} |")
-    lines += [
-        "",
-        f"Medians: legacy **{s['legacy_us']:.1f}** µs/frame, aiosqlite **{s['aiosqlite_us']:.1f}"
-        f"** µs/frame: ratio **{s['ratio']:.3f}** (per-repeat ratios: median "
-        f"{s['paired_ratio']:.3f}, from {s['low']:.3f} to {s['high']:.3f}). {verdict(s['ratio'])}",
-        "",
-    ]
-    found = problems(runs)
-    lines += ["Output checks (every run, both layers): "
-              + ("all passed." if not found else "FAILED: " + "; ".join(found)), ""]
-    return lines
 
 
 def markdown(*, args: argparse.Namespace, command: str, machine: dict[str, str],
-             workloads: list[argparse.Namespace],
-             results: list[dict[str, list[dict[str, Any]]]]) -> str:
+             workloads: list[argparse.Namespace], results: list[Runs]) -> str:
+    comparison: Comparison = args.sqlite_layers
     out = [
         "## SQLite layer: hand-written executor vs aiosqlite (`bench/throughput.py "
         "--sqlite-layers`)",
@@ -130,8 +70,8 @@ def markdown(*, args: argparse.Namespace, command: str, machine: dict[str, str],
         "",
     ]
     for wl, runs in zip(workloads, results, strict=True):
-        out += _workload_markdown(wl, runs)
-    pooled = [r for runs in results for r in paired_ratios(runs)]
-    out += [f"All workloads: median of the {len(pooled)} per-repeat ratios "
-            f"**{statistics.median(pooled):.3f}**. {verdict(statistics.median(pooled))}"]
+        out += _workload_markdown(comparison, wl, runs)
+    pooled = [r for runs in results for r in same_run.ratios(comparison, runs, CPU)]
+    out += [same_run.pooled_line(comparison, results, CPU) + " "
+            + verdict(statistics.median(pooled))]
     return "\n".join(out).rstrip("\n")

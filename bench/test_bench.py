@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import struct
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import api as api_bench
 import drain
+import gateway_launcher
 import loadgen
 import pacer
 import procstat
@@ -20,7 +22,9 @@ import profile_summary
 import pytest
 import results_file
 import rw_recorder
+import same_run
 import stats
+import tree_compare
 import vmagent_peer
 
 from device_protocol import decode_birth, decode_telemetry, resolve_telemetry
@@ -279,3 +283,63 @@ def test_api_bench_runs_small_and_writes_its_section(tmp_path: Path) -> None:
     assert section.startswith("## Operator API at 300 devices")
     assert "| `GET /healthz` (baseline: one HTTP round trip) |" in section
     assert "deep page: `?cursor=` after following next_cursor 2 times" in section
+
+
+def _fake_tree(root: Path) -> Path:
+    """A source tree whose gateway only says what it was asked to run."""
+    (root / "gateway").mkdir(parents=True)
+    (root / "device_protocol").mkdir()
+    (root / "device_protocol" / "__init__.py").write_text("")
+    (root / "gateway" / "__init__.py").write_text("")
+    (root / "gateway" / "app.py").write_text("")
+    (root / "gateway" / "cli.py").write_text(
+        "def main(argv):\n    print('fake gateway', argv)\n    return 0\n")
+    return root
+
+
+def test_the_launcher_runs_the_gateway_of_the_tree_on_pythonpath_and_says_so(
+        tmp_path: Path) -> None:
+    tree = _fake_tree(tmp_path / "tree")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "gateway_launcher.py"), "as-is", "run"], cwd=elsewhere,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tree)}, capture_output=True, text=True,
+        timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "fake gateway ['run']\n"
+    line, = (x for x in done.stderr.splitlines()
+             if x.startswith(gateway_launcher.PROVENANCE_PREFIX))
+    said = json.loads(line.removeprefix(gateway_launcher.PROVENANCE_PREFIX))
+    assert said == {"layer": "builtins", "gateway": str(tree / "gateway"),
+                    "device_protocol": str(tree / "device_protocol"), "foreign": []}
+
+
+def test_gateway_trees_name_two_trees_the_first_is_the_baseline_and_they_alternate(
+        tmp_path: Path) -> None:
+    old = _fake_tree(tmp_path / "old")
+    comparison = tree_compare.parse_trees(f"before={old},after={BENCH_DIR.parent}")
+    assert comparison.names == ("before", "after")
+    assert comparison.baseline.tree == old and comparison.subject.tree == BENCH_DIR.parent
+    assert [[v.name for v in comparison.order(i)] for i in range(3)] == [
+        ["before", "after"], ["after", "before"], ["before", "after"]]
+    for bad in (f"before={old}", f"a={old},a={old}", f"before={tmp_path},after={old}",
+                f"{old},after={old}"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            tree_compare.parse_trees(bad)
+
+
+def test_a_difference_counts_only_when_the_interval_of_the_mean_ratio_excludes_1() -> None:
+    cpu = same_run.Figure("cpu", "CPU", "µs", 1, lower_is_better=True)
+    rate = same_run.Figure("rate", "rate", "", 0, lower_is_better=False)
+    steady_rise = [1.20, 1.22, 1.21, 1.23]
+    assert "worse beyond" in same_run.noise_verdict(steady_rise, cpu)
+    assert "better beyond" in same_run.noise_verdict(steady_rise, rate)
+    assert "within the noise" in same_run.noise_verdict([0.85, 1.2, 0.95, 1.1], cpu)
+    assert "one repeat" in same_run.noise_verdict([1.5], cpu)
+    runs = {"before": [{"cpu": 50.0}, {"cpu": 60.0}], "after": [{"cpu": 55.0}, {"cpu": 54.0}]}
+    comparison = same_run.Comparison(same_run.Variant("before"), same_run.Variant("after"),
+                                     first="after")
+    assert same_run.ratios(comparison, runs, cpu) == [1.1, 0.9]
+    assert [row.split(" | ")[1] for row in same_run.case_table(comparison, runs, [cpu])[2:]] == [
+        "after", "before"]

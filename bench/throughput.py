@@ -23,7 +23,10 @@ Results go to stdout and the "throughput" section of bench/RESULTS.md (results_f
 
 With `--sqlite-layers legacy,aiosqlite` it measures instead the gateway on the SQLite layer it
 had before issue 12 (bench/legacy_db.py) against the shipped one, both in the same run, with
-no bare subscriber; that goes to the "sqlite-layer" section (bench/layer_compare.py).
+no bare subscriber; that goes to the "sqlite-layer" section (bench/layer_compare.py). With
+`--gateway-trees before=/tmp/old,after=.` it measures the gateway of two source trees the same
+way (bench/tree_compare.py, section "redesign-throughput"). Both alternate which variant goes
+first per repeat and run a failed run once more (bench/same_run.py).
 """
 
 from __future__ import annotations
@@ -43,14 +46,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import layer_compare
 import procstat
 import profile_summary
 import profiling
 import report
 import results_file
+import same_run
 import stats
+import tree_compare
 from loadgen import metric_name, sample_value
 from profiling import GatewayProfiler
 
@@ -62,9 +66,6 @@ PROFILE_MAX_KEPT_BYTES = 200_000
 POLL_INTERVAL_S = 0.1
 STALL_TIMEOUT_S = 60.0
 VM_SETTLE_TIMEOUT_S = 30.0
-# --sqlite-layers: a run that fails (a VictoriaMetrics query timing out on a loaded machine) is
-# run again once, so that one such hiccup does not throw away the other runs' pairs.
-LAYER_RUN_RETRIES = 1
 # The same 60,000 frames as 1,000 devices x 60 and as 10,000 devices x 6: what changes is the
 # number of devices (series, births, per-device state), not the amount of work.
 DEFAULT_WORKLOADS = ("1000x60", "10000x30")  # 10k x 30: 1 frame in 30 is a first one
@@ -179,17 +180,16 @@ def run_bare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- gateway
 def run_gateway(args: argparse.Namespace, workdir: Path,
                 profiler: GatewayProfiler | None = None,
-                sqlite_layer: str | None = None) -> dict[str, Any]:
-    """One gateway run; on `sqlite_layer` (bench/gateway_launcher.py) if given."""
+                variant: same_run.Variant | None = None) -> dict[str, Any]:
+    """One gateway run; `variant` (bench/same_run.py) if given, else the plain gateway."""
     n = args.devices * args.frames
     with contextlib.ExitStack() as stack:
         mosq = stack.enter_context(Mosquitto(workdir / "mosquitto"))
         vm = stack.enter_context(VictoriaMetrics(workdir / "vm"))
         options: dict[str, Any] = dict(mqtt_url=mosq.url, settings=args.gateway_settings,
                                        remote_write_urls=[vm.remote_write_url])
-        gw = (GatewayProcess(workdir / "gateway", **options) if sqlite_layer is None else
-              layer_compare.LayeredGateway(workdir / "gateway", sqlite_layer=sqlite_layer,
-                                           **options))
+        gw = (GatewayProcess(workdir / "gateway", **options) if variant is None else
+              variant.gateway(workdir / "gateway", **options))
         # Started inside: the GC probe (PYTHONPATH) reaches the gateway only.
         with profiler.environment() if profiler else contextlib.nullcontext():
             stack.enter_context(gw)
@@ -227,7 +227,8 @@ def run_gateway(args: argparse.Namespace, workdir: Path,
             "broker_cpu_s": used["broker"], "broker_us_per_msg": used["broker"] / n * 1e6,
             "vm_cpu_s": used["vm"], "polls": progress["polls"],
             "max_forward_lag": progress["max_forward_lag"], "steal_s": steal,
-            "poll_cpu_ms": poll_cpu_s * 1000, **_loadgen_fields(done, ready), **check}
+            "poll_cpu_ms": poll_cpu_s * 1000, **_loadgen_fields(done, ready), **check,
+            **same_run.provenance(gw)}
 
 
 def _poll_cost(gw: GatewayProcess, polls: int = 50) -> float:
@@ -353,10 +354,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="report to write (its notes section is kept); default %(default)s")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep service dirs and logs here (default: a temp dir, removed)")
-    ap.add_argument("--sqlite-layers", type=layer_compare.parse_layers, default=None,
-                    metavar="legacy,aiosqlite",
-                    help="instead: the gateway on the old SQLite layer and on the shipped one, "
-                    "alternating, in each repeat (section 'sqlite-layer')")
+    compare = ap.add_mutually_exclusive_group()
+    compare.add_argument("--sqlite-layers", type=layer_compare.parse_layers, default=None,
+                         metavar="legacy,aiosqlite",
+                         help="instead: the gateway on the old SQLite layer and on the shipped "
+                         "one, alternating, in each repeat (section 'sqlite-layer')")
+    compare.add_argument("--gateway-trees", type=tree_compare.parse_trees, default=None,
+                         metavar="NAME=PATH,NAME=PATH",
+                         help="instead: the gateway imported from each source tree (the first "
+                         "is the baseline), alternating, in each repeat (section "
+                         "'redesign-throughput'), e.g. before=/tmp/old,after=.")
     args = ap.parse_args(argv)
     args.gateway_settings = dict(args.gateway_setting)
     args.workloads = args.workload or [parse_workload(w) for w in DEFAULT_WORKLOADS]
@@ -379,44 +386,38 @@ def for_workload(args: argparse.Namespace, devices: int, frames: int) -> argpars
     return argparse.Namespace(**{**vars(args), "devices": devices, "frames": frames})
 
 
-def compare_layers(args: argparse.Namespace, command: str, root: Path,
-                   workloads: list[argparse.Namespace]) -> int:
-    """The gateway on each SQLite layer, alternating, per workload and repeat."""
-    results: list[dict[str, list[dict[str, Any]]]] = [
-        {layer: [] for layer in args.sqlite_layers} for _ in workloads]
-    try:
-        for i in range(args.repeat):
-            for wl, runs in zip(workloads, results, strict=True):
-                name = f"{wl.devices}x{wl.frames}"
-                for layer in layer_compare.order(args.sqlite_layers, i):
-                    for attempt in range(1 + LAYER_RUN_RETRIES):
-                        print(f"run {i + 1}/{args.repeat}, {name}: gateway on {layer} ...",
-                              flush=True)
-                        try:
-                            runs[layer].append(run_gateway(
-                                wl, root / f"run{i}-{name}-{layer}-{attempt}",
-                                sqlite_layer=layer))
-                            break
-                        except (BenchError, TimeoutError, httpx.HTTPError) as exc:
-                            if attempt == LAYER_RUN_RETRIES:
-                                raise
-                            print(f"  failed ({exc!r}); once more", flush=True)
-                print(layer_compare.run_line(name, runs), flush=True)
-    except (BenchError, TimeoutError, httpx.HTTPError) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
+def compare(args: argparse.Namespace, command: str, root: Path,
+            workloads: list[argparse.Namespace]) -> int:
+    """The gateway in each variant (SQLite layer or source tree), alternating, per workload
+    and repeat; the section of the comparison in RESULTS.md."""
+    comparison: same_run.Comparison = args.sqlite_layers or args.gateway_trees
+    names = [f"{wl.devices}x{wl.frames}" for wl in workloads]
+    by_name = dict(zip(names, workloads, strict=True))
+
+    def run(i: int, name: str, variant: same_run.Variant, attempt: int) -> dict[str, Any]:
+        return run_gateway(by_name[name], root / f"run{i}-{name}-{variant.name}-{attempt}",
+                           variant=variant)
+
+    def on_pair(name: str, runs: same_run.Runs) -> None:
+        print(same_run.console_line(comparison, name, runs, layer_compare.CPU), flush=True)
+
+    results = same_run.measure(comparison, args.repeat, names, run, on_pair,
+                               remove=None if args.workdir else root)
+    if results is None:
         return 2
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(root, ignore_errors=True)
-    text = layer_compare.markdown(args=args, command=command, machine=procstat.machine(),
-                                  workloads=workloads, results=results)
-    print(text)
-    results_file.write_section(args.results, layer_compare.SECTION, text)
-    print(f"wrote section {layer_compare.SECTION!r} of {args.results}")
-    problems = [p for runs in results for p in layer_compare.problems(runs)]
-    for problem in problems:
-        print(f"CHECK FAILED: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    machine = procstat.machine()
+    if args.sqlite_layers:
+        section = layer_compare.SECTION
+        text = layer_compare.markdown(args=args, command=command, machine=machine,
+                                      workloads=workloads, results=results)
+    else:
+        section = tree_compare.THROUGHPUT_SECTION
+        text = tree_compare.throughput_markdown(
+            comparison=comparison, command=command, machine=machine, repeat=args.repeat,
+            titles=[f"{wl.devices:,} devices x {wl.frames} frames x {wl.samples} samples"
+                    for wl in workloads], results=results, check=report.problems)
+    return same_run.report(args.results, section, text, [
+        p for runs in results for p in same_run.problems(runs, report.problems)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                           *(sys.argv[1:] if argv is None else argv)])
     root = args.workdir or Path(tempfile.mkdtemp(prefix="fleetgate-bench-"))
     workloads = [for_workload(args, d, f) for d, f in args.workloads]
-    if args.sqlite_layers:
-        return compare_layers(args, command, root, workloads)
+    if args.sqlite_layers or args.gateway_trees:
+        return compare(args, command, root, workloads)
     bare_runs: list[list[dict[str, Any]]] = [[] for _ in workloads]
     gw_runs: list[list[dict[str, Any]]] = [[] for _ in workloads]
     profile: str | None = None
