@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -70,12 +71,31 @@ class LaunchedGateway(GatewayProcess):
             self.kill()
             raise ServiceFailed(f"gateway from the wrong tree: wanted {wanted}, the launcher "
                                 f"says {self.provenance}")
+        self.provenance["tree_state"] = tree_state(self.tree)
         return self
+
+
+def tree_state(tree: Path) -> str:
+    """The tree's commit, and its files of the gateway's packages changed since (another
+    engineer may be editing the working tree while a comparison runs)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tree), *args], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--", "gateway", "device_protocol", "migrations")
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    files = sorted(line[3:] for line in changed.splitlines())
+    return head + (f" + uncommitted changes to {', '.join(files)}" if files else " (clean)")
 
 
 def provenance(gw: GatewayProcess) -> dict[str, str]:
     """For a run's result: the directory its gateway package came from, if launched here."""
-    return {"gateway_from": gw.provenance["gateway"]} if isinstance(gw, LaunchedGateway) else {}
+    if not isinstance(gw, LaunchedGateway):
+        return {}
+    return {"gateway_from": f"{gw.provenance['gateway']} at {gw.provenance['tree_state']}"}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ parses the option and writes the "redesign-throughput" and "redesign-drain" sect
 from __future__ import annotations
 
 import argparse
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,21 +49,6 @@ def parse_trees(text: str) -> Comparison:
     return Comparison(variants[0], variants[1], first=variants[0].name)
 
 
-def describe(tree: Path) -> str:
-    """The tree's commit, and whether its product code has uncommitted changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(tree), *args], check=True,
-                              capture_output=True, text=True).stdout.strip()
-
-    try:
-        head = git("log", "-1", "--format=%h (%cs)")
-        dirty = git("status", "--porcelain", "--", "gateway", "device_protocol", "migrations")
-    except (OSError, subprocess.CalledProcessError):
-        return f"`{tree}` (not a git checkout)"
-    return (f"`{tree}` at {head}" + (" **+ uncommitted changes to its gateway**" if dirty
-                                        else " (gateway, device_protocol clean)"))
-
-
 def _header(title: str, command: str, machine: dict[str, str], comparison: Comparison,
             repeat: int) -> list[str]:
     return [
@@ -73,8 +57,8 @@ def _header(title: str, command: str, machine: dict[str, str], comparison: Compa
         f"- Date: {machine['date']}; bench and services from commit {machine['commit']}",
         f"- Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory']} RAM, "
         f"Linux {machine['kernel']}; shared with other work while it ran",
-        *(f"- `{v.name}`: gateway and device_protocol imported from {describe(v.tree)}"
-          for v in (comparison.baseline, comparison.subject)),
+        *(f"- `{v.name}`: gateway and device_protocol imported from `{v.tree}` (at the end: "
+          f"{same_run.tree_state(v.tree)})" for v in (comparison.baseline, comparison.subject)),
         "- Each gateway was started by bench/gateway_launcher.py with PYTHONPATH=<tree>, "
         "default settings; at start it printed where its packages came from and the bench "
         "checked that (every run: the named tree, no module from elsewhere). Load generator, "
@@ -91,7 +75,8 @@ def _case(comparison: Comparison, title: str, runs: Runs, figures: Sequence[Figu
     found = same_run.problems(runs, check)
     return [f"### {title}", "", *same_run.case_table(comparison, runs, figures), "",
             *(f"- {same_run.figure_line(comparison, runs, f)}" for f in figures), "",
-            "Gateway package imported from, as its launcher reported in each run: " + "; ".join(
+            "Gateway package imported from, as its launcher reported in each run (with the "
+            "tree's commit at that run's start): " + "; ".join(
                 f"{name}: {same_run.imported_from(runs, name)}" for name in comparison.names)
             + ".", "",
             "Output checks (every run, both trees): "
