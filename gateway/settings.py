@@ -6,8 +6,10 @@ lists each one. Each stage receives only its own slice (the `*_config` methods),
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from dataclasses import dataclass
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -21,54 +23,17 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gateway.endpoint_config import RemoteWriteEndpoint
 from gateway.errors import ConfigError
+from gateway.setting_names import unknown_env, unknown_toml
+from gateway.stage_config import ForwardConfig, MqttConfig, MqttTls, StoreConfig
+
+__all__ = ["ForwardConfig", "MqttConfig", "MqttTls", "Settings", "StoreConfig", "load_settings",
+           "parse_listen", "parse_mqtt_url"]
 
 _GATEWAY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _GATEWAY_LABELS = frozenset({"device_id", "le"})  # every series has device_id; buckets have le
-
-
-@dataclass(frozen=True, slots=True)
-class MqttConfig:
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    client_id: str
-    keepalive_s: int
-    session_expiry_s: int
-    receive_maximum: int
-    reconnect_min_s: float
-    reconnect_max_s: float
-    max_in_hand: int
-    topic_prefix: str
-    gateway_id: str
-    fast_path: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    db_path: Path
-    synchronous: Literal["full", "normal"]
-    commit_max_frames: int
-    commit_max_delay_s: float
-    max_buffer_bytes: int
-    full_policy: Literal["block", "drop_oldest"]
-    ledger_max_ranges: int
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardConfig:
-    endpoints: tuple[str, ...]
-    max_samples_per_request: int
-    flush_deadline_s: float
-    request_timeout_s: float
-    retry_min_s: float
-    retry_max_s: float
-    external_labels: tuple[tuple[str, str], ...]
-    shutdown_deadline_s: float
-    live_first: bool = False
-    paused_probe_s: float = 30.0  # a paused endpoint is probed (an empty request) this often
 
 
 class Settings(BaseSettings):
@@ -82,8 +47,13 @@ class Settings(BaseSettings):
 
     # --- MQTT ingest
     mqtt_url: str = "mqtt://127.0.0.1:1883"  # Mosquitto on the same host is the usual layout
+    # (mqtts://host[:port] is TLS, port 8883 by default; the broker's name is always verified)
+    mqtt_ca_file: Path | None = None  # a private CA for mqtts://; default: the system's
+    mqtt_cert_file: Path | None = None  # a client certificate for mqtts:// (mutual TLS) ...
+    mqtt_key_file: Path | None = None  # ... and its key
     mqtt_username: str | None = None
-    mqtt_password: str | None = None
+    mqtt_password: str | None = Field(None, repr=False)
+    mqtt_password_file: Path | None = None  # the password read from a file instead
     mqtt_client_id: str | None = None  # default "fleetgate-<gateway_id>": stable => session kept
     mqtt_keepalive_s: int = Field(30, gt=0)  # broker notices a dead gateway within ~45 s
     # One week: the broker keeps our queue through any outage an operator would plausibly fix.
@@ -122,7 +92,10 @@ class Settings(BaseSettings):
     sqlite_startup_check: Literal["quick", "off"] = "quick"
 
     # --- forward
+    # Plain endpoints: URLs, comma-separated. Endpoints with credentials, headers or TLS are
+    # [[remote_write]] tables (TOML) or a JSON list in FLEETGATE_REMOTE_WRITE; both add up.
     remote_write_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    remote_write: list[RemoteWriteEndpoint] = Field(default_factory=list)
     # Samples per request; Prometheus and VictoriaMetrics take 50k+ easily.
     remote_write_max_samples: int = Field(20_000, gt=0)
     remote_write_flush_ms: int = Field(200, ge=0)  # a partial batch waits at most this long
@@ -164,6 +137,12 @@ class Settings(BaseSettings):
     # logged at start-up). /, /healthz, /readyz and /metrics are always open.
     api_tokens: Annotated[dict[str, Literal["read", "admin"]], NoDecode] = Field(
         default_factory=dict, repr=False)
+    # The same token:scope pairs read from a file (one per line or comma-separated; # comments),
+    # added to api_tokens.
+    api_tokens_file: Path | None = None
+    # HTTPS for the API: a certificate (chain) and its key, both or neither.
+    api_tls_cert_file: Path | None = None
+    api_tls_key_file: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @field_validator("remote_write_url", mode="before")
@@ -180,8 +159,6 @@ class Settings(BaseSettings):
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"{url!r} must be http(s)://host[:port]/path")
-        if len(set(urls)) != len(urls):
-            raise ValueError("the same endpoint is listed twice (it would get every sample twice)")
         return urls
 
     @field_validator("log_level", mode="before")
@@ -240,6 +217,31 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _check_secure(self) -> Settings:
+        tls = parse_mqtt_url(self.mqtt_url)[2]
+        if not tls and (self.mqtt_ca_file or self.mqtt_cert_file):
+            raise ValueError("mqtt_ca_file/mqtt_cert_file need an mqtts:// mqtt_url (over "
+                             f"{self.mqtt_url!r} they would be ignored)")
+        if bool(self.mqtt_cert_file) != bool(self.mqtt_key_file):
+            raise ValueError("a client certificate needs both mqtt_cert_file and mqtt_key_file")
+        if self.mqtt_password is not None and self.mqtt_password_file is not None:
+            raise ValueError("set mqtt_password or mqtt_password_file, not both")
+        if (self.mqtt_password is not None or self.mqtt_password_file) \
+                and not self.mqtt_username:
+            raise ValueError("a MQTT password needs mqtt_username")
+        if bool(self.api_tls_cert_file) != bool(self.api_tls_key_file):
+            raise ValueError("HTTPS for the API needs both api_tls_cert_file and "
+                             "api_tls_key_file")
+        endpoints = self.endpoints()
+        for what in ("url", "name"):
+            seen = [getattr(e, what) for e in endpoints]
+            if len(set(seen)) != len(seen):
+                raise ValueError(f"two endpoints of remote_write_url/remote_write have the same "
+                                 f"{what} (one would get every sample twice, or share the "
+                                 "other's position)")
+        return self
+
+    @model_validator(mode="after")
     def _check(self) -> Settings:
         if not _GATEWAY_ID_RE.match(self.gateway_id):
             raise ValueError(f"gateway_id {self.gateway_id!r} must match {_GATEWAY_ID_RE.pattern}")
@@ -270,10 +272,19 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     # --- slices handed to the stages
-    def mqtt_config(self) -> MqttConfig:
-        host, port = parse_mqtt_url(self.mqtt_url)
+    def endpoints(self) -> list[RemoteWriteEndpoint]:
+        """remote_write_url's plain endpoints, then the [[remote_write]] ones."""
+        return [RemoteWriteEndpoint(url=url) for url in self.remote_write_url] + list(
+            self.remote_write)
+
+    def mqtt_config(self, password: str | None = None) -> MqttConfig:
+        """`password`: mqtt_password_file's content, read by the caller (see app.py)."""
+        host, port, tls = parse_mqtt_url(self.mqtt_url)
         return MqttConfig(
-            host=host, port=port, username=self.mqtt_username, password=self.mqtt_password,
+            host=host, port=port, username=self.mqtt_username,
+            password=self.mqtt_password if password is None else password,
+            tls=MqttTls(self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
+            if tls else None,
             client_id=self.mqtt_client_id or f"fleetgate-{self.gateway_id}",
             keepalive_s=self.mqtt_keepalive_s, session_expiry_s=self.mqtt_session_expiry_s,
             receive_maximum=self.mqtt_receive_maximum,
@@ -292,8 +303,9 @@ class Settings(BaseSettings):
         )
 
     def forward_config(self) -> ForwardConfig:
+        targets = tuple(self.endpoints())
         return ForwardConfig(
-            endpoints=tuple(self.remote_write_url),
+            endpoints=tuple(e.name for e in targets), targets=targets,
             max_samples_per_request=self.remote_write_max_samples,
             flush_deadline_s=self.remote_write_flush_ms / 1000,
             request_timeout_s=self.remote_write_timeout_s,
@@ -312,6 +324,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """Build and validate the settings; raise ConfigError with every problem listed."""
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"config file {config_file} not found")
+    unknown = _unknown_names(config_file)
+    if unknown:
+        raise ConfigError("invalid settings: " + "; ".join(unknown),
+                          hint="see docs/operations.md for every setting")
     _TOML_FILE["path"] = config_file
     try:
         return Settings(**overrides)
@@ -322,15 +338,39 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         _TOML_FILE["path"] = None
 
 
-def parse_mqtt_url(url: str) -> tuple[str, int]:
+def _unknown_names(config_file: Path | None) -> list[str]:
+    fields = Settings.model_fields
+    tables = {"remote_write": RemoteWriteEndpoint.model_fields}
+    problems = unknown_env(os.environ, fields)
+    raw = next((v for k, v in os.environ.items() if k.upper() == "FLEETGATE_REMOTE_WRITE"), None)
+    if raw:
+        try:
+            problems += unknown_toml({"remote_write": json.loads(raw)}, fields, tables)
+        except ValueError:
+            pass  # pydantic reports the bad JSON with the setting's name
+    if config_file is not None:
+        try:
+            data = tomllib.loads(config_file.read_text())
+        except (OSError, ValueError) as exc:
+            return [f"config file {config_file}: {exc}"]
+        problems += unknown_toml(data, fields, tables)
+    return [p.replace("(TOML)", f"({config_file})") for p in problems]
+
+
+_MQTT_SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True)}
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of mqtt://host[:1883] or mqtts://host[:8883]."""
     parts = urlsplit(url)
+    if parts.scheme not in _MQTT_SCHEMES or not parts.hostname:
+        raise ValueError(f"mqtt_url {url!r} must look like mqtt://host:port or mqtts://host:port")
+    default_port, tls = _MQTT_SCHEMES[parts.scheme]
     try:
-        port = parts.port or 1883
+        port = parts.port or default_port
     except ValueError as exc:  # out of range or not a number
         raise ValueError(f"mqtt_url {url!r}: {exc}") from exc
-    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        raise ValueError(f"mqtt_url {url!r} must look like mqtt://host:port")
-    return parts.hostname, port
+    return parts.hostname, port, tls
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

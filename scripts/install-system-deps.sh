@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages fleetgate's tests and demo run as real processes: Mosquitto,
-# Prometheus (+ promtool) and VictoriaMetrics (+ vmagent) from Debian bookworm, and python3-venv;
+# Prometheus (+ promtool) and VictoriaMetrics (+ vmagent, vmauth) from Debian bookworm, and python3-venv;
 # and the tools that check the Docker stack without running it: docker-compose (1.29, for
 # `docker-compose config`; no Docker engine, it is only a Recommends) and Alertmanager's amtool.
 # Idempotent: installs only what is missing. Runs unattended (CI has no stdin); as root, or
@@ -22,9 +22,9 @@ fi
 SERVICE_PACKAGES=(mosquitto mosquitto-clients prometheus victoria-metrics chromium chromium-driver
                   docker-compose prometheus-alertmanager)
 # Where Debian's packages put them; devstack's service classes look in the same places.
-BINARIES=(/usr/sbin/mosquitto /usr/bin/mosquitto_pub /usr/bin/prometheus /usr/bin/promtool
-          /usr/bin/victoria-metrics /usr/bin/vmagent /usr/bin/chromium /usr/bin/chromedriver
-          /usr/bin/docker-compose /usr/bin/amtool)
+BINARIES=(/usr/sbin/mosquitto /usr/bin/mosquitto_pub /usr/bin/mosquitto_passwd /usr/bin/prometheus
+          /usr/bin/promtool /usr/bin/victoria-metrics /usr/bin/vmagent /usr/bin/vmauth
+          /usr/bin/chromium /usr/bin/chromedriver /usr/bin/docker-compose /usr/bin/amtool)
 # Debian service names (each the name of its package) and the ports they would hold; 9093 is
 # also the port docker-compose.yml publishes Alertmanager on.
 SERVICES=(mosquitto:1883 prometheus:9090 victoria-metrics:8428 prometheus-alertmanager:9093)
@@ -38,7 +38,7 @@ if ((${#missing[@]})); then
     say "missing: ${missing[*]}"
     packages+=("${SERVICE_PACKAGES[@]}")
 else
-    say "ok: mosquitto, prometheus, promtool, victoria-metrics, vmagent, chromium, docker-compose," \
+    say "ok: mosquitto, prometheus, promtool, victoria-metrics, vmagent, vmauth, chromium, docker-compose," \
         "amtool already installed"
 fi
 

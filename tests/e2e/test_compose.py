@@ -196,7 +196,7 @@ def test_gateway_settings_point_at_the_other_services(
     for key, value in gateway["environment"].items():
         monkeypatch.setenv(key, str(value))
     settings = load_settings()
-    assert parse_mqtt_url(settings.mqtt_url) == ("mosquitto", 1883)
+    assert parse_mqtt_url(settings.mqtt_url) == ("mosquitto", 1883, False)
     assert settings.remote_write_url == ["http://prometheus:9090/api/v1/write"]
     listen_host, listen_port = parse_listen(settings.api_listen)
     assert listen_host == "0.0.0.0"

@@ -65,6 +65,7 @@ def test_every_field_has_an_environment_name_with_the_prefix(
     monkeypatch.setenv("FLEETGATE_SQLITE_SYNCHRONOUS", "normal")
     monkeypatch.setenv("FLEETGATE_BUFFER_FULL_POLICY", "drop_oldest")
     monkeypatch.setenv("FLEETGATE_REMOTE_WRITE_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("FLEETGATE_MQTT_USERNAME", "gw")
     monkeypatch.setenv("FLEETGATE_MQTT_PASSWORD", "secret")
     s = load_settings()
     assert s.commit_max_frames == 17

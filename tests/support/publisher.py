@@ -17,7 +17,7 @@ from gateway.settings import parse_mqtt_url
 
 class Publisher:
     def __init__(self, mqtt_url: str, client_id: str = "test-publisher") -> None:
-        host, port = parse_mqtt_url(mqtt_url)
+        host, port, _tls = parse_mqtt_url(mqtt_url)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=MQTTProtocolVersion.MQTTv5)
         self.client.max_inflight_messages_set(1000)
