@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,8 +52,24 @@ class GatewayProcess(HttpService):
             "FLEETGATE_API_LISTEN": f"{self.host}:{self.port}",
             "PYTHONUNBUFFERED": "1",
         })
-        env.update({f"FLEETGATE_{k.upper()}": v for k, v in self.settings.items()})
+        env.update({f"FLEETGATE_{k.upper()}": v for k, v in self.settings.items()
+                    if k != "api_ca_file"})
         return env
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.settings.get("api_tls_cert_file") else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def http(self) -> httpx.Client:
+        """The API client; over HTTPS it trusts `api_ca_file` (a settings key of devstack's
+        own: the CA that signed api_tls_cert_file), never an unverified connection."""
+        if self._http is None:
+            ca = self.settings.get("api_ca_file")
+            verify: Any = ssl.create_default_context(cafile=ca) if ca else True
+            self._http = httpx.Client(base_url=self.url, timeout=10.0, verify=verify)
+        return self._http
 
     def auth_headers(self) -> dict[str, str]:
         """A bearer header with the first of its api_tokens, if it has any."""

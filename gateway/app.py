@@ -20,6 +20,7 @@ import gc
 import logging
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from gateway.buffer.buffer import Buffer
 from gateway.buffer.datadir_lock import DataDirLock
 from gateway.buffer.db import Database
 from gateway.buffer.entry_cache import EntryCache
+from gateway.credentials import CredentialFile
 from gateway.errors import ConfigError
 from gateway.fleet import completeness
 from gateway.fleet.events import EventHub
@@ -119,7 +121,9 @@ class Gateway:
         state = await self.db.read(store.load_state)
         self._restore(state)
         loop = asyncio.get_running_loop()
-        mqtt_config = s.mqtt_config()
+        password = (CredentialFile(s.mqtt_password_file, "mqtt_password_file").read()
+                    if s.mqtt_password_file else None)
+        mqtt_config = s.mqtt_config(password)
         self.inbox = Inbox(loop, mqtt_config.max_in_hand)
         self.ingest = MqttIngest(mqtt_config, self.inbox,
                                  on_connection_change=self.metrics.mqtt_connected.set)
@@ -193,14 +197,29 @@ class Gateway:
             listener.close()
             raise ConfigError(f"the API could not listen on {self.settings.api_listen}: {exc}",
                               hint="another process holds the port? set api_listen") from exc
+        cert, key = self._api_tls()
         config = uvicorn.Config(create_api(GatewayView(self)), log_level="warning", lifespan="off",
-                                access_log=False, timeout_graceful_shutdown=2)
+                                access_log=False, timeout_graceful_shutdown=2,
+                                ssl_certfile=cert, ssl_keyfile=key)
         self._server = _EmbeddedServer(config)
         self._spawn(self._server.serve(sockets=[listener]), "api")
         while not self._server.started:  # uvicorn sets a flag, no event to await
             if self._server_task_failed():
                 raise ConfigError(f"the API on {self.settings.api_listen} did not start")
             await asyncio.sleep(0.01)
+
+    def _api_tls(self) -> tuple[str | None, str | None]:
+        """uvicorn's HTTPS settings; a certificate or key that does not load fails the start
+        here, with the setting's name, not as an exception in the API's task."""
+        cert, key = self.settings.api_tls_cert_file, self.settings.api_tls_key_file
+        if cert is None or key is None:
+            return None, None
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"api_tls_cert_file {cert} / api_tls_key_file {key}: {exc}",
+                              hint="a PEM certificate (chain) and its private key") from exc
+        return str(cert), str(key)
 
     def _server_task_failed(self) -> bool:
         task = next(t for t in self._tasks if t.get_name() == "api")

@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -181,18 +181,7 @@ class Settings(BaseSettings):
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _parse_tokens(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        tokens: dict[str, str] = {}
-        for pair in (p.strip() for p in value.split(",")):
-            if not pair:
-                continue
-            token, sep, scope = pair.rpartition(":")
-            if not sep or not token or scope not in ("read", "admin"):
-                raise ValueError("api_tokens must be token:scope pairs, comma-separated, with "
-                                 "scope read or admin (a pair without one was given)")
-            tokens[token] = scope
-        return tokens
+        return parse_token_pairs(value, "api_tokens") if isinstance(value, str) else value
 
     @field_validator("mqtt_url")
     @classmethod
@@ -229,6 +218,10 @@ class Settings(BaseSettings):
         if (self.mqtt_password is not None or self.mqtt_password_file) \
                 and not self.mqtt_username:
             raise ValueError("a MQTT password needs mqtt_username")
+        if self.api_tokens_file is not None:
+            from_file = cast(dict[str, Literal["read", "admin"]],
+                             read_api_tokens_file(self.api_tokens_file))
+            self.api_tokens = {**self.api_tokens, **from_file}
         if bool(self.api_tls_cert_file) != bool(self.api_tls_key_file):
             raise ValueError("HTTPS for the API needs both api_tls_cert_file and "
                              "api_tls_key_file")
@@ -365,12 +358,46 @@ def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
     parts = urlsplit(url)
     if parts.scheme not in _MQTT_SCHEMES or not parts.hostname:
         raise ValueError(f"mqtt_url {url!r} must look like mqtt://host:port or mqtts://host:port")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"mqtt_url {redact_userinfo(url)!r}: set mqtt_username and "
+                         "mqtt_password_file, not credentials in the URL (it is logged)")
     default_port, tls = _MQTT_SCHEMES[parts.scheme]
     try:
         port = parts.port or default_port
     except ValueError as exc:  # out of range or not a number
         raise ValueError(f"mqtt_url {url!r}: {exc}") from exc
     return parts.hostname, port, tls
+
+
+def redact_userinfo(url: str) -> str:
+    head, sep, rest = url.partition("://")
+    return f"{head}{sep}<redacted>@{rest.rpartition('@')[2]}" if "@" in rest else url
+
+
+def parse_token_pairs(text: str, where: str) -> dict[str, str]:
+    """"token:scope" pairs, comma- or line-separated (# starts a comment line)."""
+    tokens: dict[str, str] = {}
+    lines = (line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    for pair in (p.strip() for line in lines for p in line.split(",")):
+        if not pair:
+            continue
+        token, sep, scope = pair.rpartition(":")
+        if not sep or not token or scope not in ("read", "admin"):
+            raise ValueError(f"{where} must hold token:scope pairs, with scope read or admin "
+                             "(a pair without one was given)")
+        tokens[token] = scope
+    return tokens
+
+
+def read_api_tokens_file(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"api_tokens_file {path}: cannot read it ({exc})") from None
+    tokens = parse_token_pairs(text, f"api_tokens_file {path}")
+    if not tokens:
+        raise ValueError(f"api_tokens_file {path} holds no token:scope pair")
+    return tokens
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
