@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Added in this order, which is the order of --help.
     _add_fleet_args(parser)
     _add_naming_and_frame_args(parser)
+    _add_credential_args(parser)
     _add_fault_and_output_args(parser)
     return parser
 
@@ -89,6 +90,20 @@ def _add_env_option(parser: argparse.ArgumentParser, flag: str, variable: str, d
                         help=f"{what} (env {variable}; default %(default)s)")
 
 
+def _add_credential_args(parser: argparse.ArgumentParser) -> None:
+    """How each device proves who it is to a broker that asks (mqtts:// URLs)."""
+    parser.add_argument("--tls-ca", metavar="FILE", default=None,
+                        help="CA certificate that signed the broker's (default: the system's)")
+    parser.add_argument(
+        "--tls-cert-dir", metavar="DIR", default=None,
+        help="per-device client certificates: DIR/<device_id>.crt and DIR/<device_id>.key "
+        "(e.g. the clients/ folder of `fleetgate certs issue`)")
+    parser.add_argument(
+        "--password-file", metavar="FILE", default=None,
+        help="per-device passwords, one <device_id>:<password> line each; the username is the "
+        "device id")
+
+
 def _add_fault_and_output_args(parser: argparse.ArgumentParser) -> None:
     """Deliberate misbehaviour, and where the summary and progress go."""
     parser.add_argument(
@@ -128,6 +143,9 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         samples_per_frame=args.samples_per_frame,
         faults=tuple(parse_fault(text) for text in args.fault),
         fault_rate_per_hour=args.fault_rate,
+        tls_ca_file=args.tls_ca,
+        tls_cert_dir=args.tls_cert_dir,
+        password_file=args.password_file,
     )
 
 

@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Callable
 
-from firmware_sim.config import BrokerAddress, FleetConfig, parse_mqtt_url
+from firmware_sim.config import BrokerAddress, FleetConfig, parse_mqtt_url, read_passwords
 from firmware_sim.device import SimDevice
 from firmware_sim.faults import MODEL_FAULTS, FaultKind
 from firmware_sim.fleet_io import SocketLoop, raise_fd_limit
@@ -51,6 +51,9 @@ class Fleet:
         config.validate()
         self.config = config
         self.broker: BrokerAddress = parse_mqtt_url(config.mqtt_url)
+        # Each device's password (username = its id), read once: secrets, never printed.
+        self.passwords: dict[str, str] = (
+            read_passwords(config.password_file) if config.password_file else {})
         self.ledger = FrameLedger()
         self.io = SocketLoop()
         self._progress = progress
@@ -62,8 +65,7 @@ class Fleet:
         self._tie = itertools.count()
         interval_ms = max(1, round(config.interval_s * 1000))
         self._links: list[DeviceLink] = []
-        for i in range(config.devices):
-            device_id = f"{config.device_prefix}-{i + 1:04d}"
+        for i, device_id in enumerate(config.device_ids()):
             device = SimDevice(
                 device_id,
                 config.profiles[i % len(config.profiles)],

@@ -5,12 +5,15 @@ called from the fleet's socket loop, and every timer goes through `Fleet.at`, so
 needs a lock. It publishes live frames while online, buffers them in the device's ring while
 offline, replays the ring at the pace PUBACKs come back, and plays the network faults (`cut`,
 `flap`, `reboot`).
+
+Over TLS each device's client has its own SSLContext (its own certificate) from the config.
 """
 
 from __future__ import annotations
 
 import random
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +35,7 @@ from device_protocol import (
     gateway_state_topic,
     telemetry_topic,
 )
+from firmware_sim.config import device_tls_context
 from firmware_sim.device import SimDevice
 from firmware_sim.fleet_summary import DeviceStats
 
@@ -47,6 +51,23 @@ _RECONNECT_MIN_S, _RECONNECT_MAX_S = 1.0, 10.0
 class _Pending:
     frame: RawTelemetry
     copy: bool = False  # a deliberate duplicate: its PUBACK is not a new frame
+
+
+class _Client(mqtt.Client):
+    """paho's client, read until its TLS layer holds nothing more.
+
+    `loop_read` stops after a few MQTT packets. On a plain socket the rest stays in the kernel
+    and the next epoll turn reports it; over TLS, the rest of a record already decrypted sits in
+    the SSL object, invisible to epoll, and would wait for the broker's next bytes (a PUBACK, a
+    retained gateway state could stall for a keepalive period or for ever)."""
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        sock = self.socket()
+        while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            rc = super().loop_read(max_packets)
+            sock = self.socket()
+        return rc
 
 
 class DeviceLink:
@@ -88,12 +109,14 @@ class DeviceLink:
         # Fault knobs, set by the fleet from the config.
         self.duplicate_share = 0.0
         self.malformed_rate = 0.0
+        # Built once, kept across reboots: a device's identity outlives its connections.
+        self.tls_context = device_tls_context(config, device.device_id)
         self.client = self._make_client()
 
     # --- the client -------------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.device.device_id,
             protocol=MQTTProtocolVersion.MQTTv5,
@@ -101,8 +124,13 @@ class DeviceLink:
         client.connect_timeout = _CONNECT_TIMEOUT_S
         client.will_set(self.topics["death"], self.device.death_payload(), qos=1)
         broker = self.fleet.broker
-        if broker.username is not None:
+        password = self.fleet.passwords.get(self.device.device_id)
+        if password is not None:
+            client.username_pw_set(self.device.device_id, password)
+        elif broker.username is not None:
             client.username_pw_set(broker.username, broker.password)
+        if self.tls_context is not None:
+            client.tls_set_context(self.tls_context)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

@@ -10,7 +10,13 @@ import pytest
 
 from devstack import free_port
 from firmware_sim.__main__ import build_parser, config_from_args, main
-from firmware_sim.config import BrokerAddress, ConfigError, FleetConfig, parse_mqtt_url
+from firmware_sim.config import (
+    BrokerAddress,
+    ConfigError,
+    FleetConfig,
+    parse_mqtt_url,
+    read_passwords,
+)
 from firmware_sim.fleet import Fleet
 
 
@@ -52,7 +58,11 @@ def test_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     ("argv", "reason"),
     [
         (["--profiles", "liquid-edge,nope"], "known profiles: audio-nets"),
-        (["--mqtt-url", "mqtts://x:8883"], "scheme must be mqtt://"),
+        (["--mqtt-url", "ws://x:8883"], "scheme must be mqtt:// or mqtts://"),
+        (["--tls-ca", "ca.crt"], "need an mqtts:// URL"),
+        (["--mqtt-url", "mqtts://x", "--tls-ca", "/nonexistent/ca.crt"], "no such file"),
+        (["--mqtt-url", "mqtts://x", "--tls-cert-dir", "/nonexistent"],
+         "no /nonexistent/sim-0001.crt for device sim-0001"),
         (["--devices", "0"], "--devices must be positive"),
         (["--interval", "0"], "--interval must be positive"),
         (["--device-prefix", "a/b"], "invalid device id"),
@@ -70,8 +80,34 @@ def test_bad_settings_exit_2_with_a_reason(
 def test_parse_mqtt_url() -> None:
     assert parse_mqtt_url("mqtt://u:p@10.0.0.2:1999") == BrokerAddress("10.0.0.2", 1999, "u", "p")
     assert parse_mqtt_url("tcp://localhost") == BrokerAddress("localhost", 1883)
+    assert parse_mqtt_url("mqtts://broker.lan") == BrokerAddress("broker.lan", 8883, tls=True)
     with pytest.raises(ConfigError, match="no host"):
         parse_mqtt_url("mqtt://:1883")
+
+
+def test_tls_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLEETGATE_MQTT_URL", raising=False)
+    args = build_parser().parse_args(["--mqtt-url", "mqtts://127.0.0.1:8883", "--tls-ca", "ca",
+                                      "--tls-cert-dir", "certs", "--password-file", "pw"])
+    config = config_from_args(args)
+    assert (config.tls_ca_file, config.tls_cert_dir, config.password_file) == ("ca", "certs",
+                                                                               "pw")
+
+
+def test_password_file_names_every_device_and_no_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    passwords = tmp_path / "passwords"
+    passwords.write_text("# device:password\nsim-0001:s3cret-one\n\nsim-0002:s3cret:two\n")
+    assert read_passwords(str(passwords)) == {"sim-0001": "s3cret-one", "sim-0002": "s3cret:two"}
+    with pytest.raises(SystemExit):
+        main(["--devices", "3", "--password-file", str(passwords)])
+    err = capsys.readouterr().err
+    assert "no password for 1 devices, e.g. sim-0003" in err
+    passwords.write_text("sim-0001 s3cret-one\n")
+    with pytest.raises(ConfigError, match="line 1: expected <device_id>:<password>") as exc:
+        read_passwords(str(passwords))
+    assert "s3cret" not in str(exc.value)
 
 
 def test_unreachable_broker_exits_cleanly(tmp_path: Path) -> None:
