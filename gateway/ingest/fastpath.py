@@ -13,7 +13,8 @@ step an A/B on the same machine:
 
 It depends on these private paho names (paho is pinned below 2.3 in pyproject.toml for them, and
 tests/stages/test_ingest.py checks their signatures, so an upgrade that changes them fails there):
-- `Client._create_socket()` returns the connected socket: wrapped in `BufferedSocket`;
+- `Client._create_socket()` returns the connected socket (over TLS an `ssl.SSLSocket` after
+  its handshake): wrapped in `BufferedSocket`;
 - `Client.loop_read()` reads one packet per call: called again while bytes are buffered;
 - `Client._handle_publish()` handles a PUBLISH whose fixed-header byte and body are in
   `Client._in_packet["command"]` and `["packet"]`;
@@ -27,6 +28,7 @@ upgrade can be tried with the setting off.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -44,22 +46,30 @@ DeliverRaw = Callable[[bytes, bytes, int, int], None]
 
 
 class BufferedSocket:
-    """A plain TCP socket whose recv() serves paho's many small reads from one large read.
+    """A TCP or TLS socket whose recv() serves paho's many small reads from one large read.
 
     pending() is the hook paho already has for TLS sockets: while it is non-zero paho's select()
-    does not wait, so no buffered byte is ever left unread. Everything else is the socket's own.
+    does not wait, so no buffered byte is ever left unread. Over TLS it adds the bytes OpenSSL
+    has decrypted but not yet handed out (the SSLSocket's own pending()), which select() cannot
+    see either. An SSLSocket's recv() raises ssl.SSLWantReadError/SSLWantWriteError where a
+    plain one raises BlockingIOError: they pass through to paho's _sock_recv, which handles
+    both. Everything else is the socket's own.
     """
 
-    __slots__ = ("_buf", "_pos", "_sock")
+    __slots__ = ("_buf", "_inner_pending", "_pos", "_sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buf = b""
         self._pos = 0
+        self._inner_pending: Callable[[], int] | None = (
+            sock.pending if isinstance(sock, ssl.SSLSocket) else None)
 
     def recv(self, bufsize: int) -> bytes:
         if self._pos >= len(self._buf):
-            data = self._sock.recv(max(bufsize, _READ_CHUNK))  # BlockingIOError, b"" at EOF
+            # BlockingIOError (TLS: SSLWantReadError), b"" at EOF. A TLS read returns at most
+            # one record (16 KiB) of plain text.
+            data = self._sock.recv(max(bufsize, _READ_CHUNK))
             if len(data) <= bufsize:
                 return data
             self._buf, self._pos = data, 0
@@ -68,25 +78,25 @@ class BufferedSocket:
         return self._buf[start:self._pos]
 
     def pending(self) -> int:
-        return len(self._buf) - self._pos
+        inner = self._inner_pending
+        return len(self._buf) - self._pos + (inner() if inner is not None else 0)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
 
 class FastClient(mqtt.Client):
-    """paho's client, cheaper per message: buffered reads on plain TCP (TLS sockets buffer by
-    themselves), every buffered packet handled per wake-up, and QoS 0/1 PUBLISH handed straight
-    to `deliver_raw` (fleetgate registers no per-topic callbacks and reads no publish
-    properties)."""
+    """paho's client, cheaper per message: buffered reads (TCP or TLS), every buffered packet
+    handled per wake-up, and QoS 0/1 PUBLISH handed straight to `deliver_raw` (fleetgate
+    registers no per-topic callbacks and reads no publish properties)."""
 
     # Receives (topic, payload, packet id, qos) of every message; set by MqttIngest.
     deliver_raw: DeliverRaw | None = None
     _buffered: BufferedSocket | None = None
 
     def _create_socket(self) -> Any:
-        sock = super()._create_socket()
-        if type(sock) is socket.socket:
+        sock = super()._create_socket()  # over TLS: an SSLSocket, its handshake done
+        if isinstance(sock, socket.socket):  # not a websocket wrapper (fleetgate uses none)
             self._buffered = BufferedSocket(sock)
             return self._buffered
         return sock

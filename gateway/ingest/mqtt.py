@@ -8,6 +8,8 @@ there. Two receive paths give the same InboundMessage values and the same acks:
   group commit): the gateway went from ~150 to ~65 µs of CPU per frame, see fastpath.py;
 - `mqtt_fast_path = false`: stock `paho.mqtt.client.Client` and its public on_message callback
   and ack(), so a paho upgrade can be tried with the setting off.
+Both run over plain TCP (mqtt://) or TLS (mqtts://, the context from tls.py: the broker's
+certificate and name always verified).
 
 Acknowledgement is manual: the pipeline calls `ack()` after the frames' SQLite transaction has
 committed, and PUBACKs go out in arrival order. Messages received on an earlier connection are
@@ -33,6 +35,7 @@ from device_protocol import GatewayState, device_subscriptions, encode_gateway_s
 from device_protocol import gateway_state_topic as state_topic_for
 from gateway.ingest.fastpath import FastClient
 from gateway.ingest.inbox import InboundMessage, Inbox
+from gateway.ingest.tls import client_context
 from gateway.settings import MqttConfig
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class MqttIngest:
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id,
                                  protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
             client.on_message = self._on_message
+        if config.tls is not None:  # mqtts://: files checked now (ConfigError), not at connect
+            client.tls_set_context(client_context(config.tls))
         if config.username:
             client.username_pw_set(config.username, config.password)
         client.will_set(self._state_topic, self._state_payload(False), qos=1, retain=True)
