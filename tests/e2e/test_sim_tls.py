@@ -8,8 +8,6 @@ one TLS record, which only the fleet's TLS read path (not epoll) can see.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import socket
 import ssl
 import struct
@@ -17,16 +15,11 @@ import subprocess
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from device_protocol import GatewayState, encode_gateway_state, gateway_state_topic, parse_topic
@@ -34,6 +27,8 @@ from devstack import LOOPBACK, Mosquitto, ServiceNotInstalled, wait_for
 from firmware_sim.__main__ import main as sim_main
 from firmware_sim.config import FleetConfig
 from firmware_sim.fleet import Fleet
+from gateway import certs
+from gateway.certs import CaPaths
 from tests.support.publisher import FleetThread
 from tests.support.tools import system_tool
 
@@ -45,65 +40,13 @@ PREFIX = "simtls"
 # --- a throw-away PKI ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Pki:
-    """A CA, a server certificate for 127.0.0.1 and client certificates in clients/<name>."""
-
-    root: Path
-
-    @property
-    def ca(self) -> Path:
-        return self.root / "ca.crt"
-
-    @property
-    def clients(self) -> Path:
-        return self.root / "clients"
-
-    def client(self, name: str) -> tuple[Path, Path]:
-        return self.clients / f"{name}.crt", self.clients / f"{name}.key"
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    path.with_suffix(".key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-
-
-def _certificate(cn: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
-                 issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False,
-                 server: bool = False) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(issuer)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]),
-            critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def make_pki(root: Path, clients: list[str]) -> Pki:
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = _certificate(f"test CA {root.name}", ca_key, _name(f"test CA {root.name}"),
-                           ca_key, ca=True)
-    _write(root / "ca.crt", ca_cert, ca_key)
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    _write(root / "server.crt", _certificate("broker", server_key, ca_cert.subject, ca_key,
-                                             server=True), server_key)
+def make_pki(root: Path, clients: list[str]) -> CaPaths:
+    """What `fleetgate certs init` / `issue` make: a CA, a server certificate for 127.0.0.1
+    and localhost, and clients/<name>.crt|.key."""
+    pki = certs.init_ca(root, ["localhost"], [LOOPBACK])
     for name in clients:
-        key = ec.generate_private_key(ec.SECP256R1())
-        _write(root / "clients" / f"{name}.crt",
-               _certificate(name, key, ca_cert.subject, ca_key), key)
-    return Pki(root)
+        certs.issue_client(root, name)
+    return pki
 
 
 # --- a broker that wants a certificate, and a subscriber that counts -------------------------
@@ -120,22 +63,22 @@ def _write_acl(acl: Path) -> None:
         f"pattern read {PREFIX}/_gateway/+/state\n")
 
 
-def secure_broker_conf(pki: Pki, acl: Path, password_file: Path | None = None) -> str:
+def secure_broker_conf(pki: CaPaths, acl: Path, password_file: Path | None = None) -> str:
     """Mutual TLS with the certificate's CN as the username; or, given a password file, TLS
     with the username and password the client sends."""
     _write_acl(acl)
     identity = (["require_certificate true", "use_identity_as_username true"]
                 if password_file is None else [f"password_file {password_file}"])
     return "\n".join([
-        f"cafile {pki.ca}", f"certfile {pki.root / 'server.crt'}",
-        f"keyfile {pki.root / 'server.key'}", *identity, "allow_anonymous false",
+        f"cafile {pki.ca_cert}", f"certfile {pki.server_cert}",
+        f"keyfile {pki.server_key}", *identity, "allow_anonymous false",
         f"acl_file {acl}"])
 
 
 class Recorder:
     """A TLS subscriber with its own certificate (user `recorder`), counting telemetry."""
 
-    def __init__(self, pki: Pki, port: int, password: str | None = None) -> None:
+    def __init__(self, pki: CaPaths, port: int, password: str | None = None) -> None:
         self.telemetry: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -143,9 +86,9 @@ class Recorder:
                                   protocol=MQTTProtocolVersion.MQTTv5)
         if password is None:
             cert, key = pki.client("recorder")
-            self.client.tls_set(ca_certs=str(pki.ca), certfile=str(cert), keyfile=str(key))
+            self.client.tls_set(ca_certs=str(pki.ca_cert), certfile=str(cert), keyfile=str(key))
         else:
-            self.client.tls_set(ca_certs=str(pki.ca))
+            self.client.tls_set(ca_certs=str(pki.ca_cert))
             self.client.username_pw_set("recorder", password)
         self.client.on_connect = lambda c, *_: c.subscribe(f"{PREFIX}/+/telemetry", qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
@@ -172,7 +115,7 @@ DEVICES = [f"sim-{i:04d}" for i in range(1, 5)]
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> Pki:
+def pki(tmp_path: Path) -> CaPaths:
     return make_pki(tmp_path / "pki", [*DEVICES, "recorder"])
 
 
@@ -184,7 +127,7 @@ def started(broker: Mosquitto) -> Mosquitto:
 
 
 @pytest.fixture
-def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[Mosquitto]:
+def tls_broker(tmp_path: Path, pki: CaPaths) -> Iterator[Mosquitto]:
     broker = started(Mosquitto(tmp_path / "mosquitto", persistence=False,
                                extra_conf=secure_broker_conf(pki, tmp_path / "acl")))
     try:
@@ -194,20 +137,20 @@ def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[Mosquitto]:
 
 
 @pytest.fixture
-def recorder(pki: Pki, tls_broker: Mosquitto) -> Iterator[Recorder]:
+def recorder(pki: CaPaths, tls_broker: Mosquitto) -> Iterator[Recorder]:
     rec = Recorder(pki, tls_broker.port)
     yield rec
     rec.close()
 
 
 def test_each_device_connects_with_its_own_certificate(
-    pki: Pki, tls_broker: Mosquitto, recorder: Recorder, tmp_path: Path,
+    pki: CaPaths, tls_broker: Mosquitto, recorder: Recorder, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Through the command line, as the demo runs it. The ACL passes a device's telemetry only
     when the broker took its id from that device's own certificate."""
-    argv = ["--mqtt-url", f"mqtts://{LOOPBACK}:{tls_broker.port}", "--tls-ca", str(pki.ca),
-            "--tls-cert-dir", str(pki.clients), "--devices", str(len(DEVICES)),
+    argv = ["--mqtt-url", f"mqtts://{LOOPBACK}:{tls_broker.port}", "--tls-ca", str(pki.ca_cert),
+            "--tls-cert-dir", str(pki.clients_dir), "--devices", str(len(DEVICES)),
             "--frames", "5", "--interval", "0.05", "--topic-prefix", PREFIX, "--quiet",
             "--seed", "3"]
     assert sim_main(argv) == 0
@@ -217,7 +160,7 @@ def test_each_device_connects_with_its_own_certificate(
 
 
 def test_a_device_without_a_valid_certificate_never_gets_in(
-    pki: Pki, tls_broker: Mosquitto, recorder: Recorder, tmp_path: Path
+    pki: CaPaths, tls_broker: Mosquitto, recorder: Recorder, tmp_path: Path
 ) -> None:
     """sim-0002's certificate comes from another CA: its handshake is refused, the others'
     frames flow. And plain MQTT to the TLS port gets nowhere."""
@@ -225,8 +168,8 @@ def test_a_device_without_a_valid_certificate_never_gets_in(
     for path, foreign in zip(pki.client("sim-0002"), stranger.client("sim-0002"), strict=True):
         path.write_bytes(foreign.read_bytes())
     config = FleetConfig(mqtt_url=f"mqtts://{LOOPBACK}:{tls_broker.port}", devices=3,
-                         interval_s=0.05, topic_prefix=PREFIX, tls_ca_file=str(pki.ca),
-                         tls_cert_dir=str(pki.clients), connect_grace_s=0.2)
+                         interval_s=0.05, topic_prefix=PREFIX, tls_ca_file=str(pki.ca_cert),
+                         tls_cert_dir=str(pki.clients_dir), connect_grace_s=0.2)
     run = FleetThread(config)
     plain = FleetThread(FleetConfig(mqtt_url=tls_broker.url, devices=1, interval_s=0.05,
                                     topic_prefix=PREFIX, device_prefix="plain"))
@@ -244,7 +187,7 @@ def test_a_device_without_a_valid_certificate_never_gets_in(
     assert "plain-0001" not in recorder.counts()
 
 
-def test_devices_log_in_with_their_own_passwords(pki: Pki, tmp_path: Path) -> None:
+def test_devices_log_in_with_their_own_passwords(pki: CaPaths, tmp_path: Path) -> None:
     """--password-file: TLS without client certificates, username = device id. sim-0003's
     password is wrong: the broker refuses its CONNECT and the others' frames flow."""
     tool = system_tool("mosquitto_passwd", "mosquitto")
@@ -262,7 +205,7 @@ def test_devices_log_in_with_their_own_passwords(pki: Pki, tmp_path: Path) -> No
         recorder = Recorder(pki, broker.port, passwords["recorder"])
         run = FleetThread(FleetConfig(
             mqtt_url=f"mqtts://{LOOPBACK}:{broker.port}", devices=3, interval_s=0.05,
-            topic_prefix=PREFIX, tls_ca_file=str(pki.ca), password_file=str(plain)))
+            topic_prefix=PREFIX, tls_ca_file=str(pki.ca_cert), password_file=str(plain)))
         try:
             wait_for(lambda: all(recorder.counts().get(d, 0) >= 5 for d in DEVICES[:2]), 15,
                      what=f"frames of the devices with a right password; {recorder.counts()}")
@@ -305,10 +248,10 @@ class ScriptedTlsBroker(threading.Thread):
     another byte, so nothing else would make the client read again. Records what the client
     publishes."""
 
-    def __init__(self, pki: Pki) -> None:
+    def __init__(self, pki: CaPaths) -> None:
         super().__init__(name="scripted-tls-broker", daemon=True)
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(pki.root / "server.crt", pki.root / "server.key")
+        self.context.load_cert_chain(pki.server_cert, pki.server_key)
         self.listener = socket.create_server((LOOPBACK, 0))
         self.port = self.listener.getsockname()[1]
         self.published: list[str] = []
@@ -336,7 +279,7 @@ class ScriptedTlsBroker(threading.Thread):
                     self.published.append(packet[1][2:2 + size].decode())
 
 
-def test_packets_decrypted_in_one_record_are_all_read(pki: Pki) -> None:
+def test_packets_decrypted_in_one_record_are_all_read(pki: CaPaths) -> None:
     """The gateway's offline state, in the same record as the CONNACK, must reach the device
     at once: it buffers its frames instead of publishing them. epoll cannot report it: the
     bytes left the kernel with the CONNACK and wait inside the SSL object."""
@@ -344,7 +287,7 @@ def test_packets_decrypted_in_one_record_are_all_read(pki: Pki) -> None:
     broker.start()
     config = FleetConfig(mqtt_url=f"mqtts://{LOOPBACK}:{broker.port}", devices=1,
                          interval_s=0.02, duration_s=1.0, topic_prefix=PREFIX,
-                         tls_ca_file=str(pki.ca), stop_timeout_s=0.5)
+                         tls_ca_file=str(pki.ca_cert), stop_timeout_s=0.5)
     summary = Fleet(config).run()
     (device,) = summary.devices
     assert f"{PREFIX}/sim-0001/birth" in broker.published  # it was connected
