@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -72,6 +72,106 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    from gateway import certs
+
+    if args.certs_command == "init":
+        # The defaults make a certificate for a broker on this host; any --host/--ip replaces
+        # both, so a production certificate names only what was asked for.
+        hosts, ips = args.host or [], args.ip or []
+        if not hosts and not ips:
+            hosts, ips = ["localhost"], ["127.0.0.1"]
+        paths = certs.init_ca(args.dir, hosts, ips, days=args.days, server_days=args.server_days)
+        names = ", ".join([*hosts, *ips])
+        print(f"CA:     {paths.ca_cert} (key {paths.ca_key})")
+        print(f"server: {paths.server_cert} (key {paths.server_key}) for {names}")
+        return 0
+    if args.certs_command == "issue":
+        _check_device_id(args.device_id)
+        cert, key = certs.issue_client(args.dir, args.device_id, days=args.days,
+                                       overwrite=args.force)
+        print(f"{args.device_id}: {cert} (key {key})")
+        return 0
+    _check_device_id(args.user)
+    replaced = certs.set_password(args.file, args.user, _read_password(args.password_file))
+    print(f"{args.file}: {'replaced' if replaced else 'added'} {args.user}")
+    return 0
+
+
+def _check_device_id(name: str) -> None:
+    from device_protocol import is_valid_device_id
+
+    # The broker's ACL puts the name into topics (%u): a "+", "#" or "/" would widen a rule.
+    if not is_valid_device_id(name):
+        raise ConfigError(f"{name!r} is not a valid device id",
+                          hint="1-64 of A-Z a-z 0-9 _ . -, starting with a letter or digit")
+
+
+def _read_password(password_file: Path | None) -> str:
+    """From the file, or stdin (asked twice on a terminal): never from argv, which `ps` shows."""
+    import getpass
+
+    if password_file is not None:
+        try:
+            text = password_file.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read the password file {password_file}: "
+                              f"{e.strerror}") from e
+    elif sys.stdin.isatty():
+        text = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != text:
+            raise ConfigError("the two passwords differ")
+    else:
+        text = sys.stdin.read()
+    # One trailing line break is the file's or echo's, not the password's.
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+CERTS_HELP = """\
+A private CA for the broker's TLS and per-device identities (operators with their own PKI
+need none of this). Files in DIR:
+  ca.crt, ca.key             the CA (the broker's cafile; the gateway's mqtt_ca_file)
+  server.crt, server.key     the broker's certificate for the given host names and IPs
+  clients/NAME.crt, .key     a client certificate, CN = NAME = the device id (MQTT username
+                             under use_identity_as_username); NAME fleetgate is the gateway's
+Keys are EC P-256, written 0600 and never printed.
+"""
+
+
+def _add_certs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    certs = sub.add_parser("certs", help="a CA, broker and device certificates, broker passwords",
+                           description=CERTS_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    csub = certs.add_subparsers(dest="certs_command", required=True)
+    init = csub.add_parser("init", help="a new CA and the broker's server certificate in DIR")
+    init.add_argument("dir", type=Path, metavar="DIR")
+    init.add_argument("--host", action="append", metavar="NAME",
+                      help="DNS name clients dial (repeatable; default localhost, and "
+                           "127.0.0.1 as --ip, when neither --host nor --ip is given)")
+    init.add_argument("--ip", action="append", metavar="ADDR", help="IP address (repeatable)")
+    init.add_argument("--days", type=int, default=3650, help="CA validity (default 3650)")
+    init.add_argument("--server-days", type=int, default=825,
+                      help="server certificate validity (default 825)")
+    issue = csub.add_parser("issue", help="a device (or gateway) certificate signed by DIR's CA")
+    issue.add_argument("dir", type=Path, metavar="DIR")
+    issue.add_argument("device_id", metavar="DEVICE_ID",
+                       help="the certificate's CN; `fleetgate` for the gateway itself")
+    issue.add_argument("--days", type=int, default=825, help="validity (default 825)")
+    issue.add_argument("--force", action="store_true",
+                       help="replace an existing certificate (with a new key)")
+    passwd = csub.add_parser(
+        "passwd", help="add or replace a user in a Mosquitto password file",
+        # Else `--password SECRET` would be read as --password-file SECRET.
+        allow_abbrev=False,
+        description="The password comes from --password-file or stdin, never the command "
+                    "line. The line is Mosquitto 2.0's own format ($7$, PBKDF2-SHA512); "
+                    "reload the broker afterwards (SIGHUP).")
+    passwd.add_argument("file", type=Path, metavar="FILE")
+    passwd.add_argument("user", metavar="USER", help="the device id (username)")
+    passwd.add_argument("--password-file", type=Path, metavar="PATH",
+                        help="read the password from this file (one trailing newline dropped)")
+
+
 def cmd_sim(argv: list[str]) -> int:
     from firmware_sim.__main__ import main as sim_main
 
@@ -91,10 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     db.add_argument("db_command", choices=["migrate", "status"])
     db.add_argument("--config", type=Path)
     sub.add_parser("sim", help="run the firmware simulator (see `fleetgate sim --help`)")
+    _add_certs_parser(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "certs":
+            return cmd_certs(args)
         return cmd_db(args)
     except GatewayError as exc:
         print(f"fleetgate: {exc}", file=sys.stderr)
