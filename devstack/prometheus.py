@@ -2,13 +2,17 @@
 
 The file's scrape targets, rule files and out-of-order window are filled in (lines marked
 `fleetgate:gateway-targets` and `fleetgate:rule-files`); the remote-write receiver is on.
+With a `WebConfig` it guards its own HTTP (`--web.config.file`: TLS and/or basic auth), as a
+receiver on an open network does; this object's own client then speaks https and logs in.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+import ssl
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,46 @@ from devstack.process import ServiceFailed
 
 _TARGETS_MARKER = "fleetgate:gateway-targets"
 _RULES_MARKER = "fleetgate:rule-files"
+# bcrypt's lowest cost: Prometheus checks the hash on every request it serves, and a test's
+# hash guards a loopback port, not a password database.
+_BCRYPT_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """What `--web.config.file` makes Prometheus demand: TLS with cert_file/key_file (ca_file:
+    the CA that signed them, which this object's own client trusts) and/or basic auth for
+    `users` (name -> password; the file holds only their bcrypt hashes)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    users: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("WebConfig: TLS needs both cert_file and key_file")
+        if self.ca_file and not self.cert_file:
+            raise ValueError("WebConfig: ca_file without cert_file (no TLS to trust)")
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
+
+    def render(self) -> str:
+        """The web config file (a JSON document is a YAML document)."""
+        import bcrypt  # a dev dependency, needed only by a guarded Prometheus
+
+        doc: dict[str, Any] = {}
+        if self.cert_file and self.key_file:
+            doc["tls_server_config"] = {"cert_file": str(Path(self.cert_file).resolve()),
+                                        "key_file": str(Path(self.key_file).resolve())}
+        if self.users:
+            doc["basic_auth_users"] = {
+                user: bcrypt.hashpw(password.encode(),
+                                    bcrypt.gensalt(rounds=_BCRYPT_ROUNDS)).decode()
+                for user, password in self.users.items()}
+        return json.dumps(doc, indent=2) + "\n"
 
 
 class Prometheus(HttpService):
@@ -39,8 +83,11 @@ class Prometheus(HttpService):
         shipped_yml: Path = SHIPPED_PROMETHEUS_YML,
         rule_files: Iterable[Path] = (),
         evaluation_interval: str | None = None,
+        web_config: WebConfig | None = None,
     ) -> None:
         super().__init__(workdir, port)
+        self.web_config = web_config
+        self.web_config_path = self.workdir / "web.yml"
         self.out_of_order_window = out_of_order_window
         self.rule_files = tuple(Path(p).resolve() for p in rule_files)
         self.evaluation_interval = evaluation_interval
@@ -80,10 +127,29 @@ class Prometheus(HttpService):
             )
         return "\n".join(lines) + "\n"
 
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.web_config and self.web_config.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def http(self) -> httpx.Client:
+        """The API client; against a guarded Prometheus it trusts the web config's CA (never
+        an unverified connection) and logs in as its first user."""
+        if self._http is None:
+            web = self.web_config or WebConfig()
+            verify: Any = ssl.create_default_context(cafile=web.ca_file) if web.ca_file else True
+            auth = next(iter(web.users.items()), None)
+            self._http = httpx.Client(base_url=self.url, timeout=10.0, verify=verify, auth=auth)
+        return self._http
+
     def _prepare(self) -> None:
         self.config_path.write_text(self.render_config())
+        if self.web_config is not None:
+            self.web_config_path.write_text(self.web_config.render())
 
     def _command(self, binary: str) -> list[str]:
+        web = [f"--web.config.file={self.web_config_path}"] if self.web_config else []
         return [
             binary,
             f"--config.file={self.config_path}",
@@ -91,6 +157,7 @@ class Prometheus(HttpService):
             f"--web.listen-address={LOOPBACK}:{self.port}",
             "--web.enable-remote-write-receiver",
             "--web.enable-lifecycle",
+            *web,
             *self.extra_args,
         ]
 
