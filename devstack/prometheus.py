@@ -33,23 +33,39 @@ _BCRYPT_ROUNDS = 4
 @dataclass(frozen=True)
 class WebConfig:
     """What `--web.config.file` makes Prometheus demand: TLS with cert_file/key_file (ca_file:
-    the CA that signed them, which this object's own client trusts) and/or basic auth for
-    `users` (name -> password; the file holds only their bcrypt hashes)."""
+    the CA that signed them, which this object's own client trusts), optionally a client
+    certificate signed by client_ca_file (mutual TLS; this object's client presents
+    client_cert = (cert, key)), and/or basic auth for `users` (name -> password; the file holds
+    only their bcrypt hashes)."""
 
     cert_file: Path | None = None
     key_file: Path | None = None
     ca_file: Path | None = None
+    client_ca_file: Path | None = None
+    client_cert: tuple[Path, Path] | None = None
     users: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if bool(self.cert_file) != bool(self.key_file):
             raise ValueError("WebConfig: TLS needs both cert_file and key_file")
-        if self.ca_file and not self.cert_file:
-            raise ValueError("WebConfig: ca_file without cert_file (no TLS to trust)")
+        if (self.ca_file or self.client_ca_file or self.client_cert) and not self.cert_file:
+            raise ValueError("WebConfig: CA and client certificate files need TLS (cert_file)")
+        if bool(self.client_ca_file) != bool(self.client_cert):
+            raise ValueError("WebConfig: mutual TLS needs client_ca_file and, for devstack's "
+                             "own client, client_cert")
 
     @property
     def tls(self) -> bool:
         return self.cert_file is not None
+
+    def client_verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify` for a client of this Prometheus: its CA and client certificate."""
+        if not self.ca_file and not self.client_cert:
+            return True
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.client_cert:
+            context.load_cert_chain(*self.client_cert)
+        return context
 
     def render(self) -> str:
         """The web config file (a JSON document is a YAML document)."""
@@ -57,8 +73,11 @@ class WebConfig:
 
         doc: dict[str, Any] = {}
         if self.cert_file and self.key_file:
-            doc["tls_server_config"] = {"cert_file": str(Path(self.cert_file).resolve()),
-                                        "key_file": str(Path(self.key_file).resolve())}
+            tls = doc["tls_server_config"] = {"cert_file": str(Path(self.cert_file).resolve()),
+                                              "key_file": str(Path(self.key_file).resolve())}
+            if self.client_ca_file:
+                tls["client_auth_type"] = "RequireAndVerifyClientCert"
+                tls["client_ca_file"] = str(Path(self.client_ca_file).resolve())
         if self.users:
             doc["basic_auth_users"] = {
                 user: bcrypt.hashpw(password.encode(),
@@ -135,12 +154,12 @@ class Prometheus(HttpService):
     @property
     def http(self) -> httpx.Client:
         """The API client; against a guarded Prometheus it trusts the web config's CA (never
-        an unverified connection) and logs in as its first user."""
+        an unverified connection), presents its client certificate, logs in as its first user."""
         if self._http is None:
             web = self.web_config or WebConfig()
-            verify: Any = ssl.create_default_context(cafile=web.ca_file) if web.ca_file else True
             auth = next(iter(web.users.items()), None)
-            self._http = httpx.Client(base_url=self.url, timeout=10.0, verify=verify, auth=auth)
+            self._http = httpx.Client(base_url=self.url, timeout=10.0, verify=web.client_verify(),
+                                      auth=auth)
         return self._http
 
     def _prepare(self) -> None:
