@@ -67,15 +67,33 @@ class BufferedSocket:
 
     def recv(self, bufsize: int) -> bytes:
         if self._pos >= len(self._buf):
-            # BlockingIOError (TLS: SSLWantReadError), b"" at EOF. A TLS read returns at most
-            # one record (16 KiB) of plain text.
+            # BlockingIOError (TLS: SSLWantReadError), b"" at EOF
             data = self._sock.recv(max(bufsize, _READ_CHUNK))
+            if self._inner_pending is not None and data:
+                data = self._more_records(data)
             if len(data) <= bufsize:
                 return data
             self._buf, self._pos = data, 0
         start = self._pos
         self._pos = min(start + bufsize, len(self._buf))
         return self._buf[start:self._pos]
+
+    def _more_records(self, first: bytes) -> bytes:
+        """Over TLS one read returns one record, and Mosquitto sends every packet as a record
+        of its own: read on while records are there, so that one wake-up handles every packet
+        that arrived, as on plain TCP (one read per record is OpenSSL's way; this saves a
+        select() and a GIL hand-over per packet)."""
+        parts, size = [first], len(first)
+        while size < _READ_CHUNK:
+            try:
+                more = self._sock.recv(_READ_CHUNK - size)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break  # nothing more now: the next recv() raises it to paho if still so
+            if not more:
+                break  # EOF: the next recv() returns it
+            parts.append(more)
+            size += len(more)
+        return first if len(parts) == 1 else b"".join(parts)
 
     def pending(self) -> int:
         inner = self._inner_pending
