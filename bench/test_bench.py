@@ -24,6 +24,7 @@ import results_file
 import rw_recorder
 import same_run
 import stats
+import tls_compare
 import tree_compare
 import vmagent_peer
 
@@ -343,3 +344,33 @@ def test_a_difference_counts_only_when_the_interval_of_the_mean_ratio_excludes_1
     assert same_run.ratios(comparison, runs, cpu) == [1.1, 0.9]
     assert [row.split(" | ")[1] for row in same_run.case_table(comparison, runs, [cpu])[2:]] == [
         "after", "before"]
+
+
+def test_mqtt_tls_transports_start_from_plain_and_rotate(tmp_path: Path) -> None:
+    transports = tls_compare.parse_transports("plain,tls,tls-stock")
+    assert [(t.name, t.tls, t.fast_path) for t in transports] == [
+        ("plain", False, True), ("tls", True, True), ("tls-stock", True, False)]
+    assert [[t.name for t in tls_compare.order(transports, i)] for i in range(4)] == [
+        ["plain", "tls", "tls-stock"], ["tls", "tls-stock", "plain"],
+        ["tls-stock", "plain", "tls"], ["plain", "tls", "tls-stock"]]
+    for bad in ("tls,tls-stock", "plain", "plain,tls,tls", "plain,ssl"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            tls_compare.parse_transports(bad)
+    runs = {"plain": [{"cpu_us_per_frame": 50.0}, {"cpu_us_per_frame": 40.0}],
+            "tls": [{"cpu_us_per_frame": 60.0}, {"cpu_us_per_frame": 52.0}]}
+    assert tls_compare.ratios(runs, "tls", tls_compare.CPU) == [1.2, 1.3]
+
+
+def test_the_tls_broker_is_reached_verified_over_mqtts_and_plain_beside_it(
+        tmp_path: Path) -> None:
+    pki = tls_compare.issue_pki(tmp_path / "pki")
+    tls, stock = tls_compare.TRANSPORTS["tls"], tls_compare.TRANSPORTS["tls-stock"]
+    with tls_compare.TlsMosquitto(tmp_path / "mosquitto", pki) as mosq:
+        url, settings = tls_compare.gateway_connection(stock, mosq, pki)
+        assert url == f"mqtts://127.0.0.1:{mosq.tls_port}"
+        assert settings == {"mqtt_fast_path": "false", "mqtt_ca_file": str(pki.ca)}
+        assert tls_compare.gateway_connection(tls_compare.TRANSPORTS["plain"], mosq, pki) == (
+            mosq.url, {"mqtt_fast_path": "true"})
+        with pytest.raises(ValueError):
+            tls_compare.gateway_connection(tls, Mosquitto(tmp_path / "plain"), None)
+    assert tls_compare.negotiated(pki, tmp_path / "probe").startswith("TLSv1.3, ")

@@ -26,7 +26,10 @@ had before issue 12 (bench/legacy_db.py) against the shipped one, both in the sa
 no bare subscriber; that goes to the "sqlite-layer" section (bench/layer_compare.py). With
 `--gateway-trees before=/tmp/old,after=.` it measures the gateway of two source trees the same
 way (bench/tree_compare.py, section "redesign-throughput"). Both alternate which variant goes
-first per repeat and run a failed run once more (bench/same_run.py).
+first per repeat and run a failed run once more (bench/same_run.py). With
+`--mqtt-tls [plain,tls,tls-stock]` it measures the gateway connected to the broker over mqtt://
+and over mqtts:// (fast path on, and off), rotating the order per repeat (bench/tls_compare.py,
+section "mqtt-tls").
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import queue
 import shlex
 import shutil
@@ -54,6 +58,7 @@ import report
 import results_file
 import same_run
 import stats
+import tls_compare
 import tree_compare
 from loadgen import metric_name, sample_value
 from profiling import GatewayProfiler
@@ -180,13 +185,22 @@ def run_bare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- gateway
 def run_gateway(args: argparse.Namespace, workdir: Path,
                 profiler: GatewayProfiler | None = None,
-                variant: same_run.Variant | None = None) -> dict[str, Any]:
-    """One gateway run; `variant` (bench/same_run.py) if given, else the plain gateway."""
+                variant: same_run.Variant | None = None,
+                transport: tuple[tls_compare.Transport, tls_compare.BrokerPki] | None = None
+                ) -> dict[str, Any]:
+    """One gateway run; `variant` (bench/same_run.py) if given, else the plain gateway;
+    `transport`: its connection to the broker (bench/tls_compare.py), else mqtt://."""
     n = args.devices * args.frames
     with contextlib.ExitStack() as stack:
-        mosq = stack.enter_context(Mosquitto(workdir / "mosquitto"))
+        mosq = stack.enter_context(Mosquitto(workdir / "mosquitto") if transport is None
+                                   else tls_compare.TlsMosquitto(workdir / "mosquitto",
+                                                                 transport[1]))
         vm = stack.enter_context(VictoriaMetrics(workdir / "vm"))
-        options: dict[str, Any] = dict(mqtt_url=mosq.url, settings=args.gateway_settings,
+        mqtt_url, settings = mosq.url, args.gateway_settings
+        if transport is not None:
+            mqtt_url, extra = tls_compare.gateway_connection(transport[0], mosq, transport[1])
+            settings = {**settings, **extra}
+        options: dict[str, Any] = dict(mqtt_url=mqtt_url, settings=settings,
                                        remote_write_urls=[vm.remote_write_url])
         gw = (GatewayProcess(workdir / "gateway", **options) if variant is None else
               variant.gateway(workdir / "gateway", **options))
@@ -364,6 +378,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          help="instead: the gateway imported from each source tree (the first "
                          "is the baseline), alternating, in each repeat (section "
                          "'redesign-throughput'), e.g. before=/tmp/old,after=.")
+    compare.add_argument("--mqtt-tls", type=tls_compare.parse_transports, nargs="?",
+                         const=tls_compare.parse_transports(tls_compare.DEFAULT_TRANSPORTS),
+                         default=None, metavar="plain,tls,tls-stock[,plain-stock]",
+                         help="instead: the gateway over mqtt:// and mqtts:// (fast path on, "
+                         "off), rotating, in each repeat (section 'mqtt-tls'); default "
+                         f"{tls_compare.DEFAULT_TRANSPORTS}")
     args = ap.parse_args(argv)
     args.gateway_settings = dict(args.gateway_setting)
     args.workloads = args.workload or [parse_workload(w) for w in DEFAULT_WORKLOADS]
@@ -420,6 +440,43 @@ def compare(args: argparse.Namespace, command: str, root: Path,
         p for runs in results for p in same_run.problems(runs, report.problems)])
 
 
+def compare_tls(args: argparse.Namespace, command: str, root: Path,
+                workloads: list[argparse.Namespace]) -> int:
+    """The gateway over each transport (mqtt://, mqtts://, fast path on/off) per workload and
+    repeat, rotating; the "mqtt-tls" section of RESULTS.md."""
+    transports: tuple[tls_compare.Transport, ...] = args.mqtt_tls
+    names = [f"{wl.devices}x{wl.frames}" for wl in workloads]
+    by_name = dict(zip(names, workloads, strict=True))
+    load_before = os.getloadavg()
+    try:
+        pki = tls_compare.issue_pki(root / "pki")
+        tls = tls_compare.negotiated(pki, root / "tls-probe")
+
+        def run(i: int, name: str, transport: tls_compare.Transport,
+                attempt: int) -> dict[str, Any]:
+            return run_gateway(by_name[name], root / f"run{i}-{name}-{transport.name}-{attempt}",
+                               variant=same_run.Variant(transport.name),
+                               transport=(transport, pki))
+
+        results = tls_compare.alternate(transports, args.repeat, names, run)
+    except same_run.FAILURES as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    load_after = os.getloadavg()
+    load = f"load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end"
+    text = tls_compare.markdown(
+        transports=transports, command=command, machine=procstat.machine(),
+        repeat=args.repeat, titles=[f"{wl.devices:,} devices x {wl.frames} frames x "
+                                    f"{wl.samples} samples" for wl in workloads],
+        results=results, tls=tls, check=report.problems, load=load)
+    return same_run.report(args.results, tls_compare.SECTION, text, [
+        f"{name} run {i}: {p}" for runs in results for name, rs in runs.items()
+        for i, r in enumerate(rs, 1) for p in report.problems(r)])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([".venv/bin/python", "bench/throughput.py",
@@ -428,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     workloads = [for_workload(args, d, f) for d, f in args.workloads]
     if args.sqlite_layers or args.gateway_trees:
         return compare(args, command, root, workloads)
+    if args.mqtt_tls:
+        return compare_tls(args, command, root, workloads)
     bare_runs: list[list[dict[str, Any]]] = [[] for _ in workloads]
     gw_runs: list[list[dict[str, Any]]] = [[] for _ in workloads]
     profile: str | None = None
