@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps venv demo test lint bench bench-api bench-sim faults clean
+.PHONY: install system-deps venv demo demo-secure test lint bench bench-api bench-sim faults clean
 
 install: system-deps venv
 
@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/python -m devstack demo
+
+# The same demo with the production MQTT hop: TLS only, a client certificate per device and for
+# the gateway (under var/demo/certs), the shipped deploy/mosquitto/secure config and ACL.
+demo-secure: install
+	$(BIN)/python -m devstack demo --secure
 
 test: install
 	$(BIN)/ruff check .

@@ -6,15 +6,20 @@ from __future__ import annotations
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from devstack import LOOPBACK, wait_for
 from tests.support.publisher import Publisher
 
 pytestmark = pytest.mark.e2e
@@ -24,9 +29,9 @@ READY_LINE = "Press Ctrl-C to stop everything."
 START_S = 90.0
 
 
-def _demo(workdir: Path, duration: float) -> list[str]:
+def _demo(workdir: Path, duration: float, *extra: str) -> list[str]:
     return [sys.executable, "-m", "devstack", "demo", "--workdir", str(workdir),
-            "--devices", "3", "--interval", "1", "--duration", f"{duration:g}"]
+            "--devices", "3", "--interval", "1", "--duration", f"{duration:g}", *extra]
 
 
 def test_demo_runs_the_stack_and_fills_prometheus(tmp_path: Path) -> None:
@@ -51,10 +56,11 @@ def test_python_m_devstack_names_its_one_command(capsys: pytest.CaptureFixture[s
 class RunningDemo:
     """The demo as a child process, its stdout read by a thread (a line at a time)."""
 
-    def __init__(self, workdir: Path) -> None:
-        # --duration only bounds a demo this test failed to stop.
-        self.process = subprocess.Popen(_demo(workdir, 300), stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
+    def __init__(self, workdir: Path, duration: float = 300, *extra: str) -> None:
+        # By default --duration only bounds a demo this test failed to stop.
+        self.process = subprocess.Popen(_demo(workdir, duration, *extra),
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -131,3 +137,77 @@ def test_every_address_the_demo_prints_answers(demo: RunningDemo) -> None:
 
     assert demo.stop() == 0, "".join(demo.output)
     demo.until("fleetgate demo stopped.", 5)
+
+
+def _plain_mqtt_answer(port: int) -> bytes:
+    """What a broker port says to a plain-TCP MQTT CONNECT, read until it hangs up (a close or
+    a reset)."""
+    body = bytes([0, 4, *b"MQTT", 5, 2, 0, 30, 0, 0, 4, *b"nope"])  # v5, clean start
+    connect = bytes([0x10, len(body)]) + body
+    received = b""
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        sock.sendall(connect)
+        try:
+            # A timeout (the broker kept the connection open) fails the test.
+            while chunk := sock.recv(4096):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    return received
+
+
+def _first_telemetry_over_tls(broker_url: str, ca: Path, cert: Path, key: Path) -> str:
+    """Subscribe with the gateway's identity (the only one the ACL lets read every device) and
+    return the topic of the first telemetry frame."""
+    parts = urlsplit(broker_url)
+    topics: queue.Queue[str] = queue.Queue()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-address-test",
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key))
+    client.on_connect = lambda c, *_: c.subscribe("fleet/+/telemetry", qos=1)
+    client.on_message = lambda _c, _u, msg: topics.put(msg.topic)
+    client.connect(str(parts.hostname), int(parts.port or 8883))
+    client.loop_start()
+    try:
+        return topics.get(timeout=20)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_secure_demo_runs_devices_with_their_own_certificates(tmp_path: Path) -> None:
+    """`make demo-secure`: every device and the gateway speak TLS with their own certificate;
+    devices come online through the gateway, every address printed answers, the broker port
+    refuses plain MQTT, and what the devices sent reaches Prometheus."""
+    workdir = tmp_path / "demo"
+    demo = RunningDemo(workdir, 300, "--secure")
+    try:
+        printed = demo.until(READY_LINE, START_S)
+        urls = URL.findall(printed)
+        web = [u for u in urls if u.startswith("http://")]
+        brokers = [u for u in urls if u.startswith("mqtts://")]
+        assert len(web) >= 7 and len(brokers) == 1, f"the demo's addresses in:\n{printed}"
+        assert set(urls) == {*web, *brokers}, f"an address this test cannot open: {urls}"
+        with httpx.Client(follow_redirects=True, timeout=10.0) as client:
+            failures = [f for f in (_open_in_browser_terms(client, u) for u in web) if f]
+            assert failures == [], "\n".join(failures)
+            devices_url = next(u for u in web if u.endswith("/api/v1/devices"))
+
+            def online() -> set[str]:
+                body = client.get(devices_url).raise_for_status().json()
+                return {d["device_id"] for d in body["devices"] if d["online"]}
+
+            wait_for(lambda: online() == {"sim-0001", "sim-0002", "sim-0003"}, 30,
+                     what="three devices online in the gateway's API")
+        certs = workdir / "certs"
+        topic = _first_telemetry_over_tls(brokers[0], certs / "ca.crt",
+                                          certs / "clients" / "fleetgate.crt",
+                                          certs / "clients" / "fleetgate.key")
+        assert topic.startswith("fleet/sim-000")
+        answer = _plain_mqtt_answer(int(urlsplit(brokers[0]).port or 8883))
+        assert not answer.startswith(b"\x20"), "a CONNACK to plain MQTT on the TLS port"
+        # Ctrl-C ends a --duration demo early; it still checks Prometheus before it stops.
+        assert demo.stop() == 0, "".join(demo.output)
+        demo.until("demo check: 3 devices", 5)
+    finally:
+        demo.stop()
