@@ -22,10 +22,15 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+import tests.support.factories as f
+import tests.support.publisher as frames
+from devstack.gateway_process import GatewayProcess
 from devstack.process import ServiceNotInstalled
 from devstack.secure_mosquitto import SecureMosquitto
+from devstack.victoria_metrics import VictoriaMetrics
 from devstack.waiting import wait_for
 from gateway import certs
+from tests.support.receivers import expected_temperatures, vm_account, vm_samples
 from tests.support.tools import system_tool
 
 V5, V311 = MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311
@@ -48,13 +53,14 @@ class Pki:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     root = tmp_path_factory.mktemp("pki")
     paths = certs.init_ca(root / "ca", ["localhost"], ["127.0.0.1"])
-    for name in ("dev-a", "dev-b", "fleetgate"):
+    for name in ("dev-a", "dev-b", "fleetgate", f.device_id(1), f.device_id(2)):
         certs.issue_client(paths.dir, name)
     rogue = certs.init_ca(root / "rogue", ["localhost"], ["127.0.0.1"])
     certs.issue_client(rogue.dir, "dev-a")
     passwd = root / "passwd"
     certs.set_password(passwd, "dev-c", "pw-c")
     certs.set_password(passwd, "fleetgate", "gw-pw")
+    certs.set_password(passwd, f.device_id(3), "pw-3")
     return Pki(paths, rogue, passwd)
 
 
@@ -396,6 +402,69 @@ def test_a_device_will_reaches_the_gateway_only_on_its_own_topic(
     gateway.await_message("fleet/dev-a/telemetry", b"fence")
     assert sorted(gateway.received()) == [("fleet/dev-a/death", b"will-of-dev-a"),
                                           ("fleet/dev-a/telemetry", b"fence")]
+
+
+# --- with the gateway and a receiver
+
+
+@pytest.mark.parametrize("gateway_login", ["certificate", "password"])
+def test_the_gateway_gets_every_allowed_frame_and_nothing_forged(
+        peers: Peers, pki: Pki, broker: SecureMosquitto, victoria_metrics: VictoriaMetrics,
+        tmp_path: Path, gateway_login: str) -> None:
+    """The real gateway over mqtts:// (its own identity, hostname checked), a real
+    VictoriaMetrics: a device's frames arrive, frames forged for another device do not reach
+    the gateway, its fleet state or the receiver."""
+    if gateway_login == "certificate":
+        cert, key = pki.client("fleetgate")
+        url, login = broker.url, {"mqtt_cert_file": str(cert), "mqtt_key_file": str(key)}
+    else:
+        secret = tmp_path / "gateway-password"
+        secret.write_text("gw-pw\n")
+        url, login = broker.password_url, {"mqtt_username": "fleetgate",
+                                           "mqtt_password_file": str(secret)}
+    gw = GatewayProcess(tmp_path / "gateway", mqtt_url=url,
+                        remote_write_urls=[victoria_metrics.remote_write_url],
+                        settings={"mqtt_ca_file": str(pki.paths.ca_cert), **login})
+    try:
+        gw.start()
+        _devices_publish_and_forge(peers, gw, victoria_metrics)
+    finally:
+        gw.stop()
+
+
+def _devices_publish_and_forge(peers: Peers, gw: GatewayProcess,
+                               victoria_metrics: VictoriaMetrics) -> None:
+    base = f.now_ms() - 60_000
+    one, two, three = f.device_id(1), f.device_id(2), f.device_id(3)
+    dev_1 = peers.connect(one).expect_connected()  # certificate
+    dev_3 = peers.connect(three, password="pw-3").expect_connected()  # password
+    for peer, index in ((dev_1, 1), (dev_3, 3)):
+        for topic, payload in [*frames.births(range(index, index + 1)),
+                               *frames.telemetry(range(index, index + 1), range(10), base)]:
+            assert peer.publish(topic, payload).value == 0, topic
+    # dev-0001 speaks for dev-0002, and for dev-0003 (a known device): refused by the broker.
+    forged = [*frames.births(range(2, 3)), *frames.telemetry(range(2, 3), range(10), base),
+              *frames.telemetry(range(3, 4), range(10, 20), base)]
+    for topic, payload in forged:
+        assert dev_1.publish(topic, payload).value == NOT_AUTHORIZED, topic
+    # The fence: more of dev-0001's own frames on the same connection.
+    for topic, payload in frames.telemetry(range(1, 2), range(10, 15), base):
+        dev_1.publish(topic, payload)
+    stored = (1 + 15) + (1 + 10)
+    wait_for(lambda: gw.metric("fleetgate_frames_received_total") >= stored and gw.caught_up(),
+             60, what="the gateway to take and forward every allowed frame")
+    assert gw.metric("fleetgate_frames_received_total") == stored
+    assert gw.metric("fleetgate_frames_stored_total") == stored
+    assert gw.metric("fleetgate_frames_held") == 0
+    devices = gw.http.get("/api/v1/devices", headers=gw.auth_headers()).json()["devices"]
+    assert sorted(d["device_id"] for d in devices) == [one, three]
+    expected = {**expected_temperatures(range(1, 2), range(15)),
+                **expected_temperatures(range(3, 4), range(10))}
+    assert vm_account(victoria_metrics, "device_temperature_celsius", expected) == (0, 0)
+    samples = vm_samples(victoria_metrics, "device_temperature_celsius")
+    assert sorted(samples) == [one, three]
+    assert two not in samples
+    assert len(samples[three]) == 10  # none of the forged seqs 10-19
 
 
 # --- the shipped files
