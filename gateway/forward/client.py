@@ -6,18 +6,24 @@ The forwarder depends only on the ``RemoteWriteClient`` protocol and on five out
 * ``Retryable``    - nothing wrong with the batch; send it again later (429, 408, 5xx, network).
 * ``Rejected``     - the receiver will never take this batch; retrying cannot help.
 * ``TooLarge``     - 413: the request is too big; the receiver wrote none of it.
-* ``Misconfigured`` - the endpoint itself is wrong (URL, credentials, receiver flag), not the
-  samples: the forwarder pauses the endpoint instead of dead-lettering the whole stream.
+* ``Misconfigured`` - the endpoint itself is wrong (URL, credentials, receiver flag, a TLS
+  certificate we do not trust), not the samples: the forwarder pauses the endpoint instead of
+  dead-lettering the whole stream.
 
 ``send`` never raises for an HTTP or network outcome, only for programming errors and
 cancellation, so a caller's retry loop needs no ``except``.
+
+A client is built from a ``RemoteWriteEndpoint`` (``HttpRemoteWriteClient(target, ...)``): its
+``endpoint`` is the endpoint's NAME (cursor key, metric label, logs); the URL is what it posts to.
+Credentials and TLS come from gateway.forward.auth. Every reason a receiver's answer becomes
+(last_error, logs, dead letters, the API) has the credentials this client sent redacted first.
 """
 
 from __future__ import annotations
 
 import email.utils
 import math
-import re
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +32,10 @@ from typing import Protocol
 
 import httpx
 
+from gateway.credentials import redact
+from gateway.endpoint_config import RemoteWriteEndpoint
+from gateway.errors import ConfigError
+from gateway.forward.auth import SecretAuth, endpoint_auth, tls_context
 from gateway.remote_write.wire import PROTOCOL_HEADERS
 
 __all__ = [
@@ -76,8 +86,10 @@ class TooLarge:
 
 @dataclass(frozen=True, slots=True)
 class Misconfigured:
-    status: int
+    status: int  # 0: no HTTP answer (a credential file unreadable, a certificate not trusted)
     reason: str
+    # True: a rejected request, and an empty request was refused too (gateway.forward.policy)
+    wholesale: bool = False
 
 
 SendResult = Accepted | Retryable | Rejected | TooLarge | Misconfigured
@@ -117,12 +129,10 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, seconds)
 
 
-# vmauth echoes a wrong token back in its answer: never let it reach a log or the status API.
-_CREDENTIALS = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"']+")
-
-
 def _truncate(text: str) -> str:
-    text = _CREDENTIALS.sub(r"\1 <redacted>", text.strip())
+    # vmauth echoes a wrong token back in its answer: never let it reach a log or the status API
+    # (the client has already removed the secrets it sent; this catches any Bearer/Basic value).
+    text = redact(text.strip(), ())
     if len(text) <= MAX_REASON_CHARS:
         return text
     return text[: MAX_REASON_CHARS - 3] + "..."
@@ -162,42 +172,89 @@ def classify(status: int, body_text: str, retry_after: str | None) -> SendResult
     return Rejected(status, reason)
 
 
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether the error comes from our side refusing the endpoint's certificate."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx -> httpcore -> ssl: a short chain
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class HttpRemoteWriteClient:
     """The real ``RemoteWriteClient``: one pooled ``httpx.AsyncClient`` per endpoint."""
 
     def __init__(
         self,
-        url: str,
+        target: str | RemoteWriteEndpoint,
         *,
         timeout_s: float = 10.0,
         user_agent: str = "fleetgate/0.1.0",
+        name: str | None = None,
         headers: Mapping[str, str] | None = None,
+        auth: SecretAuth | None = None,
+        verify: ssl.SSLContext | bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`target`: a configured endpoint (its name, headers, credentials, TLS and timeout_s;
+        `timeout_s` is then the default for an endpoint without its own), or a bare URL with
+        the rest given here. A credential file or certificate that cannot be read raises
+        ConfigError: a start-up error, not a first-request one."""
+        if isinstance(target, RemoteWriteEndpoint):
+            if name or headers or auth or verify is not True:
+                raise ValueError("an endpoint brings its own name, headers, auth and TLS")
+            url, name, headers = target.url, target.name, target.headers
+            timeout_s = target.timeout_s or timeout_s
+            auth, verify = endpoint_auth(target), tls_context(target) or True
+        else:
+            url = target
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             # caught here: httpx would report it per request, as a retryable transport error
             raise ValueError(f"remote-write URL must be http(s)://host/...: {url!r}")
-        self.endpoint = url
+        self.url = url
+        self.endpoint = name or url  # the identity: cursor key, metric label, logs
+        self._auth = auth
         request_headers = {**(headers or {})}
         # the protocol headers win over configured extras: a receiver refuses anything else
         request_headers.update({**PROTOCOL_HEADERS, "User-Agent": user_agent})
         self._client = httpx.AsyncClient(
             headers=request_headers,
             timeout=timeout_s,
+            auth=auth,
+            verify=verify,
             transport=transport,
             follow_redirects=False,
         )
 
+    def __repr__(self) -> str:
+        return f"HttpRemoteWriteClient({self.endpoint!r})"
+
+    def redact(self, text: str) -> str:
+        """`text` without any credential this client has sent."""
+        return redact(text, self._auth.secrets if self._auth is not None else ())
+
     async def send(self, compressed_body: bytes) -> SendResult:
         try:
-            response = await self._client.post(self.endpoint, content=compressed_body)
+            response = await self._client.post(self.url, content=compressed_body)
             if 200 <= response.status_code < 300:
                 return Accepted(response.status_code)
-            body_text = response.text
+            body_text = self.redact(response.text)  # before truncation can cut a secret in two
         except httpx.RequestError as exc:
-            detail = str(exc) or repr(exc)
+            detail = self.redact(str(exc) or repr(exc))
+            if _certificate_refused(exc):
+                # Not an outage: a wrong ca_file, a host name the certificate does not name, an
+                # expired certificate. Paused and probed like wrong credentials.
+                return Misconfigured(0, f"TLS: the endpoint's certificate is not trusted "
+                                        f"({detail}); check ca_file and the URL's host name")
             return Retryable(None, f"{type(exc).__name__}: {detail}", None)
+        except ConfigError as exc:
+            # A credential file rewritten into something unreadable (too big, several lines):
+            # the endpoint is misconfigured until it is fixed; the pause re-reads it.
+            return Misconfigured(0, str(exc))
         return classify(response.status_code, body_text, response.headers.get("Retry-After"))
 
     async def aclose(self) -> None:

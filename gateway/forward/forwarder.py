@@ -16,7 +16,8 @@ Outcomes of a request (the policy per answer class is gateway.forward.policy):
 - retryable (network, 5xx, 429, 408): retried forever with exponential backoff and bounded
   jitter, honouring Retry-After; the cursor stays, so nothing is lost whatever the outage;
 - rejected (400, 422, other 4xx, permanent 5xx): the whole request is dead-lettered once with the
-  endpoint's reason (one row per sample, for a later replay) and the cursor moves on;
+  endpoint's reason (one row per sample, for a later replay) and the cursor moves on; unless an
+  empty request is refused too (refused wholesale: a configuration error, paused as below);
 - too large (413): the endpoint's request size is halved and the same frames go again, smaller;
 - misconfigured (401/403/404/...): the endpoint pauses with everything buffered, until a probe
   with an empty request is accepted.

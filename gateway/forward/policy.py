@@ -5,16 +5,36 @@
                            bounded jitter (each wait 0.8..1.0 of its base, the base doubling from
                            remote_write_retry_min_s up to remote_write_retry_max_s), honouring
                            Retry-After (up to 600 s). Nothing is lost, whatever the outage.
-    400, 422, other 4xx    rejected: the whole request is dead-lettered once, with the receiver's
-    (and Prometheus 2.42's reason; it is never split or sent again (remote-write 1.0: a sender
-    permanent 5xx)         MUST NOT retry a 4xx but 429; a receiver that wrote part of it before
-                           answering 400 would get that part twice).
+    400, 422, other 4xx    rejected: unless the endpoint refuses wholesale (below), the whole
+    (and Prometheus 2.42's request is dead-lettered once, with the receiver's reason; it is never
+    permanent 5xx)         split or sent again (remote-write 1.0: a sender MUST NOT retry a 4xx
+                           but 429; a receiver that wrote part of it before answering 400 would
+                           get that part twice).
     413                    too large: the receiver wrote nothing; the endpoint's request size is
                            halved (remembered) and the refused frames go again in smaller requests.
     401/403/404/405/407,   misconfigured: the endpoint pauses. Every frame stays in the buffer
     3xx, vmauth's 400      (the cursor stays, nothing is dead-lettered or resent); an empty
     for a wrong token      WriteRequest probes it every remote_write_paused_probe_s, and the first
-                           2xx resumes sending.
+                           2xx resumes sending: the same request goes again.
+
+Refused wholesale or a refused sample? Receivers do not all say 401 to wrong credentials (a
+proxy, a tenant not allowed, a vmauth of another version), and dead-lettering them would empty
+the whole stream into the dead letters. So before a rejected request is dead-lettered, an empty
+WriteRequest probes the endpoint at once:
+
+    probe 2xx              the refusal was about these samples: dead-lettered, as above.
+    probe 4xx (any kind),  refused wholesale (an empty request is refused too): a configuration
+    permanent 5xx, 3xx     error. The request counts as misconfigured: the endpoint pauses as
+                           above, nothing is dead-lettered, and after the first accepted probe
+                           the same request goes again (and is probed again if refused again).
+    probe 5xx, 429, 408,   no verdict yet (the receiver is in trouble right now): the request is
+    network                kept (nothing dead-lettered, and it is not sent again: remote-write
+                           1.0 forbids resending after a 4xx) and the EMPTY request is retried
+                           with the backoff of a retryable answer until it gets a verdict. A stop
+                           meanwhile leaves the request in the buffer, like a retry.
+
+Every probe of this check counts in fleetgate_forward_requests{result}; the pause shows in
+fleetgate_forward_paused and its reason (status.paused, last_error) starts with REFUSED_WHOLESALE.
 
 `EndpointSender` owns the retry loop and the pause, `dead_letter` and `replay` the refused
 requests; the forwarder decides what to send.
@@ -39,6 +59,7 @@ from gateway.forward.client import (
     Rejected,
     RemoteWriteClient,
     Retryable,
+    SendResult,
     TooLarge,
 )
 from gateway.forward.order import Part, Request
@@ -50,6 +71,7 @@ log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER_S = 600.0  # a Retry-After beyond this is taken as this
 _EMPTY_REQUEST = compress(b"")  # a WriteRequest with no timeseries: what a pause probes with
+REFUSED_WHOLESALE = "refused wholesale (an empty request is refused too)"
 
 
 @dataclass(slots=True)
@@ -96,6 +118,11 @@ class EndpointSender:
                 result = await self._attempt(body)
             finally:
                 request.landed()
+            if isinstance(result, Rejected):
+                verdict = await self._wholesale(result)
+                if verdict is None:
+                    return None
+                result = verdict
             if isinstance(result, Misconfigured):
                 if not await self._pause(result):
                     return None
@@ -114,8 +141,28 @@ class EndpointSender:
             if self.stopping:
                 return None
 
-    async def _attempt(self, body: bytes) -> Accepted | Retryable | Rejected | TooLarge | (
-            Misconfigured):
+    async def _wholesale(self, refused: Rejected) -> Rejected | Misconfigured | None:
+        """Before `refused` is dead-lettered: does the endpoint refuse an empty request too?
+        (the rule in the module's docstring). None: told to stop before it could tell."""
+        attempt = 0
+        while True:
+            probe = await self._attempt(_EMPTY_REQUEST)
+            if isinstance(probe, Accepted):
+                return refused  # about these samples
+            if not isinstance(probe, Retryable):
+                return Misconfigured(refused.status, f"{REFUSED_WHOLESALE}: {refused.reason}",
+                                     wholesale=True)
+            # No verdict yet: the refused request is not sent again, only the empty one.
+            if self.stopping:
+                return None
+            attempt += 1
+            await asyncio.sleep(self._retry_wait(Retryable(
+                probe.status, f"{refused.reason}; an empty request to tell whether the endpoint "
+                f"refuses everything: {probe.reason}", probe.retry_after_s), attempt))
+            if self.stopping:
+                return None
+
+    async def _attempt(self, body: bytes) -> SendResult:
         m = self._metrics
         started = time.perf_counter()
         result = await self._client.send(body)
@@ -146,11 +193,17 @@ class EndpointSender:
         status.paused = result.reason
         self._stuck(result.reason)
         gauge.set(1)
-        log.error("%s: paused: the endpoint answers like it is misconfigured (%s). Check its URL, "
-                  "the credentials (bearer token, basic auth) and that the receiver takes remote "
-                  "write (Prometheus: --web.enable-remote-write-receiver). Every frame stays "
-                  "buffered; an empty request probes it every %.0f s", self.endpoint,
-                  result.reason, self._config.paused_probe_s)
+        if result.wholesale:
+            log.error("%s: paused: %s. Wrong credentials (bearer token, basic auth), a proxy, "
+                      "a tenant it does not allow? Nothing is dead-lettered for it: every frame "
+                      "stays buffered; an empty request probes it every %g s", self.endpoint,
+                      result.reason, self._config.paused_probe_s)
+        else:
+            log.error("%s: paused: the endpoint answers like it is misconfigured (%s). Check its "
+                      "URL, the credentials (bearer token, basic auth) and that the receiver "
+                      "takes remote write (Prometheus: --web.enable-remote-write-receiver). Every "
+                      "frame stays buffered; an empty request probes it every %g s",
+                      self.endpoint, result.reason, self._config.paused_probe_s)
         while True:
             await asyncio.sleep(self._config.paused_probe_s)
             if self.stopping:
@@ -158,7 +211,10 @@ class EndpointSender:
             probe = await self._client.send(_EMPTY_REQUEST)
             if isinstance(probe, Accepted):
                 break
-            status.paused = status.last_error = probe.reason  # the newest answer
+            reason = probe.reason  # the newest answer
+            if result.wholesale and not isinstance(probe, Retryable):
+                reason = f"{REFUSED_WHOLESALE}: {reason}"
+            status.paused = status.last_error = reason
         status.paused = None
         gauge.set(0)
         log.warning("%s: the endpoint answers again; paused sending resumes", self.endpoint)
@@ -184,11 +240,12 @@ async def dead_letter(write: Callable[[Callable[[sqlite3.Connection], None]], Aw
 
 
 async def replay(client: RemoteWriteClient, endpoint: str,
-                 letters: Sequence[tuple[int, bytes]]
+                 letters: Sequence[tuple[int, bytes]], *, probe: bool = True
                  ) -> tuple[list[int], list[tuple[int, str, int]]]:
     """Send dead letters (id, entry) again, once, outside the cursor's order: returns the ids
     the endpoint took and (status, reason, id) of those it refused again. Raises
-    ForwardUnavailable when it cannot be reached or is misconfigured (nothing changes)."""
+    ForwardUnavailable when it cannot be reached, is misconfigured or refuses wholesale (an
+    empty request is refused too): nothing changes."""
     if not letters:
         return [], []
     result = await client.send(compress(b"".join(e for _, e in letters)))
@@ -196,12 +253,15 @@ async def replay(client: RemoteWriteClient, endpoint: str,
         return [i for i, _ in letters], []
     if isinstance(result, Retryable | Misconfigured):
         raise ForwardUnavailable(endpoint, result.reason)
+    if (probe and isinstance(result, Rejected)
+            and not isinstance(await client.send(_EMPTY_REQUEST), Accepted)):
+        raise ForwardUnavailable(endpoint, f"{REFUSED_WHOLESALE}: {result.reason}")
     if len(letters) == 1:
         return [], [(result.status, result.reason, letters[0][0])]
     delivered: list[int] = []
     refused: list[tuple[int, str, int]] = []
     for letter in letters:  # an operator asked for it: one request each finds the refused
-        took, again = await replay(client, endpoint, [letter])
+        took, again = await replay(client, endpoint, [letter], probe=False)
         delivered += took
         refused += again
     return delivered, refused
