@@ -156,17 +156,18 @@ def read_passwords(path: str) -> dict[str, str]:
     return passwords
 
 
-def device_tls_context(config: FleetConfig, device_id: str) -> ssl.SSLContext | None:
-    """The device's own TLS context (its certificate, if any), or None over plain MQTT.
+def device_tls_context(config: FleetConfig, device_id: str | None) -> ssl.SSLContext | None:
+    """A device's TLS context (with its own certificate under `tls_cert_dir`), or None over
+    plain MQTT. Without certificates, one context (device_id None) serves every device.
     Hostname verification stays on, as on real firmware: the broker's certificate must name
     the URL's host."""
     if not parse_mqtt_url(config.mqtt_url).tls:
         return None
     try:
         context = ssl.create_default_context(cafile=config.tls_ca_file)
-        if config.tls_cert_dir is not None:
+        if config.tls_cert_dir is not None and device_id is not None:
             cert, key = _cert_pair(config.tls_cert_dir, device_id)
             context.load_cert_chain(cert, key)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise ConfigError(f"TLS credentials of {device_id}: {exc}") from exc
+        raise ConfigError(f"TLS credentials of {device_id or 'the fleet'}: {exc}") from exc
     return context

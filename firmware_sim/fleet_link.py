@@ -35,7 +35,6 @@ from device_protocol import (
     gateway_state_topic,
     telemetry_topic,
 )
-from firmware_sim.config import device_tls_context
 from firmware_sim.device import SimDevice
 from firmware_sim.fleet_summary import DeviceStats
 
@@ -110,7 +109,7 @@ class DeviceLink:
         self.duplicate_share = 0.0
         self.malformed_rate = 0.0
         # Built once, kept across reboots: a device's identity outlives its connections.
-        self.tls_context = device_tls_context(config, device.device_id)
+        self.tls_context = fleet.tls_context(device.device_id)
         self.client = self._make_client()
 
     # --- the client -------------------------------------------------------------------------
