@@ -291,6 +291,21 @@ def test_a_plain_tcp_client_gets_no_connack(peers: Peers, broker: SecureMosquitt
             assert peer.connack is None, port
 
 
+def test_old_tls_is_refused(broker: SecureMosquitto, pki: Pki) -> None:
+    """TLS 1.2 and 1.3 only, on both listeners (a valid client certificate offered)."""
+    openssl = system_tool("openssl", "openssl")
+    for port in (broker.port, broker.password_port):
+        outcome = {}
+        for version in ("-tls1_1", "-tls1_2"):
+            result = subprocess.run(
+                [openssl, "s_client", "-connect", f"127.0.0.1:{port}", version,
+                 "-CAfile", str(pki.paths.ca_cert), "-verify_return_error",
+                 "-cert", str(pki.client("dev-a")[0]), "-key", str(pki.client("dev-a")[1])],
+                input="", capture_output=True, text=True, timeout=TIMEOUT)
+            outcome[version] = result.returncode
+        assert outcome == {"-tls1_1": 1, "-tls1_2": 0}, port
+
+
 # --- what reaches whom
 
 

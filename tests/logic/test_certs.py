@@ -181,8 +181,8 @@ def test_password_line_is_mosquittos_format() -> None:
 
 
 def test_password_lines_verified_by_mosquitto_passwd(tmp_path: Path) -> None:
-    """`mosquitto_passwd -U` (re)hashes only plain-text lines: an existing line it rewrites
-    unchanged is one it parsed. The exact-bytes check above covers the hash itself."""
+    """The same user and password with mosquitto_passwd's own salt give its very line; ours has
+    the same shape. (tests/e2e/test_secure_broker.py logs in with such lines on a real broker.)"""
     tool = system_tool("mosquitto_passwd", "mosquitto")
     ours = tmp_path / "passwd"
     certs.set_password(ours, "dev-a", "pw-a")
