@@ -19,8 +19,9 @@
 
 Refused wholesale or a refused sample? Receivers do not all say 401 to wrong credentials (a
 proxy, a tenant not allowed, a vmauth of another version), and dead-lettering them would empty
-the whole stream into the dead letters. So before a rejected request is dead-lettered, an empty
-WriteRequest probes the endpoint at once:
+the whole stream into the dead letters. So before a rejected request (or a single sample still
+too large: a proxy's limit set to nothing) is dead-lettered, an empty WriteRequest probes the
+endpoint at once:
 
     probe 2xx              the refusal was about these samples: dead-lettered, as above.
     probe 4xx (any kind),  refused wholesale (an empty request is refused too): a configuration
@@ -118,7 +119,7 @@ class EndpointSender:
                 result = await self._attempt(body)
             finally:
                 request.landed()
-            if isinstance(result, Rejected):
+            if isinstance(result, Rejected) or (isinstance(result, TooLarge) and samples == 1):
                 verdict = await self._wholesale(result)
                 if verdict is None:
                     return None
@@ -141,7 +142,8 @@ class EndpointSender:
             if self.stopping:
                 return None
 
-    async def _wholesale(self, refused: Rejected) -> Rejected | Misconfigured | None:
+    async def _wholesale(self, refused: Rejected | TooLarge
+                         ) -> Rejected | TooLarge | Misconfigured | None:
         """Before `refused` is dead-lettered: does the endpoint refuse an empty request too?
         (the rule in the module's docstring). None: told to stop before it could tell."""
         attempt = 0

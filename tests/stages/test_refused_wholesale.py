@@ -140,6 +140,36 @@ def test_a_receiver_refusing_one_batch_but_taking_empty_requests_dead_letters_it
     assert metric(h, "fleetgate_forward_paused", endpoint=URL) == 0
 
 
+def test_a_receiver_answering_413_to_everything_pauses_instead_of_dead_lettering_each_sample(
+        tmp_path: Path) -> None:
+    """A proxy whose size limit lets nothing through: requests shrink to one sample, and that
+    one sample is not dead-lettered, since an empty request gets 413 too. Fixed, every frame
+    arrives once."""
+    h = Harness(tmp_path / "db")
+    fixed = asyncio.Event()
+    receiver = RecordingReceiver(lambda series: httpx.Response(204) if fixed.is_set()
+                                 else httpx.Response(413, text="request entity too large"))
+
+    async def go() -> None:
+        await h.open()
+        await fill(h)
+        forwarder = make_forwarder(h, receiver.client(), config=PAUSE_CONFIG)
+        task = asyncio.create_task(forwarder.run())
+        await wait_until(lambda: forwarder.status.paused is not None)
+        assert forwarder.status.max_samples_per_request == 1
+        assert (forwarder.status.paused or "").startswith(REFUSED_WHOLESALE)
+        assert h.rows("SELECT COUNT(*) FROM dead_letters") == [(0,)]
+        fixed.set()
+        forwarder.begin_drain()
+        await asyncio.wait_for(task, 10)
+        await h.db.close()
+
+    asyncio.run(go())
+    accepted = keys(receiver.accepted)
+    assert set(accepted.values()) == {1} and len(accepted) == ALL_SAMPLES
+    assert h.rows("SELECT COUNT(*) FROM dead_letters") == [(0,)]
+
+
 @pytest.mark.parametrize(("after_503", "dead_lettered"), [(204, True), (400, False)])
 def test_a_check_answered_503_waits_for_a_verdict_without_resending_the_refused_request(
         tmp_path: Path, after_503: int, dead_lettered: bool) -> None:
