@@ -4,18 +4,17 @@ Each transport is one way the gateway reaches the broker: `plain` (mqtt://, fast
 baseline, as shipped), `tls` (mqtts://, fast path on), `tls-stock` (mqtts://,
 mqtt_fast_path=false) and, if asked, `plain-stock` (mqtt://, fast path off: the fast path's
 gain on plain TCP, to set beside its gain over TLS). Every run has its own Mosquitto from the
-shipped config plus a TLS listener (a throw-away CA and a server certificate for 127.0.0.1 made
-here); the load generator always publishes on the plain listener, so only the gateway's side
-changes. Per repeat every transport runs every workload back to back, the order rotating from
-one repeat to the next; the figures are per-repeat ratios against `plain` of the same repeat.
+shipped config plus a TLS listener (a throw-away CA and a server certificate for 127.0.0.1
+from gateway/certs.py); the load generator always publishes on the plain listener, so only the
+gateway's side changes. Per repeat every transport runs every workload back to back, the order
+rotating from one repeat to the next; the figures are per-repeat ratios against `plain` of the
+same repeat.
 This module names the transports, makes the certificates and writes the "mqtt-tls" section.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import ipaddress
 import socket
 import ssl
 import statistics
@@ -25,14 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import same_run
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from same_run import Figure
 
 from devstack import Mosquitto
 from devstack.ports import LOOPBACK, free_port
+from gateway import certs
 
 SECTION = "mqtt-tls"
 BASELINE = "plain"
@@ -85,39 +81,10 @@ class BrokerPki:
 
 
 def issue_pki(folder: Path) -> BrokerPki:
-    """A throw-away CA and a server certificate signed by it (ECDSA P-256, 2 days)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleetgate bench CA")])
-
-    def build(subject: x509.Name, public: ec.EllipticCurvePublicKey,
-              ca: bool) -> x509.CertificateBuilder:
-        return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name)
-                .public_key(public).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=2))
-                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    ca_key.public_key()), critical=False))
-
-    ca_cert = build(ca_name, ca_key.public_key(), True).sign(ca_key, hashes.SHA256())
-    server = (build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench broker")]),
-                    key.public_key(), False)
-              .add_extension(x509.SubjectAlternativeName([
-                  x509.IPAddress(ipaddress.ip_address(LOOPBACK)), x509.DNSName("localhost")]),
-                  critical=False)
-              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                             critical=False)
-              .sign(ca_key, hashes.SHA256()))
-    pki = BrokerPki(folder / "ca.pem", folder / "broker.pem", folder / "broker.key")
-    pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    pki.cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    pki.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    return pki
+    """A throw-away CA and a broker certificate for 127.0.0.1 and localhost, made as an
+    operator would with `fleetgate certs init` (gateway/certs.py: EC P-256)."""
+    paths = certs.init_ca(folder, ["localhost"], [LOOPBACK])
+    return BrokerPki(paths.ca_cert, paths.server_cert, paths.server_key)
 
 
 class TlsMosquitto(Mosquitto):
@@ -235,9 +202,9 @@ def markdown(*, transports: Sequence[Transport], command: str, machine: dict[str
         f"Linux {machine['kernel']}; shared with other work while it ran ({load})",
         "- Transports: " + "; ".join(t.describe for t in transports) + ". Otherwise default "
         "settings; each gateway started by bench/gateway_launcher.py from this checkout",
-        f"- TLS: Mosquitto's TLS listener, a private CA (mqtt_ca_file), server certificate "
-        f"ECDSA P-256 for 127.0.0.1; negotiated {tls}. The load generator publishes on the plain "
-        "listener in every run: only the gateway's connection changes",
+        "- TLS: Mosquitto's TLS listener, a private CA (mqtt_ca_file), server certificate "
+        f"ECDSA P-256 for 127.0.0.1 (gateway/certs.py); negotiated {tls}. The load generator "
+        "publishes on the plain listener in every run: only the gateway's connection changes",
         f"- Repeats: {repeat}; the order of the transports rotates from one repeat to the next. "
         "Back-to-back runs differ by up to ±20% on this machine: the per-repeat ratios against "
         f"`{BASELINE}` are the figures to read (a difference counts when the 95% interval of "

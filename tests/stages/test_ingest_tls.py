@@ -3,14 +3,12 @@ receive paths (mqtt_fast_path on and off), and the TLS settings' start-up errors
 
 One broker per test with four listeners: plain (the test's publisher), TLS with a certificate
 for localhost/127.0.0.1, the same requiring a client certificate, and TLS with a certificate for
-another name. The certificates come from a throw-away CA made here with `cryptography`.
+another name. The certificates are made with gateway/certs.py (`fleetgate certs`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import logging
 import select
 import socket
@@ -22,14 +20,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devstack import Mosquitto, ServiceNotInstalled, wait_for
 from devstack.ports import free_port, tcp_accepts
+from gateway import certs
 from gateway.errors import ConfigError
 from gateway.ingest.fastpath import BufferedSocket
 from gateway.ingest.inbox import InboundMessage, Inbox
@@ -48,73 +44,26 @@ class Pki:
     ca: Path  # the CA the broker's and the client's certificates come from
     server_cert: Path  # SAN localhost, 127.0.0.1
     server_key: Path
-    wrong_name_cert: Path  # SAN broker.invalid only
+    wrong_name_cert: Path  # SAN broker.invalid only (from a CA of its own) ...
     wrong_name_key: Path
+    wrong_name_trust: Path  # ... trusted with `ca` here: only the name is wrong
     client_cert: Path
     client_key: Path
-    other_ca: Path  # a CA that signed nothing here
+    other_ca: Path  # a CA that signed nothing the broker uses
     other_key: Path  # a key that is not client_cert's
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    return path
-
-
-def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
-          issuer_key: ec.EllipticCurvePrivateKey, path: Path, *, sans: list[x509.GeneralName],
-          usage: x509.ObjectIdentifier | None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    ca = issuer is None
-    builder = (x509.CertificateBuilder().subject_name(name)
-               .issuer_name(name if issuer is None else issuer.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=2))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(
-                   digital_signature=not ca, key_cert_sign=ca, crl_sign=ca,
-                   content_commitment=False, key_encipherment=False, data_encipherment=False,
-                   key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                              critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                   issuer_key.public_key()), critical=False))
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    cert = builder.sign(issuer_key, hashes.SHA256())
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert
-
-
 def make_pki(folder: Path) -> Pki:
-    folder.mkdir(parents=True, exist_ok=True)
-    ca_key, other_ca_key = _key(), _key()
-    ca = _cert("fleetgate test CA", ca_key, None, ca_key, folder / "ca.pem", sans=[], usage=None)
-    _cert("an unrelated CA", other_ca_key, None, other_ca_key, folder / "other-ca.pem", sans=[],
-          usage=None)
-    local: list[x509.GeneralName] = [x509.DNSName("localhost"),
-                                      x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    wrong: list[x509.GeneralName] = [x509.DNSName("broker.invalid")]
-    made = {}
-    for stem, sans, usage in (
-            ("server", local, ExtendedKeyUsageOID.SERVER_AUTH),
-            ("wrong-name", wrong, ExtendedKeyUsageOID.SERVER_AUTH),
-            ("client", [], ExtendedKeyUsageOID.CLIENT_AUTH)):
-        key = _key()
-        _cert(f"{stem}.test", key, ca, ca_key, folder / f"{stem}.pem", sans=sans, usage=usage)
-        made[stem] = (folder / f"{stem}.pem", _write_key(key, folder / f"{stem}.key"))
-    return Pki(folder / "ca.pem", *made["server"], *made["wrong-name"], *made["client"],
-               folder / "other-ca.pem", _write_key(_key(), folder / "other.key"))
+    """Certificates made as an operator would, with `fleetgate certs` (gateway/certs.py)."""
+    main = certs.init_ca(folder / "main", ["localhost"], ["127.0.0.1"])
+    client_cert, client_key = certs.issue_client(main.dir, "fleetgate")
+    other_key = certs.issue_client(main.dir, "someone-else")[1]
+    wrong = certs.init_ca(folder / "wrong-name", ["broker.invalid"], [])
+    trust = folder / "main-and-wrong-name-ca.pem"
+    trust.write_bytes(main.ca_cert.read_bytes() + wrong.ca_cert.read_bytes())
+    other = certs.init_ca(folder / "other", ["localhost"], ["127.0.0.1"])
+    return Pki(main.ca_cert, main.server_cert, main.server_key, wrong.server_cert,
+               wrong.server_key, trust, client_cert, client_key, other.ca_cert, other_key)
 
 
 @pytest.fixture(scope="module")
@@ -283,9 +232,10 @@ def test_a_client_certificate_opens_a_listener_that_requires_one(
 
 # (listener, host the gateway connects to, CA it trusts, what the log says)
 REFUSALS = {
-    "ip-not-in-certificate": ("wrong_name_port", "127.0.0.1", "ca",
+    "ip-not-in-certificate": ("wrong_name_port", "127.0.0.1", "wrong_name_trust",
                               ["IP address mismatch"]),
-    "name-not-in-certificate": ("wrong_name_port", "localhost", "ca", ["Hostname mismatch"]),
+    "name-not-in-certificate": ("wrong_name_port", "localhost", "wrong_name_trust",
+                                ["Hostname mismatch"]),
     "unknown-ca": ("tls_port", "127.0.0.1", "other_ca",
                    ["self-signed certificate", "unable to get local issuer certificate"]),
     "no-client-certificate": ("mutual_port", "127.0.0.1", "ca", ["CERTIFICATE_REQUIRED"]),
