@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devstack import Mosquitto, ServiceNotInstalled, wait_for
+from devstack import GatewayProcess, Mosquitto, ServiceNotInstalled, wait_for
 from devstack.ports import free_port, tcp_accepts
 from gateway import certs
 from gateway.errors import ConfigError
@@ -357,3 +357,18 @@ def test_buffered_tls_socket_reads_every_record_there_and_counts_openssl_s_as_pe
     finally:
         client.close()
         server.close()
+
+
+def test_the_gateway_process_refuses_to_start_on_a_ca_file_it_cannot_read(
+        tmp_path: Path) -> None:
+    gateway = GatewayProcess(tmp_path / "gateway", mqtt_url="mqtts://127.0.0.1:8883",
+                             settings={"mqtt_ca_file": str(tmp_path / "absent-ca.pem")})
+    gateway.start(wait_ready=False)
+    try:
+        wait_for(lambda: gateway.returncode is not None, 60, what="the gateway kept running")
+    finally:
+        gateway.stop()
+    log = gateway.run_log()
+    assert gateway.returncode == 2, log
+    assert f"mqtt_ca_file {tmp_path / 'absent-ca.pem'}: No such file" in log
+    assert "Traceback" not in log
