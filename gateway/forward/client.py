@@ -249,7 +249,8 @@ class HttpRemoteWriteClient:
                 # Not an outage: a wrong ca_file, a host name the certificate does not name, an
                 # expired certificate. Paused and probed like wrong credentials.
                 return Misconfigured(0, f"TLS: the endpoint's certificate is not trusted "
-                                        f"({detail}); check ca_file and the URL's host name")
+                                        f"({detail}); check ca_file (read at start-up) and "
+                                        "the URL's host name")
             return Retryable(None, f"{type(exc).__name__}: {detail}", None)
         except ConfigError as exc:
             # A credential file rewritten into something unreadable (too big, several lines):
