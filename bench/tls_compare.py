@@ -9,7 +9,8 @@ from gateway/certs.py); the load generator always publishes on the plain listene
 gateway's side changes. Per repeat every transport runs every workload back to back, the order
 rotating from one repeat to the next; the figures are per-repeat ratios against `plain` of the
 same repeat.
-This module names the transports, makes the certificates and writes the "mqtt-tls" section.
+This module names the transports, makes the certificates and writes the "mqtt-tls" section;
+bench/probe_tls_receive.py measures the receive path alone (MqttIngest, no SQLite) the same way.
 """
 
 from __future__ import annotations
