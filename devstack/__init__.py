@@ -13,6 +13,7 @@ Modules, one job each:
   http_service      HttpService: a ManagedProcess with an HTTP API
   mosquitto         Mosquitto from deploy/mosquitto/mosquitto.conf
   prometheus        Prometheus from deploy/prometheus/prometheus.yml
+  secure_mosquitto  SecureMosquitto from deploy/mosquitto/secure/ (TLS, identities, ACL)
   victoria_metrics  VictoriaMetrics single-node
   gateway_process   the gateway (`python -m gateway.cli run`), configured by FLEETGATE_* only
   demo              the demo stack (`python -m devstack demo`)
@@ -25,6 +26,7 @@ from devstack.mosquitto import Mosquitto
 from devstack.ports import LOOPBACK, free_port
 from devstack.process import ManagedProcess, ServiceFailed, ServiceNotInstalled
 from devstack.prometheus import Prometheus
+from devstack.secure_mosquitto import SecureMosquitto
 from devstack.victoria_metrics import VictoriaMetrics
 from devstack.waiting import wait_for
 
@@ -35,6 +37,7 @@ __all__ = [
     "ManagedProcess",
     "Mosquitto",
     "Prometheus",
+    "SecureMosquitto",
     "ServiceFailed",
     "ServiceNotInstalled",
     "VictoriaMetrics",

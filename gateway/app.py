@@ -143,10 +143,10 @@ class Gateway:
             topic_prefix=s.topic_prefix, compiler=compiler, fleet=self.fleet,
             metrics=self.metrics, state=self.pipeline_state,
             on_fleet_change=self._on_fleet_change)
-        for endpoint in forward.endpoints:
+        for endpoint, target in zip(forward.endpoints, forward.targets, strict=True):
             self.forwarders.append(Forwarder(
                 endpoint=endpoint,
-                client=HttpRemoteWriteClient(endpoint, timeout_s=forward.request_timeout_s),
+                client=HttpRemoteWriteClient(target, timeout_s=forward.request_timeout_s),
                 buffer=self.buffer, config=forward, metrics=self.metrics,
                 resume=Resume.of(state, endpoint)))
         self.metrics.store_recoveries.inc(state.counters.get(recovery.COUNTER_RECOVERIES, 0))

@@ -91,7 +91,8 @@ class GatewayMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.forward_paused = Gauge(
             "fleetgate_forward_paused",
-            "1 while the endpoint is paused on a configuration error (401/403/404/...)",
+            "1 while the endpoint is paused on a configuration error (401/403/404/..., a refusal "
+            "of even an empty request, an untrusted TLS certificate)",
             ["endpoint"], registry=r)
         self.forward_request_samples_max = Gauge(
             "fleetgate_forward_request_samples_max",

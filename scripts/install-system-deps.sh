@@ -20,11 +20,12 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 SERVICE_PACKAGES=(mosquitto mosquitto-clients prometheus victoria-metrics chromium chromium-driver
-                  docker-compose prometheus-alertmanager)
+                  docker-compose prometheus-alertmanager openssl)
 # Where Debian's packages put them; devstack's service classes look in the same places.
 BINARIES=(/usr/sbin/mosquitto /usr/bin/mosquitto_pub /usr/bin/mosquitto_passwd /usr/bin/prometheus
           /usr/bin/promtool /usr/bin/victoria-metrics /usr/bin/vmagent /usr/bin/vmauth
-          /usr/bin/chromium /usr/bin/chromedriver /usr/bin/docker-compose /usr/bin/amtool)
+          /usr/bin/chromium /usr/bin/chromedriver /usr/bin/docker-compose /usr/bin/amtool
+          /usr/bin/openssl)
 # Debian service names (each the name of its package) and the ports they would hold; 9093 is
 # also the port docker-compose.yml publishes Alertmanager on.
 SERVICES=(mosquitto:1883 prometheus:9090 victoria-metrics:8428 prometheus-alertmanager:9093)

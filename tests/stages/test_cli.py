@@ -39,7 +39,7 @@ def test_the_installed_command_has_no_demo(capsys: pytest.CaptureFixture[str]) -
     assert "invalid choice: 'demo'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "usage: fleetgate [-h] {run,db,sim}" in capsys.readouterr().out
+    assert "usage: fleetgate [-h] {run,db,sim,certs}" in capsys.readouterr().out
 
 
 def test_bad_settings_exit_2_with_the_field_named(monkeypatch: pytest.MonkeyPatch,
