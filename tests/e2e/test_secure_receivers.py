@@ -5,7 +5,8 @@ behind vmauth (a bearer token), and a tenant header.
 Right credentials: every sample arrives. Wrong ones: nothing is dead-lettered or dropped, the
 endpoint pauses (its state, last_error and fleetgate_forward_paused say so) with every frame
 kept in the buffer, and no secret, not even the one vmauth echoes back, shows in the gateway's
-log or API. The first test shows each guard refusing what it must (so the gateway tests cannot
+log or API. A receiver certificate the endpoint does not trust pauses it too; a client
+certificate missing where the receiver demands one costs no frame either. The first test shows each guard refusing what it must (so the gateway tests cannot
 pass against a receiver that lets anything in) and devstack's own clients getting through.
 """
 
@@ -191,6 +192,47 @@ def test_prometheus_demanding_a_client_certificate_takes_the_endpoints_cert_file
     state = endpoint(gw, "prom-mtls")
     assert (state["retries"], state["last_error"]) == (0, None), state
     _assert_nothing_dead_lettered(state, dead_letter_rows(gw))
+
+
+def test_a_receiver_certificate_the_endpoint_does_not_trust_pauses_it(
+        tmp_path: Path, mosquitto: Mosquitto, guarded_prometheus: Prometheus,
+        gateway_factory: GatewayFactory) -> None:
+    prom = guarded_prometheus
+    password_file = secret_file(tmp_path / "secrets" / "prom-password", PASSWORD)
+    # No ca_file: the system's trust store, which knows nothing of the private CA.
+    gw = start_gateway(gateway_factory, mosquitto,
+                       {"url": prom.remote_write_url, "name": "prom-tls",
+                        "basic_auth_username": USER, "basic_auth_password_file": password_file})
+
+    frames = publish_fleet(mosquitto, DEVICES, SEQS, f.now_ms() - 60_000)
+
+    wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == frames
+             and is_paused(gw, "prom-tls"), 30, what="the endpoint paused on the certificate")
+    state = endpoint(gw, "prom-tls")
+    assert "TLS" in str(state["last_error"]), state
+    _assert_nothing_dead_lettered(state, dead_letter_rows(gw))
+    assert state["behind_frames"] == frames, state
+    assert prom_counts(prom, METRIC) == {}
+
+
+def test_a_receiver_refusing_the_missing_client_certificate_costs_no_frame(
+        mosquitto: Mosquitto, mtls_prometheus: Prometheus, pki: CaPaths,
+        gateway_factory: GatewayFactory) -> None:
+    """Whether the gateway retries or pauses, the frames wait for the certificate."""
+    prom = mtls_prometheus
+    gw = start_gateway(gateway_factory, mosquitto,
+                       {"url": prom.remote_write_url, "name": "prom-mtls", "ca_file": pki.ca_cert})
+
+    frames = publish_fleet(mosquitto, DEVICES, SEQS, f.now_ms() - 60_000)
+
+    wait_for(lambda: gw.metric("fleetgate_frames_stored_total") == frames
+             and endpoint(gw, "prom-mtls")["last_error"] is not None
+             and gw.metric("fleetgate_forward_requests_total", endpoint="prom-mtls") >= 3, 30,
+             what="three refused attempts")
+    state = endpoint(gw, "prom-mtls")
+    assert state["sent_samples"] == 0 and state["behind_frames"] == frames, state
+    _assert_nothing_dead_lettered(state, dead_letter_rows(gw))
+    assert prom_counts(prom, METRIC) == {}
 
 
 def test_victoria_metrics_behind_vmauth_with_a_bearer_token(
