@@ -6,8 +6,10 @@ Right credentials: every sample arrives. Wrong ones: nothing is dead-lettered or
 endpoint pauses (its state, last_error and fleetgate_forward_paused say so) with every frame
 kept in the buffer, and no secret, not even the one vmauth echoes back, shows in the gateway's
 log or API. A receiver certificate the endpoint does not trust pauses it too; a client
-certificate missing where the receiver demands one costs no frame either. The first test shows each guard refusing what it must (so the gateway tests cannot
-pass against a receiver that lets anything in) and devstack's own clients getting through.
+certificate missing where the receiver demands one costs no frame either.
+
+The first test shows each guard refusing what it must (so the gateway tests cannot pass against
+a receiver that lets anything in) and devstack's own clients getting through.
 """
 
 from __future__ import annotations
