@@ -15,6 +15,7 @@ Modules, one job each:
   prometheus        Prometheus from deploy/prometheus/prometheus.yml
   secure_mosquitto  SecureMosquitto from deploy/mosquitto/secure/ (TLS, identities, ACL)
   victoria_metrics  VictoriaMetrics single-node
+  vmauth            vmauth, a bearer-token gate in front of a receiver
   gateway_process   the gateway (`python -m gateway.cli run`), configured by FLEETGATE_* only
   demo              the demo stack (`python -m devstack demo`)
 """
@@ -25,9 +26,10 @@ from devstack.http_service import HttpService
 from devstack.mosquitto import Mosquitto
 from devstack.ports import LOOPBACK, free_port
 from devstack.process import ManagedProcess, ServiceFailed, ServiceNotInstalled
-from devstack.prometheus import Prometheus
+from devstack.prometheus import Prometheus, WebConfig
 from devstack.secure_mosquitto import SecureMosquitto
 from devstack.victoria_metrics import VictoriaMetrics
+from devstack.vmauth import VmAuth
 from devstack.waiting import wait_for
 
 __all__ = [
@@ -41,6 +43,8 @@ __all__ = [
     "ServiceFailed",
     "ServiceNotInstalled",
     "VictoriaMetrics",
+    "VmAuth",
+    "WebConfig",
     "free_port",
     "shipped_rule_files",
     "wait_for",

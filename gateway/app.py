@@ -316,8 +316,14 @@ class Gateway:
         if pipeline_task is not None and not pipeline_task.done():
             await asyncio.wait([pipeline_task], timeout=30)  # commits what is in hand
         deadline = self.settings.shutdown_forward_deadline_s
-        forward_tasks = [t for t in self._tasks if t.get_name().startswith("forward:")]
+        # A paused endpoint (a configuration error) takes nothing: stop it at once instead of
+        # waiting the deadline for it; its frames stay buffered for the next start.
+        paused = {f"forward:{f.endpoint}" for f in self.forwarders if f.status.paused}
+        forward_tasks = [t for t in self._tasks
+                         if t.get_name().startswith("forward:") and t.get_name() not in paused]
         for forwarder in self.forwarders:
+            if forwarder.status.paused:
+                forwarder.stop_retrying()
             forwarder.begin_drain()
         if forward_tasks:
             _done, pending = await asyncio.wait(forward_tasks, timeout=deadline)

@@ -178,3 +178,33 @@ def test_shutdown_stops_ingest_commits_in_hand_forwards_checkpoints_then_closes(
             (f.device_id(1), 1)]
     finally:
         conn.close()
+
+
+def test_shutdown_does_not_wait_the_forward_deadline_for_a_paused_endpoint(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A paused endpoint (wrong credentials) cannot take anything: the last forward of a stop
+    must not wait shutdown_forward_deadline_s for it (found by the secure-receiver tests: every
+    stop of such a gateway took the whole deadline). Its frames stay buffered."""
+    from gateway.forward.client import Misconfigured
+
+    world.settings = world.settings.model_copy(update={"shutdown_forward_deadline_s": 40.0})
+
+    async def go() -> None:
+        refused = asyncio.Event()
+
+        def respond(series: object) -> Misconfigured:
+            refused.set()
+            return Misconfigured(401, "HTTP 401: wrong password")
+
+        world.receiver._respond = respond
+        gateway = await started(world, monkeypatch)
+        assert world.ingest is not None
+        world.ingest.deliver(birth_msg(1), tele_msg(1, 0, f.now_ms()))
+        await refused.wait()  # we run again once the forwarder waits in its pause
+        assert gateway.forwarders[0].status.paused is not None
+        # Far below the 40 s deadline, so a stop that waited for the paused endpoint fails here.
+        await asyncio.wait_for(gateway.shutdown(), timeout=15)
+        assert not gateway.failed
+
+    asyncio.run(go())
+    assert world.stored()[0] >= 1  # nothing was taken: the frames wait for the next start
