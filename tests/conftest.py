@@ -12,61 +12,46 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from devstack import (
     GatewayProcess,
-    ManagedProcess,
     Mosquitto,
     Prometheus,
-    ServiceNotInstalled,
     VictoriaMetrics,
 )
-
-_P = TypeVar("_P", bound=ManagedProcess)
-
-
-def _running(service: _P) -> Iterator[_P]:
-    try:
-        service.start()
-    except ServiceNotInstalled as e:
-        pytest.fail(str(e), pytrace=False)
-    try:
-        yield service
-    finally:
-        service.stop()
+from tests.support.services import running
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A broker with the shipped deploy/mosquitto/mosquitto.conf limits, persistence on."""
-    yield from _running(Mosquitto(tmp_path / "mosquitto"))
+    yield from running(Mosquitto(tmp_path / "mosquitto"))
 
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
     """Prometheus with the remote-write receiver on and a 30m out-of-order window."""
-    yield from _running(Prometheus(tmp_path / "prometheus"))
+    yield from running(Prometheus(tmp_path / "prometheus"))
 
 
 @pytest.fixture
 def victoria_metrics(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     """VictoriaMetrics keeping samples of any age (retention 100y), no response cache."""
-    yield from _running(VictoriaMetrics(tmp_path / "victoria-metrics"))
+    yield from running(VictoriaMetrics(tmp_path / "victoria-metrics"))
 
 
 @pytest.fixture(scope="session")
 def prometheus_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    yield from _running(Prometheus(tmp_path_factory.mktemp("prometheus-session")))
+    yield from running(Prometheus(tmp_path_factory.mktemp("prometheus-session")))
 
 
 @pytest.fixture(scope="session")
 def victoria_metrics_session(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[VictoriaMetrics]:
-    yield from _running(VictoriaMetrics(tmp_path_factory.mktemp("victoria-metrics-session")))
+    yield from running(VictoriaMetrics(tmp_path_factory.mktemp("victoria-metrics-session")))
 
 
 GatewayFactory = Callable[..., GatewayProcess]

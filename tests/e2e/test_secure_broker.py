@@ -25,12 +25,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 import tests.support.factories as f
 import tests.support.publisher as frames
 from devstack.gateway_process import GatewayProcess
-from devstack.process import ServiceNotInstalled
 from devstack.secure_mosquitto import SecureMosquitto
 from devstack.victoria_metrics import VictoriaMetrics
 from devstack.waiting import wait_for
 from gateway import certs
 from tests.support.receivers import expected_temperatures, vm_account, vm_samples
+from tests.support.services import running
 from tests.support.tools import system_tool
 
 V5, V311 = MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311
@@ -66,15 +66,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture
 def broker(tmp_path: Path, pki: Pki) -> Iterator[SecureMosquitto]:
-    service = SecureMosquitto(tmp_path / "broker", pki.paths.dir, passwd_file=pki.passwd)
-    try:
-        service.start()
-    except ServiceNotInstalled as e:
-        pytest.fail(str(e), pytrace=False)
-    try:
-        yield service
-    finally:
-        service.stop()
+    yield from running(SecureMosquitto(tmp_path / "broker", pki.paths.dir,
+                                       passwd_file=pki.passwd))
 
 
 class Peer:

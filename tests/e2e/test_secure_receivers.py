@@ -38,10 +38,10 @@ from tests.support.secure_endpoints import (
     is_paused,
     leaks,
     publish_fleet,
-    running,
     secret_file,
     start_gateway,
 )
+from tests.support.services import running
 
 pytestmark = pytest.mark.e2e
 

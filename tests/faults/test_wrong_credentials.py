@@ -27,10 +27,10 @@ from tests.support.secure_endpoints import (
     endpoint,
     is_paused,
     leaks,
-    running,
     secret_file,
     start_gateway,
 )
+from tests.support.services import running
 
 pytestmark = pytest.mark.e2e
 

@@ -10,17 +10,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
-
-import pytest
+from typing import Any
 
 import tests.support.publisher as publisher
-from devstack import GatewayProcess, ManagedProcess, Mosquitto, ServiceNotInstalled
+from devstack import GatewayProcess, Mosquitto
 from tests.support.publisher import Publisher
-
-_P = TypeVar("_P", bound=ManagedProcess)
 
 GatewayFactory = Callable[..., GatewayProcess]  # the gateway_factory fixture (tests/conftest.py)
 # A paused endpoint is probed this often: a fixed credential is picked up within it.
@@ -94,14 +90,3 @@ def leaks(gw: GatewayProcess, *secrets: str) -> list[str]:
             for form in forms if form in text]
 
 
-def running(service: _P) -> Iterator[_P]:
-    """A fixture's body: the service started (a missing binary fails the test, never skips
-    it, as tests/conftest.py's fixtures do) and stopped by PID at teardown."""
-    try:
-        service.start()
-    except ServiceNotInstalled as e:
-        pytest.fail(str(e), pytrace=False)
-    try:
-        yield service
-    finally:
-        service.stop()
