@@ -48,6 +48,7 @@ faults: install
 PROFILE = $(if $(wildcard $(BIN)/py-spy),--profile,)
 bench: install
 	$(BIN)/python bench/throughput.py --repeat 3 $(PROFILE)
+	$(BIN)/python bench/throughput.py --mqtt-tls plain,tls,tls-stock,plain-stock --repeat 3
 	$(BIN)/python bench/latency.py --repeat 3
 	$(BIN)/python bench/drain.py --repeat 3 $(PROFILE)
 	$(BIN)/python bench/drain.py --repeat 3 --gateway-setting remote_write_live_first=true --section drain-live-first --title " with remote_write_live_first"
