@@ -43,7 +43,7 @@ lint: venv
 faults: install
 	FAULTS_LONG=1 FAULTS_REPORT=docs/reliability.md $(BIN)/pytest tests/faults tests/model
 
-# Every benchmark with 3 interleaved repeats (~15 min on 2 cores); each rewrites its own section
+# Every benchmark with 3 interleaved repeats (~20 min on 2 cores); each rewrites its own section
 # of bench/RESULTS.md. Profiles are added when py-spy is installed (.venv/bin/pip install py-spy).
 PROFILE = $(if $(wildcard $(BIN)/py-spy),--profile,)
 bench: install
