@@ -209,8 +209,10 @@ class HttpRemoteWriteClient:
             url, name, headers = target.url, target.name, target.headers
             timeout_s = target.timeout_s or timeout_s
             auth, verify = endpoint_auth(target), tls_context(target) or True
+            self._without_client_cert = target.cert_file is None
         else:
             url = target
+            self._without_client_cert = True
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             # caught here: httpx would report it per request, as a retryable transport error
@@ -251,12 +253,23 @@ class HttpRemoteWriteClient:
                 return Misconfigured(0, f"TLS: the endpoint's certificate is not trusted "
                                         f"({detail}); check ca_file (read at start-up) and "
                                         "the URL's host name")
-            return Retryable(None, f"{type(exc).__name__}: {detail}", None)
+            return Retryable(None, self._network_reason(exc, detail), None)
         except ConfigError as exc:
             # A credential file rewritten into something unreadable (too big, several lines):
             # the endpoint is misconfigured until it is fixed; the pause re-reads it.
             return Misconfigured(0, str(exc))
         return classify(response.status_code, body_text, response.headers.get("Retry-After"))
+
+    def _network_reason(self, exc: httpx.RequestError, detail: str) -> str:
+        reason = f"{type(exc).__name__}: {detail}"
+        if (isinstance(exc, httpx.ReadError) and not str(exc) and self._without_client_cert
+                and self.url.startswith("https:")):
+            # TLS 1.3: a receiver that requires a client certificate checks it after the
+            # handshake and hangs up; its alert rarely reaches us. A restarting receiver looks
+            # the same, so it stays retryable; the reason says what to check.
+            reason += (" (the receiver closed the connection without an answer; if it "
+                       "requires a client certificate, set cert_file and key_file)")
+        return reason
 
     async def aclose(self) -> None:
         await self._client.aclose()

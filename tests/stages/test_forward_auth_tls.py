@@ -21,7 +21,13 @@ import pytest
 from gateway.endpoint_config import RemoteWriteEndpoint
 from gateway.errors import ConfigError
 from gateway.forward.auth import tls_context
-from gateway.forward.client import Accepted, HttpRemoteWriteClient, Misconfigured, SendResult
+from gateway.forward.client import (
+    Accepted,
+    HttpRemoteWriteClient,
+    Misconfigured,
+    Retryable,
+    SendResult,
+)
 from gateway.remote_write.wire import build_body, compress, encode_entry, encode_labels
 from tests.support.tools import system_tool
 
@@ -177,4 +183,16 @@ def test_a_certificate_we_cannot_trust_is_a_configuration_error(
     result = send(target)
     assert isinstance(result, Misconfigured) and result.status == 0, result
     assert "certificate" in result.reason and "ca_file" in result.reason
+    assert peers == []
+
+
+def test_a_receiver_closing_on_a_missing_client_certificate_gets_a_reason_that_names_it(
+        pki: Pki, https_receiver: tuple[int, list[dict[str, str]]]) -> None:
+    """TLS 1.3: the receiver checks the client certificate after the handshake and hangs up, so
+    the client sees only a closed connection (httpx: ReadError('')). Still retried (a receiver
+    restarting looks the same), but the reason says what to check."""
+    port, peers = https_receiver
+    result = send(endpoint("localhost", port, ca_file=pki.ca))
+    assert isinstance(result, Retryable), result
+    assert "cert_file" in result.reason and "closed" in result.reason, result.reason
     assert peers == []
