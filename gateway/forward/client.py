@@ -258,15 +258,26 @@ class HttpRemoteWriteClient:
             # A credential file rewritten into something unreadable (too big, several lines):
             # the endpoint is misconfigured until it is fixed; the pause re-reads it.
             return Misconfigured(0, str(exc))
+        except OSError as exc:
+            # httpcore does not wrap everything: a TLS alert read mid-response (a receiver
+            # refusing a missing client certificate) comes through as a raw ssl.SSLError. An
+            # exception here would end the endpoint's forward task; it is a retry instead.
+            detail = self.redact(str(exc) or repr(exc))
+            return Retryable(None, self._network_reason(exc, detail), None)
         return classify(response.status_code, body_text, response.headers.get("Retry-After"))
 
-    def _network_reason(self, exc: httpx.RequestError, detail: str) -> str:
+    def _network_reason(self, exc: Exception, detail: str) -> str:
         reason = f"{type(exc).__name__}: {detail}"
-        if (isinstance(exc, httpx.ReadError) and not str(exc) and self._without_client_cert
-                and self.url.startswith("https:")):
-            # TLS 1.3: a receiver that requires a client certificate checks it after the
-            # handshake and hangs up; its alert rarely reaches us. A restarting receiver looks
-            # the same, so it stays retryable; the reason says what to check.
+        closed = isinstance(exc, httpx.ReadError) and not str(exc)
+        refused = isinstance(exc, ssl.SSLError) and "CERTIFICATE_REQUIRED" in str(exc)
+        if not (self._without_client_cert and self.url.startswith("https:")):
+            return reason
+        # TLS 1.3: a receiver that requires a client certificate checks it after the handshake
+        # and hangs up; its alert reaches us or not, depending on timing. A restarting receiver
+        # looks the same as the hang-up, so both stay retryable; the reason says what to check.
+        if refused:
+            reason += " (the receiver requires a client certificate: set cert_file and key_file)"
+        elif closed:
             reason += (" (the receiver closed the connection without an answer; if it "
                        "requires a client certificate, set cert_file and key_file)")
         return reason

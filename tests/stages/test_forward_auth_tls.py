@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.endpoint_config import RemoteWriteEndpoint
@@ -189,10 +190,42 @@ def test_a_certificate_we_cannot_trust_is_a_configuration_error(
 def test_a_receiver_closing_on_a_missing_client_certificate_gets_a_reason_that_names_it(
         pki: Pki, https_receiver: tuple[int, list[dict[str, str]]]) -> None:
     """TLS 1.3: the receiver checks the client certificate after the handshake and hangs up, so
-    the client sees only a closed connection (httpx: ReadError('')). Still retried (a receiver
-    restarting looks the same), but the reason says what to check."""
+    the client sees a closed connection (httpx: ReadError('')) or, when the alert wins the race,
+    a raw ssl.SSLError. Still retried (a receiver restarting looks the same), but the reason says
+    what to check."""
     port, peers = https_receiver
     result = send(endpoint("localhost", port, ca_file=pki.ca))
     assert isinstance(result, Retryable), result
-    assert "cert_file" in result.reason and "closed" in result.reason, result.reason
+    assert "cert_file" in result.reason and "client certificate" in result.reason, result.reason
     assert peers == []
+
+
+def send_through(handler: Any) -> SendResult:
+    """Send once through the real client with `handler` as its transport."""
+    async def run() -> SendResult:
+        target = RemoteWriteEndpoint(url="https://rw.example/api/v1/write", name="tls")
+        client = HttpRemoteWriteClient(target, transport=httpx.MockTransport(handler))
+        try:
+            return await client.send(BODY)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("error", [
+    # what CI met: the receiver's alert reached us during the read, and httpcore let the raw
+    # ssl.SSLError through instead of wrapping it in an httpx error
+    ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required"),
+    ConnectionResetError(104, "Connection reset by peer"),
+])
+def test_a_transport_error_httpx_does_not_wrap_is_a_retry_not_a_crash(error: OSError) -> None:
+    """An exception out of send() would end the endpoint's forward task; it must be a result."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    result = send_through(handler)
+    assert isinstance(result, Retryable), result
+    assert type(error).__name__ in result.reason
+    if "CERTIFICATE_REQUIRED" in str(error):
+        assert "cert_file" in result.reason, result.reason
