@@ -1,0 +1,221 @@
+"""RegistryBridge: a prometheus_client registry published through fleetgate, unchanged.
+
+A seed project already instrumented with `prometheus_client` keeps its instrumentation: the
+bridge reads `registry.collect()` every interval and hands the Device one Sample per series, so
+the series the gateway writes are the series a Prometheus scrape of the same registry yields
+(docs/protocol.md "Series produced"; checked by tests/e2e/test_bridge_equivalence.py):
+
+- gauge, unknown: one gauge per child, under the sample's name;
+- counter: the `name_total` sample as a counter (the gateway does not append `_total`);
+- histogram: one histogram Sample named like the family; the gateway writes `name_bucket`
+  (bounds from the `le` values without `+Inf`), `name_sum` and `name_count` from it;
+- summary: `name_count` and `name_sum` as counters, quantiles (custom collectors) as gauges;
+- info: `name_info` = 1 with its labels; stateset (`Enum`): `name{name="<state>"}` 1/0;
+- `*_created` samples are dropped: they are a scrape-side timestamp, not device data.
+
+Left out, each logged once: non-finite values (the protocol refuses NaN and ±Inf, and one would
+refuse the whole frame), gauge histograms (their buckets are gauges with an `le` label, which
+the protocol reserves for its own histograms) and native histograms (no bucket list).
+
+The `device_id` label the seeds put on their metrics is reserved by the protocol (the gateway
+sets it from the topic). A child whose `device_id` equals the bridge's is that device: the
+label is removed, and the gateway puts the same value back. A child naming another device is an
+error (ValueError naming the metric and both ids): `start()` collects once before it connects
+and raises it there, so a wrong id stops the program at start-up rather than publishing a
+partial registry. A child with a wrong id that appears later is left out of the frames and
+logged once, because an exception in the Device's timer thread would stop every series.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fleetgate_device.samples import HistogramValue, Kind, Sample
+
+log = logging.getLogger(__name__)
+
+DEVICE_ID_LABEL = "device_id"
+# Sample names prometheus_client yields beside the data: the child's creation time, exposed as
+# a gauge a scrape stores but no dashboard of the seeds reads.
+_CREATED_SUFFIX = "_created"
+
+
+class Collectable(Protocol):
+    """What the bridge needs of a registry: prometheus_client's CollectorRegistry or any
+    collector with the same `collect()`."""
+
+    def collect(self) -> Iterable[Any]: ...
+
+
+class DeviceIdMismatch(ValueError):
+    """A series carries a device_id label that is not the bridge's device id."""
+
+    def __init__(self, metric: str, labels: Mapping[str, str], bridge_id: str) -> None:
+        self.metric = metric
+        self.series_id = labels[DEVICE_ID_LABEL]
+        self.bridge_id = bridge_id
+        super().__init__(
+            f"metric {metric!r} has device_id={self.series_id!r} but this bridge publishes as "
+            f"device {bridge_id!r}: the gateway takes the device id from the MQTT topic, so a "
+            f"series of another device cannot be sent through this one (give the bridge "
+            f"device_id={self.series_id!r}, or drop the label from that metric)")
+
+
+@dataclass
+class Translator:
+    """registry.collect() -> Samples for one device; pure (no I/O), reusable every interval.
+
+    strict: a device_id mismatch or a duplicate series raises (the first collect); otherwise
+    the series is left out and logged once.
+    """
+
+    device_id: str
+    strict: bool = True
+    _warned: set[str] = field(default_factory=set)
+
+    def samples(self, registry: Collectable) -> list[Sample]:
+        out: list[Sample] = []
+        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        for family in registry.collect():
+            for sample in self._family(family):
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key in seen:
+                    self._refuse(ValueError(
+                        f"metric {sample.name!r} has two series with labels "
+                        f"{dict(sample.labels)!r} once device_id is removed: a scrape would "
+                        f"refuse them too; label them apart"), key[0])
+                    continue
+                seen.add(key)
+                out.append(sample)
+        return out
+
+    def _family(self, family: Any) -> list[Sample]:
+        kind = family.type
+        if kind == "histogram":
+            return self._histograms(family)
+        if kind in ("gaugehistogram",) or any(
+                getattr(s, "native_histogram", None) is not None for s in family.samples):
+            self._warn_once(family.name, f"{kind} {family.name!r} is not bridged: the protocol "
+                            "has no gauge or native histograms")
+            return []
+        out = []
+        for s in family.samples:
+            if s.name.endswith(_CREATED_SUFFIX) and kind in ("counter", "summary"):
+                continue
+            labels = self._labels(s.name, s.labels)
+            if labels is None or not self._finite(s.name, s.value):
+                continue
+            out.append(Sample(s.name, float(s.value), labels, _scalar_kind(family, s.name)))
+        return out
+
+    def _histograms(self, family: Any) -> list[Sample]:
+        """One histogram Sample per child: the `le` buckets, `_count` and `_sum` of a label set
+        (the children's samples come grouped, but are keyed here so no order is assumed)."""
+        children: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+        for s in family.samples:
+            if s.name.endswith(_CREATED_SUFFIX):
+                continue
+            labels = {k: v for k, v in s.labels.items() if k != "le"}
+            child = children.setdefault(tuple(sorted(labels.items())),
+                                        {"labels": labels, "buckets": {}})
+            if s.name.endswith("_bucket"):
+                child["buckets"][float(s.labels["le"])] = float(s.value)
+            elif s.name.endswith("_count"):
+                child["count"] = float(s.value)
+            elif s.name.endswith("_sum"):
+                child["sum"] = float(s.value)
+        out = []
+        for child in children.values():
+            sent = self._labels(family.name, child["labels"])
+            if sent is None:
+                continue
+            buckets: dict[float, float] = child["buckets"]
+            count = child.get("count", buckets.get(math.inf, 0.0))
+            total = child.get("sum", 0.0)
+            bounds = tuple(sorted(b for b in buckets if b != math.inf))
+            cumulative = tuple(buckets[b] for b in bounds)
+            if not all(map(math.isfinite, (count, total, *cumulative))):
+                self._warn_once(family.name, f"histogram {family.name!r} has a non-finite "
+                                "count or sum (an observation of ±Inf or NaN): left out")
+                continue
+            out.append(Sample(family.name, HistogramValue(count, total, cumulative), sent,
+                              "histogram", bounds))
+        return out
+
+    def _labels(self, metric: str, labels: Mapping[str, str]) -> dict[str, str] | None:
+        """The labels to send: device_id checked and removed, empty values dropped (a scrape
+        reads `a=""` as no label `a`, so an empty device_id is no device_id). None: the series
+        is refused (non-strict)."""
+        if (labels.get(DEVICE_ID_LABEL) or self.device_id) != self.device_id:
+            self._refuse(DeviceIdMismatch(metric, labels, self.device_id), metric)
+            return None
+        return {k: v for k, v in labels.items() if k != DEVICE_ID_LABEL and v != ""}
+
+    def _finite(self, metric: str, value: float) -> bool:
+        if math.isfinite(value):
+            return True
+        self._warn_once(metric, f"metric {metric!r} is {value}: left out while it is not "
+                        "finite (the protocol refuses NaN and ±Inf)")
+        return False
+
+    def _refuse(self, error: ValueError, metric: str) -> None:
+        if self.strict:
+            raise error
+        self._warn_once(metric, f"{error}; the series is left out", level=logging.ERROR)
+
+    def _warn_once(self, metric: str, message: str, level: int = logging.WARNING) -> None:
+        if metric not in self._warned:
+            self._warned.add(metric)
+            log.log(level, "%s", message)
+
+
+def _scalar_kind(family: Any, sample_name: str) -> Kind:
+    """counter for a counter's `_total` and a summary's `_count`/`_sum`; gauge otherwise."""
+    if family.type == "counter":
+        return "counter"
+    if family.type == "summary" and sample_name in (f"{family.name}_count",
+                                                    f"{family.name}_sum"):
+        return "counter"
+    return "gauge"
+
+
+class RegistryBridge:
+    """Publishes `registry` as device `device_id` every `interval_s` through a Device.
+
+    device_kwargs go to Device unchanged (labels, topic_prefix, TLS and credential files,
+    ring_size, ring_path, ...); `collect` is the bridge's own.
+    """
+
+    def __init__(self, registry: Collectable, *, device_id: str, mqtt_url: str, hw: str,
+                 fw: str, interval_s: float = 10.0, **device_kwargs: Any) -> None:
+        if "collect" in device_kwargs:
+            raise TypeError("RegistryBridge: collect is the bridge's own; register another "
+                            "collector on the registry instead")
+        from fleetgate_device.device import Device  # the translation above needs no MQTT
+
+        self.registry = registry
+        self.translator = Translator(device_id)
+        self.device = Device(device_id, mqtt_url, hw=hw, fw=fw, interval_s=interval_s,
+                             collect=self.collect, **device_kwargs)
+
+    def collect(self) -> list[Sample]:
+        """The registry's series now, as Samples (the Device calls this every interval)."""
+        return self.translator.samples(self.registry)
+
+    def start(self) -> None:
+        """Check the registry once (ValueError for a series of another device_id or two series
+        that are one once device_id is removed), then connect and publish in the background."""
+        self.translator.strict = True
+        self.collect()
+        self.translator.strict = False
+        self.device.start()
+
+    def publish_now(self) -> None:
+        self.device.publish_now()
+
+    def stop(self) -> None:
+        self.device.stop()
