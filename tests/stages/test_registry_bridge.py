@@ -25,7 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeHistogramMetricFamily, Metric
 
 from fleetgate_device import HistogramValue, Sample
-from fleetgate_device.bridge import DeviceIdMismatch, Translator
+from fleetgate_device.bridge import DeviceIdMismatch, RegistryBridge, Translator
 
 DEVICE = "pi-07"
 
@@ -212,3 +212,27 @@ def test_gauge_histograms_and_untyped_metrics_of_custom_collectors() -> None:
     r.register(Custom())  # type: ignore[arg-type]
     # the gauge histogram cannot be sent (its buckets would be gauges with the reserved `le`)
     assert Translator(DEVICE).samples(r) == [Sample("raw_reading", 512.0, {"pin": "a0"})]
+
+
+def test_start_raises_the_mismatch_before_connecting() -> None:
+    r = CollectorRegistry()
+    Counter("liquid_inference", "n", ["device_id"], registry=r).labels("edge-42").inc()
+    # port 9 (discard) on loopback: nothing is dialled, start() stops before the connect
+    bridge = RegistryBridge(r, device_id=DEVICE, mqtt_url="mqtt://127.0.0.1:9", hw="pi",
+                            fw="1")
+    with pytest.raises(DeviceIdMismatch, match=r"liquid_inference_total.*'edge-42'.*'pi-07'"):
+        bridge.start()
+    assert not bridge.device.connected
+    assert bridge.device._thread is None  # no background thread either
+
+
+def test_the_device_gets_the_bridges_samples_and_the_other_keywords() -> None:
+    r = CollectorRegistry()
+    Gauge("board_temp_c", "t", ["device_id"], registry=r).labels(DEVICE).set(40)
+    bridge = RegistryBridge(r, device_id=DEVICE, mqtt_url="mqtt://127.0.0.1:9", hw="pi",
+                            fw="1", interval_s=2.5, labels={"site": "lab"}, ring_size=7)
+    assert bridge.device.samples() == [Sample("board_temp_c", 40.0)]
+    assert (bridge.device.interval_s, bridge.device.core.labels) == (2.5, {"site": "lab"})
+    with pytest.raises(TypeError, match="collect"):
+        RegistryBridge(r, device_id=DEVICE, mqtt_url="mqtt://127.0.0.1:9", hw="pi", fw="1",
+                       collect=list)

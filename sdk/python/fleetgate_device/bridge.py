@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -76,35 +77,51 @@ class Translator:
     device_id: str
     strict: bool = True
     _warned: set[str] = field(default_factory=set)
+    _le: dict[str, float] = field(default_factory=dict)  # `le` strings parsed once
+    _relabelled: bool = False  # the family being read had a label taken off
+    # The Device's thread and an application's publish_now() may collect at the same time.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def samples(self, registry: Collectable) -> list[Sample]:
         out: list[Sample] = []
-        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-        for family in registry.collect():
-            for sample in self._family(family):
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                if key in seen:
-                    self._refuse(ValueError(
-                        f"metric {sample.name!r} has two series with labels "
-                        f"{dict(sample.labels)!r} once device_id is removed: a scrape would "
-                        f"refuse them too; label them apart"), key[0])
-                    continue
-                seen.add(key)
-                out.append(sample)
+        with self._lock:
+            for family in registry.collect():
+                self._relabelled = False
+                got = self._family(family)
+                # two children become one series only if a label was taken off one of them
+                out.extend(self._unique(got) if self._relabelled and len(got) > 1 else got)
+        return out
+
+    def _unique(self, samples: list[Sample]) -> list[Sample]:
+        seen: set[tuple[str, frozenset[tuple[str, str]]]] = set()
+        out = []
+        for sample in samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            if key in seen:
+                self._refuse(ValueError(
+                    f"metric {sample.name!r} has two series with labels "
+                    f"{dict(sample.labels)!r} once device_id is removed: a scrape would "
+                    f"refuse them too; label them apart"), sample.name)
+                continue
+            seen.add(key)
+            out.append(sample)
         return out
 
     def _family(self, family: Any) -> list[Sample]:
         kind = family.type
         if kind == "histogram":
             return self._histograms(family)
-        if kind in ("gaugehistogram",) or any(
-                getattr(s, "native_histogram", None) is not None for s in family.samples):
-            self._warn_once(family.name, f"{kind} {family.name!r} is not bridged: the protocol "
-                            "has no gauge or native histograms")
+        if kind == "gaugehistogram":
+            self._warn_once(family.name, f"gauge histogram {family.name!r} is not bridged: the "
+                            "protocol has none (and reserves `le` for its own histograms)")
             return []
         out = []
         for s in family.samples:
             if s.name.endswith(_CREATED_SUFFIX) and kind in ("counter", "summary"):
+                continue
+            if getattr(s, "native_histogram", None) is not None:
+                self._warn_once(s.name, f"native histogram {s.name!r} is not bridged: the "
+                                "protocol has bucket histograms only")
                 continue
             labels = self._labels(s.name, s.labels)
             if labels is None or not self._finite(s.name, s.value):
@@ -113,20 +130,33 @@ class Translator:
         return out
 
     def _histograms(self, family: Any) -> list[Sample]:
-        """One histogram Sample per child: the `le` buckets, `_count` and `_sum` of a label set
-        (the children's samples come grouped, but are keyed here so no order is assumed)."""
+        """One histogram Sample per child: the `le` buckets, `_count` and `_sum` of a label set.
+        A child's samples carry its labels in one order (prometheus_client builds them so), so
+        the unsorted items key it."""
         children: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+        le_cache = self._le
         for s in family.samples:
-            if s.name.endswith(_CREATED_SUFFIX):
+            name = s.name
+            if name.endswith(_CREATED_SUFFIX):
                 continue
-            labels = {k: v for k, v in s.labels.items() if k != "le"}
-            child = children.setdefault(tuple(sorted(labels.items())),
-                                        {"labels": labels, "buckets": {}})
-            if s.name.endswith("_bucket"):
-                child["buckets"][float(s.labels["le"])] = float(s.value)
-            elif s.name.endswith("_count"):
+            if getattr(s, "native_histogram", None) is not None:
+                self._warn_once(family.name, f"native histogram {family.name!r} is not bridged: "
+                                "the protocol has bucket histograms only")
+                return []
+            labels = s.labels
+            key = tuple(item for item in labels.items() if item[0] != "le")
+            child = children.get(key)
+            if child is None:
+                child = children[key] = {"labels": dict(key), "buckets": {}}
+            if name.endswith("_bucket"):
+                le = labels["le"]
+                bound = le_cache.get(le)
+                if bound is None:
+                    bound = le_cache[le] = float(le)
+                child["buckets"][bound] = float(s.value)
+            elif name.endswith("_count"):
                 child["count"] = float(s.value)
-            elif s.name.endswith("_sum"):
+            elif name.endswith("_sum"):
                 child["sum"] = float(s.value)
         out = []
         for child in children.values():
@@ -150,10 +180,15 @@ class Translator:
         """The labels to send: device_id checked and removed, empty values dropped (a scrape
         reads `a=""` as no label `a`, so an empty device_id is no device_id). None: the series
         is refused (non-strict)."""
+        if not labels:
+            return {}
         if (labels.get(DEVICE_ID_LABEL) or self.device_id) != self.device_id:
             self._refuse(DeviceIdMismatch(metric, labels, self.device_id), metric)
             return None
-        return {k: v for k, v in labels.items() if k != DEVICE_ID_LABEL and v != ""}
+        sent = {k: v for k, v in labels.items() if k != DEVICE_ID_LABEL and v != ""}
+        if len(sent) != len(labels):
+            self._relabelled = True
+        return sent
 
     def _finite(self, metric: str, value: float) -> bool:
         if math.isfinite(value):
