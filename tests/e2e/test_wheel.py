@@ -1,7 +1,8 @@
 """The wheel is the product alone, and it works alone.
 
 Built from this checkout, the wheel holds device_protocol, gateway (with the migrations and the
-fleet page's files) and firmware_sim, and nothing else: no devstack, tests or bench. Installed
+fleet page's files), firmware_sim and fleetgate_device (the device SDK the simulator runs on),
+and nothing else: no devstack, tests or bench. Installed
 into a fresh venv, with its declared dependencies and no path back to the checkout,
 `fleetgate run` gets ready against a real Mosquitto and exits 0 on SIGTERM.
 
@@ -9,6 +10,10 @@ Both steps go through pip the way a user's `pip install .` does: the build runs 
 isolation (hatchling comes from the package index, so .venv needs no build backend), and the
 install resolves the wheel's own Requires-Dist from the index, so an import the package uses but
 does not declare fails here. Measured: ~3 s to build, ~8 s to install (warm pip cache).
+
+The device SDK (sdk/python, distribution fleetgate-device) is also a wheel of its own: it
+declares paho-mqtt and msgpack and nothing else, and installed alone into a fresh venv it
+imports and builds frames without FastAPI, uvicorn, pydantic or prometheus_client (~5 s).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from devstack.checkout import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 
-PRODUCT_PACKAGES = {"device_protocol", "gateway", "firmware_sim"}
+PRODUCT_PACKAGES = {"device_protocol", "gateway", "firmware_sim", "fleetgate_device"}
+# Where each package lives in the checkout (the SDK has its own distribution under sdk/python).
+CHECKOUT_DIRS = {"fleetgate_device": "sdk/python/fleetgate_device"}
 PIP_TIMEOUT_S = 180.0
 # Variables that would put the checkout back on the installed interpreter's path.
 _LEAKY_ENV = ("PYTHONPATH", "PYTHONHOME")
@@ -64,8 +71,9 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _checkout_files(package: str, pattern: str) -> set[str]:
-    root = REPO_ROOT / package
-    return {p.relative_to(REPO_ROOT).as_posix() for p in root.rglob(pattern)
+    """The files as the wheel names them: `package/...`, wherever the package lives."""
+    root = REPO_ROOT / CHECKOUT_DIRS.get(package, package)
+    return {f"{package}/{p.relative_to(root).as_posix()}" for p in root.rglob(pattern)
             if p.is_file() and "__pycache__" not in p.parts}
 
 
@@ -108,9 +116,10 @@ class InstalledGateway(GatewayProcess):
 
 
 def test_the_installed_venv_has_the_product_only(venv: Path, tmp_path: Path) -> None:
-    probe = ("import importlib.util, json, device_protocol, firmware_sim, gateway;"
+    probe = ("import importlib.util, json, device_protocol, firmware_sim, gateway,"
+             " fleetgate_device;"
              "print(json.dumps({'files': [m.__file__ for m in"
-             " (device_protocol, firmware_sim, gateway)],"
+             " (device_protocol, firmware_sim, gateway, fleetgate_device)],"
              " 'devstack': importlib.util.find_spec('devstack') is not None}))")
     result = subprocess.run([str(venv / "bin" / "python"), "-c", probe], cwd=tmp_path,
                             env=_clean_env(), capture_output=True, text=True, timeout=60)
@@ -142,3 +151,45 @@ def test_fleetgate_run_from_the_wheel_serves_and_stops_cleanly(
 
     gateway.stop(timeout=30)  # SIGTERM; SIGKILL only after 30 s
     assert gateway.returncode == 0, gateway.log_tail()
+
+
+@pytest.fixture(scope="module")
+def sdk_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sdk-wheel")
+    _pip("wheel", "--no-deps", "--wheel-dir", str(out), str(REPO_ROOT / "sdk" / "python"))
+    (built,) = out.glob("fleetgate_device-*.whl")
+    return built
+
+
+def test_the_device_sdk_installs_alone_with_paho_and_msgpack_only(
+        sdk_wheel: Path, tmp_path: Path) -> None:
+    archive = zipfile.ZipFile(sdk_wheel)
+    names = set(archive.namelist())
+    (dist_info,) = {n.split("/")[0] for n in names if ".dist-info/" in n}
+    assert {n.split("/")[0] for n in names} - {dist_info} == {"fleetgate_device"}
+    assert {n for n in names if n.endswith(".py")} == _checkout_files("fleetgate_device", "*.py")
+    metadata = archive.read(f"{dist_info}/METADATA").decode()
+    requires = sorted(line.split(":", 1)[1].strip() for line in metadata.splitlines()
+                      if line.startswith("Requires-Dist:"))
+    assert requires == ["msgpack<2,>=1.0.8", "paho-mqtt<2.3,>=2.1"]
+
+    venv = tmp_path / "sdk-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=60)
+    _pip("--python", str(venv / "bin" / "python"), "install", str(sdk_wheel))
+    probe = ("import importlib.util, json, fleetgate_device as f;"
+             "from fleetgate_device.core import DeviceCore;"
+             "c = DeviceCore('pi-07', hw='h', fw='f', interval_ms=1000);"
+             "out = c.on_connect(1) + c.telemetry(2, [f.Sample('x', 1.0)]);"
+             "print(json.dumps({'file': f.__file__, 'publishes': len(out),"
+             " 'device': f.Device.__name__, 'others': [m for m in ('fastapi', 'uvicorn',"
+             " 'pydantic', 'prometheus_client', 'gateway', 'device_protocol')"
+             " if importlib.util.find_spec(m) is not None]}))")
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", probe], cwd=tmp_path,
+                            env=_clean_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert Path(found["file"]).is_relative_to(venv)
+    assert found["publishes"] == 3  # a birth; then a birth declaring x, and the frame
+    assert found["device"] == "Device"
+    assert found["others"] == []
