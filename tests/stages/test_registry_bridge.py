@@ -236,3 +236,17 @@ def test_the_device_gets_the_bridges_samples_and_the_other_keywords() -> None:
     with pytest.raises(TypeError, match="collect"):
         RegistryBridge(r, device_id=DEVICE, mqtt_url="mqtt://127.0.0.1:9", hw="pi", fw="1",
                        collect=list)
+
+
+def test_a_failing_collector_is_a_value_error_so_the_device_skips_that_frame_only() -> None:
+    class Broken:
+        def collect(self) -> Iterator[Metric]:
+            raise RuntimeError("sensor bus timeout")
+
+    r = CollectorRegistry()
+    Gauge("ok", "o", registry=r).set(1)
+    r.register(Broken())  # type: ignore[arg-type]
+    bridge = RegistryBridge(r, device_id=DEVICE, mqtt_url="mqtt://127.0.0.1:9", hw="pi",
+                            fw="1")
+    with pytest.raises(ValueError, match="sensor bus timeout"):
+        bridge.collect()

@@ -131,8 +131,8 @@ class Translator:
 
     def _histograms(self, family: Any) -> list[Sample]:
         """One histogram Sample per child: the `le` buckets, `_count` and `_sum` of a label set.
-        A child's samples carry its labels in one order (prometheus_client builds them so), so
-        the unsorted items key it."""
+        A child's samples carry its labels in one order (prometheus_client builds them so, `le`
+        last on a bucket), so the unsorted items key it; no order of the samples is assumed."""
         children: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
         le_cache = self._le
         for s in family.samples:
@@ -144,11 +144,15 @@ class Translator:
                                 "the protocol has bucket histograms only")
                 return []
             labels = s.labels
-            key = tuple(item for item in labels.items() if item[0] != "le")
+            key = tuple(labels.items())
+            is_bucket = name.endswith("_bucket")
+            if is_bucket:
+                key = key[:-1] if key[-1][0] == "le" else tuple(
+                    item for item in key if item[0] != "le")
             child = children.get(key)
             if child is None:
                 child = children[key] = {"labels": dict(key), "buckets": {}}
-            if name.endswith("_bucket"):
+            if is_bucket:
                 le = labels["le"]
                 bound = le_cache.get(le)
                 if bound is None:
@@ -238,8 +242,17 @@ class RegistryBridge:
                              collect=self.collect, **device_kwargs)
 
     def collect(self) -> list[Sample]:
-        """The registry's series now, as Samples (the Device calls this every interval)."""
-        return self.translator.samples(self.registry)
+        """The registry's series now, as Samples (the Device calls this every interval).
+
+        A collector of the registry that raises makes this a ValueError: the Device then
+        logs it and skips that frame (as a failed scrape stores nothing) and its thread goes
+        on; any other exception would end the thread and every later frame."""
+        try:
+            return self.translator.samples(self.registry)
+        except ValueError:
+            raise
+        except Exception as e:
+            raise ValueError(f"registry.collect() failed: {e!r}") from e
 
     def start(self) -> None:
         """Check the registry once (ValueError for a series of another device_id or two series
