@@ -2,7 +2,10 @@
 # Installs the system packages fleetgate's tests and demo run as real processes: Mosquitto,
 # Prometheus (+ promtool) and VictoriaMetrics (+ vmagent, vmauth) from Debian bookworm, and python3-venv;
 # and the tools that check the Docker stack without running it: docker-compose (1.29, for
-# `docker-compose config`; no Docker engine, it is only a Recommends) and Alertmanager's amtool.
+# `docker-compose config`; no Docker engine, it is only a Recommends) and Alertmanager's amtool;
+# and what the C SDK (sdk/c) is built and run with: the host compiler and make, the Cortex-M4
+# cross compiler with newlib (rdimon semihosting), the RISC-V cross compiler with picolibc (its
+# libc headers), qemu-system-arm for the Cortex-M4 image, libmosquitto-dev for the example.
 # Idempotent: installs only what is missing. Runs unattended (CI has no stdin); as root, or
 # through sudo when it is there. One line of output per step.
 set -euo pipefail
@@ -26,6 +29,13 @@ BINARIES=(/usr/sbin/mosquitto /usr/bin/mosquitto_pub /usr/bin/mosquitto_passwd /
           /usr/bin/promtool /usr/bin/victoria-metrics /usr/bin/vmagent /usr/bin/vmauth
           /usr/bin/chromium /usr/bin/chromedriver /usr/bin/docker-compose /usr/bin/amtool
           /usr/bin/openssl)
+DEVICE_PACKAGES=(gcc make gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-riscv64-unknown-elf
+                 picolibc-riscv64-unknown-elf qemu-system-arm libmosquitto-dev)
+# One file per package above (same order), the one sdk/c's Makefile and tests need.
+DEVICE_FILES=(/usr/bin/gcc /usr/bin/make /usr/bin/arm-none-eabi-gcc
+              /usr/lib/arm-none-eabi/newlib/rdimon.specs /usr/bin/riscv64-unknown-elf-gcc
+              /usr/lib/picolibc/riscv64-unknown-elf/picolibc.specs /usr/bin/qemu-system-arm
+              /usr/include/mosquitto.h)
 # Debian service names (each the name of its package) and the ports they would hold; 9093 is
 # also the port docker-compose.yml publishes Alertmanager on.
 SERVICES=(mosquitto:1883 prometheus:9090 victoria-metrics:8428 prometheus-alertmanager:9093)
@@ -41,6 +51,18 @@ if ((${#missing[@]})); then
 else
     say "ok: mosquitto, prometheus, promtool, victoria-metrics, vmagent, vmauth, chromium, docker-compose," \
         "amtool already installed"
+fi
+
+device_missing=()
+for i in "${!DEVICE_FILES[@]}"; do
+    [[ -e ${DEVICE_FILES[$i]} ]] || device_missing+=("${DEVICE_PACKAGES[$i]}")
+done
+if ((${#device_missing[@]})); then
+    say "missing for the C SDK: ${device_missing[*]}"
+    packages+=("${device_missing[@]}")
+else
+    say "ok: gcc, make, arm-none-eabi-gcc + newlib, riscv64-unknown-elf-gcc + picolibc," \
+        "qemu-system-arm, libmosquitto-dev already installed"
 fi
 
 if python3 -c 'import ensurepip' >/dev/null 2>&1; then
@@ -105,6 +127,9 @@ fi
 still_missing=()
 for bin in "${BINARIES[@]}"; do
     [[ -x $bin ]] || still_missing+=("$bin")
+done
+for file in "${DEVICE_FILES[@]}"; do
+    [[ -e $file ]] || still_missing+=("$file")
 done
 if ((${#still_missing[@]})); then
     say "error: still missing after install: ${still_missing[*]}" >&2
