@@ -78,7 +78,6 @@ def make_client(client_id: str, broker: Broker, *, username: str | None,
         client.tls_set_context(tls_context(ca_file, cert_file, key_file))
     elif ca_file or cert_file or key_file:
         raise ValueError("ca_file/cert_file/key_file need an mqtts:// URL")
-    client.reconnect_delay_set(1, 30)
     # Frames are paced by the core (max_in_flight replays); paho's own window is a bound above.
     client.max_inflight_messages_set(100)
     return client

@@ -58,6 +58,7 @@ class Device:
         collect: Collect | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         boot: int | None = None,
+        reconnect_max_s: float = 30.0,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
@@ -76,6 +77,7 @@ class Device:
                                    password_file=password_file, ca_file=ca_file,
                                    cert_file=cert_file, key_file=key_file,
                                    will=(death.topic, death.payload))
+        self._client.reconnect_delay_set(1, max(1, round(reconnect_max_s)))
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
