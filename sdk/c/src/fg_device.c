@@ -60,7 +60,7 @@ static int valid_config(const fg_config *c)
             return 0;
         }
         for (j = 0; j < i; j++) {
-            if (strcmp(c->labels[j].key, l->key) == 0) {
+            if (fg_streq(c->labels[j].key, l->key)) {
                 return 0; /* a repeated key makes the gateway refuse the birth */
             }
         }
@@ -108,7 +108,7 @@ static fg_metric declare(fg_device *dev, const char *name, fg_metric_type type,
         }
     }
     for (i = 0; i < dev->n_metrics; i++) {
-        if (strcmp(dev->metrics[i].name, name) == 0) {
+        if (fg_streq(dev->metrics[i].name, name)) {
             return FG_ERR_ARG;
         }
     }
@@ -334,23 +334,12 @@ int fg_tick(fg_device *dev, uint64_t now_ms)
     return fg_publish_now(dev, now_ms);
 }
 
-/* t without its leading s, or NULL (also when t is NULL: calls chain). */
-static const char *after(const char *t, const char *s)
-{
-    size_t n;
-    if (t == NULL) {
-        return NULL;
-    }
-    n = strlen(s);
-    return strncmp(t, s, n) == 0 ? t + n : NULL;
-}
-
 int fg_on_message(fg_device *dev, const char *topic, const uint8_t *payload, size_t len,
                   uint64_t now_ms)
 {
-    const char *rest = after(topic, dev->cfg.topic_prefix);
-    const char *cmd = after(after(after(rest, "/"), dev->cfg.device_id), "/cmd");
-    const char *gateway = after(rest, "/_gateway/");
+    const char *rest = fg_after(topic, dev->cfg.topic_prefix);
+    const char *cmd = fg_after(fg_after(fg_after(rest, "/"), dev->cfg.device_id), "/cmd");
+    const char *gateway = fg_after(rest, "/_gateway/");
     const char *flag = NULL;
     int rc;
     if (cmd != NULL && *cmd == '\0') {
@@ -359,7 +348,7 @@ int fg_on_message(fg_device *dev, const char *topic, const uint8_t *payload, siz
         while (*gateway != '\0' && *gateway != '/') {
             gateway++; /* the gateway id: one non-empty level */
         }
-        if (strcmp(gateway, "/state") == 0) {
+        if (fg_streq(gateway, "/state")) {
             flag = "online";
         }
     }

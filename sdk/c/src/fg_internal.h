@@ -8,7 +8,9 @@
  * for anything malformed: a message we cannot read is ignored). */
 int fg_map_flag(const uint8_t *payload, size_t len, const char *key);
 
-/* fg_names.c */
+/* fg_names.c: t without its leading prefix, or NULL (also for t NULL, so calls chain). */
+const char *fg_after(const char *t, const char *prefix);
+int fg_streq(const char *a, const char *b);
 int fg_valid_metric_name(const char *s);
 int fg_valid_label_name(const char *s);
 

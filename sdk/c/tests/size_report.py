@@ -4,11 +4,14 @@
 
 e.g. cortex-m4:arm-none-eabi-:build/cortex-m4. BUILD_DIR holds the library's objects built
 at -Os with -fcallgraph-info=su (fg_*.o, fg_*.ci) and size_probe.elf (the whole library
-linked with --gc-sections, see size_probe.c). Prints, per target, flash (text+data) and RAM
-(data+bss) of the encoder + ring logic (fg_msgpack.o, fg_frames.o, fg_ring.o), of the whole
-library, and of the linked probe (adds libgcc's soft double and string.h); sizeof(fg_device);
-and the deepest stack of any public function, from the call graphs (the publish callback's
-own use and libgcc/libc leaves not included). One line each, "key: value" after the target.
+linked with --gc-sections, see size_probe.c). Prints, per target, one "target key: value"
+line each:
+- flash (text+data) and RAM (data+bss) of the encoder + ring logic (fg_msgpack.o,
+  fg_frames.o, fg_ring.o), of the whole library, and of the linked probe (adds libgcc's soft
+  double and string.h; its RAM without the fg_device it holds and a linker-reserved .stack);
+- sizeof(fg_device);
+- the deepest stack of any public function, from the call graphs (the publish callback's own
+  use and libgcc/libc leaves not included).
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ def berkeley(tool: str, files: list[Path]) -> list[tuple[int, int, int]]:
 
 def flash_ram(rows: list[tuple[int, int, int]]) -> tuple[int, int]:
     return sum(t + d for t, d, _ in rows), sum(d + b for _, d, b in rows)
+
+
+def section_size(tool: str, elf: Path, name: str) -> int:
+    out = subprocess.run([tool, "-A", str(elf)], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    return sum(int(line.split()[1]) for line in lines if line.startswith(name + " "))
 
 
 def symbol_size(nm: str, elf: Path, name: str) -> int:
@@ -88,11 +97,13 @@ def report(target: str, prefix: str, build: Path) -> None:
     probe = build / "size_probe.elf"
     device = symbol_size(prefix + "nm", probe, "fg_device_bytes")
     linked_flash, linked_ram = flash_ram(berkeley(prefix + "size", [probe]))
+    # picolibc's linker script reserves the stack as a .stack section: not the library's
+    reserved_stack = section_size(prefix + "size", probe, ".stack")
     stack, path, unbounded = deepest_stack(sorted(build.glob("fg_*.ci")))
     for key, (flash, ram) in (
         ("encoder+ring", flash_ram(part)),
         ("library", flash_ram(list(rows.values()))),
-        ("linked", (linked_flash, linked_ram - device)),
+        ("linked", (linked_flash, linked_ram - device - reserved_stack)),
     ):
         print(f"{target} {key}: flash {flash} B, RAM {ram} B")
     print(f"{target} sizeof(fg_device): {device} B (caller's RAM, default FG_MAX_*; plus the "
