@@ -250,3 +250,45 @@ def test_a_failing_collector_is_a_value_error_so_the_device_skips_that_frame_onl
                             fw="1")
     with pytest.raises(ValueError, match="sensor bus timeout"):
         bridge.collect()
+
+
+def test_a_series_the_protocol_refuses_stops_start_and_is_left_out_later(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Custom:
+        def collect(self) -> Iterator[Metric]:
+            m = Metric("queue_depth", "q", "gauge")
+            m.add_sample("queue_depth", {"le": "5"}, 3)  # `le` is the protocol's own
+            yield m
+            long_name = Metric("x" * 201, "long", "gauge")
+            long_name.add_sample("x" * 201, {}, 1)
+            yield long_name
+
+    r = CollectorRegistry()
+    Gauge("fine", "f", registry=r).set(2)
+    r.register(Custom())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'le' is reserved"):
+        Translator(DEVICE).samples(r)
+    later = Translator(DEVICE, strict=False)
+    with caplog.at_level(logging.ERROR, logger="fleetgate_device.bridge"):
+        assert later.samples(r) == [Sample("fine", 2.0)]
+        assert later.samples(r) == [Sample("fine", 2.0)]
+    assert len(caplog.records) == 2  # one per refused series, once
+
+
+def test_a_name_that_changes_type_keeps_its_first() -> None:
+    class Flipping:
+        def __init__(self) -> None:
+            self.kind = "gauge"
+
+        def collect(self) -> Iterator[Metric]:
+            m = Metric("mode", "m", self.kind)
+            m.add_sample("mode", {}, 1)
+            yield m
+
+    flipping = Flipping()
+    r = CollectorRegistry()
+    r.register(flipping)  # type: ignore[arg-type]
+    t = Translator(DEVICE, strict=False)
+    assert t.samples(r) == [Sample("mode", 1.0, {}, "gauge")]
+    flipping.kind = "counter"  # a counter family's sample is named like the family here
+    assert t.samples(r) == []

@@ -35,7 +35,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fleetgate_device.samples import HistogramValue, Kind, Sample
+from fleetgate_device.samples import (
+    HistogramValue,
+    Kind,
+    Sample,
+    check_bounds,
+    check_labels,
+    check_metric_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,7 @@ DEVICE_ID_LABEL = "device_id"
 # Sample names prometheus_client yields beside the data: the child's creation time, exposed as
 # a gauge a scrape stores but no dashboard of the seeds reads.
 _CREATED_SUFFIX = "_created"
+_VERDICTS_MAX = 4096
 
 
 class Collectable(Protocol):
@@ -79,6 +87,8 @@ class Translator:
     _warned: set[str] = field(default_factory=set)
     _le: dict[str, float] = field(default_factory=dict)  # `le` strings parsed once
     _relabelled: bool = False  # the family being read had a label taken off
+    _verdicts: dict[tuple[Any, ...], bool] = field(default_factory=dict)  # see _sendable
+    _types: dict[str, tuple[Kind, tuple[float, ...]]] = field(default_factory=dict)
     # The Device's thread and an application's publish_now() may collect at the same time.
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -87,10 +97,39 @@ class Translator:
         with self._lock:
             for family in registry.collect():
                 self._relabelled = False
-                got = self._family(family)
+                got = [s for s in self._family(family) if self._sendable(s)]
                 # two children become one series only if a label was taken off one of them
                 out.extend(self._unique(got) if self._relabelled and len(got) > 1 else got)
         return out
+
+    def _sendable(self, sample: Sample) -> bool:
+        """What the Device would refuse, checked here per series (once, then cached), so one
+        bad series is left out instead of costing every frame: a name or label the protocol
+        does not allow (`le` on a gauge, a name over 200 characters, more than 16 labels, a
+        `fleet_device*` name), over 64 bounds, or a name seen before with another type or
+        other bounds."""
+        key = (sample.name, sample.kind, sample.bounds, tuple(sample.labels.items()))
+        verdict = self._verdicts.get(key)
+        if verdict is not None:
+            return verdict
+        try:
+            check_metric_name(sample.name)
+            check_labels(sample.labels, f"metric {sample.name}")
+            if sample.kind == "histogram":
+                check_bounds(sample.name, sample.bounds)
+            first = self._types.setdefault(sample.name, (sample.kind, sample.bounds))
+            if first != (sample.kind, sample.bounds):
+                raise ValueError(f"metric {sample.name} was a {first[0]}{list(first[1]) or ''}"
+                                 f" and is now a {sample.kind}{list(sample.bounds) or ''}: "
+                                 "one name keeps one type and one set of buckets")
+            verdict = True
+        except ValueError as e:
+            self._refuse(e, sample.name)
+            verdict = False
+        if len(self._verdicts) >= _VERDICTS_MAX:
+            self._verdicts.clear()  # label churn: check again rather than grow without end
+        self._verdicts[key] = verdict
+        return verdict
 
     def _unique(self, samples: list[Sample]) -> list[Sample]:
         seen: set[tuple[str, frozenset[tuple[str, str]]]] = set()
