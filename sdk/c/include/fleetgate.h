@@ -135,10 +135,13 @@ typedef struct {
 } fg_device;
 
 /*
- * Sets up dev. ring_mem/ring_bytes: frames kept while offline (0 bytes: none kept, frames
- * built offline are dropped and counted). frame_buf/frame_bytes: where births and frames are
- * encoded; it must hold the birth (about 30 bytes + 40 per metric + 9 per bound + labels).
- * Returns FG_OK or FG_ERR_ARG (invalid device id, prefix, hw/fw, interval, too many labels).
+ * Sets up dev. ring_mem/ring_bytes: frames kept while offline, each costing its length + 2
+ * (0 bytes: none kept, frames built offline are lost and counted). frame_buf/frame_bytes
+ * (>= 32): where births and frames are encoded. Upper bounds: a birth takes 72 + hw + fw +
+ * (5 + key + value) per label + (16 + name) per metric + (3 + 9 per bound) per histogram; a
+ * telemetry frame (with the 3 bytes of "h" on replay) 37 + 13 per gauge or counter + (22 + 5
+ * per bound) per histogram. fg_encode_birth/fg_encode_telemetry give the exact sizes.
+ * Returns FG_OK or FG_ERR_ARG (invalid device id, prefix, hw/fw, labels, interval).
  */
 int fg_init(fg_device *dev, const fg_config *config, uint8_t *ring_mem, size_t ring_bytes,
             uint8_t *frame_buf, size_t frame_bytes);
@@ -166,7 +169,8 @@ int fg_histogram_observe(fg_device *dev, fg_metric m, double value);
  *   max_in_flight unacknowledged at once. Returns FG_OK or FG_ERR_PUBLISH (the birth is then
  *   retried at each fg_tick; no telemetry goes live before it).
  * fg_on_publish_acked: call on each PUBACK of the device's publishes (libmosquitto's
- *   on_publish); continues the replay. Without acks, each fg_tick refills the window.
+ *   on_publish); continues the replay. Every frame built also refills the window, so a
+ *   transport that reports no acks still replays max_in_flight frames per interval.
  * fg_on_disconnect: call when the session is lost; frames go to the ring until the next
  *   fg_on_connect.
  * fg_tick: call often (at least every interval); builds a frame each interval_ms (the first

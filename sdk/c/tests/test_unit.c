@@ -436,6 +436,41 @@ static void test_ring_overflow_and_too_big(void)
     CHECK(fg_publish_now(&dev, 1000) == FG_ERR_NOSPACE && dev.stats.frames_too_big == 1);
 }
 
+/* The buffer-size upper bounds stated at fg_init in fleetgate.h hold. */
+static void test_size_bounds(void)
+{
+    static const fg_label labels[] = {{"site", "lab-7"}, {"rack", "r12"}};
+    static double bounds[20];
+    static fake_link l;
+    static fg_device dev;
+    static uint8_t frame[1024];
+    fg_config c = base_config(&l);
+    size_t birth_bound, tel_bound;
+    int i;
+    c.labels = labels;
+    c.n_labels = 2;
+    c.boot_id = 0xffffffffu;
+    c.interval_ms = 0xffffffffu;
+    for (i = 0; i < 20; i++) {
+        bounds[i] = 1e6 + i;
+    }
+    CHECK(fg_init(&dev, &c, NULL, 0, frame, sizeof frame) == FG_OK);
+    CHECK(fg_declare_gauge(&dev, "temp") == 0 && fg_gauge_set(&dev, 0, 1.5) == FG_OK);
+    CHECK(fg_declare_counter(&dev, "n_total") == 1);
+    CHECK(fg_declare_histogram(&dev, "lat", bounds, 20) == 2);
+    for (i = 0; i < 70000; i++) {
+        fg_histogram_observe(&dev, 2, 0.0); /* counts need 5 bytes */
+    }
+    birth_bound = 72 + strlen(c.hw) + strlen(c.fw) + (5 + 4 + 5) + (5 + 4 + 3) + (16 + 4) +
+                  (16 + 7) + (16 + 3) + (3 + 9 * 20);
+    tel_bound = 37 + 13 * 2 + (22 + 5 * 20);
+    CHECK(fg_encode_birth(&dev, 0x7fffffffffffffffULL, frame, sizeof frame) <= birth_bound);
+    CHECK(fg_encode_telemetry(&dev, 0xffffffffu, 0x7fffffffffffffffULL, 1, frame, sizeof frame) <=
+          tel_bound);
+    CHECK(fg_encode_telemetry(&dev, 0xffffffffu, 0x7fffffffffffffffULL, 1, frame, sizeof frame) >
+          tel_bound - 16); /* and it is close */
+}
+
 static void test_topics(void)
 {
     fake_link l;
@@ -529,6 +564,7 @@ int main(void)
     test_metric_checks();
     test_lifecycle();
     test_ring_overflow_and_too_big();
+    test_size_bounds();
     test_topics();
     test_messages();
     printf("test_unit: %d checks, %d failed\n", checks, failures);
