@@ -23,7 +23,10 @@ label is removed, and the gateway puts the same value back. A child naming anoth
 error (ValueError naming the metric and both ids): `start()` collects once before it connects
 and raises it there, so a wrong id stops the program at start-up rather than publishing a
 partial registry. A child with a wrong id that appears later is left out of the frames and
-logged once, because an exception in the Device's timer thread would stop every series.
+logged once: an error there would cost every series its frame, interval after interval. The
+same rule holds for a series the Device would refuse (a reserved or invalid name or label, a
+name that changes type or buckets) and for two children that are one series once device_id is
+gone. A collector that raises makes that collect a ValueError: the Device skips that frame.
 """
 
 from __future__ import annotations
