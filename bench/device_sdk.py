@@ -8,8 +8,8 @@ time (time.process_time: every thread, so paho's network thread and its PUBACK h
 over `--frames` frames, until the broker has routed every one of them to a subscriber that runs
 in another process (mosquitto_sub), so the subscriber's CPU is not counted. Variants:
 
-  packb      msgpack.packb of the same frame, prebuilt as a dict (encoding only, no MQTT)
-  paho       a bare paho client publishing a prebuilt payload of that frame (MQTT only)
+  packb      msgpack.packb of the Device's frame, decoded into a dict (encoding only, no MQTT)
+  paho       a bare paho client publishing the Device's frame, prebuilt (MQTT only)
   device     fleetgate_device.Device with the 20 metrics, publish_now() per frame
   bridge     RegistryBridge over a prometheus_client registry of the 20 metrics, publish_now()
   translate  the bridge's registry -> Samples translation alone (no MQTT), which includes
@@ -31,7 +31,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import msgpack
 import paho.mqtt.client as mqtt
@@ -40,7 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from results_file import write_section
 
 from devstack import Mosquitto
-from fleetgate_device import Device, RegistryBridge
+from fleetgate_device import Device, DeviceCore, RegistryBridge
 from fleetgate_device.bridge import Translator
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -74,13 +73,14 @@ def fill_device(device: Device) -> None:
             h.observe(v)
 
 
-def frame_dict(seq: int) -> dict[str, Any]:
-    """The frame the Device sends for fill_device's metrics (by alias), as a dict."""
-    rows: list[list[Any]] = [[i, 1000.5 + i] for i in range(N_GAUGES)]
-    rows += [[N_GAUGES + i, float(12345 + i)] for i in range(N_COUNTERS)]
-    cumulative = [0, 1, 2, 2, 3, 3, 3, 4, 4, 4]
-    rows += [[N_GAUGES + N_COUNTERS + i, [5, 2.2237, cumulative]] for i in range(N_HISTOGRAMS)]
-    return {"v": 1, "b": 0xDEADBEEF, "s": seq, "t": int(time.time() * 1000), "m": rows}
+def device_frame() -> bytes:
+    """The telemetry payload the Device builds for fill_device's metrics: the baselines send
+    and encode exactly this frame."""
+    device = Device("bench-frame", "mqtt://127.0.0.1:9", hw="bench", fw="1")
+    fill_device(device)
+    core = DeviceCore("bench-frame", hw="bench", fw="1", interval_ms=1000)
+    core.connected = True  # a live frame, not a ringed one (no transport is involved)
+    return core.telemetry(int(time.time() * 1000), device.samples())[-1].payload
 
 
 class Routed:
@@ -118,7 +118,7 @@ def measure(mosq: Mosquitto, device_id: str, frames: int,
 def run_variant(name: str, mosq: Mosquitto, frames: int, index: int) -> float:
     device_id = f"bench-{name}-{index}"
     if name == "packb":
-        frame = frame_dict(0)
+        frame = msgpack.unpackb(device_frame())
         return measure(mosq, device_id, frames, lambda: msgpack.packb(frame), routed=False)
     if name == "translate":
         translator, registry = Translator(device_id), fill_registry()
@@ -128,7 +128,7 @@ def run_variant(name: str, mosq: Mosquitto, frames: int, index: int) -> float:
         registry = fill_registry()
         return measure(mosq, device_id, frames, lambda: list(registry.collect()), routed=False)
     if name == "paho":
-        payload = msgpack.packb(frame_dict(0))
+        payload = device_frame()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
         client.connect(mosq.host, mosq.port)
         client.loop_start()
@@ -187,7 +187,7 @@ def run(frames: int, repeat: int, variants: tuple[str, ...]) -> dict[str, list[f
 
 
 def report(results: dict[str, list[float]], frames: int, repeat: int, seconds: float) -> str:
-    payload_len = len(msgpack.packb(frame_dict(0)))
+    payload_len = len(device_frame())
     load = os.getloadavg()
     lines = [
         "## Python device SDK: CPU per frame on the device (`bench/device_sdk.py`)",
@@ -196,15 +196,16 @@ def report(results: dict[str, list[float]], frames: int, repeat: int, seconds: f
         f"({seconds:.0f} s; {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} cores, load {load[0]:.1f} at the end). One frame = 20 metrics "
         f"(14 gauges, 4 counters, 2 histograms x 10 buckets), {payload_len} bytes as the "
-        "baseline encodes it; QoS 1 to a local Mosquitto, counted until the broker routed "
-        "every frame to a subscriber in another process. Process CPU (all threads) per frame, "
-        "median of the repeats; ratio = per-repeat median of variant / paho.",
+        "Device encodes it (the baselines send and encode that frame); QoS 1 to a local "
+        "Mosquitto, counted until the broker routed every frame to a subscriber in another "
+        "process. Process CPU (all threads) per frame, median of the repeats; ratio = "
+        "per-repeat median of variant / paho.",
         "",
         "| variant | what it does per frame | CPU µs/frame (median) | min-max | x paho |",
         "|---|---|---:|---:|---:|",
     ]
-    what = {"packb": "msgpack.packb of the prebuilt frame dict (no MQTT)",
-            "paho": "bare paho publish of the prebuilt payload (no encoding)",
+    what = {"packb": "msgpack.packb of the Device's frame as a dict (no MQTT)",
+            "paho": "bare paho publish of the Device's frame, prebuilt (no encoding)",
             "device": "Device.publish_now(): values -> Samples -> frame -> paho",
             "bridge": "RegistryBridge.publish_now(): registry.collect() -> Samples -> Device",
             "translate": "the bridge's registry -> Samples alone (no MQTT)",
