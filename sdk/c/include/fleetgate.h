@@ -174,7 +174,9 @@ int fg_histogram_observe(fg_device *dev, fg_metric m, double value);
  * fg_on_disconnect: call when the session is lost; frames go to the ring until the next
  *   fg_on_connect.
  * fg_tick: call often (at least every interval); builds a frame each interval_ms (the first
- *   call builds one at once): live when connected and the transport takes it, else ringed.
+ *   call builds one at once; after a stall, or a clock set back by more than an interval,
+ *   the schedule restarts from now): live when connected and the transport takes it, else
+ *   ringed.
  *   Returns FG_OK, or FG_ERR_NOSPACE when a frame was lost for its size.
  * fg_publish_now: build and send (or ring) one frame now, outside the schedule.
  * fg_on_message: give every message received on the cmd topic or the gateway state topic.

@@ -319,7 +319,10 @@ int fg_publish_now(fg_device *dev, uint64_t now_ms)
 int fg_tick(fg_device *dev, uint64_t now_ms)
 {
     uint32_t interval = dev->cfg.interval_ms;
-    if (dev->ticked && now_ms < dev->next_tick_ms) {
+    /* not due yet; a clock set back (SNTP) by more than an interval before the last frame
+     * restarts the cadence instead of silencing the device until it catches up */
+    if (dev->ticked && now_ms < dev->next_tick_ms &&
+        dev->next_tick_ms - now_ms <= 2 * (uint64_t)interval) {
         if (dev->connected && dev->birth_pending) {
             (void)send_birth(dev, now_ms);
             pump(dev);
@@ -327,7 +330,8 @@ int fg_tick(fg_device *dev, uint64_t now_ms)
         return FG_OK;
     }
     /* keep the cadence; after a stall of more than an interval, restart it from now */
-    dev->next_tick_ms = (dev->ticked && now_ms - dev->next_tick_ms < interval)
+    dev->next_tick_ms = (dev->ticked && now_ms >= dev->next_tick_ms &&
+                         now_ms - dev->next_tick_ms < interval)
                             ? dev->next_tick_ms + interval
                             : now_ms + interval;
     dev->ticked = 1;

@@ -436,6 +436,25 @@ static void test_ring_overflow_and_too_big(void)
     CHECK(fg_publish_now(&dev, 1000) == FG_ERR_NOSPACE && dev.stats.frames_too_big == 1);
 }
 
+/* A clock set back (SNTP) by more than an interval before the last frame restarts the
+ * cadence at once; by less, the next frame waits for the schedule. */
+static void test_clock_set_back(void)
+{
+    static fake_link l;
+    static fg_device dev;
+    static uint8_t ring[400], frame[160];
+    fg_config c = base_config(&l);
+    uint64_t t = 1000000;
+    CHECK(fg_init(&dev, &c, ring, sizeof ring, frame, sizeof frame) == FG_OK);
+    CHECK(fg_tick(&dev, t) == FG_OK && dev.seq == 1);          /* next due at t + 100 */
+    CHECK(fg_tick(&dev, t - 1) == FG_OK && dev.seq == 1);      /* back 1 ms: waits */
+    CHECK(fg_tick(&dev, t - 100) == FG_OK && dev.seq == 1);    /* back one interval: waits */
+    CHECK(fg_tick(&dev, t + 100) == FG_OK && dev.seq == 2);    /* next due at t + 200 */
+    CHECK(fg_tick(&dev, t - 5000) == FG_OK && dev.seq == 3);   /* back 5 s: a frame now */
+    CHECK(fg_tick(&dev, t - 4901) == FG_OK && dev.seq == 3);
+    CHECK(fg_tick(&dev, t - 4900) == FG_OK && dev.seq == 4);
+}
+
 /* The buffer-size upper bounds stated at fg_init in fleetgate.h hold. */
 static void test_size_bounds(void)
 {
@@ -564,6 +583,7 @@ int main(void)
     test_metric_checks();
     test_lifecycle();
     test_ring_overflow_and_too_big();
+    test_clock_set_back();
     test_size_bounds();
     test_topics();
     test_messages();
