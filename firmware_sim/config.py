@@ -64,9 +64,9 @@ class FleetConfig:
     device_prefix: str = "sim"
     ring_size: int = DEFAULT_RING_SIZE
     samples_per_frame: int | None = None  # None: each profile's natural count
-    replay_batch: int = 10  # frames per device per replay period: 100 frames/s at most
-    # Replay waits while this many frames await their PUBACK, so a reconnecting herd drains at
-    # the pace the broker (and the gateway behind it) acknowledges, not at socket speed.
+    # Replayed frames awaiting their PUBACK, at most (the device core's max_in_flight), so a
+    # reconnecting herd drains at the pace the broker (and the gateway behind it)
+    # acknowledges, not at socket speed.
     max_unacked: int = 20
     keepalive_s: int = 30
     # A device starts its cadence when it first connects, as firmware does after boot; one that

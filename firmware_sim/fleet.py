@@ -84,6 +84,9 @@ class Fleet:
                 interval_ms=interval_ms,
                 ring_size=config.ring_size,
                 samples_per_frame=config.samples_per_frame,
+                topic_prefix=config.topic_prefix,
+                gateway_id=config.gateway_id,
+                max_in_flight=config.max_unacked,
             )
             link = DeviceLink(self, device, random.Random(f"{config.seed}/{device_id}/link"))
             self._links.append(link)

@@ -4,7 +4,8 @@ A `DeviceLink` runs only on the fleet's thread (see `firmware_sim.fleet`): paho'
 called from the fleet's socket loop, and every timer goes through `Fleet.at`, so nothing here
 needs a lock. It publishes live frames while online, buffers them in the device's ring while
 offline, replays the ring at the pace PUBACKs come back, and plays the network faults (`cut`,
-`flap`, `reboot`).
+`flap`, `reboot`). What to publish and when to replay is the device core's (fleetgate_device),
+the code the Python SDK runs: the link hands it the client's events and publishes its answers.
 
 Over TLS each device's client has its own SSLContext (its own certificate) from the config.
 """
@@ -23,32 +24,20 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device_protocol import (
-    ProtocolError,
-    RawTelemetry,
-    birth_topic,
-    cmd_topic,
-    death_topic,
-    decode_command,
-    decode_gateway_state,
-    encode_telemetry,
-    gateway_state_topic,
-    telemetry_topic,
-)
 from firmware_sim.device import SimDevice
 from firmware_sim.fleet_summary import DeviceStats
+from fleetgate_device.core import Publish
 
 if TYPE_CHECKING:
     from firmware_sim.fleet import Fleet
 
-_REPLAY_PERIOD_S = 0.1  # one replay batch per device per period
 _CONNECT_TIMEOUT_S = 2.0  # a blocking TCP connect; a black-holed broker costs this per try
 _RECONNECT_MIN_S, _RECONNECT_MAX_S = 1.0, 10.0
 
 
 @dataclass(slots=True)
 class _Pending:
-    frame: RawTelemetry
+    publish: Publish
     copy: bool = False  # a deliberate duplicate: its PUBACK is not a new frame
 
 
@@ -76,21 +65,11 @@ class DeviceLink:
         self.fleet = fleet
         self.device = device
         self.rng = rng  # link-level randomness (faults, back-off), apart from the device's
-        config = fleet.config
-        prefix = config.topic_prefix
-        self.topics = {
-            "birth": birth_topic(prefix, device.device_id),
-            "telemetry": telemetry_topic(prefix, device.device_id),
-            "death": death_topic(prefix, device.device_id),
-            "cmd": cmd_topic(prefix, device.device_id),
-            "gateway": gateway_state_topic(prefix, config.gateway_id),
-        }
+        self.core = device.core
         self.connected = False
         self.ever_connected = False
         self.started = False  # producing frames on its cadence
-        self.gateway_online = True
         self.births = 0
-        self.bad_messages = 0  # unreadable cmd / gateway-state payloads, ignored
         self.refused = 0  # telemetry the broker answered with a failure PUBACK
         self.duplicates = 0
         self.malformed = 0
@@ -103,7 +82,6 @@ class DeviceLink:
         self.down_until = 0.0  # a network outage (fault `flap`) or a reboot in progress
         self.connecting = False  # a reconnect is scheduled
         self.backoff_s = _RECONNECT_MIN_S
-        self.replay_scheduled = False
         self.next_due = 0.0  # of the next frame, on the monotonic clock
         # Fault knobs, set by the fleet from the config.
         self.duplicate_share = 0.0
@@ -121,7 +99,8 @@ class DeviceLink:
             protocol=MQTTProtocolVersion.MQTTv5,
         )
         client.connect_timeout = _CONNECT_TIMEOUT_S
-        client.will_set(self.topics["death"], self.device.death_payload(), qos=1)
+        will = self.core.death()
+        client.will_set(will.topic, will.payload, qos=1)
         broker = self.fleet.broker
         password = self.fleet.passwords.get(self.device.device_id)
         if password is not None:
@@ -181,31 +160,25 @@ class DeviceLink:
         if reason.is_failure:
             return
         self.backoff_s = _RECONNECT_MIN_S
-        client.subscribe([(self.topics["cmd"], 1), (self.topics["gateway"], 1)])
-        self._publish_birth()
+        client.subscribe([(topic, 1) for topic in self.core.subscriptions])
         self.connected = True
         self.ever_connected = True
+        self.send(self.core.on_connect(_wall_ms() + self.device.clock_skew_ms))
         if not self.started:
             self.start()
-        self.kick_replay()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: mqtt.DisconnectFlags,
                        _r: ReasonCode, _p: Properties | None) -> None:
         self.connected = False
+        self.core.on_disconnect()
         if not self.fleet.stopping:
             self.schedule_connect(max(self.down_until - time.monotonic(), 0.0)
                                   + self.backoff_s * self.rng.uniform(0.5, 1.0))
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        try:
-            if message.topic == self.topics["cmd"]:
-                if decode_command(bytes(message.payload)).rebirth:
-                    self._publish_birth()
-            elif message.topic == self.topics["gateway"]:
-                self.gateway_online = decode_gateway_state(bytes(message.payload)).online
-                self.kick_replay()
-        except ProtocolError:
-            self.bad_messages += 1
+        self.send(self.core.on_message(message.topic, bytes(message.payload),
+                                       _wall_ms() + self.device.clock_skew_ms,
+                                       retained=bool(message.retain)))
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode,
                     _p: Properties | None) -> None:
@@ -215,24 +188,31 @@ class DeviceLink:
         if sent is None or sent.copy:
             return  # a birth, a malformed payload or a deliberate duplicate
         self.pending_frames -= 1
+        key = sent.publish.frame
         if reason.is_failure:
             self.refused += 1
-        else:
-            frame = sent.frame
-            self.fleet.ledger.record(self.device.device_id, frame.boot, frame.seq,
-                                     historical=frame.historical)
-        if len(self.pending) < self.fleet.config.max_unacked:
-            self.kick_replay()
+        elif key is not None:
+            self.fleet.ledger.record(self.device.device_id, key.boot, key.seq,
+                                     historical=key.historical)
+        self.send(self.core.on_ack(sent.publish, not reason.is_failure))
 
-    def _publish_birth(self) -> None:
-        self.client.publish(self.topics["birth"], self.device.birth_payload(_wall_ms()), qos=1)
-        self.births += 1
+    def send(self, publishes: list[Publish]) -> None:
+        """Publish what the core asks for, in order. If the connection dropped since the core
+        last heard of it, paho keeps the message and sends it after reconnecting; the PUBACK
+        still lands in the ledger."""
+        for pub in publishes:
+            info = self.client.publish(pub.topic, pub.payload, qos=pub.qos, retain=pub.retain)
+            if pub.frame is not None:
+                self.pending[info.mid] = _Pending(pub)
+                self.pending_frames += 1
+            elif pub.topic == self.core.topics.birth:
+                self.births += 1
 
     # --- schedule ---------------------------------------------------------------------------
 
     @property
     def online(self) -> bool:
-        return self.connected and self.gateway_online
+        return self.core.online
 
     def producing(self) -> bool:
         return self.fleet.config.frames is None or self.produced < self.fleet.config.frames
@@ -254,18 +234,17 @@ class DeviceLink:
         if not self.producing() or self.fleet.stopping:
             return
         now = time.monotonic()
-        frame = self.device.next_telemetry(_wall_ms())
+        out = self.device.telemetry(_wall_ms())
         self.produced += 1
-        if self.online:
-            self.publish(frame)
+        self.send(out)
+        live = [p for p in out if p.frame is not None and not p.frame.historical]
+        if live:
             if self.duplicate_share and self.rng.random() < self.duplicate_share:
-                self.publish(frame, copy=True)
+                self.publish_copy(live[0])
             if self.malformed_rate and self.rng.random() < self.malformed_rate:
-                self.client.publish(self.topics["telemetry"], self.device.malformed_payload(),
+                self.client.publish(self.core.topics.telemetry, self.device.malformed_payload(),
                                     qos=1)
                 self.malformed += 1
-        else:
-            self.device.buffer(frame)
         self.fleet.after_frame(self)
         if self.producing():
             # Keep the cadence: a timer that fired late does not delay the next frame. After a
@@ -273,32 +252,11 @@ class DeviceLink:
             self.next_due = max(self.next_due + self.fleet.config.interval_s, now)
             self.fleet.at(self.next_due, self.produce)
 
-    def publish(self, frame: RawTelemetry, *, copy: bool = False) -> None:
-        # If the connection dropped since `online` was read, paho keeps the message and sends
-        # it after reconnecting; the PUBACK still lands in the ledger.
-        info = self.client.publish(self.topics["telemetry"], encode_telemetry(frame), qos=1)
-        self.pending[info.mid] = _Pending(frame, copy)
-        if copy:
-            self.duplicates += 1
-        else:
-            self.pending_frames += 1
-
-    def kick_replay(self) -> None:
-        if not self.replay_scheduled and self.online and self.device.buffered:
-            self.replay_scheduled = True
-            self.fleet.at(time.monotonic(), self.replay)
-
-    def replay(self) -> None:
-        """Drain the ring oldest first, a batch per period, while few PUBACKs are awaited, so a
-        reconnecting herd drains at the pace the broker acknowledges, not at socket speed."""
-        self.replay_scheduled = False
-        if not self.online or not self.device.buffered or self.fleet.stopping:
-            return
-        if len(self.pending) < self.fleet.config.max_unacked:
-            for frame in self.device.drain_frames(self.fleet.config.replay_batch):
-                self.publish(frame)
-        self.replay_scheduled = True
-        self.fleet.at(time.monotonic() + _REPLAY_PERIOD_S, self.replay)
+    def publish_copy(self, pub: Publish) -> None:
+        """The same frame again, as a QoS 1 redelivery looks: the gateway must drop it."""
+        info = self.client.publish(pub.topic, pub.payload, qos=1)
+        self.pending[info.mid] = _Pending(pub, copy=True)
+        self.duplicates += 1
 
     # --- faults -----------------------------------------------------------------------------
 
@@ -322,12 +280,13 @@ class DeviceLink:
         self.cut()
 
     def settled(self) -> bool:
-        return not self.producing() and not self.device.buffered and not self.pending
+        return (not self.producing() and not self.core.waiting and not self.core.in_flight
+                and not self.pending)
 
     def publish_death(self) -> None:
         if self.connected:
-            self.death_mid = self.client.publish(self.topics["death"],
-                                                 self.device.death_payload(), qos=1).mid
+            death = self.core.death()
+            self.death_mid = self.client.publish(death.topic, death.payload, qos=1).mid
 
     def stats(self, ledger_counts: dict[str, int]) -> DeviceStats:
         d = self.device

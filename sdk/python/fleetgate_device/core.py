@@ -278,24 +278,30 @@ class DeviceCore:
     def telemetry_rows(self, now_ms: int, rows: list[Any]) -> list[Publish]:
         """One frame of samples already in wire form ([metric, value, dt_ms?, labels?], metric
         an alias this core declared or a gauge's name): the fast path of the simulator."""
+        if not self.online:
+            if self._remembered != len(self._decls):
+                self._birth_payload(now_ms)  # a file ring must be able to announce this frame
+            seq = self.seq
+            payload = self.frame(now_ms, rows, historical=True).payload
+            self.stats.ringed += 1
+            self.stats.dropped += self.ring.push(Ringed(self.boot, seq, now_ms, payload))
+            return []
+        out: list[Publish] = []
+        if self._announced != len(self._decls):
+            out.append(self.birth(now_ms))
+        out.append(self.frame(now_ms, rows))
+        self.stats.live += 1
+        self._pump(out)
+        return out
+
+    def frame(self, now_ms: int, rows: list[Any], historical: bool = False) -> Publish:
+        """Build the boot's next telemetry frame (consumes a seq), whatever the connection:
+        `telemetry_rows` decides where it goes."""
         seq = self.seq
         self.seq += 1
-        out: list[Publish] = []
-        if self.online:
-            if self._announced != len(self._decls):
-                out.append(self.birth(now_ms))
-            payload = wire.telemetry_payload(self.boot, seq, now_ms, rows)
-            out.append(Publish(self.topics.telemetry, payload, 1, False,
-                               FrameKey(self.boot, seq, False)))
-            self.stats.live += 1
-            self._pump(out)
-            return out
-        if self._remembered != len(self._decls):
-            self._birth_payload(now_ms)  # a file ring must be able to announce this frame
-        payload = wire.telemetry_payload(self.boot, seq, now_ms, rows, historical=True)
-        self.stats.ringed += 1
-        self.stats.dropped += self.ring.push(Ringed(self.boot, seq, now_ms, payload))
-        return out
+        payload = wire.telemetry_payload(self.boot, seq, now_ms, rows, historical)
+        return Publish(self.topics.telemetry, payload, 1, False,
+                       FrameKey(self.boot, seq, historical))
 
     def _pump(self, out: list[Publish]) -> None:
         """Hand out ringed frames while online and fewer than max_in_flight await their ack;

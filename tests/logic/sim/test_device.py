@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import pytest
 
@@ -133,59 +134,79 @@ def test_reboot_draws_a_new_boot_restarts_seq_and_counters() -> None:
     assert restarted < counter  # liquid_inference_total starts over at boot
 
 
+def ring(d: SimDevice, n: int, start_ms: int = T0) -> None:
+    """n frames built while the device is offline: the core rings them."""
+    for i in range(n):
+        assert d.telemetry(start_ms + i * INTERVAL) == []
+
+
+def replayed(d: SimDevice, now_ms: int) -> list[RawTelemetry]:
+    """Connect, and acknowledge every replayed frame until the ring is empty."""
+    out = d.core.on_connect(now_ms)
+    frames: list[RawTelemetry] = []
+    while out:
+        p = out.pop(0)
+        if p.frame is not None:
+            frames.append(decode_telemetry(p.payload))
+            out += d.core.on_ack(p)
+    return frames
+
+
 def test_reboot_loses_the_ring_and_counts_it() -> None:
     d = device()
-    for f in frames(d, 3):
-        d.buffer(f)
+    ring(d, 3)
     d.reboot()
     assert d.buffered == 0
     assert d.lost_on_reboot == 3
-    assert d.drain(10) == []
+    assert replayed(d, T0) == []
 
 
 def test_full_ring_drops_oldest_and_counts() -> None:
     d = device(ring_size=3)
-    for f in frames(d, 5):
-        d.buffer(f)
+    ring(d, 5)
     assert d.buffered == 3
     assert d.dropped == 2
     assert d.buffered_total == 5
-    assert [decode_telemetry(p).seq for p in d.drain(10)] == [2, 3, 4]
+    assert [f.seq for f in replayed(d, T0 + 9 * INTERVAL)] == [2, 3, 4]
 
 
 def test_zero_ring_drops_everything() -> None:
     d = device(ring_size=0)
-    for f in frames(d, 2):
-        d.buffer(f)
+    ring(d, 2)
     assert (d.buffered, d.dropped) == (0, 2)
 
 
-def test_drain_replays_oldest_first_marked_historical_and_unchanged() -> None:
-    d = device("audio-nets")
-    originals = frames(d, 7)
-    for f in originals[:3]:
-        d.buffer(f)
-    d.buffer(d.next_frame(T0 + 99 * INTERVAL))  # bytes are accepted too
-    first = [decode_telemetry(p) for p in d.drain(2)]
-    rest = [decode_telemetry(p) for p in d.drain(10)]
-    assert [f.seq for f in first + rest] == [0, 1, 2, 7]
-    assert all(f.historical for f in first + rest)
-    for replayed, original in zip(first + rest, originals[:3], strict=False):
-        assert replayed.boot == original.boot
-        assert replayed.time_ms == original.time_ms
-        assert replayed.samples == original.samples
-    assert d.replayed_total == 4
-    assert d.drain(5) == []
-    assert d.seq == 8  # buffering does not consume or rewind sequence numbers
+def test_replay_is_oldest_first_marked_historical_and_unchanged() -> None:
+    originals = frames(device("audio-nets", seed=5), 3)
+    d = device("audio-nets", seed=5)
+    ring(d, 3)
+    got = replayed(d, T0 + 99 * INTERVAL)
+    assert [f.seq for f in got] == [0, 1, 2]
+    assert all(f.historical for f in got)
+    for replay, original in zip(got, originals, strict=True):
+        assert replay.boot != original.boot  # boots are drawn, not seeded
+        assert replay.time_ms == original.time_ms
+        assert replay.samples == original.samples
+    assert d.replayed_total == 3
+    assert d.seq == 3  # ringing does not consume or rewind sequence numbers
 
 
 def test_live_frames_continue_while_the_ring_holds_old_ones() -> None:
     d = device()
-    for f in frames(d, 2):
-        d.buffer(f)
-    live = d.next_telemetry(T0 + 10 * INTERVAL)
-    assert live.seq == 2 and not live.historical
-    assert [f.seq for f in d.drain_frames(5)] == [0, 1]
+    ring(d, 2)
+    d.core.max_in_flight = 1
+    out = d.core.on_connect(T0 + 5 * INTERVAL)
+    assert [p.frame.seq for p in out if p.frame] == [0]
+    live = d.telemetry(T0 + 10 * INTERVAL)
+    assert [(p.frame.seq, p.frame.historical) for p in live if p.frame] == [(2, False)]
+    assert d.buffered == 1
+
+
+def test_clock_skew_moves_every_timestamp_the_device_writes() -> None:
+    d = device()
+    d.clock_skew_ms = 600_000
+    assert decode_birth(d.birth_payload(T0)).time_ms == T0 + 600_000
+    assert d.next_telemetry(T0).time_ms == T0 + 600_000
 
 
 @pytest.mark.parametrize(
@@ -196,7 +217,7 @@ def test_live_frames_continue_while_the_ring_holds_old_ones() -> None:
         {"interval_ms": 1000, "samples_per_frame": 0},
     ],
 )
-def test_bad_arguments_are_refused(kwargs: dict[str, int]) -> None:
+def test_bad_arguments_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         SimDevice("d", PROFILES["tiny-llm"], random.Random(0), **kwargs)
 
