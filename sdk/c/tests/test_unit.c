@@ -519,6 +519,12 @@ static void test_messages(void)
         const char *hex;
         int rebirth;
     } cases[] = {
+        /* the gateway's own encoders' bytes (device_protocol.encode_command and
+         * encode_gateway_state): rebirth true/false, online true/false */
+        {"fleet/node-1/cmd", "81a772656269727468c3", 1},
+        {"fleet/node-1/cmd", "80", 0},
+        {"fleet/_gateway/gw-1/state", "82a66f6e6c696e65c3a174cf000001a0c4506c00", 1},
+        {"fleet/_gateway/gw-1/state", "82a66f6e6c696e65c2a174cf000001a0c4506c00", 0},
         {"fleet/node-1/cmd", "", 0},                      /* empty */
         {"fleet/node-1/cmd", "81a772656269727468c3", 1},
         {"fleet/node-1/cmd", "82a3666f6f93010203a772656269727468c3", 1}, /* other keys first */
