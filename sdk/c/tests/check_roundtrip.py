@@ -4,7 +4,7 @@
 
 Each file holds print_cases' lines, "name topic hex", then "end <failures>" (fg_cases.c).
 HOST_OUT is the host build's output; every OTHER_OUT (the Cortex-M4 image under QEMU) must be
-identical to it byte for byte. On HOST_OUT:
+identical to it byte for byte. On each file:
 
 - every valid case of tests/data/protocol-v1.json that an encoder can produce (births,
   telemetry, deaths) has a C twin of the same name which decodes to the same meaning as the
@@ -188,7 +188,8 @@ def main(argv: list[str]) -> int:
     problems += check_vectors(host) + check_sdk(host) + check_stats(host)
     for other in argv[1:]:
         lines, more = read_lines(Path(other))
-        problems += more
+        # decoded on their own too, so a failure names the payload, not only the difference
+        problems += more + check_vectors(lines) + check_sdk(lines) + check_stats(lines)
         if lines != host:
             diff = [f"{a.name}: {a.payload.hex()} vs {b.payload.hex()}"
                     for a, b in zip(host, lines, strict=False) if a != b]
