@@ -3,6 +3,7 @@ with the host compiler, publishes through a real Mosquitto and the gateway into
 VictoriaMetrics. The broker is stopped in the middle: the device keeps building frames into the
 SDK's ring, and after the broker is back on the same port it sends a birth and replays them
 with h=true, paced by PUBACKs. Every frame's samples must reach VictoriaMetrics exactly once.
+And the same example over mutual TLS to the shipped secure broker configuration.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from device_protocol import decode_telemetry
 from devstack import LOOPBACK, Mosquitto, VictoriaMetrics, wait_for
+from devstack.secure_mosquitto import SecureMosquitto
+from gateway import certs
 from tests.conftest import GatewayFactory
 from tests.support.receivers import vm_samples
+from tests.support.services import running
 from tests.support.tools import system_tool
 
 pytestmark = pytest.mark.e2e
@@ -59,10 +63,11 @@ class DeviceRun:
     """The example as a child process; its -v lines on stderr ("frame built=3 ... ring=0
     connected=1") are parsed as they come, so the test waits on what the device says."""
 
-    def __init__(self, binary: Path, port: int) -> None:
+    def __init__(self, binary: Path, port: int, frames: int = FRAMES,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
         self.proc = subprocess.Popen(
             [str(binary), "-v", "-T", "30000", LOOPBACK, str(port), DEVICE, str(INTERVAL_MS),
-             str(FRAMES), PREFIX],
+             str(frames), PREFIX, *(str(p) for p in tls or ())],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.state: dict[str, int] = {}
         self.lines: list[str] = []
@@ -97,12 +102,15 @@ class Recorder:
     """A QoS 1 subscriber with a persistent session (the broker keeps it across its restart):
     which seqs arrived, and with which h flag."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: tuple[Path, Path, Path] | None = None) -> None:
         self.flags: dict[int, set[bool]] = defaultdict(set)
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="c-sdk-recorder",
                                   clean_session=False, protocol=MQTTProtocolVersion.MQTTv311)
+        if tls is not None:
+            ca, cert, key = tls
+            self.client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key))
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.client.on_connect = lambda c, *_: c.subscribe(f"{PREFIX}/{DEVICE}/telemetry", 1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
@@ -125,9 +133,9 @@ class Recorder:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def device_binary(tmp_path: Path) -> Path:
-    return build_example(tmp_path / "c-build")
+@pytest.fixture(scope="module")
+def device_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_example(tmp_path_factory.mktemp("c-build"))
 
 
 @pytest.fixture
@@ -182,3 +190,35 @@ def test_c_device_rides_out_a_broker_restart_exactly_once(
     assert values_of(victoria_metrics, "c_sdk_demo_frame") == frames  # none doubled
     assert values_of(victoria_metrics, "c_sdk_demo_frames_total") == [f + 1 for f in frames]
     assert len(values_of(victoria_metrics, "c_sdk_demo_tick_late_ms_count")) == FRAMES
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> certs.CaPaths:
+    paths = certs.init_ca(tmp_path / "pki", ["localhost"], [LOOPBACK])
+    for name in (DEVICE, "fleetgate"):
+        certs.issue_client(paths.dir, name)
+    return paths
+
+
+@pytest.fixture
+def secure_broker(tmp_path: Path, pki: certs.CaPaths) -> Iterator[SecureMosquitto]:
+    yield from running(SecureMosquitto(tmp_path / "broker", pki.dir))
+
+
+def test_c_device_over_mutual_tls(device_binary: Path, pki: certs.CaPaths,
+                                  secure_broker: SecureMosquitto) -> None:
+    """CA, client certificate and key as the last three arguments, against the shipped
+    secure broker configuration (certificate CN = username, the shipped ACL): the frames
+    reach the gateway's user, whom the ACL lets read only what a device published as itself."""
+    recorder = Recorder(secure_broker.port, (pki.ca_cert, *pki.client("fleetgate")))
+    device = DeviceRun(device_binary, secure_broker.port, frames=5,
+                       tls=(pki.ca_cert, *pki.client(DEVICE)))
+    try:
+        status, counters = device.finish(timeout=30)
+        assert status == 0, f"device exited {status}: {counters}\n" + "\n".join(device.lines)
+        assert (counters["acked"], counters["connects"]) == (5, 1)
+        wait_for(lambda: recorder.seqs(False) | recorder.seqs(True) == set(range(5)), 10,
+                 what="5 frames over TLS at the gateway's user")
+    finally:
+        device.stop()
+        recorder.close()
