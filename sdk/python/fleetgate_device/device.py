@@ -183,7 +183,7 @@ class Device:
                 next_due = max(next_due + self.interval_s, time.monotonic())
                 try:
                     self.publish_now()
-                except ValueError:
+                except Exception:  # a bad sample or a failing collect(): skip this frame only
                     self.errors += 1
                     log.exception("device %s: frame not built", self.core.device_id)
             else:
