@@ -243,6 +243,7 @@ void fg_w_strn(fg_writer *w, const char *s, size_t n);
 void fg_w_uint(fg_writer *w, uint64_t v);   /* smallest width */
 void fg_w_int(fg_writer *w, int64_t v);     /* smallest width */
 void fg_w_double(fg_writer *w, double v);   /* always float64 (0xcb) */
+void fg_w_float32(fg_writer *w, float v);   /* float32 (0xca): 24 bits of precision */
 void fg_w_bool(fg_writer *w, int v);
 void fg_w_nil(fg_writer *w);
 

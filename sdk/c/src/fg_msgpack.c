@@ -6,6 +6,7 @@
 /* Doubles go out as IEEE 754 binary64 by their bytes; a target whose double is 32 bits
  * (some AVR toolchains) would send garbage, so refuse to build there. */
 typedef char fg_double_is_64_bits[(sizeof(double) == 8) ? 1 : -1];
+typedef char fg_float_is_32_bits[(sizeof(float) == 4) ? 1 : -1];
 
 void fg_w_init(fg_writer *w, uint8_t *buf, size_t cap)
 {
@@ -113,6 +114,13 @@ void fg_w_double(fg_writer *w, double v)
     uint64_t bits;
     memcpy(&bits, &v, sizeof bits);
     put(w, 0xcb, bits, 8);
+}
+
+void fg_w_float32(fg_writer *w, float v)
+{
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    put(w, 0xca, bits, 4);
 }
 
 void fg_w_bool(fg_writer *w, int v) { put(w, v ? 0xc3 : 0xc2, 0, 0); }

@@ -1,7 +1,8 @@
 /* Payload cases for check_roundtrip.py, run identically on the host and under QEMU:
- * - the encodable valid cases of tests/data/protocol-v1.json, by name (the birth and death
- *   through the device API, the telemetry vectors through the writer since they carry dt,
- *   names, labels and repeated metrics that a state snapshot does not);
+ * - the encodable valid cases of tests/data/protocol-v1.json, by name and byte for byte (the
+ *   birth and death through the device API, the telemetry vectors through the writer since
+ *   they carry dt, names, labels, float32, key orders and repeated metrics that the device's
+ *   snapshot frames do not);
  * - "sdk": every publish of a scripted device life (connect, live frames, an outage that
  *   overflows the ring, a declaration while offline, reconnect with paced replay, rebirth
  *   requests, death); "sdk-stats": its counters as a msgpack map.
@@ -52,16 +53,16 @@ static void vector_telemetry(void)
     fg_w_array(&w, 3), fg_w_uint(&w, 0), fg_w_double(&w, 41.75), fg_w_int(&w, 5000);
     emit_writer("telemetry-aliases", topic, &w);
 
-    fg_w_init(&w, buf, sizeof buf); /* telemetry-float32-and-small-ints (float64 here) */
+    fg_w_init(&w, buf, sizeof buf); /* telemetry-float32-and-small-ints */
     head5(&w, 5, 65536);
     fg_w_str(&w, "m");
     fg_w_array(&w, 2);
-    fg_w_array(&w, 2), fg_w_uint(&w, 0), fg_w_double(&w, 36.25);
+    fg_w_array(&w, 2), fg_w_uint(&w, 0), fg_w_float32(&w, 36.25f);
     fg_w_array(&w, 2), fg_w_uint(&w, 1), fg_w_uint(&w, 7);
     emit_writer("telemetry-float32-and-small-ints", topic, &w);
 
-    fg_w_init(&w, buf, sizeof buf); /* telemetry-names-labels-historical */
-    head5(&w, 6, 7);
+    fg_w_init(&w, buf, sizeof buf); /* telemetry-names-labels-historical: keys reversed */
+    fg_w_map(&w, 6);
     fg_w_str(&w, "m");
     fg_w_array(&w, 1);
     fg_w_array(&w, 4);
@@ -69,6 +70,10 @@ static void vector_telemetry(void)
     fg_w_double(&w, 55.5);
     fg_w_int(&w, -1000);
     fg_w_map(&w, 1), fg_w_str(&w, "core"), fg_w_str(&w, "1");
+    fg_w_str(&w, "t"), fg_w_uint(&w, T0);
+    fg_w_str(&w, "s"), fg_w_uint(&w, 7);
+    fg_w_str(&w, "b"), fg_w_uint(&w, 0xdeadbeefu);
+    fg_w_str(&w, "v"), fg_w_uint(&w, 1);
     fg_w_str(&w, "h");
     fg_w_bool(&w, 1);
     emit_writer("telemetry-names-labels-historical", topic, &w);

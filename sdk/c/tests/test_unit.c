@@ -73,6 +73,9 @@ static void test_writer(void)
     fg_w_double(&w, -0.0);
     CHECK(hex_is(&w, "cb8000000000000000"));
     fg_w_init(&w, buf, sizeof buf);
+    fg_w_float32(&w, 0.005f);
+    CHECK(hex_is(&w, "ca3ba3d70a"));
+    fg_w_init(&w, buf, sizeof buf);
     fg_w_bool(&w, 1), fg_w_bool(&w, 0), fg_w_nil(&w), fg_w_str(&w, ""), fg_w_str(&w, "ab");
     CHECK(hex_is(&w, "c3c2c0a0a26162"));
     fg_w_init(&w, buf, sizeof buf);
