@@ -223,3 +223,30 @@ def test_urls_credentials_and_tls(tmp_path: Path) -> None:
                     ca_file="ca.pem", cert_file=None, key_file=None, will=("t", b""))
     with pytest.raises(ValueError, match="together"):
         tls_context(None, "c.pem", None)
+
+
+def test_a_file_ring_outlives_the_process_and_replays_under_its_boot(
+        fake: FakeClient, tmp_path: Path) -> None:
+    ring = tmp_path / "ring" / "frames"
+    first = make(ring_path=ring)
+    first.gauge("g").set(7)
+    for _ in range(3):
+        first.publish_now()  # never connected: ringed in the file
+    first.stop()  # no death: it never connected
+    assert fake.published == []
+
+    second = make(ring_path=ring)
+    assert second.core.boot != first.core.boot
+    second.start()
+    fake.connack()
+    wait_for(lambda: len(fake.published) == 5, 5, what="two births and three replays")
+    births = [decode_birth(p) for t, p in fake.published if t.endswith("/birth")]
+    assert [b.boot for b in births] == [second.core.boot, first.core.boot]
+    frames = [decode_telemetry(p) for t, p in fake.published if t.endswith("/telemetry")]
+    assert [(f.boot, f.seq, f.historical) for f in frames] == [
+        (first.core.boot, i, True) for i in range(3)]
+    fake.ack_all()
+    second.stop()
+    third = make(ring_path=ring)  # acknowledged replays are gone from the file
+    assert len(third.core.ring) == 0
+    third.core.ring.close()
