@@ -2,6 +2,7 @@
  * writer's widths, the ring, argument checks, the lifecycle with a fake transport, and the
  * command reader against hostile input. Prints each failed check; exit status = failures. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fleetgate.h"
@@ -584,6 +585,116 @@ static void test_messages(void)
     CHECK(fg_on_message(&dev, NULL, deep, 5006, 3) == FG_MSG_IGNORED);
 }
 
+/* Deterministic pseudo-random input (xorshift32): the same run everywhere. */
+static uint32_t rng_state = 2463534242u;
+
+static uint32_t rng(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 17;
+    rng_state ^= rng_state << 5;
+    return rng_state;
+}
+
+/* The ring against a model (a FIFO of the lengths and first bytes of the frames it must
+ * hold): random pushes and pops through a ring of an odd size, so records wrap everywhere. */
+static void test_ring_model(void)
+{
+    static uint8_t mem[97], frame[40], out[40];
+    static size_t model_len[200];
+    static uint8_t model_tag[200];
+    size_t head = 0, count = 0, used = 0;
+    fg_ring r;
+    int i, ok = 1;
+    fg_ring_init(&r, mem, sizeof mem);
+    for (i = 0; i < 20000 && ok; i++) {
+        if (rng() % 3 != 0) {
+            size_t len = 1 + rng() % 40;
+            int dropped;
+            memset(frame, i & 0xff, len);
+            dropped = fg_ring_push(&r, frame, len);
+            while (sizeof mem - used < len + 2) { /* the model drops oldest-first too */
+                used -= model_len[head % 200] + 2;
+                head++, count--, dropped--;
+            }
+            model_len[(head + count) % 200] = len;
+            model_tag[(head + count) % 200] = (uint8_t)i;
+            count++, used += len + 2;
+            ok = dropped == 0;
+        } else if (count > 0) {
+            int n = fg_ring_peek(&r, out, sizeof out);
+            ok = n == (int)model_len[head % 200] && out[0] == model_tag[head % 200] &&
+                 out[n - 1] == model_tag[head % 200];
+            fg_ring_pop(&r);
+            used -= model_len[head % 200] + 2;
+            head++, count--;
+        }
+        ok = ok && r.frames == count && r.used == used;
+    }
+    CHECK(ok);
+}
+
+/* The command reader on random input: random msgpack-ish bytes, and the valid command with
+ * one or two bytes changed. Each payload sits in a heap block of exactly its size, so any
+ * read past it trips ASan. Whatever is accepted must hold the key and true; every 100th
+ * input is the valid command itself (so the acceptance check is not vacuous). */
+static int holds_rebirth_true(const uint8_t *p, size_t n)
+{
+    size_t i;
+    for (i = 0; i + 9 <= n; i++) {
+        if (memcmp(p + i, "\xa7rebirth\xc3", 9) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void test_reader_fuzz(void)
+{
+    static const uint8_t alphabet[] = {0x81, 0x82, 0x80, 0x91, 0x9f, 0xa7, 0xa1, 0xc3, 0xc2,
+                                       0xc0, 0xd9, 0xda, 0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0xc4,
+                                       0xc7, 0xc9, 0xd4, 0xd8, 0xcb, 0xcf, 0xff, 0x00, 0x07,
+                                       'r', 'e', 'b', 'i', 't', 'h'};
+    static const uint8_t valid[] = {0x81, 0xa7, 'r', 'e', 'b', 'i', 'r', 't', 'h', 0xc3};
+    static fake_link l;
+    static fg_device dev;
+    static uint8_t frame[160];
+    fg_config c;
+    int i, accepted = 0, wrong = 0;
+    memset(&l, 0, sizeof l);
+    l.dev = &dev;
+    l.up = 1;
+    c = base_config(&l);
+    CHECK(fg_init(&dev, &c, NULL, 0, frame, sizeof frame) == FG_OK);
+    CHECK(fg_on_connect(&dev, 1) == FG_OK);
+    for (i = 0; i < 30000; i++) {
+        size_t n, j;
+        uint8_t *p;
+        if (i % 100 == 0 || i % 2 == 1) {
+            n = sizeof valid;
+            p = malloc(n);
+            memcpy(p, valid, n);
+            if (i % 100 != 0) {
+                p[rng() % n] = (uint8_t)rng();
+                p[rng() % n] = alphabet[rng() % sizeof alphabet];
+            }
+        } else {
+            n = rng() % 48;
+            p = malloc(n + 1);
+            for (j = 0; j < n; j++) {
+                p[j] = (rng() & 1) ? alphabet[rng() % sizeof alphabet] : (uint8_t)rng();
+            }
+        }
+        l.calls = 0; /* the fake keeps 64 publishes */
+        if (fg_on_message(&dev, "fleet/node-1/cmd", p, n, 1) == FG_MSG_REBIRTH) {
+            accepted++;
+            wrong += !holds_rebirth_true(p, n);
+        }
+        free(p);
+    }
+    CHECK(accepted >= 300 && wrong == 0);
+}
+
 int main(void)
 {
     test_writer();
@@ -596,6 +707,8 @@ int main(void)
     test_size_bounds();
     test_topics();
     test_messages();
+    test_ring_model();
+    test_reader_fuzz();
     printf("test_unit: %d checks, %d failed\n", checks, failures);
     return failures != 0;
 }
