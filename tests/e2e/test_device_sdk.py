@@ -3,7 +3,8 @@ the gateway into VictoriaMetrics. The broker is stopped in the middle: the devic
 frames, and after the broker is back on the same port it sends a birth and replays them with
 h=true, keeping their seq and timestamps. A metric declared mid-boot while online (a re-birth)
 and one declared during the outage arrive too. Every frame's samples reach VictoriaMetrics
-exactly once, at the time the frame was built.
+exactly once, at the time the frame was built. And a file ring's frames, after a restart, go
+through the gateway under the boot they were built in.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -136,3 +138,38 @@ def test_device_rides_out_a_broker_restart_every_sample_once_at_its_time(
     assert outage and {v for _, v in outage} == {0.0, 1.0}
     rows = victoria_metrics.export(f'{{__name__="sdk_demo_temp_c",device_id="{DEVICE}"}}')
     assert {(r["metric"]["site"], r["metric"]["sensor"]) for r in rows} == {("lab", "cpu")}
+
+
+def test_a_file_ring_replays_a_past_boot_through_the_gateway_after_a_restart(
+        mosquitto: Mosquitto, victoria_metrics: VictoriaMetrics,
+        gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    """A device that never reached the broker rings frames in its file and restarts; the new
+    process (a new boot) replays them under the old boot, after the old boot's birth: the
+    gateway stores and forwards them, and the device stays on its new boot."""
+    gw = gateway_factory(mosquitto, victoria_metrics)
+    ring = tmp_path / "ring"
+    numbers = itertools.count(100)
+    old = Device(DEVICE, "mqtt://127.0.0.1:1", hw="jetson", fw="1", ring_path=ring,
+                 collect=lambda: [Sample("sdk_demo_frame", float(next(numbers)))])
+    for _ in range(3):
+        old.publish_now()  # no broker there: into the file
+    old.stop()
+
+    new = Device(DEVICE, mosquitto.url, hw="jetson", fw="1", interval_s=0.1, ring_path=ring,
+                 collect=lambda: [Sample("sdk_demo_frame", float(next(numbers)))])
+    new.start()
+    try:
+        wait_for(lambda: new.core.stats.replayed == 3 and new.core.in_flight == 0
+                 and new.core.stats.live >= 3, 10, what="the old boot replayed")
+    finally:
+        new.stop()
+
+    def boots() -> dict[int, int]:
+        detail = gw.http.get(f"/api/v1/devices/{DEVICE}").json()
+        return {b["boot"]: b["received"] for b in detail["completeness"]["boots"]}
+    wait_for(lambda: boots() == {old.core.boot: 3, new.core.boot: new.core.seq}
+             and gw.caught_up(), 15, what="both boots' frames stored and forwarded")
+    assert gw.http.get(f"/api/v1/devices/{DEVICE}").json()["boot"] == new.core.boot  # current
+    values = sorted(v for _, v in vm_samples(victoria_metrics, "sdk_demo_frame")[DEVICE])
+    assert values[:3] == [100.0, 101.0, 102.0] and len(values) == 3 + new.core.seq
+    assert len(ring.read_bytes()) < 4096  # acknowledged replays are gone from the file
