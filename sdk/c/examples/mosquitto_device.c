@@ -244,7 +244,7 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 typedef struct {
     fg_metric frame;     /* gauge: the seq of the frame it is sent in (lets a test count) */
     fg_metric ticks;     /* counter: frames built so far, including this one */
-    fg_metric ring;      /* gauge: frames waiting in the ring when the frame was built */
+    fg_metric ring;      /* gauge: frames in the ring just after the previous frame */
     fg_metric tick_late; /* histogram: how late the loop called fg_tick, ms */
 } metrics;
 
