@@ -3,7 +3,8 @@ with the host compiler, publishes through a real Mosquitto and the gateway into
 VictoriaMetrics. The broker is stopped in the middle: the device keeps building frames into the
 SDK's ring, and after the broker is back on the same port it sends a birth and replays them
 with h=true, paced by PUBACKs. Every frame's samples must reach VictoriaMetrics exactly once.
-And the same example over mutual TLS to the shipped secure broker configuration.
+And the same example over mutual TLS to the shipped secure broker configuration; and the RTOS
+sketch still compiles against the SDK's header.
 """
 
 from __future__ import annotations
@@ -227,3 +228,12 @@ def test_c_device_over_mutual_tls(device_binary: Path, pki: certs.CaPaths,
     finally:
         device.stop()
         recorder.close()
+
+
+def test_rtos_sketch_compiles_against_the_header() -> None:
+    """sdk/c/examples/rtos_sketch.c is not linked (it declares an RTOS client's API itself),
+    but it must keep compiling, warnings as errors, as the SDK's header changes."""
+    system_tool("cc", "gcc")
+    done = subprocess.run([system_tool("make", "make"), "-C", str(EXAMPLES), "rtos-sketch"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
