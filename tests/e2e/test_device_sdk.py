@@ -10,6 +10,7 @@ through the gateway under the boot they were built in.
 from __future__ import annotations
 
 import itertools
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +25,11 @@ from device_protocol import decode_telemetry
 from devstack import LOOPBACK, Mosquitto, VictoriaMetrics, wait_for
 from fleetgate_device import Device, Sample
 from tests.conftest import GatewayFactory
+from tests.e2e.test_sim_tls import PREFIX as TLS_PREFIX
+from tests.e2e.test_sim_tls import Recorder as TlsRecorder
+from tests.e2e.test_sim_tls import make_pki, secure_broker_conf, started
 from tests.support.receivers import vm_samples
+from tests.support.tools import system_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -173,3 +178,51 @@ def test_a_file_ring_replays_a_past_boot_through_the_gateway_after_a_restart(
     values = sorted(v for _, v in vm_samples(victoria_metrics, "sdk_demo_frame")[DEVICE])
     assert values[:3] == [100.0, 101.0, 102.0] and len(values) == 3 + new.core.seq
     assert len(ring.read_bytes()) < 4096  # acknowledged replays are gone from the file
+
+
+def test_tls_with_the_devices_own_certificate_and_a_password_file(tmp_path: Path) -> None:
+    """mqtts:// with the device's own certificate: the broker takes the user from its CN and
+    the ACL lets it publish only under its own id, so frames at the recorder prove the
+    identity. Then the same broker's TLS with a password from a file instead."""
+    pki = make_pki(tmp_path / "pki", ["py-tls-01", "recorder"])
+    broker = started(Mosquitto(tmp_path / "mosquitto", persistence=False,
+                               extra_conf=secure_broker_conf(pki, tmp_path / "acl")))
+    recorder = TlsRecorder(pki, broker.port)
+    cert, key = pki.client("py-tls-01")
+    device = Device("py-tls-01", f"mqtts://{LOOPBACK}:{broker.port}", hw="jetson", fw="1",
+                    interval_s=0.05, topic_prefix=TLS_PREFIX, ca_file=str(pki.ca_cert),
+                    cert_file=str(cert), key_file=str(key))
+    device.gauge("g").set(1)
+    try:
+        device.start()
+        wait_for(lambda: recorder.counts().get("py-tls-01", 0) >= 3, 10,
+                 what="frames over mutual TLS")
+    finally:
+        device.stop()
+        recorder.close()
+        broker.stop()
+    assert recorder.births_of("py-tls-01") >= 1
+
+    secret = "pw-" + "x" * 20
+    password_file = tmp_path / "py-tls-02.pw"
+    password_file.write_text(secret + "\n")
+    passwords = tmp_path / "passwd"
+    passwords.write_text(f"py-tls-02:{secret}\nrecorder:{secret}\n")
+    subprocess.run([system_tool("mosquitto_passwd", "mosquitto"), "-U", str(passwords)],
+                   check=True, timeout=30)
+    broker = started(Mosquitto(tmp_path / "mosquitto2", persistence=False,
+                               extra_conf=secure_broker_conf(pki, tmp_path / "acl2",
+                                                             password_file=passwords)))
+    recorder = TlsRecorder(pki, broker.port, password=secret)
+    device = Device("py-tls-02", f"mqtts://{LOOPBACK}:{broker.port}", hw="jetson", fw="1",
+                    interval_s=0.05, topic_prefix=TLS_PREFIX, ca_file=str(pki.ca_cert),
+                    password_file=str(password_file))  # the username defaults to the id
+    device.gauge("g").set(1)
+    try:
+        device.start()
+        wait_for(lambda: recorder.counts().get("py-tls-02", 0) >= 3, 10,
+                 what="frames over TLS with a password")
+    finally:
+        device.stop()
+        recorder.close()
+        broker.stop()
