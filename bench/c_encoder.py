@@ -99,11 +99,11 @@ def tool(name: str) -> str:
     return found
 
 
-def build(opt: str, out: Path) -> Path:
+def build(opt: str, out: Path, sdk: Path = SDK) -> Path:
     elf = out / f"bench-{opt}.elf"
     cmd = [tool(CC), *WARN, f"-{opt}", *ARCH, f"-DFG_MAX_METRICS={METRICS + 4}",
-           f"-I{SDK / 'include'}", *IMAGE, str(SOURCES / "vectors.c"),
-           str(SOURCES / "bench_main.c"), *sorted(str(p) for p in (SDK / "src").glob("*.c")),
+           f"-I{sdk / 'include'}", *IMAGE, str(SOURCES / "vectors.c"),
+           str(SOURCES / "bench_main.c"), *sorted(str(p) for p in (sdk / "src").glob("*.c")),
            "-o", str(elf)]
     subprocess.run(cmd, check=True)
     return elf
@@ -223,17 +223,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--opt", default="Os,O2", help="comma-separated -O levels (Os,O2)")
     parser.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--sdk", type=Path, default=SDK,
+                        help="another copy of sdk/c to measure (e.g. a change to the encoder); "
+                             "implies --no-write")
     args = parser.parse_args(argv)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="c-encoder-") as tmp:
         for opt in args.opt.split(","):
-            bench_run, text = run(build(opt, Path(tmp)), opt)
+            bench_run, text = run(build(opt, Path(tmp), args.sdk.resolve()), opt)
             birth_len, frame_len = check_payloads(text)
             runs.append(bench_run)
     command = "python bench/c_encoder.py" + (f" --opt {args.opt}" if args.opt != "Os,O2" else "")
     text = render(runs, birth_len, frame_len, command)
     print(text)
-    if not args.no_write:
+    if not args.no_write and args.sdk.resolve() == SDK:
         results_file.write_section(args.results, SECTION, text)
         print(f"\nwrote section {SECTION!r} of {os.path.relpath(args.results)}")
     return 0
