@@ -184,8 +184,8 @@ def test_c_device_rides_out_a_broker_restart_exactly_once(
 
     # The gateway stored each frame once (resends after the restart are dropped by dedup) ...
     def received() -> int:
-        detail = gw.http.get(f"/api/v1/devices/{DEVICE}").json()
-        return int(detail["completeness"]["received"])
+        response = gw.http.get(f"/api/v1/devices/{DEVICE}")
+        return int(response.json()["completeness"]["received"]) if response.is_success else -1
     wait_for(lambda: received() == FRAMES and gw.caught_up(), 20,
              what=f"{FRAMES} frames stored and forwarded")
     # ... and VictoriaMetrics holds every frame's samples exactly once: the gauge carries the
