@@ -126,11 +126,16 @@ static int publish_cb(void *ctx, const char *topic, const uint8_t *payload, size
     if (!online) {
         return 1; /* "not taken": a telemetry frame goes into the ring */
     }
-    /* esp_mqtt copies the message into its outbox before returning and, like libmosquitto,
-     * resends unacknowledged QoS 1 messages after a reconnect. With a client that does not
-     * (coreMQTT without a persistent session keeps nothing), frames sent but not yet acked
-     * when the link drops are lost: keep them yourself, or accept the gap (the gateway shows
-     * it as missing seqs). */
+    /* esp_mqtt copies the message into its outbox and resends unacknowledged QoS 1 messages
+     * after a reconnect, but deletes them after CONFIG_MQTT_OUTBOX_EXPIRED_TIMEOUT_MS (30 s
+     * by default; MQTT_EVENT_DELETED says which, with CONFIG_MQTT_REPORT_DELETED_MESSAGES),
+     * and it takes publishes until its keepalive notices a dead link. So frames sent into a
+     * link that died are lost after that timeout. SUPPLY one of: a timeout above your longest
+     * outage (the outbox is RAM), or copies of unacknowledged telemetry put back into the
+     * ring on MQTT_EVENT_DELETED (fg_ring_push(&dev.ring, ...); the replay then sends them
+     * with h=true). A client that keeps nothing across a reconnect (coreMQTT without a
+     * persistent session) loses them at the drop. The gateway shows any loss as missing seqs
+     * (completeness in its API). */
     return esp_mqtt_client_publish(client, topic, (const char *)payload, (int)len, qos, retain) < 0;
 }
 
