@@ -19,6 +19,7 @@ COPY pyproject.toml README.md ./
 COPY device_protocol/ device_protocol/
 COPY gateway/ gateway/
 COPY firmware_sim/ firmware_sim/
+COPY sdk/python/fleetgate_device/ sdk/python/fleetgate_device/
 COPY migrations/ migrations/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

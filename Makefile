@@ -29,21 +29,24 @@ demo-secure: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy device_protocol gateway firmware_sim devstack
+	$(BIN)/mypy device_protocol gateway firmware_sim devstack sdk/python/fleetgate_device
 	$(BIN)/lint-imports
 	$(BIN)/python scripts/check_sizes.py
-	$(BIN)/pytest
+	# The tests without services (pure logic, one stage, the spec suite, the model) on both
+	# cores; then the ones that run real services, one at a time, timed as they were alone.
+	$(BIN)/pytest -n 2 tests/logic tests/stages tests/spec tests/model
+	$(BIN)/pytest tests/e2e tests/faults
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy device_protocol gateway firmware_sim devstack
+	$(BIN)/mypy device_protocol gateway firmware_sim devstack sdk/python/fleetgate_device
 	$(BIN)/lint-imports
 	$(BIN)/python scripts/check_sizes.py
 
 faults: install
 	FAULTS_LONG=1 FAULTS_REPORT=docs/reliability.md $(BIN)/pytest tests/faults tests/model
 
-# Every benchmark with 3 interleaved repeats (~20 min on 2 cores); each rewrites its own section
+# Every benchmark with 3 interleaved repeats (~21 min on 2 cores); each rewrites its own section
 # of bench/RESULTS.md. Profiles are added when py-spy is installed (.venv/bin/pip install py-spy).
 PROFILE = $(if $(wildcard $(BIN)/py-spy),--profile,)
 bench: install
@@ -53,6 +56,8 @@ bench: install
 	$(BIN)/python bench/drain.py --repeat 3 $(PROFILE)
 	$(BIN)/python bench/drain.py --repeat 3 --gateway-setting remote_write_live_first=true --section drain-live-first --title " with remote_write_live_first"
 	$(BIN)/python bench/vmagent_peer.py --repeat 3
+	$(BIN)/python bench/device_sdk.py --repeat 5
+	$(BIN)/python bench/c_encoder.py
 
 # The operator API's latency with 100,000 devices (~12 min on 2 cores): p50/p99 per query into
 # the "api" section of bench/RESULTS.md. Smaller: make bench-api API_BENCH_ARGS="--devices 10000"

@@ -14,7 +14,8 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGES = ("device_protocol", "gateway", "firmware_sim")  # what the wheel ships
+# what the wheel ships
+PACKAGES = ("device_protocol", "gateway", "firmware_sim", "sdk/python/fleetgate_device")
 ROOT = Path(__file__).resolve().parent.parent
 
 
