@@ -27,15 +27,20 @@ demo: install
 demo-secure: install
 	$(BIN)/python -m devstack demo --secure
 
+E2E_ON_BOTH_CORES = tests/e2e/test_seed_alerts.py tests/e2e/test_api_schema.py \
+    tests/e2e/test_wheel.py tests/e2e/test_c_sdk.py tests/e2e/test_compose.py \
+    tests/e2e/test_devstack.py
+
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy device_protocol gateway firmware_sim devstack sdk/python/fleetgate_device
 	$(BIN)/lint-imports
 	$(BIN)/python scripts/check_sizes.py
-	# The tests without services (pure logic, one stage, the spec suite, the model) on both
-	# cores; then the ones that run real services, one at a time, timed as they were alone.
-	$(BIN)/pytest -n 2 tests/logic tests/stages tests/spec tests/model
-	$(BIN)/pytest tests/e2e tests/faults
+	# The tests without services (pure logic, one stage, the spec suite, the model), and the
+	# end-to-end files that only wait for conditions (no timing in what they assert), on both
+	# cores; then the other end-to-end and fault tests one at a time, timed as they were alone.
+	$(BIN)/pytest -n 2 --dist loadfile tests/logic tests/stages tests/spec tests/model $(E2E_ON_BOTH_CORES)
+	$(BIN)/pytest tests/e2e tests/faults $(addprefix --ignore=,$(E2E_ON_BOTH_CORES))
 
 lint: venv
 	$(BIN)/ruff check .
