@@ -150,8 +150,8 @@ def test_devices_reboot_and_replay_with_clocks_a_day_ahead_or_behind(
         == per_device * len(devices)
     replay = gw.http.post("/api/v1/dead-letters/replay",
                           json={"endpoint": endpoint, "limit": 10_000}).json()
-    counts = at_prometheus()
-    prom_out = sum(counts.values())
+    after_replay = at_prometheus()
+    prom_out = sum(after_replay.values())
     still_refused = dead_lettered(gw, endpoint)  # the day-behind devices' samples
     fault_report.record(
         frames_in=sent, samples_in=samples_in, samples_out=prom_out,
@@ -160,7 +160,8 @@ def test_devices_reboot_and_replay_with_clocks_a_day_ahead_or_behind(
              f"operator replay delivered {replay['replayed']}; {replay['remaining']} of the "
              f"day-behind devices' stay refused as too old")
     assert (lost, doubled, misplaced) == (0, 0, 0)
-    assert all(counts.get(f.device_id(i)) == per_device for i in (*RIGHT, *AHEAD)), counts
+    assert all(after_replay.get(f.device_id(i)) == per_device for i in (*RIGHT, *AHEAD)), \
+        after_replay
     assert prom_out + still_refused == per_device * len(devices)
     assert still_refused <= per_device * len(BEHIND)
     assert replay["remaining"] == replay["refused"]
