@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import generate_latest
 
-from gateway.api.port import EndpointStatus, PipelineStatus, ReplayOutcome, SeriesBudgetReader
+from device_protocol import device_subscriptions
+from gateway.api.port import (
+    EndpointStatus,
+    FleetSliceInfo,
+    PipelineStatus,
+    ReplayOutcome,
+    SeriesBudgetReader,
+)
 from gateway.buffer import store
 from gateway.fleet import queries
 from gateway.fleet.completeness import Ledger
@@ -89,6 +96,19 @@ class GatewayView:
     @property
     def endpoint_names(self) -> tuple[str, ...]:
         return tuple(f.endpoint for f in self._gateway.forwarders)
+
+    @property
+    def fleet_slice(self) -> FleetSliceInfo:
+        settings = self._gateway.settings
+        # The slice the ingest stage was built from (settings.mqtt_config): the same client id
+        # default and parsed URL; the password it carries stays here.
+        mqtt = settings.mqtt_config()
+        host = f"[{mqtt.host}]" if ":" in mqtt.host else mqtt.host  # an IPv6 literal
+        return FleetSliceInfo(
+            gateway_id=mqtt.gateway_id, topic_prefix=mqtt.topic_prefix,
+            subscriptions=tuple(device_subscriptions(mqtt.topic_prefix)),
+            broker=f"{'mqtts' if mqtt.tls is not None else 'mqtt'}://{host}:{mqtt.port}",
+            mqtt_client_id=mqtt.client_id)
 
     # ---------------------------------------------------------------- fleet
     @property

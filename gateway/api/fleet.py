@@ -34,6 +34,7 @@ from gateway.api.schemas import (
     DeviceList,
     Event,
     EventPage,
+    FleetSlice,
     FleetSummary,
     LatestValue,
     OverBudget,
@@ -187,7 +188,11 @@ async def fleet_summary(port: Port) -> FleetSummary:
             missing=completeness.totals(record, port.ledger)[1]))
     budget = port.series_budget
     over = sorted(budget.refused.items(), key=lambda kv: -kv[1])[:WORST_DEVICES]
+    owned = port.fleet_slice
     return FleetSummary(
+        slice=FleetSlice(gateway_id=owned.gateway_id, topic_prefix=owned.topic_prefix,
+                         subscriptions=list(owned.subscriptions), broker=owned.broker,
+                         mqtt_client_id=owned.mqtt_client_id),
         total=len(fleet.devices), by_state=fleet.counts(),
         by_platform=dict(fleet.platforms.most_common()),
         by_firmware=dict(fleet.firmwares.most_common()), completeness=buckets, worst=worst,

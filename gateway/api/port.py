@@ -72,6 +72,18 @@ class PipelineStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetSliceInfo:
+    """Which devices this gateway owns when several share a broker or a receiver (sharding by
+    topic_prefix, an HA pair): its identity, its MQTT topic filters, where and as whom."""
+
+    gateway_id: str
+    topic_prefix: str
+    subscriptions: tuple[str, ...]  # the MQTT topic filters it subscribes to
+    broker: str  # scheme://host:port of mqtt_url (a URL with userinfo is refused at start)
+    mqtt_client_id: str  # names its persistent session at the broker
+
+
+@dataclass(frozen=True, slots=True)
 class ReplayOutcome:
     replayed: int
     refused: int
@@ -90,6 +102,11 @@ class GatewayPort(Protocol):
     @property
     def endpoint_names(self) -> tuple[str, ...]:
         """The configured remote-write endpoints."""
+        ...
+
+    @property
+    def fleet_slice(self) -> FleetSliceInfo:
+        """The devices this gateway owns (topic prefix, subscriptions, broker, session)."""
         ...
 
     # ---------------------------------------------------------------- fleet

@@ -120,7 +120,19 @@ class OverBudget(BaseModel):
     refused_samples: int
 
 
+class FleetSlice(BaseModel):
+    """The devices this gateway owns: with several gateways on one broker (sharding by
+    topic_prefix) or two on the same devices (an HA pair), which one is this."""
+
+    gateway_id: str
+    topic_prefix: str
+    subscriptions: list[str] = Field(description="the MQTT topic filters it subscribes to")
+    broker: str = Field(description="mqtt://host:port or mqtts://host:port (no credentials)")
+    mqtt_client_id: str = Field(description="names its persistent session at the broker")
+
+
 class FleetSummary(BaseModel):
+    slice: FleetSlice
     total: int
     by_state: dict[str, int]
     by_platform: dict[str, int]

@@ -14,6 +14,7 @@ import asyncio
 import json
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
@@ -22,7 +23,7 @@ import pytest
 
 from device_protocol import Birth, MetricDef, MetricType, RawSample
 from gateway.api.factory import create_api
-from gateway.api.port import EndpointStatus, PipelineStatus, ReplayOutcome
+from gateway.api.port import EndpointStatus, FleetSliceInfo, PipelineStatus, ReplayOutcome
 from gateway.errors import ForwardUnavailable
 from gateway.fleet.events import EventHub, Subscription
 from gateway.fleet.state import FleetState
@@ -31,6 +32,7 @@ from gateway.gateway_port import GatewayView, RunningGateway
 from gateway.pipeline.dedup import Ledger
 from gateway.pipeline.series_budget import SeriesBudget
 from gateway.seq_ranges import SeqRanges
+from gateway.settings import Settings
 from tests.support.factories import decoded_frame, fixed_birth
 from tests.support.fakes import MemoryStore
 
@@ -66,6 +68,9 @@ class FakePort:
         default_factory=lambda: ReplayOutcome(3, 1, 1))
     hub: EventHub = field(default_factory=EventHub)
     streamed: list[dict[str, Any]] = field(default_factory=list)  # then the stream ends
+    fleet_slice: FleetSliceInfo = field(default_factory=lambda: FleetSliceInfo(
+        "gw-a", "siteA", ("siteA/+/birth", "siteA/+/telemetry", "siteA/+/death"),
+        "mqtt://broker:1883", "fleetgate-gw-a"))
 
     def clock_ahead_ms(self, device_id: str, boot: int) -> int:
         return 250
@@ -228,6 +233,10 @@ def test_events_page_backwards_and_an_unknown_device_is_404(port: FakePort) -> N
 
 def test_the_fleet_summary_buckets_completeness_and_ranks_the_worst(port: FakePort) -> None:
     summary = get(port, "/api/v1/fleet/summary").json()
+    assert summary["slice"] == {
+        "gateway_id": "gw-a", "topic_prefix": "siteA",
+        "subscriptions": ["siteA/+/birth", "siteA/+/telemetry", "siteA/+/death"],
+        "broker": "mqtt://broker:1883", "mqtt_client_id": "fleetgate-gw-a"}
     assert summary["total"] == 3
     assert summary["by_state"] == {"online": 3, "late": 0, "offline": 0}
     assert summary["by_platform"] == {"esp32-s3": 2, "rp2040": 1}
@@ -472,3 +481,25 @@ def test_gateway_view_pipeline_status_names_each_part(port: FakePort) -> None:
         "state": "paused", "paused_reason": "HTTP 401", "behind_frames": 3,
         "oldest_unsent_age_s": 4.0, "send_rate_samples_per_s": 2.2,
         "max_samples_per_request": 500, "sent_samples": 90}
+
+
+@pytest.mark.parametrize(("url", "client_id", "broker", "session"), [
+    ("mqtt://127.0.0.1", None, "mqtt://127.0.0.1:1883", "fleetgate-gw-b"),
+    ("tcp://broker.lan:1884", "site-b-primary", "mqtt://broker.lan:1884", "site-b-primary"),
+    ("mqtts://[::1]:8884", None, "mqtts://[::1]:8884", "fleetgate-gw-b"),
+])
+def test_gateway_view_names_the_slice_it_owns_from_the_settings(
+        port: FakePort, tmp_path: Path, url: str, client_id: str | None, broker: str,
+        session: str) -> None:
+    parts = GatewayParts(port)
+    parts.settings = Settings(  # type: ignore[assignment]
+        data_dir=tmp_path, remote_write_url=["http://127.0.0.1:9/write"], gateway_id="gw-b",
+        topic_prefix="plant/siteB", mqtt_url=url, mqtt_client_id=client_id,
+        mqtt_username="gw-b", mqtt_password="broker-secret")
+    answer = get(view_of(parts), "/api/v1/fleet/summary")
+    assert answer.json()["slice"] == {
+        "gateway_id": "gw-b", "topic_prefix": "plant/siteB",
+        "subscriptions": ["plant/siteB/+/birth", "plant/siteB/+/telemetry",
+                          "plant/siteB/+/death"],
+        "broker": broker, "mqtt_client_id": session}
+    assert "broker-secret" not in answer.text
