@@ -326,9 +326,9 @@ EVENT_COLUMNS = ("device_id", "ts_ms", "kind", "state", "previous", "boot", "pre
 def insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
     """Insert event rows (EVENT_COLUMNS order) with consecutive ids; return the first id."""
     first = (conn.execute("SELECT COALESCE(MAX(id), 0) FROM device_events").fetchone()[0]) + 1
-    conn.executemany(
-        f"INSERT INTO device_events (id, {', '.join(EVENT_COLUMNS)}) VALUES (?,?,?,?,?,?,?,?,?)",
-        [(first + i, *row) for i, row in enumerate(rows)])
+    if rows:  # multi-row statements: a fleet gone dark writes thousands at a time
+        insert_rows(conn, f"INSERT INTO device_events (id, {', '.join(EVENT_COLUMNS)}) VALUES ",
+                    [(first + i, *row) for i, row in enumerate(rows)])
     return first
 
 

@@ -237,10 +237,14 @@ class FleetState:
         record.due_ms = due_ms
         heapq.heappush(self._deadlines, (due_ms, record.device_id))
 
-    def sweep(self, now_ms: int) -> None:
-        """Move devices whose deadline passed to late or offline (events via take_events)."""
+    def sweep(self, now_ms: int, limit: int | None = None) -> bool:
+        """Move devices whose deadline passed to late or offline (events via take_events).
+        With a limit, stop after that many state changes; True if deadlines due remain."""
         heap = self._deadlines
+        changes = 0
         while heap and heap[0][0] <= now_ms:
+            if limit is not None and changes >= limit:
+                return True
             due, device_id = heapq.heappop(heap)
             record = self.devices.get(device_id)
             if record is None or record.due_ms != due:
@@ -253,12 +257,15 @@ class FleetState:
             offline_at = base + int(record.interval_ms * self.offline_after)
             if now_ms >= offline_at:
                 self._set_state(record, DeviceState.OFFLINE, now_ms, "timeout")
+                changes += 1
             elif now_ms >= late_at:
                 if record.state is DeviceState.ONLINE:
                     self._set_state(record, DeviceState.LATE, now_ms, "timeout")
+                    changes += 1
                 self._queue(record, offline_at)
             else:
                 self._queue(record, late_at)
+        return False
 
     def take_events(self) -> list[DeviceEvent]:
         events, self._events = self._events, []
