@@ -1,0 +1,144 @@
+"""What every phase of bench/scale.py starts and reads: a fresh broker, VictoriaMetrics and
+gateway, the fleet generator (bench/scale_gen.py), and the figures read from them.
+
+VictoriaMetrics runs with -search.maxUniqueTimeseries raised: at 100,000 devices x 20 metrics
+one query may select 2 million series (its default limit is 300,000). Sample counts are still
+read one metric name at a time (100,000 series each) to keep each query small.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import procstat
+from loadgen import metric_name, sample_value
+from scale_gen import frames_per_device
+from throughput import BenchError, Child
+
+from devstack import GatewayProcess, Mosquitto, VictoriaMetrics, wait_for
+
+BENCH_DIR = Path(__file__).resolve().parent
+VM_ARGS = ("-search.maxUniqueTimeseries=5000000", "-search.maxQueryDuration=300s")
+BENCH_SELECTOR = 'device_id=~"bench-.*"'
+# The newest sample of the generator's devices whose id ends in 0 (a tenth of the fleet, one
+# every devices / 10 / rate seconds): the age of the newest data at the receiver.
+HEAD_QUERY = 'max(tlast_over_time(bench_m00{device_id=~"bench-.*0"}[30s]))'
+
+
+def vm_rss_mb(pid: int) -> float:
+    """VmRSS now (procstat.peak_rss_mb is the high-water mark)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+
+
+@dataclass
+class Stack:
+    """Broker, receiver, gateway and generator of one phase, with their PIDs."""
+
+    mosq: Mosquitto
+    vm: VictoriaMetrics
+    gw: GatewayProcess
+    gen: Child
+    devices: int
+    samples: int
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    @property
+    def pids(self) -> dict[str, int]:
+        assert self.gw.pid and self.mosq.pid and self.vm.pid
+        return {"gw": self.gw.pid, "broker": self.mosq.pid, "vm": self.vm.pid,
+                "gen": self.gen.pid}
+
+    def cpu(self) -> dict[str, float]:
+        return {name: procstat.cpu(pid).seconds for name, pid in self.pids.items()}
+
+    def ask(self, command: str, event: str, timeout: float) -> dict[str, Any]:
+        self.gen.send(command)
+        return self.gen.expect_event(event, timeout)
+
+    def stored(self) -> float:
+        return self.gw.metric("fleetgate_frames_stored_total")
+
+    def await_stored(self, frames: float, timeout: float, what: str) -> None:
+        """Until the gateway has stored `frames` and every endpoint has forwarded all."""
+        wait_for(lambda: self.stored() >= frames and self.gw.caught_up(), timeout, 0.2,
+                 f"{what}: gateway stored {self.stored():,.0f} of {frames:,.0f} frames or did "
+                 f"not forward them within {timeout:.0f} s; log tail:\n{self.gw.log_tail()}")
+
+
+@contextlib.contextmanager
+def stack(workdir: Path, devices: int, samples: int, interval_ms: int,
+          settings: dict[str, str], connections: int = 4) -> Iterator[Stack]:
+    """A fresh Mosquitto, VictoriaMetrics, gateway (fresh data dir) and generator."""
+    with contextlib.ExitStack() as stack:
+        mosq = stack.enter_context(Mosquitto(workdir / "mosquitto"))
+        vm = stack.enter_context(VictoriaMetrics(workdir / "vm", extra_args=VM_ARGS))
+        gw = stack.enter_context(GatewayProcess(
+            workdir / "gateway", mqtt_url=mosq.url, settings=settings,
+            remote_write_urls=[vm.remote_write_url]))
+        gen = Child("generator", [
+            sys.executable, str(BENCH_DIR / "scale_gen.py"), "--mqtt", mosq.url,
+            "--devices", str(devices), "--samples", str(samples),
+            "--interval-ms", str(interval_ms), "--connections", str(connections)], workdir)
+        stack.callback(gen.stop)
+        gen.expect_event("ready", 600)
+        yield Stack(mosq, vm, gw, gen, devices, samples)
+
+
+def count_samples(vm: VictoriaMetrics, samples: int, since_ms: int,
+                  selector: str = BENCH_SELECTOR) -> float:
+    """Samples of metrics bench_m00.. stored since `since_ms` (count_over_time, summed one
+    metric name at a time)."""
+    window = f"{int(time.time() - since_ms / 1000) + 120}s"
+    total = 0.0
+    for m in range(samples):
+        result = vm.query(f"sum(count_over_time({metric_name(m)}{{{selector}}}[{window}]))")
+        total += float(result[0]["value"][1]) if result else 0.0
+    return total
+
+
+def verify_fleet(stack: Stack, sent: int, settle_s: float = 60.0) -> dict[str, Any]:
+    """Does VM hold each of the `sent` round-robin frames' samples exactly once, with the
+    values the templates carry? A short count is read again for up to settle_s."""
+    expected = sent * stack.samples
+    deadline = time.monotonic() + settle_s
+    found = count_samples(stack.vm, stack.samples, stack.started_ms)
+    while found != expected and time.monotonic() < deadline:
+        time.sleep(1.0)
+        found = count_samples(stack.vm, stack.samples, stack.started_ms)
+    window = f"{int(time.time() - stack.started_ms / 1000) + 120}s"
+    result = stack.vm.query(f"sum(sum_over_time({metric_name(0)}{{{BENCH_SELECTOR}}}"
+                            f"[{window}]))")
+    m00_sum = float(result[0]["value"][1]) if result else 0.0
+    per_device = frames_per_device(sent, stack.devices)
+    expected_sum = math.fsum(n * sample_value(d, 0, 0) for d, n in enumerate(per_device))
+    return {"expected_samples": expected, "vm_samples": found,
+            "lost_samples": expected - found,
+            "values_ok": math.isclose(m00_sum, expected_sum, rel_tol=1e-9),
+            "duplicates": stack.gw.metric("fleetgate_frames_duplicate_total"),
+            "invalid": stack.gw.metric("fleetgate_frames_invalid_total"),
+            "dead_letters": stack.gw.metric("fleetgate_forward_dead_letters_total")}
+
+
+def head_age_s(vm: VictoriaMetrics, query: str = HEAD_QUERY) -> float | None:
+    """Seconds since the newest sample the query finds was taken (None: no sample yet)."""
+    result = vm.query(query)
+    now = time.time()
+    return now - float(result[0]["value"][1]) if result else None
+
+
+def check_fleet(stack: Stack) -> None:
+    """Fail early when the gateway refused what it was sent."""
+    invalid = stack.gw.metric("fleetgate_frames_invalid_total")
+    if invalid:
+        raise BenchError(f"the gateway refused {invalid:,.0f} frames as invalid; log tail:\n"
+                         f"{stack.gw.log_tail()}")
