@@ -9,9 +9,10 @@ the devices then go offline by timeout, after device_offline_after_intervals x 1
 
 Meanwhile, every POLL_S: the live lateness at VictoriaMetrics (bench/drain.py's LIVE_QUERY: the
 age of the newest live sample); every CHECK_S: the gateway's fleetgate_devices{state="offline"},
-fleetgate_stale_markers_total, /api/v1/pipeline and VmRSS. The wave is done at the first check
-where every device is offline, N x samples stale markers have been queued and the endpoint's
-cursor has reached everything committed (markers included). Then: every live sample and every
+fleetgate_stale_markers_total, /api/v1/pipeline and VmRSS. Every device is offline at the
+first check where the gauge says so; every stale marker is forwarded at the first check after
+that where the endpoint's cursor has reached what was committed then (the markers are committed
+with the device's close). Then: every live sample and every
 fleet sample in VM exactly once (count_over_time skips staleness markers), and VM's export of a
 few devices' series shows the stale marker as each one's last value.
 """
@@ -19,7 +20,6 @@ few devices' series shows the stale marker as each one's last value.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -58,29 +58,33 @@ def _live_age(stack: Stack, first_publish: float) -> float:
 
 def _follow(args: argparse.Namespace, stack: Stack, began: float,
             state: dict[str, Any]) -> dict[str, Any]:
-    """Poll until the wave is done (or dark_max_s): lateness, offline, markers, RSS."""
-    devices, markers_goal = stack.devices, stack.devices * stack.samples
-    out: dict[str, Any] = {"lateness": [], "rss": [], "offline_s": None, "markers_s": None}
+    """Poll until the wave is done (or dark_max_s): lateness, offline, markers, RSS.
+
+    The markers of a device are committed with its close, so once every device is offline
+    every marker is committed; they are all forwarded once the endpoint's cursor reaches what
+    was committed at that moment (live frames keep coming, so never "cursor = committed")."""
+    devices = stack.devices
+    out: dict[str, Any] = {"lateness": [], "rss": [], "offline_s": None, "markers_s": None,
+                           "markers": 0.0}
     next_check = began
+    target: int | None = None  # committed position once every device was offline
     while True:
         now = time.time()
         out["lateness"].append(_live_age(stack, state["live_first"]))
         if now >= next_check:
             next_check += CHECK_S
             out["rss"].append(scale_stack.vm_rss_mb(stack.pids["gw"]))
-            if out["offline_s"] is None and _offline(stack) >= devices:
+            if target is None and _offline(stack) >= devices:
                 out["offline_s"] = time.time() - began
-            markers = stack.gw.metric("fleetgate_stale_markers_total")
-            pipeline = stack.gw.pipeline()
-            forwarded = all(e["cursor"] >= pipeline["committed_upto"]
-                            for e in pipeline["endpoints"])
-            if out["markers_s"] is None and markers >= markers_goal and forwarded:
+                out["markers"] = stack.gw.metric("fleetgate_stale_markers_total")
+                target = int(stack.gw.pipeline()["committed_upto"])
+            if target is not None and min(
+                    int(e["cursor"]) for e in stack.gw.pipeline()["endpoints"]) >= target:
                 out["markers_s"] = time.time() - began
-            out["markers"] = markers
-            if out["offline_s"] is not None and out["markers_s"] is not None:
                 return out
         if now - began > args.dark_max_s:
             out["timed_out"] = True
+            out["markers"] = stack.gw.metric("fleetgate_stale_markers_total")
             return out
         time.sleep(max(0.0, POLL_S - (time.time() - now)))
 
@@ -90,8 +94,8 @@ def _stale_last_values(stack: Stack) -> tuple[int, int]:
     series = stack.vm.export(f'{{__name__=~"bench_m[0-9]+",device_id=~"{EXPORT_DEVICES}"}}')
     stale = 0
     for s in series:
-        last = s["values"][-1] if s["values"] else 0.0
-        if isinstance(last, str) or (isinstance(last, float) and math.isnan(last)):
+        # VictoriaMetrics exports a staleness marker as null (JSON has no NaN).
+        if s["values"] and s["values"][-1] is None:
             stale += 1
     return len(series), stale
 
