@@ -9,11 +9,12 @@ state change or a reboot, as stored and streamed. Plain data: `FleetState`
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+import msgpack
 
 from device_protocol import Birth, HistogramValue, Labels, TelemetryRows
 
@@ -83,6 +84,9 @@ class DeviceRecord:
     duplicates: dict[int, int] = field(default_factory=dict)  # per boot
     boots: list[int] = field(default_factory=list)  # newest last, at most MAX_BOOTS_KEPT
     due_ms: int | None = None  # when its live entry in FleetState's deadline heap is due
+    # Its rarely changing fleet metrics (up, duplicates, quarantined, missing) as last written
+    # by the fleet metrics job (gateway.fleet.series.DeviceMetrics): re-sent when they differ.
+    metrics_sent: tuple[float, ...] | None = None
     new: bool = True  # no state change yet: its first event has previous = None
 
     @property
@@ -126,21 +130,29 @@ class DeviceRecord:
             del self.boots[:-MAX_BOOTS_KEPT]
 
     def row(self) -> tuple[Any, ...]:
-        series = [[name, [list(p) for p in labels],
-                   [_json_float(v.count), _json_float(v.sum)] if isinstance(v, HistogramValue)
-                   else _json_float(float(v)), ts]
-                  for (name, labels), (v, ts) in self.series().items()]
+        """The checkpoint row. `latest` is msgpack (bytes): [samples, restored], each a list of
+        [[alias or name, labels], [value, ts]] as held here, aliases resolved by the boot's
+        birth when loaded; a histogram's value is [count, sum]. One C call instead of naming
+        and JSON-encoding every series: ~5x cheaper a row (bench/fleet_jobs.py). Rows of
+        earlier versions are JSON text (see record_from_row)."""
+        self.fold()
+        latest = _pack([list(self.samples.items()), list(self.restored.items())])
         stats = {"frames": self.frames, "quarantined": self.quarantined,
                  "duplicates": {str(b): n for b, n in self.duplicates.items()},
                  "boots": self.boots}
         return (self.device_id, self.platform, self.firmware, self.boot, self.interval_ms,
                 json.dumps(self.labels), self.first_seen_ms, self.last_seen_ms, self.last_seq,
-                int(self.online), json.dumps(series), self.state.value, self.state_since_ms,
+                int(self.online), latest, self.state.value, self.state_since_ms,
                 json.dumps(stats))
 
 
-def _json_float(value: float) -> float | str:
-    return value if math.isfinite(value) else str(value)
+def _histogram_as_list(value: object) -> list[float]:
+    if isinstance(value, HistogramValue):
+        return [value.count, value.sum]  # its buckets are not kept (as in the JSON rows)
+    raise TypeError(f"cannot checkpoint {type(value).__name__}")
+
+
+_pack = msgpack.Packer(default=_histogram_as_list, autoreset=True).pack
 
 
 def series_key(name: str, labels: tuple[tuple[str, str], ...]) -> str:
@@ -149,7 +161,30 @@ def series_key(name: str, labels: tuple[tuple[str, str], ...]) -> str:
     return name + "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
 
 
+def _unpacked(
+    packed: bytes,
+) -> tuple[dict[tuple[int | str, Labels], tuple[SeriesValue, int]],
+           dict[SeriesId, tuple[SeriesValue, int]]]:
+    """(samples, restored) of a msgpack `latest` (DeviceRecord.row)."""
+    samples, restored = msgpack.unpackb(packed)
+    return ({(metric, _labels(labels)): (_value(value), int(ts))
+             for (metric, labels), (value, ts) in samples},
+            {(str(name), _labels(labels)): (_value(value), int(ts))
+             for (name, labels), (value, ts) in restored})
+
+
+def _labels(pairs: list[list[str]]) -> Labels:
+    return tuple((str(k), str(v)) for k, v in pairs)
+
+
+def _value(value: float | list[float]) -> SeriesValue:
+    if isinstance(value, list):
+        return HistogramValue(float(value[0]), float(value[1]), ())
+    return float(value)
+
+
 def _restored_series(text: str | None) -> dict[SeriesId, tuple[SeriesValue, int]]:
+    """Series by name of a JSON `latest` (the rows of versions before msgpack)."""
     data = json.loads(text or "[]")
     out: dict[SeriesId, tuple[SeriesValue, int]] = {}
     if isinstance(data, dict):  # schema v1-v2 checkpoints: {series key: [value, ts]}
@@ -172,6 +207,11 @@ def record_from_row(row: sqlite3.Row) -> DeviceRecord:
     state = (DeviceState(row["state"]) if "state" in keys and row["state"]
              else DeviceState.ONLINE if row["online"] else DeviceState.OFFLINE)
     stats = json.loads(row["stats"] or "{}") if "stats" in keys else {}
+    latest = row["latest"]
+    if isinstance(latest, bytes):
+        samples, restored = _unpacked(latest)
+    else:
+        samples, restored = {}, _restored_series(latest)
     record = DeviceRecord(
         device_id=row["device_id"], platform=row["platform"], firmware=row["firmware"],
         boot=row["boot"], interval_ms=row["interval_ms"],
@@ -180,10 +220,11 @@ def record_from_row(row: sqlite3.Row) -> DeviceRecord:
         state_since_ms=(row["state_since_ms"] if "state_since_ms" in keys
                         and row["state_since_ms"] is not None
                         else row["last_seen_ms"]) or 0,
-        restored=_restored_series(row["latest"]),
+        restored=restored,
         frames=int(stats.get("frames", 0)),
         quarantined=int(stats.get("quarantined", 0)),
         duplicates={int(b): int(n) for b, n in stats.get("duplicates", {}).items()},
         boots=[int(b) for b in stats.get("boots", [])])
+    record.samples = samples  # the current boot's, named by its birth (set by the caller)
     record.new = False
     return record

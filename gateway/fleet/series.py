@@ -4,11 +4,14 @@
 see `gateway.buffer.markers.write_closes`.)
 - The fleet mirrored as metrics, every `fleet_metrics_interval_s`: `fleet_device_up`,
   `fleet_device_last_seen_timestamp_seconds`, per-device frame counters and `fleet_devices`.
+  Incremental (issue 15): after the first tick, a device's families are written when they
+  changed, and all of them again on a keep-alive rotation (KeepAlive) so none goes stale.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import bisect
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -38,15 +41,106 @@ def merge_labels(base: Labels, own: Labels) -> Labels:
 def fleet_metric_entries(fleet: FleetState, encoder: SeriesEncoder,
                          missing_of: Callable[[DeviceRecord], int], gateway_id: str,
                          now_ms: int) -> Iterator[bytes]:
-    entry = encoder.entry
-    prefix = encoder.uncached_prefix
+    """The whole fleet as metrics (a gateway's first tick): every family of every device."""
+    yield from gateway_entries(fleet, encoder, gateway_id, now_ms)
+    devices = DeviceMetrics(encoder, missing_of)
+    for record in list(fleet.devices.values()):
+        yield from devices.entries(record, now_ms, everything=True)
+
+
+def changed_entries(fleet: FleetState, devices: DeviceMetrics, encoder: SeriesEncoder,
+                    gateway_id: str, now_ms: int, changed: Iterable[str],
+                    keepalive: Sequence[str]) -> Iterator[bytes]:
+    """A tick of the fleet metrics after the first: every family of the devices due for their
+    keep-alive (KeepAlive), and of the devices observed since the last tick the families that
+    change with every frame (last seen, frames) plus those of the others whose value changed."""
+    yield from gateway_entries(fleet, encoder, gateway_id, now_ms)
+    records = fleet.devices
+    for device_id in keepalive:
+        record = records.get(device_id)
+        if record is not None:
+            yield from devices.entries(record, now_ms, everything=True)
+    resent = set(keepalive)
+    for device_id in changed:
+        record = records.get(device_id)
+        if record is not None and device_id not in resent:
+            yield from devices.entries(record, now_ms, everything=False)
+
+
+def gateway_entries(fleet: FleetState, encoder: SeriesEncoder, gateway_id: str,
+                    now_ms: int) -> Iterator[bytes]:
+    """`fleet_devices{gateway, state}`: every tick."""
     for state, count in fleet.counts().items():
         labels = (("gateway", gateway_id), ("state", state))
-        yield entry(encoder.gateway_series_prefix(DEVICES, labels), count, now_ms)
-    families = _device_families(missing_of)
-    for device_id, record in list(fleet.devices.items()):
-        for name, _, _, value in families:
-            yield entry(prefix(device_id, name, ()), float(value(record)), now_ms)
+        yield encoder.entry(encoder.gateway_series_prefix(DEVICES, labels), count, now_ms)
+
+
+# Rare values (up, duplicates, quarantined, missing) most devices share: one tuple for all.
+_COMMON_RARE = {values: values for values in ((1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0))}
+
+
+class DeviceMetrics:
+    """A device's entries of the per-device families, in _device_families' order. Its rarely
+    changing values are remembered in the record (`metrics_sent`, 8 bytes a device: the common
+    values are one shared tuple), so a tick writes them only when they changed; last seen and
+    frames change with nearly every frame and are written whenever the device was observed.
+    The prefixes come from the encoder's per-name and per-device byte pieces (no per-series
+    cache)."""
+
+    def __init__(self, encoder: SeriesEncoder,
+                 missing_of: Callable[[DeviceRecord], int]) -> None:
+        self._prefix = encoder.uncached_prefix
+        self._entry = encoder.entry
+        self._missing_of = missing_of
+
+    def entries(self, record: DeviceRecord, now_ms: int, everything: bool) -> list[bytes]:
+        prefix, entry, device_id = self._prefix, self._entry, record.device_id
+        rare = (float(record.online), float(sum(record.duplicates.values())),
+                float(record.quarantined), float(self._missing_of(record)))
+        sent = None if everything else record.metrics_sent
+        record.metrics_sent = _COMMON_RARE.get(rare, rare)
+        out = []
+        if sent is None or sent[0] != rare[0]:
+            out.append(entry(prefix(device_id, DEVICE_UP, ()), rare[0], now_ms))
+        out.append(entry(prefix(device_id, DEVICE_LAST_SEEN, ()), record.last_seen_ms / 1000,
+                         now_ms))
+        out.append(entry(prefix(device_id, DEVICE_FRAMES, ()), float(record.frames), now_ms))
+        for i, name in ((1, DEVICE_DUPLICATES), (2, DEVICE_QUARANTINED), (3, DEVICE_MISSING)):
+            if sent is None or sent[i] != rare[i]:
+                out.append(entry(prefix(device_id, name, ()), rare[i], now_ms))
+        return out
+
+
+class KeepAlive:
+    """Which devices to write whole again so that no series goes stale at the receiver: the
+    whole fleet once every period_ms, a slice a tick in proportion to the time passed (the
+    work of a tick is bounded), in id order resuming after the last id written (found by
+    bisection: devices added or forgotten meanwhile do not shift the others). A device is
+    written again at most period_ms + one tick interval after its last keep-alive."""
+
+    def __init__(self, period_ms: int) -> None:
+        self.period_ms = period_ms
+        self._since_ms: int | None = None
+        self._credit = 0.0  # devices owed, fractions carried to the next tick
+        self._after: str | None = None
+
+    def due(self, ids: Sequence[str], now_ms: int) -> list[str]:
+        """The slice of ids (sorted) due as of now_ms; the first call starts the clock."""
+        if self._since_ms is None:
+            self._since_ms = now_ms
+            return []
+        credit = self._credit + len(ids) * max(0, now_ms - self._since_ms) / self.period_ms
+        self._since_ms = now_ms
+        count = min(len(ids), int(credit))
+        self._credit = credit - count if count < len(ids) else 0.0
+        if not count:
+            return []
+        start = 0 if self._after is None else bisect.bisect_right(ids, self._after)
+        due = list(ids[start:start + count])
+        if len(due) < count:
+            due += ids[:count - len(due)]
+        self._after = due[-1]
+        return due
 
 
 class FleetCollector:

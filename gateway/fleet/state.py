@@ -58,7 +58,9 @@ class FleetState:
         self.platforms: Counter[str] = Counter()  # devices by platform, kept as births come
         self.firmwares: Counter[str] = Counter()
         self.incomplete: set[str] = set()  # devices whose ledger may have gaps
-        self._dirty: set[str] = set()
+        self._dirty: set[str] = set()  # for the checkpoint
+        # For the fleet metrics (another cadence): devices observed since their last tick.
+        self._metrics_dirty: set[str] = set()
         self._events: list[DeviceEvent] = []
         self._deadlines: list[tuple[int, str]] = []
         self._sorted_ids: list[str] | None = None
@@ -83,6 +85,7 @@ class FleetState:
             self.by_state[record.state].add(device_id)
             self._sorted_ids = None
         self._dirty.add(device_id)
+        self._metrics_dirty.add(device_id)
         return record
 
     def observe_birth(self, device_id: str, birth: Birth, now_ms: int) -> None:
@@ -153,7 +156,6 @@ class FleetState:
             return False
         if record.state is DeviceState.OFFLINE:
             return False
-        self._dirty.add(device_id)
         self._set_state(record, DeviceState.OFFLINE, now_ms, "death")
         return True
 
@@ -163,6 +165,7 @@ class FleetState:
             if record is not None:
                 record.duplicates[boot] = record.duplicates.get(boot, 0) + 1
                 self._dirty.add(device_id)
+                self._metrics_dirty.add(device_id)
 
     def observe_quarantined(self, device_id: str, frames: int) -> None:
         """Frames of a known device refused as invalid: counted apart from those received."""
@@ -170,6 +173,7 @@ class FleetState:
         if record is not None:
             record.quarantined += frames
             self._dirty.add(device_id)
+            self._metrics_dirty.add(device_id)
 
     def note_boot(self, device_id: str, boot: int) -> None:
         """A boot the device stored frames of (its ledger), for the completeness view: known
@@ -208,6 +212,7 @@ class FleetState:
         self._count_versions(record, -1)
         self.incomplete.discard(device_id)
         self._dirty.discard(device_id)
+        self._metrics_dirty.discard(device_id)
         self._sorted_ids = None
         return True
 
@@ -219,6 +224,7 @@ class FleetState:
         self.by_state[state].add(record.device_id)
         record.state, record.state_since_ms = state, now_ms
         self._dirty.add(record.device_id)
+        self._metrics_dirty.add(record.device_id)
         self._events.append(DeviceEvent(record.device_id, now_ms, "state", state=state.value,
                                         previous=None if record.new else previous.value,
                                         boot=record.boot, reason=reason))
@@ -310,6 +316,13 @@ class FleetState:
         chunks (a row costs ~40 µs: 100,000 in one go would stall the event loop 4 s)."""
         dirty = list(self._dirty)
         self._dirty.clear()
+        return dirty
+
+    def take_metrics_dirty(self) -> list[str]:
+        """The devices observed (or changed state) since the last call: the fleet metrics'
+        own set, apart from the checkpoint's."""
+        dirty = list(self._metrics_dirty)
+        self._metrics_dirty.clear()
         return dirty
 
     def rows_of(self, device_ids: list[str]) -> list[tuple[Any, ...]]:
