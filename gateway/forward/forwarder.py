@@ -49,11 +49,12 @@ from typing import TypeVar
 from gateway.backoff import backoff_s
 from gateway.buffer import store
 from gateway.buffer.buffer import Buffer
+from gateway.buffer.entry_cache import Sealed
 from gateway.buffer.store import Position
 from gateway.errors import StoreError
 from gateway.forward.client import Accepted, Rejected, RemoteWriteClient, TooLarge
 from gateway.forward.gather import FETCH_FRAMES, Batch, Gatherer
-from gateway.forward.order import Part, Request
+from gateway.forward.order import Part, Request, seal
 from gateway.forward.policy import EndpointSender, ForwarderStatus, dead_letter, replay
 from gateway.metrics import GatewayMetrics
 from gateway.settings import ForwardConfig
@@ -100,6 +101,8 @@ class Forwarder:
         self._cache = buffer.cache
         self._windows = buffer.cache.windows
         self._windows.register(endpoint)
+        # Frames that fall out of the cache while behind are kept as requests of this size.
+        buffer.cache.seal_blocks(config.max_samples_per_request, seal)
         self._metrics = metrics
         live_lane = resume.live_lane
         self.status = ForwarderStatus(cursor=resume.cursor, cursor_offset=resume.cursor_offset,
@@ -275,17 +278,21 @@ class Forwarder:
         return batch
 
     # ------------------------------------------------------------------ sending
-    async def _deliver(self, parts: list[Part]) -> Delivery:
-        """Send the parts as one request; dead-letter it whole if refused for good."""
-        if not any(entries for _, entries, _ in parts):
+    async def _deliver(self, parts: list[Part] | Sealed) -> Delivery:
+        """Send the parts (or a sealed block) as one request; dead-letter it whole if refused
+        for good."""
+        if isinstance(parts, Sealed):
+            request = Request(self.endpoint, [], self._windows, parts)
+        elif not any(entries for _, entries, _ in parts):
             return Delivery.DONE
-        request = Request(self.endpoint, parts, self._windows)
+        else:
+            request = Request(self.endpoint, parts, self._windows)
         result = await self._sender.send(request)
         if result is None:
             return Delivery.STOPPED
         if isinstance(result, Accepted):
             return Delivery.DONE
-        count = sum(len(entries) for _, entries, _ in request.parts)
+        count = request.samples
         if isinstance(result, TooLarge) and count > 1:
             self._shrink(count, result)
             return Delivery.SHRUNK

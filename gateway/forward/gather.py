@@ -1,8 +1,11 @@
 """What one request of a forwarder carries: frames after a position, as request parts.
 
-Frames right after the position come encoded from the entry cache; behind it (an outage, a
-restart, a slow endpoint) they are read back from SQLite, FETCH_FRAMES rows at a time, and
-decoded again. A frame larger than the room left is split (gateway.forward.order.take).
+Frames right after the position come encoded from the entry cache. Behind it (an outage), a
+block the cache sealed that starts right after the position is the whole request, as it was
+compressed when its frames fell out of the cache. Else (past the cache's sealed bytes, after a
+restart) frames are read back from SQLite, FETCH_FRAMES rows at a time, up to the next sealed
+block, and decoded again. A frame larger than the room left is split
+(gateway.forward.order.take).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 from device_protocol import ProtocolError
 from gateway.buffer import store
 from gateway.buffer.buffer import Buffer
+from gateway.buffer.entry_cache import Sealed
 from gateway.buffer.store import Position
 from gateway.forward.order import Part, take
 from gateway.metrics import GatewayMetrics
@@ -22,7 +26,8 @@ from gateway.remote_write.wire import LabelValidationError
 log = logging.getLogger(__name__)
 
 FETCH_FRAMES = 2000  # rows per read-back from SQLite when behind the cache
-Batch = tuple[list[Part], Position, bool]  # (parts, position after them, full)
+# (parts, or a sealed block, position after them, full)
+Batch = tuple[list[Part] | Sealed, Position, bool]
 
 
 class Gatherer:
@@ -44,6 +49,10 @@ class Gatherer:
         samples = 0
         frame_id, start = after.frame_id, after.offset
         cache, append = self._buffer.cache, parts.append
+        if not start:
+            block = cache.sealed_at(frame_id + 1)
+            if block is not None and self._whole(block, upto, limit):
+                return block, Position(block.last_id), block.last_id < upto
         # Fast path: the frames right after the cursor are still encoded in the cache.
         while frame_id < upto and samples < limit:
             frame_id += 1
@@ -63,17 +72,20 @@ class Gatherer:
         if frame_id == after.frame_id:  # behind the cache (outage, restart, drops): read back
             while ahead and ahead[0].id <= after.frame_id:
                 ahead.popleft()
+            # Up to the next sealed block: that one goes as it is.
+            stop = min(cache.next_sealed_after(after.frame_id + 1) or upto + 1, upto + 1)
             if not ahead:
+                count = max(1, min(FETCH_FRAMES, stop - after.frame_id - 1))
                 rows = await self._buffer.db.read(
-                    lambda conn: store.fetch_frames(conn, after.frame_id, FETCH_FRAMES))
+                    lambda conn: store.fetch_frames(conn, after.frame_id, count))
                 if not rows:
                     return parts, Position(upto), False  # everything up to upto was deleted
                 ahead.extend(rows)
-            dropped = self._buffer.cache.windows.dropped
+            dropped = cache.windows.dropped
             while ahead and samples < limit:
                 row = ahead[0]
-                if row.id > upto:  # nothing left in (frame_id, upto]: deleted or dropped
-                    frame_id = upto
+                if row.id >= stop:  # nothing left in (frame_id, stop): deleted or dropped
+                    frame_id = stop - 1
                     break
                 if dropped and row.id in dropped:  # read ahead, then dropped (drop_oldest)
                     ahead.popleft()
@@ -88,6 +100,14 @@ class Gatherer:
                 ahead.popleft()
                 frame_id = row.id
         return parts, Position(frame_id), frame_id < upto or samples >= limit
+
+    def _whole(self, block: Sealed, upto: int, limit: int) -> bool:
+        """The block can be sent as it is: committed, within the request size (a 413 may
+        have lowered it), none of its frames dropped meanwhile."""
+        if block.last_id > upto or block.samples > limit:
+            return False
+        dropped = self._buffer.cache.windows.dropped
+        return not (dropped and any(block.first_id <= i <= block.last_id for i in dropped))
 
     def entries_of(self, row: store.FrameRow) -> Sequence[bytes]:
         cached = self._buffer.cache.get(row.id)

@@ -8,6 +8,10 @@ Only a request where one device goes backwards (replayed history beside live fra
 marker beside older samples) is sorted, by each entry's timestamp (stable).
 Frames without that record (stale markers, the fleet's metrics, births' info entries) count as
 belonging to every device: they are checked against all frames before them.
+
+A request can also be a block the entry cache sealed (`seal`): frames that fell out of the cache
+during an outage, compressed once as exactly the body a request of them would have; it is sent
+as it is unless a frame of it was dropped meanwhile.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import chain
 
-from gateway.buffer.entry_cache import FrameEntries, SendWindows
+from gateway.buffer.entry_cache import FrameEntries, Sealed, SendWindows
 from gateway.remote_write.wire import compress, entry_timestamp
 
 Span = tuple[str | None, int, int]  # (device or None for "any", oldest ms, newest ms)
@@ -71,30 +75,63 @@ def request_body(parts: Sequence[Part]) -> bytes:
     return b"".join([listed[i] for i in order])
 
 
+def seal(frames: Sequence[tuple[int, Sequence[bytes]]]) -> bytes | None:
+    """The entry cache's Sealer: the compressed body of a request of these whole frames, or
+    None if that request would have to be sorted (a device's frames go back in time)."""
+    if not in_time_order([(frame_id, entries, entries) for frame_id, entries in frames]):
+        return None
+    return compress(b"".join(chain.from_iterable(entries for _, entries in frames)))
+
+
 class Request:
     """One request as it is attempted. Before each attempt the parts whose frames the
     drop_oldest policy deleted meanwhile are left out, and the rest is marked on the wire (not
-    eligible for dropping) until `landed`: so a frame counted as dropped is never sent."""
+    eligible for dropping) until `landed`: so a frame counted as dropped is never sent.
+    Made of a sealed block, it is that block's body; its parts are read out of it only when
+    needed (a frame of it dropped, the request refused and dead-lettered)."""
 
-    def __init__(self, endpoint: str, parts: list[Part], windows: SendWindows) -> None:
+    def __init__(self, endpoint: str, parts: list[Part], windows: SendWindows,
+                 sealed: Sealed | None = None) -> None:
         self.endpoint = endpoint
-        self.parts = parts
+        self._parts = parts
+        self._sealed = sealed
         self._windows = windows
         self._body: tuple[bytes, int] | None = None
+
+    @property
+    def parts(self) -> list[Part]:
+        sealed = self._sealed
+        if sealed is not None:  # from now on an ordinary request of those frames
+            self._parts = [(frame_id, entries, entries) for frame_id, entries in sealed.frames()]
+            self._sealed = None
+        return self._parts
+
+    @property
+    def samples(self) -> int:
+        sealed = self._sealed
+        return sealed.samples if sealed is not None else sum(len(p[1]) for p in self._parts)
 
     async def attempt(self) -> tuple[bytes, int]:
         """The compressed body and its sample count (0: nothing left to send)."""
         windows = self._windows
         async with windows.lock:
             dropped = windows.dropped
-            if dropped and any(part[0] in dropped for part in self.parts):
-                self.parts = [part for part in self.parts if part[0] not in dropped]
+            sealed = self._sealed
+            if sealed is not None:
+                first, last = sealed.first_id, sealed.last_id
+                if not (dropped and any(first <= i <= last for i in dropped)):
+                    windows.keep(self.endpoint, "wire", first - 1, last)
+                    return sealed.body, sealed.samples
+                self._body = None  # a frame of it was dropped: leave it out, as below
+            parts = self.parts
+            if dropped and any(part[0] in dropped for part in parts):
+                parts = self._parts = [part for part in parts if part[0] not in dropped]
                 self._body = None
-            if self.parts:
-                windows.keep(self.endpoint, "wire", self.parts[0][0] - 1, self.parts[-1][0])
+            if parts:
+                windows.keep(self.endpoint, "wire", parts[0][0] - 1, parts[-1][0])
         if self._body is None:
-            count = sum(len(part[1]) for part in self.parts)
-            self._body = (compress(request_body(self.parts)) if count else b"", count)
+            count = sum(len(part[1]) for part in parts)
+            self._body = (compress(request_body(parts)) if count else b"", count)
         return self._body
 
     def landed(self) -> None:

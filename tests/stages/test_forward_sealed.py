@@ -1,0 +1,190 @@
+"""Draining an outage from sealed blocks: frames that fell out of the entry cache while the
+endpoint was down are sent as the request bodies compressed when they fell out, never read
+back from SQLite, each sample once and every series in order; a block too large after a 413,
+refused, or with a frame dropped from it goes frame by frame like any request."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import tests.support.factories as f
+from gateway.buffer import store
+from gateway.buffer.entry_cache import EntryCache, Sealed, SendWindows
+from gateway.forward.client import SendResult, TooLarge
+from gateway.forward.forwarder import Forwarder
+from gateway.forward.order import Request
+from gateway.remote_write.wire import compress, decompress
+from tests.stages.test_forwarder import make_forwarder, values_of, wait_until
+from tests.support.fakes import Accepted, FakeRemoteWrite, Rejected, Retryable
+from tests.support.pipeline_harness import Harness, birth_msg, tele_msg
+
+DEVICES, FRAMES = 3, 100
+Series = list[tuple[dict[str, str], list[tuple[float, int]]]]
+
+
+class Receiver(FakeRemoteWrite):
+    """Down (503) until `up`; records the compressed bodies it was sent."""
+
+    def __init__(self, respond: object = None) -> None:
+        super().__init__(self._answer)
+        self.up = False
+        self.bodies: list[bytes] = []
+        self._then = respond
+
+    def _answer(self, series: Series) -> SendResult:
+        if not self.up:
+            return Retryable(503, "down", 0.001)
+        return self._then(series) if callable(self._then) else Accepted(204)
+
+    async def send(self, compressed_body: bytes) -> SendResult:
+        if self.up:
+            self.bodies.append(compressed_body)
+        return await super().send(compressed_body)
+
+
+def outage_harness(tmp_path: Path) -> Harness:
+    h = Harness(tmp_path / "db")
+    h.cache = EntryCache(max_samples=40)  # a few frames: the rest fall out during the outage
+    return h
+
+
+async def outage(h: Harness, receiver: Receiver) -> tuple[Forwarder, asyncio.Task[None]]:
+    """The endpoint is down while the backlog comes in; its forwarder is retrying."""
+    await h.open()
+    forwarder = make_forwarder(h, receiver)
+    task = asyncio.create_task(forwarder.run())
+    base = f.now_ms() - 600_000
+    await h.pipeline.handle([birth_msg(i) for i in range(DEVICES)])
+    await wait_until(lambda: len(receiver.requests) >= 1)  # failing
+    for seq in range(FRAMES):
+        await h.pipeline.handle([tele_msg(i, seq, base) for i in range(DEVICES)])
+    return forwarder, task
+
+
+def sealed_blocks(cache: EntryCache, upto: int) -> list[Sealed]:
+    found = [cache.sealed_at(i) for i in range(upto + 1)]
+    return [b for b in found if b is not None]
+
+
+def assert_each_once_in_order(accepted: Series) -> None:
+    temps = values_of(accepted, "device_temperature_celsius")
+    assert sorted(temps) == sorted(f.sample_value(i, s) for i in range(DEVICES)
+                                   for s in range(FRAMES))
+    for i in range(DEVICES):  # per series, in seq order
+        mine = [v for v in temps if int(v) // 100_000 == i]
+        assert mine == sorted(mine)
+
+
+def count_fetches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    rows_read: list[int] = []
+    real_fetch = store.fetch_frames
+
+    def counting_fetch(conn, after_id, limit):  # type: ignore[no-untyped-def]
+        rows = real_fetch(conn, after_id, limit)
+        rows_read.extend(row.id for row in rows)
+        return rows
+
+    monkeypatch.setattr(store, "fetch_frames", counting_fetch)
+    return rows_read
+
+
+def test_an_outage_drains_from_sealed_blocks_sent_as_they_were_compressed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = outage_harness(tmp_path)
+    receiver = Receiver()
+    rows_read = count_fetches(monkeypatch)
+    blocks: list[Sealed] = []
+
+    async def go() -> None:
+        forwarder, task = await outage(h, receiver)
+        blocks.extend(sealed_blocks(h.cache, h.buffer.committed_upto))
+        receiver.up = True
+        forwarder.begin_drain()
+        await asyncio.wait_for(task, 10)
+        assert forwarder.cursor == h.buffer.committed_upto
+        h.cache.evict_upto(forwarder.cursor)  # as Buffer.freed does (the harness's own
+        assert h.cache.sealed_bytes == 0  # reader, a commit log, stays at 0): let go
+        await h.db.close()
+
+    asyncio.run(go())
+    assert len(blocks) >= 5  # most of the 300 frames of 3 samples, 50 samples a request
+    in_blocks = {i for b in blocks for i in range(b.first_id, b.last_id + 1)}
+    assert not in_blocks & set(rows_read)  # none of them read back from SQLite
+    assert [b.body for b in blocks] == [body for body in receiver.bodies
+                                        if any(body is b.body for b in blocks)]  # as is, once
+    assert_each_once_in_order(receiver.accepted)
+    assert h.rows("SELECT COUNT(*) FROM frames") == [(0,)]
+
+
+def test_after_a_413_blocks_larger_than_a_request_go_frame_by_frame(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = outage_harness(tmp_path)
+    receiver = Receiver(lambda series: TooLarge(413, "too big") if sum(
+        len(s) for _, s in series) > 30 else Accepted(204))
+
+    async def go() -> None:
+        forwarder, task = await outage(h, receiver)
+        assert sealed_blocks(h.cache, h.buffer.committed_upto)
+        receiver.up = True
+        forwarder.begin_drain()
+        await asyncio.wait_for(task, 10)
+        assert forwarder.status.max_samples_per_request <= 25  # half the refused block
+        await h.db.close()
+
+    asyncio.run(go())
+    assert_each_once_in_order(receiver.accepted)
+    assert all(sum(len(s) for _, s in r) <= 25 for r in receiver.requests[-10:])
+    assert sum(1 for r in receiver.requests if sum(len(s) for _, s in r) > 30) == 1
+
+
+def test_a_refused_block_is_dead_lettered_sample_by_sample(tmp_path: Path) -> None:
+    h = outage_harness(tmp_path)
+    refused: list[int] = []
+
+    def first_refused(series: Series) -> SendResult:
+        if not refused and len(series) > 1:  # the first request with samples
+            refused.append(sum(len(s) for _, s in series))
+            return Rejected(400, "bad")
+        return Accepted(204)
+
+    receiver = Receiver(first_refused)
+
+    async def go() -> None:
+        forwarder, task = await outage(h, receiver)
+        first = sealed_blocks(h.cache, h.buffer.committed_upto)[0]
+        assert forwarder.cursor < first.first_id  # the births' request comes first
+        receiver.up = True
+        forwarder.begin_drain()
+        await asyncio.wait_for(task, 10)
+        await h.db.close()
+
+    asyncio.run(go())
+    assert h.rows("SELECT COUNT(*) FROM dead_letters") == [(refused[0],)]
+    sent = len(values_of(receiver.accepted, "device_temperature_celsius"))
+    dead = h.rows("SELECT COUNT(*) FROM dead_letters WHERE series LIKE"
+                  " 'device_temperature_celsius%'")[0][0]
+    assert sent + dead == DEVICES * FRAMES
+
+
+def test_a_frame_dropped_from_a_block_in_flight_is_left_out_of_its_next_attempt() -> None:
+    frames = [(i, [b"\x0a\x01" + bytes([i])]) for i in (5, 6, 7)]
+    block = Sealed(5, 7, __import__("array").array("I", [1, 1, 1]), 3,
+                   compress(b"".join(e for _, es in frames for e in es)))
+    windows = SendWindows()
+    windows.hold("ep", "backlog", 4, 7)
+
+    async def go() -> tuple[bytes, int, bytes, int]:
+        request = Request("ep", [], windows, block)
+        whole = await request.attempt()
+        assert windows.ranges() == [(4, 7)]  # on the wire: not eligible for dropping
+        request.landed()
+        windows.note_dropped([6])
+        again = await request.attempt()
+        return (*whole, *again)
+
+    whole, samples, again, left = asyncio.run(go())
+    assert whole is block.body and samples == 3
+    assert (decompress(again), left) == (b"\x0a\x01\x05\x0a\x01\x07", 2)
