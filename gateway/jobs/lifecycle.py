@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.buffer import store
+from gateway.buffer.markers import STALE_LOOKBACK_MS
 from gateway.errors import StoreError
 from gateway.fleet.events import EventHub
-from gateway.fleet.state import DeviceEvent, FleetState
+from gateway.fleet.state import DeviceEvent, DeviceState, FleetState
 from gateway.jobs.runner import Db
 from gateway.metrics import GatewayMetrics
 
@@ -43,10 +44,14 @@ class LifecycleJob:
     metrics: GatewayMetrics
     close_boot: CloseBoot | None
     close_boots: CloseBoots | None = None
+    _resumed: bool = field(default=False, init=False)
 
     async def tick(self, now_ms: int) -> int:
         """Sweep for late/offline devices; write, stream and act on the events. Returns how
         many events there were."""
+        if not self._resumed:
+            self._resumed = True
+            await self._close_interrupted(now_ms)
         total = 0
         while True:
             more = self.fleet.sweep(now_ms, limit=SWEEP_CHUNK)
@@ -81,6 +86,21 @@ class LifecycleJob:
             for event, count in counted.items():
                 self.metrics.device_events.labels(event).inc(count)
         return events
+
+    async def _close_interrupted(self, now_ms: int) -> None:
+        """At a start: the boots of devices gone offline within the lookback, in case their
+        closing was cut short by a stop (a fleet gone dark takes a while to close, and the
+        checkpoint may have saved them offline meanwhile). The pipeline skips the boots it
+        closed already (closed_boots, in SQLite): each boot gets its markers once."""
+        since = now_ms - STALE_LOOKBACK_MS
+        devices = self.fleet.devices
+        recent: list[tuple[str, int]] = []
+        for device_id in self.fleet.by_state[DeviceState.OFFLINE]:
+            record = devices[device_id]
+            if record.boot is not None and record.state_since_ms >= since:
+                recent.append((device_id, record.boot))
+        for start in range(0, len(recent), SWEEP_CHUNK):
+            await self._close_silent_boots(recent[start:start + SWEEP_CHUNK])
 
     async def _close_silent_boots(self, boots: list[tuple[str, int]]) -> None:
         if not boots:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 import tests.support.factories as f
 from gateway.buffer import store
 from gateway.fleet.events import EventHub
@@ -104,19 +106,28 @@ def test_live_frames_commit_between_the_closes_of_a_fleet_gone_dark(tmp_path: Pa
     assert live == [(1 + len(sent),)]
 
 
-def test_a_stop_half_way_through_closes_each_boot_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("saved", ["online", "offline"])
+def test_a_stop_half_way_through_closes_each_boot_once(tmp_path: Path, saved: str) -> None:
+    """The gateway closed the first 600 of 1,000 silent boots, then stopped. Its last
+    checkpoint had the devices online (they time out again after the restart) or already
+    offline (the checkpoint ran while the boots were being closed: the lifecycle's first tick
+    closes the boots of devices gone offline within the lookback)."""
     h = Harness(tmp_path / "db")
     devices = range(1, 1_001)
 
     async def go() -> None:
         p = await h.open()
         await born_and_reporting(p, devices, f.now_ms() - 10_000)
-        # The gateway closed the first 600 boots, then stopped.
         await p.close_boots([(f.device_id(i), f.boot_id(i), lambda: True)
                              for i in devices[:600]])
         await h.db.close()
-        await h.open()  # restarted: the fleet times out again from its checkpoint
-        assert await lifecycle(h, lifecycle_fleet(devices)).tick(DARK_AT) == len(devices)
+        await h.open()
+        fleet = lifecycle_fleet(devices)
+        if saved == "offline":
+            fleet.sweep(DARK_AT)
+            fleet.take_events()
+        events = await lifecycle(h, fleet).tick(DARK_AT + 1_000)
+        assert events == (len(devices) if saved == "online" else 0)
         await h.db.close()
 
     run(go)
