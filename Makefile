@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps venv demo demo-secure test lint bench bench-api bench-sim faults clean
+.PHONY: install system-deps venv demo demo-secure test lint bench bench-api bench-sim bench-scale faults clean
 
 install: system-deps venv
 
@@ -73,6 +73,12 @@ bench-api: install
 # frame against one plain paho client in the same run; the "sim" section of bench/RESULTS.md.
 bench-sim: install
 	$(BIN)/python bench/sim_scale.py $(SIM_BENCH_ARGS)
+
+# Issue 15 at full scale (~35 min on 2 cores; --quick ~10 min): CPU per frame at 1k/10k/100k
+# devices, 100k devices sustained for 10 min, 100k going dark, drain against vmagent, RSS; the
+# "scale" section of bench/RESULTS.md. Smaller: make bench-scale SCALE_BENCH_ARGS=--quick
+bench-scale: install
+	$(BIN)/python bench/scale.py $(SCALE_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache .hypothesis

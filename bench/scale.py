@@ -5,8 +5,8 @@ Phases (each with fresh Mosquitto, VictoriaMetrics and gateway, default settings
            100,000 x 3 frames per device), births / first frame of the boot / later frames
            apart, sizes interleaved in each of --repeat repeats (bench/scale_phases.py);
   memory   RSS with N devices known at each size (from the cpu runs) -> bytes per device and
-           per series (least-squares slope); with --tracemalloc also an in-process figure
-           (bench/scale_memory.py);
+           per series (least-squares slope); and the gateway's Python heap per device by
+           tracemalloc, one traced gateway per size (bench/scale_memory.py);
   sustain  100,000 devices at a 10 s cadence (10,000 frames/s) for --sustain-s (600) with the
            lifecycle on: rate reached, CPU shares, RSS, age of the newest data at VM, every
            sample delivered once (bench/scale_phases.py);
@@ -41,6 +41,7 @@ import drain
 import procstat
 import results_file
 import scale_dark
+import scale_memory
 import scale_phases
 import scale_report
 import stats
@@ -69,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cpu-workload", action="append", type=parse_workload, default=[],
                     metavar="DEVICESxFRAMES", help="a fleet size of the cpu phase and frames "
                     f"per device; repeat the flag (default {' '.join(FULL['cpu'])})")
+    ap.add_argument("--no-tracemalloc", action="store_true",
+                    help="memory: only the RSS slope of the cpu runs, no traced gateway runs")
     ap.add_argument("--sustain-devices", type=int, default=None)
     ap.add_argument("--sustain-s", type=float, default=None)
     ap.add_argument("--dark-devices", type=int, default=None)
@@ -186,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "cpu" in args.phases or "memory" in args.phases:
             cpu = run_cpu_phase(args, runner)
-        for name, fn in (("sustain", scale_phases.run_sustain), ("dark", scale_dark.run_dark),
+        for name, fn in (("memory", scale_memory.run_memory),
+                         ("sustain", scale_phases.run_sustain), ("dark", scale_dark.run_dark),
                          ("drain", run_drain)):
-            if name in args.phases:
+            if name in args.phases and not (name == "memory" and args.no_tracemalloc):
                 result = runner.attempt(name, name, fn, args, root / name)
                 if result is not None:
                     phases[name] = result

@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,14 +78,17 @@ class Stack:
 
 @contextlib.contextmanager
 def stack(workdir: Path, devices: int, samples: int, interval_ms: int,
-          settings: dict[str, str], connections: int = 4) -> Iterator[Stack]:
-    """A fresh Mosquitto, VictoriaMetrics, gateway (fresh data dir) and generator."""
+          settings: dict[str, str], connections: int = 4,
+          gateway_env: AbstractContextManager[None] | None = None) -> Iterator[Stack]:
+    """A fresh Mosquitto, VictoriaMetrics, gateway (fresh data dir) and generator;
+    `gateway_env` is entered around the gateway's start only (os.environ it inherits)."""
     with contextlib.ExitStack() as stack:
         mosq = stack.enter_context(Mosquitto(workdir / "mosquitto"))
         vm = stack.enter_context(VictoriaMetrics(workdir / "vm", extra_args=VM_ARGS))
-        gw = stack.enter_context(GatewayProcess(
-            workdir / "gateway", mqtt_url=mosq.url, settings=settings,
-            remote_write_urls=[vm.remote_write_url]))
+        gw = GatewayProcess(workdir / "gateway", mqtt_url=mosq.url, settings=settings,
+                            remote_write_urls=[vm.remote_write_url])
+        with gateway_env or contextlib.nullcontext():
+            stack.enter_context(gw)
         gen = Child("generator", [
             sys.executable, str(BENCH_DIR / "scale_gen.py"), "--mqtt", mosq.url,
             "--devices", str(devices), "--samples", str(samples),
