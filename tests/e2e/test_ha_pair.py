@@ -12,7 +12,9 @@ both remote-write every sample to the same receivers:
   really write everything twice and the two above showed nothing.
 Devices publish paced frames; once gw-b has forwarded part of them it is SIGKILLed and never
 restarted; the devices keep publishing. Every device sample is then in each receiver exactly
-once, with no gap around the kill.
+once, with no gap around the kill. Second, the hard case of "lost only if the other missed it
+too": gw-a is stopped (an upgrade), gw-b dies while gw-a is down, and the frames sent while no
+gateway was up come to gw-a, back, from the broker's queue for its own session.
 
 What the two gateways do NOT write identically (docs/scaling.md):
 - `fleet_device_info` carries each gateway's own arrival time of the birth, so a boot has one
@@ -135,3 +137,34 @@ def test_one_of_a_pair_dies_for_good_and_every_sample_arrives_once(
         up = receiver.query("fleet_device_up[1h]")
         assert {r["metric"]["device_id"] for r in up} == set(expected)
         assert {float(v) for r in up for _, v in r["values"]} == {1.0}
+
+
+def test_a_member_restarting_while_the_other_dies_takes_the_gap_from_its_broker_session(
+        pair: dict[str, GatewayProcess], mosquitto: Mosquitto,
+        receivers: dict[str, Prometheus | VictoriaMetrics]) -> None:
+    """gw-a stops (an upgrade) and, while it is down, gw-b dies for good: what the devices sent
+    meanwhile is in the dead gw-b's buffer and in the broker's queue for gw-a's session only.
+    gw-a, back, takes it from that queue: the receivers still hold every sample once."""
+    gw_a, gw_b = pair["gw-a"], pair["gw-b"]
+    base = f.now_ms() - 120_000
+    fleet = PacedFleet(mosquitto.url, DEVICES, ROUNDS, base, ROUND_S)
+    fleet.start()
+    wait_for(lambda: forwarded_everywhere(gw_a, 60), 20, what="gw-a forwards 60 frames")
+    gw_a.stop()  # SIGTERM: its persistent session (and from now on a queue) stay at the broker
+    alone = fleet.sent
+    wait_for(lambda: fleet.sent >= alone + 50, 20, what="50 frames while gw-a is down")
+    gw_b.kill()
+    missed_by_both = fleet.sent
+    fleet.join(30)
+    assert fleet.error is None and not fleet.is_alive()
+    assert missed_by_both < fleet.sent, "the fleet had finished: no frame went to no gateway"
+    gw_a.start()
+
+    vm_dedup, prom = receivers["vm-dedup"], receivers["prometheus"]
+    assert isinstance(vm_dedup, VictoriaMetrics) and isinstance(prom, Prometheus)
+    expected = {f.device_id(i): [(base + s * 1000, f.sample_value(i, s)) for s in ROUNDS]
+                for i in DEVICES}
+    wait_for(lambda: gw_a.caught_up() and vm_range(vm_dedup, METRIC) == expected, 30,
+             what="gw-a drains its session and VictoriaMetrics holds every sample once")
+    for i in DEVICES:
+        assert prom_samples(prom, METRIC, f.device_id(i)) == expected[f.device_id(i)]
