@@ -16,13 +16,19 @@ from gateway.jobs.runner import Db, Runner, wall_ms
 # Fleet state is advisory: losing 30 s of "last seen" to a kill is harmless, while writing it
 # encodes every active device's latest values (at 10,000 devices every 5 s: 9% of the CPU).
 FLEET_CHECKPOINT_INTERVAL_S = 30.0
-CHECKPOINT_CHUNK = 250  # device rows built and written at a time (~10 ms of the loop)
+# Devices whose only change is their telemetry's progress (last seen, seq, frames, newest
+# values: every device of a busy fleet, every time) are written this often (a kill loses at
+# most that much of it; a stop writes everything); state, boots and counters every 30 s.
+FLEET_VALUES_CHECKPOINT_INTERVAL_S = 300.0
+CHECKPOINT_CHUNK = 250  # device rows built and written at a time (~5 ms of the loop)
 
 
 @dataclass
 class CheckpointJob:
     """Writes the dirty devices' rows, then updates the gauges as of `clock()` after the writes
-    (a checkpoint of 100,000 devices takes seconds: the unsent ages are not that much older)."""
+    (a checkpoint of 100,000 devices takes seconds: the unsent ages are not that much older).
+    A tick writes every change (a stop's last checkpoint, the maintenance's); the periodic
+    loop (run_checkpoint_and_gauges) leaves the telemetry's progress for every few minutes."""
 
     fleet: FleetState
     db: Db
@@ -31,8 +37,12 @@ class CheckpointJob:
 
     async def tick(self, now_ms: int) -> None:
         """The rows carry their own times; the gauges are taken at clock() after the writes."""
+        await self.write(values=True)
+
+    async def write(self, values: bool) -> None:
+        """values=False: only the devices with more than their telemetry's progress to save."""
         fleet = self.fleet
-        dirty = fleet.take_dirty_ids()
+        dirty = fleet.take_dirty_ids(values)
         for start in range(0, len(dirty), CHECKPOINT_CHUNK):
             rows = fleet.rows_of(dirty[start:start + CHECKPOINT_CHUNK])
             if not rows:
@@ -45,16 +55,33 @@ class CheckpointJob:
         await self.gauges.tick(self.clock())
 
 
+@dataclass
+class _StateCheckpoint:
+    """The periodic checkpoint between two of the values: CheckpointJob.write(values=False)."""
+
+    checkpoint: CheckpointJob
+
+    async def tick(self, now_ms: int) -> None:
+        await self.checkpoint.write(values=False)
+
+
 async def run_checkpoint_and_gauges(runner: Runner, checkpoint: CheckpointJob,
                                     gauges: GaugesJob) -> None:
     """Every GAUGE_INTERVAL_S the gauges, and every FLEET_CHECKPOINT_INTERVAL_S the checkpoint
-    instead (which updates the gauges too)."""
+    instead (which updates the gauges too): with the newest values every
+    FLEET_VALUES_CHECKPOINT_INTERVAL_S."""
     loop = asyncio.get_running_loop()
-    checkpointed = loop.time()
+    checkpointed = values_at = loop.time()
+    state_only = _StateCheckpoint(checkpoint)
     while True:
         await asyncio.sleep(GAUGE_INTERVAL_S)
-        if loop.time() - checkpointed >= FLEET_CHECKPOINT_INTERVAL_S:
-            checkpointed = loop.time()
-            await runner.survive("fleet-checkpoint", checkpoint)
+        now = loop.time()
+        if now - checkpointed >= FLEET_CHECKPOINT_INTERVAL_S:
+            checkpointed = now
+            if now - values_at >= FLEET_VALUES_CHECKPOINT_INTERVAL_S:
+                values_at = now
+                await runner.survive("fleet-checkpoint", checkpoint)
+            else:
+                await runner.survive("fleet-checkpoint", state_only)
         else:
             await runner.survive("gauges", gauges)

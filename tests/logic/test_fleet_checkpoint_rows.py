@@ -4,6 +4,7 @@ before it still load, and load back into the same record once written in the new
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import sqlite3
@@ -12,7 +13,11 @@ from device_protocol import HistogramValue, MetricDef, MetricType, RawSample
 from gateway.buffer import store
 from gateway.buffer.db import apply_migrations
 from gateway.fleet.state import FleetState
+from gateway.jobs.checkpoint import CheckpointJob
+from gateway.jobs.gauges import GaugesJob
+from gateway.metrics import GatewayMetrics
 from tests.support.factories import decoded_frame, fixed_birth
+from tests.support.fakes import MemoryStore
 
 T0 = 1_790_000_000_000
 METRICS = (MetricDef(0, "temp_c", MetricType.GAUGE),
@@ -63,3 +68,38 @@ def test_a_row_of_the_json_format_before_loads_and_is_written_back_in_msgpack() 
     again = FleetState()
     again.load(through_sqlite([record.row()]))
     assert again.devices["d"].latest() == expected
+
+
+# ---------------------------------------------------------------------- what a checkpoint writes
+def checkpointed(db: MemoryStore) -> dict[str, tuple[object, ...]]:
+    return {str(row[0]): row[1:] for row in db.rows(
+        "SELECT device_id, state, last_seq FROM devices")}
+
+
+def reporting_fleet() -> FleetState:
+    fleet = FleetState(started_ms=T0)
+    for device_id in ("quiet", "busy", "dead", "dup"):
+        fleet.observe_birth(device_id, fixed_birth(5, T0, METRICS), T0)
+    return fleet
+
+
+def test_the_state_checkpoint_leaves_the_telemetrys_progress_for_the_values_one() -> None:
+    fleet, db = reporting_fleet(), MemoryStore()
+    job = CheckpointJob(fleet, db, GaugesJob(fleet, (), db, lambda: 0, GatewayMetrics()))
+    asyncio.run(job.write(values=False))  # new devices: written whole
+    assert set(checkpointed(db)) == {"quiet", "busy", "dead", "dup"}
+    frame = decoded_frame(5, 7, T0 + 10, [RawSample(0, 1.5, 0, ())])
+    for device_id in ("busy", "dead", "dup"):
+        fleet.observe_telemetry(device_id, frame, T0 + 10)
+    fleet.observe_death("dead", 5, T0 + 20)
+    fleet.observe_duplicates([("dup", 5)])
+    db.conn.execute("DELETE FROM devices")
+    asyncio.run(job.write(values=False))
+    # Their state or counters changed: written, with their newest values.
+    assert checkpointed(db) == {"dead": ("offline", 7), "dup": ("online", 7)}
+    asyncio.run(job.write(values=True))
+    assert checkpointed(db)["busy"] == ("online", 7)  # only its telemetry moved on
+    assert set(checkpointed(db)) == {"busy", "dead", "dup"}  # the others were written already
+    fleet.observe_telemetry("quiet", frame, T0 + 30)
+    asyncio.run(job.tick(T0 + 40))  # a stop's last checkpoint: everything
+    assert checkpointed(db)["quiet"] == ("online", 7)
