@@ -5,19 +5,26 @@ bytes from here and never touch SQLite or the decoder.
 
 Frames that fall out of the cache while a forwarder is behind (an outage) are kept encoded: in
 id order, a request's worth at a time (`block_samples`), as the compressed body of that request
-(`Sealed`), up to `max_sealed_bytes` in all. A forwarder whose position is a block's start sends
-that body as it is: no read-back, no decode, no join, no compression ("keep what is encoded once
-encoded"; vmagent drains its queue of compressed blocks the same way). Past that bound, and after
-a restart, a forwarder reads the frames back from SQLite and decodes them again.
+(`Sealed`), up to `max_sealed_bytes` in all: on disk beside the database (`Spill`, segment files
+deleted once passed) when the forwarders give a directory, else in memory. A forwarder whose
+position is a block's start sends that body as it is: no read-back, no decode, no join, no
+compression ("keep what is encoded once encoded"; vmagent drains its queue of compressed blocks
+the same way). Past that bound, after a restart (the files of an earlier run are deleted: the
+frames are in SQLite), or if the disk fails, a forwarder reads the frames back from SQLite and
+decodes them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
+import os
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.remote_write.wire import decompress, split_entries
 
@@ -27,6 +34,11 @@ DEFAULT_MAX_SAMPLES = 400_000
 # 20,000): 64 MiB keep ~6.5 million samples, a 30 s outage of 100,000 devices at a 10 s cadence
 # or 5 min of 20,000 samples/s. Memory only while a forwarder is behind.
 DEFAULT_MAX_SEALED_BYTES = 64 << 20
+# On disk: 1 GiB keep ~100 million samples (8 min of that fleet), about what the SQLite buffer
+# holds of the same frames (msgpack rows take ~12 bytes a sample).
+DEFAULT_MAX_SPILLED_BYTES = 1 << 30
+SEGMENT_BYTES = 16 << 20  # a spill file's size before the next one starts
+log = logging.getLogger(__name__)
 # The body of a request made of frames' entries, in id order, or None when it cannot be their
 # plain concatenation (a device's frames go back in time: that request is sorted when sent).
 Sealer = Callable[[Sequence[tuple[int, Sequence[bytes]]]], bytes | None]
@@ -41,7 +53,8 @@ class Sealed:
     last_id: int
     counts: array[int]  # entries per frame, in id order
     samples: int
-    body: bytes
+    body: bytes  # b"" while on disk (EntryCache.load reads it)
+    spilled: tuple[int, int, int] | None = None  # (segment, offset, length) on disk
 
     def frames(self) -> list[tuple[int, list[bytes]]]:
         """The frames' entries again (rare: a frame dropped from it, a refused request)."""
@@ -51,6 +64,63 @@ class Sealed:
             out.append((self.first_id + i, entries[start:start + count]))
             start += count
         return out
+
+
+class Spill:
+    """Sealed bodies on disk: appended to segment files in `directory`; a segment is deleted
+    when the forwarders have passed every block in it. `bytes` counts the files' sizes, blocks
+    dropped meanwhile included, so that it bounds the disk used."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob("*.sealed"):  # an earlier run's: its frames are in SQLite
+            old.unlink()
+        self.directory = directory
+        self._segments: OrderedDict[int, list[int]] = OrderedDict()  # n -> [fd, size, last id]
+        self._next = 0
+        self.bytes = 0
+
+    def append(self, body: bytes, last_id: int) -> tuple[int, int, int]:
+        """Write a body; where it is. Raises OSError (a full disk)."""
+        current = next(reversed(self._segments), None)
+        if current is None or self._segments[current][1] >= SEGMENT_BYTES:
+            current, self._next = self._next, self._next + 1
+            fd = os.open(self.directory / f"{current:08d}.sealed",
+                         os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._segments[current] = [fd, 0, 0]
+        segment = self._segments[current]
+        offset = segment[1]
+        written = os.pwrite(segment[0], body, offset)
+        if written != len(body):
+            raise OSError(f"short write to a spill file ({written} of {len(body)} bytes)")
+        segment[1] += written
+        segment[2] = last_id
+        self.bytes += written
+        return current, offset, written
+
+    def read(self, where: tuple[int, int, int]) -> bytes:
+        number, offset, length = where
+        segment = self._segments.get(number)
+        if segment is None:
+            raise OSError(f"spill segment {number} is gone")
+        body = os.pread(segment[0], length, offset)
+        if len(body) != length:
+            raise OSError(f"short read from spill segment {number}")
+        return body
+
+    def release_upto(self, frame_id: int) -> None:
+        """Delete the segments whose blocks are all at or before frame_id."""
+        while self._segments:
+            number, (fd, size, last_id) = next(iter(self._segments.items()))
+            if last_id > frame_id:
+                break
+            del self._segments[number]
+            self.bytes -= size
+            os.close(fd)
+            (self.directory / f"{number:08d}.sealed").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.release_upto(1 << 62)
 
 
 class FrameEntries(list[bytes]):
@@ -133,12 +203,48 @@ class EntryCache:
         self._pending_samples = 0
         self._sealed: OrderedDict[int, Sealed] = OrderedDict()  # first_id -> block, id order
         self._sealed_bytes = 0
+        self._spill: Spill | None = None
+        self._sealing = 0  # forwarders that asked for blocks and have not closed
 
-    def seal_blocks(self, block_samples: int, sealer: Sealer) -> None:
+    def seal_blocks(self, block_samples: int, sealer: Sealer,
+                    spill_dir: Path | None = None) -> None:
         """Keep frames that fall out as compressed blocks of at most block_samples samples
-        (a forwarder's request size; the smallest of them when there are several)."""
+        (a forwarder's request size; the smallest of them when there are several), in files
+        under spill_dir if given (up to DEFAULT_MAX_SPILLED_BYTES unless max_sealed_bytes was
+        set), else in memory."""
         self.block_samples = min(self.block_samples or block_samples, block_samples)
         self._sealer = sealer
+        self._sealing += 1
+        if spill_dir is not None and self._spill is None and not self._sealed:
+            try:
+                self._spill = Spill(spill_dir)
+            except OSError as exc:
+                log.warning("frames that fall out of the entry cache stay in memory: %s", exc)
+                return
+            if self.max_sealed_bytes == DEFAULT_MAX_SEALED_BYTES:
+                self.max_sealed_bytes = DEFAULT_MAX_SPILLED_BYTES
+
+    def unseal(self) -> None:
+        """A forwarder closed; with the last one the spill files go."""
+        self._sealing -= 1
+        if self._sealing <= 0 and self._spill is not None:
+            self._sealed.clear()
+            self._sealed_bytes = 0
+            self._spill.close()
+
+    async def load(self, block: Sealed) -> Sealed | None:
+        """The block with its body, read from disk if spilled; None (and the block forgotten:
+        its frames are read back from SQLite) if that read fails."""
+        if block.spilled is None or self._spill is None:
+            return block if block.spilled is None else None
+        try:
+            body = await asyncio.to_thread(self._spill.read, block.spilled)
+        except OSError as exc:
+            log.warning("a spilled block of frames %d-%d could not be read (%s): read back "
+                        "from SQLite instead", block.first_id, block.last_id, exc)
+            self._forget(block)
+            return None
+        return dataclasses.replace(block, body=body, spilled=None)
 
     def put(self, frame_id: int, entries: Sequence[bytes]) -> None:
         self._frames[frame_id] = entries
@@ -192,8 +298,20 @@ class EntryCache:
             return
         block = Sealed(frames[0][0], frames[-1][0], array("I", [len(e) for _, e in frames]),
                        samples, body)
+        if self._spill is not None:
+            try:
+                where = self._spill.append(body, block.last_id)
+            except OSError as exc:  # a full disk: these are read back from SQLite
+                log.warning("frames %d-%d could not be spilled (%s)", block.first_id,
+                            block.last_id, exc)
+                return
+            block = dataclasses.replace(block, body=b"", spilled=where)
         self._sealed[block.first_id] = block
         self._sealed_bytes += len(body)
+
+    def _forget(self, block: Sealed) -> None:
+        if self._sealed.pop(block.first_id, None) is not None and self._spill is None:
+            self._sealed_bytes -= len(block.body)
 
     def evict_upto(self, frame_id: int) -> None:
         frames = self._frames
@@ -210,8 +328,10 @@ class EntryCache:
             block = next(iter(sealed.values()))
             if block.last_id > frame_id:
                 break
-            del sealed[block.first_id]
-            self._sealed_bytes -= len(block.body)
+            self._forget(block)
+        if self._spill is not None:
+            self._spill.release_upto(frame_id)
+            self._sealed_bytes = self._spill.bytes
 
     def discard(self, frame_ids: Iterable[int]) -> None:
         """Forget frames deleted from the buffer (drop_oldest), wherever they are; a block
@@ -230,8 +350,7 @@ class EntryCache:
             hit = [b for b in self._sealed.values() if b.first_id <= high and b.last_id >= low
                    and any(b.first_id <= i <= b.last_id for i in ids)]
             for block in hit:
-                del self._sealed[block.first_id]
-                self._sealed_bytes -= len(block.body)
+                self._forget(block)
 
     def oldest_id(self) -> int | None:
         pending = next(iter(self._pending), None)

@@ -44,6 +44,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import TypeVar
 
 from gateway.backoff import backoff_s
@@ -101,8 +102,11 @@ class Forwarder:
         self._cache = buffer.cache
         self._windows = buffer.cache.windows
         self._windows.register(endpoint)
-        # Frames that fall out of the cache while behind are kept as requests of this size.
-        buffer.cache.seal_blocks(config.max_samples_per_request, seal)
+        # Frames that fall out of the cache while behind are kept as requests of this size,
+        # in files beside the database.
+        db_path = getattr(buffer.db, "path", None)
+        buffer.cache.seal_blocks(config.max_samples_per_request, seal,
+                                 db_path.parent / "sealed" if isinstance(db_path, Path) else None)
         self._metrics = metrics
         live_lane = resume.live_lane
         self.status = ForwarderStatus(cursor=resume.cursor, cursor_offset=resume.cursor_offset,
@@ -151,6 +155,7 @@ class Forwarder:
 
     async def aclose(self) -> None:
         self._windows.release(self.endpoint)
+        self._cache.unseal()
         await self._client.aclose()
 
     # ------------------------------------------------------------------ main loop

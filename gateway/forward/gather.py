@@ -52,7 +52,9 @@ class Gatherer:
         if not start:
             block = cache.sealed_at(frame_id + 1)
             if block is not None and self._whole(block, upto, limit):
-                return block, Position(block.last_id), block.last_id < upto
+                loaded = await cache.load(block)
+                if loaded is not None:
+                    return loaded, Position(block.last_id), block.last_id < upto
         # Fast path: the frames right after the cursor are still encoded in the cache.
         while frame_id < upto and samples < limit:
             frame_id += 1

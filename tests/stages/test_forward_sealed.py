@@ -98,23 +98,31 @@ def test_an_outage_drains_from_sealed_blocks_sent_as_they_were_compressed(
     rows_read = count_fetches(monkeypatch)
     blocks: list[Sealed] = []
 
+    spill_dir = tmp_path / "sealed"  # beside the database
+
     async def go() -> None:
         forwarder, task = await outage(h, receiver)
-        blocks.extend(sealed_blocks(h.cache, h.buffer.committed_upto))
+        for block in sealed_blocks(h.cache, h.buffer.committed_upto):
+            assert block.spilled is not None and not block.body  # on disk, not in memory
+            loaded = await h.cache.load(block)
+            assert loaded is not None
+            blocks.append(loaded)
+        assert sum(p.stat().st_size for p in spill_dir.iterdir()) == h.cache.sealed_bytes > 0
         receiver.up = True
         forwarder.begin_drain()
         await asyncio.wait_for(task, 10)
         assert forwarder.cursor == h.buffer.committed_upto
         h.cache.evict_upto(forwarder.cursor)  # as Buffer.freed does (the harness's own
         assert h.cache.sealed_bytes == 0  # reader, a commit log, stays at 0): let go
+        assert list(spill_dir.iterdir()) == []
         await h.db.close()
 
     asyncio.run(go())
     assert len(blocks) >= 5  # most of the 300 frames of 3 samples, 50 samples a request
     in_blocks = {i for b in blocks for i in range(b.first_id, b.last_id + 1)}
     assert not in_blocks & set(rows_read)  # none of them read back from SQLite
-    assert [b.body for b in blocks] == [body for body in receiver.bodies
-                                        if any(body is b.body for b in blocks)]  # as is, once
+    sent_as_is = [body for body in receiver.bodies if any(body == b.body for b in blocks)]
+    assert sent_as_is == [b.body for b in blocks]  # each once, in order
     assert_each_once_in_order(receiver.accepted)
     assert h.rows("SELECT COUNT(*) FROM frames") == [(0,)]
 
@@ -188,3 +196,54 @@ def test_a_frame_dropped_from_a_block_in_flight_is_left_out_of_its_next_attempt(
     whole, samples, again, left = asyncio.run(go())
     assert whole is block.body and samples == 3
     assert (decompress(again), left) == (b"\x0a\x01\x05\x0a\x01\x07", 2)
+
+
+def test_a_spilled_block_that_cannot_be_read_is_read_back_from_sqlite(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.buffer.entry_cache import Spill
+
+    h = outage_harness(tmp_path)
+    receiver = Receiver()
+    rows_read = count_fetches(monkeypatch)
+    real_read = Spill.read
+    failed: list[tuple[int, int, int]] = []
+
+    def every_other_fails(self: Spill, where: tuple[int, int, int]) -> bytes:
+        if len(failed) < 2:  # the first two blocks: a bad sector, say
+            failed.append(where)
+            raise OSError("EIO")
+        return real_read(self, where)
+
+    monkeypatch.setattr(Spill, "read", every_other_fails)
+
+    async def go() -> None:
+        forwarder, task = await outage(h, receiver)
+        receiver.up = True
+        forwarder.begin_drain()
+        await asyncio.wait_for(task, 10)
+        await h.db.close()
+
+    asyncio.run(go())
+    assert len(failed) == 2 and rows_read  # those frames came from SQLite instead
+    assert_each_once_in_order(receiver.accepted)
+
+
+def test_the_spill_files_of_an_earlier_run_are_deleted_and_the_last_forwarder_deletes_its_own(
+        tmp_path: Path) -> None:
+    spill_dir = tmp_path / "sealed"
+    spill_dir.mkdir()
+    (spill_dir / "00000000.sealed").write_bytes(b"from a run that was killed")
+    h = outage_harness(tmp_path)
+    receiver = Receiver()
+
+    async def go() -> None:
+        forwarder, task = await outage(h, receiver)
+        assert [p.read_bytes() for p in spill_dir.iterdir()] != [b"from a run that was killed"]
+        assert h.cache.sealed_bytes > 0
+        forwarder.stop_retrying()
+        await asyncio.wait_for(task, 10)
+        await forwarder.aclose()
+        assert list(spill_dir.iterdir()) == [] and h.cache.sealed_bytes == 0
+        await h.db.close()
+
+    asyncio.run(go())
