@@ -17,7 +17,13 @@ from gateway.forward.client import SendResult, TooLarge
 from gateway.forward.forwarder import Forwarder
 from gateway.forward.order import Request
 from gateway.remote_write.wire import compress, decompress
-from tests.stages.test_forwarder import make_forwarder, values_of, wait_until
+from tests.stages.test_forwarder import (
+    LIVE_FIRST,
+    make_forwarder,
+    temperature_seqs,
+    values_of,
+    wait_until,
+)
 from tests.support.fakes import Accepted, FakeRemoteWrite, Rejected, Retryable
 from tests.support.pipeline_harness import Harness, birth_msg, tele_msg
 
@@ -247,3 +253,47 @@ def test_the_spill_files_of_an_earlier_run_are_deleted_and_the_last_forwarder_de
         await h.db.close()
 
     asyncio.run(go())
+
+
+def test_with_live_first_new_frames_go_ahead_of_sealed_blocks_each_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.forward import forwarder as forwarder_module
+
+    monkeypatch.setattr(forwarder_module, "LIVE_LANE_MIN_BACKLOG", 20)
+    h = outage_harness(tmp_path)
+
+    class Slow(Receiver):
+        async def send(self, compressed_body: bytes) -> SendResult:
+            if self.up:
+                await asyncio.sleep(0.01)  # live frames arrive mid-drain
+            return await super().send(compressed_body)
+
+    receiver = Slow()
+    base = f.now_ms() - 600_000
+
+    async def go() -> None:
+        await h.open()
+        forwarder = make_forwarder(h, receiver, config=LIVE_FIRST)
+        task = asyncio.create_task(forwarder.run())
+        await h.pipeline.handle([birth_msg(i) for i in range(DEVICES)])
+        await wait_until(lambda: len(receiver.requests) >= 1)
+        for seq in range(FRAMES):
+            await h.pipeline.handle([tele_msg(i, seq, base) for i in range(DEVICES)])
+        assert sealed_blocks(h.cache, h.buffer.committed_upto)
+        receiver.up = True
+        await wait_until(lambda: len(receiver.bodies) >= 2)  # draining by now
+        await h.pipeline.handle([tele_msg(i, s, base) for s in range(FRAMES, FRAMES + 10)
+                                 for i in range(DEVICES)])
+        forwarder.begin_drain()
+        await asyncio.wait_for(task, 10)
+        assert forwarder.cursor == h.buffer.committed_upto
+        assert forwarder.status.live_lane is None
+        await h.db.close()
+
+    asyncio.run(go())
+    per_request = temperature_seqs(receiver.requests[-len(receiver.bodies):])  # once up
+    sent = [x for request in per_request for x in request]
+    assert sorted(sent) == sorted((i, s) for i in range(DEVICES) for s in range(FRAMES + 10))
+    first_live = next(n for n, r in enumerate(per_request) if any(s >= FRAMES for _, s in r))
+    last_backlog = max(n for n, r in enumerate(per_request) if any(s < FRAMES for _, s in r))
+    assert first_live < last_backlog  # the live frames did not wait for the backlog
