@@ -52,10 +52,12 @@ from throughput import parse_setting, parse_workload
 BENCH_DIR = Path(__file__).resolve().parent
 PHASES = ("cpu", "memory", "sustain", "dark", "drain")
 SECTION = "scale"
-FULL = {"cpu": ["1000x60", "10000x12", "100000x3"], "sustain_devices": 100_000,
+FULL = {"cpu": ["1000x60", "10000x12", "100000x3"], "tracemalloc": "1000,10000,20000",
+        "sustain_devices": 100_000,
         "sustain_s": 600.0, "dark_devices": 100_000, "dark_spread_s": 60.0,
         "drain": "1000x300"}
-QUICK = {"cpu": ["1000x20", "10000x6", "30000x3"], "sustain_devices": 30_000,
+QUICK = {"cpu": ["1000x20", "10000x6", "30000x3"], "tracemalloc": "1000,5000",
+         "sustain_devices": 30_000,
          "sustain_s": 60.0, "dark_devices": 30_000, "dark_spread_s": 20.0, "drain": "1000x100"}
 
 
@@ -72,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     f"per device; repeat the flag (default {' '.join(FULL['cpu'])})")
     ap.add_argument("--no-tracemalloc", action="store_true",
                     help="memory: only the RSS slope of the cpu runs, no traced gateway runs")
+    ap.add_argument("--tracemalloc-devices", default=None, metavar="N,N,...",
+                    help="fleet sizes of the traced runs (tracemalloc makes the gateway several "
+                    f"times slower; default {FULL['tracemalloc']})")
     ap.add_argument("--sustain-devices", type=int, default=None)
     ap.add_argument("--sustain-s", type=float, default=None)
     ap.add_argument("--dark-devices", type=int, default=None)
@@ -104,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("sustain_devices", "sustain_s", "dark_devices", "dark_spread_s"):
         if getattr(args, name) is None:
             setattr(args, name, preset[name])
+    args.tracemalloc_sizes = sorted({int(n) for n in (
+        args.tracemalloc_devices or str(preset["tracemalloc"])).split(",") if n.strip()})
     args.drain_workload = args.drain_workload or parse_workload(str(preset["drain"]))
     args.gateway_settings = dict(args.gateway_setting)
     return args

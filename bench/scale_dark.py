@@ -8,13 +8,12 @@ device, spread evenly over `spread_s` (default variant), or falls silent (`--dar
 the devices then go offline by timeout, after device_offline_after_intervals x 10 s).
 
 Meanwhile, every POLL_S: the live lateness at VictoriaMetrics (bench/drain.py's LIVE_QUERY: the
-age of the newest live sample); every CHECK_S: the gateway's fleetgate_devices{state="offline"},
-fleetgate_stale_markers_total, /api/v1/pipeline and VmRSS. Every device is offline at the
-first check where the gauge says so; every stale marker is forwarded at the first check after
-that where the endpoint's cursor has reached what was committed then (the markers are committed
-with the device's close). Then: every live sample and every
-fleet sample in VM exactly once (count_over_time skips staleness markers), and VM's export of a
-few devices' series shows the stale marker as each one's last value.
+age of the newest live sample); every CHECK_S: the gateway's offline events (written to SQLite),
+fleetgate_stale_markers_total, /api/v1/pipeline and VmRSS (see _follow for when the wave is
+over). The fleet summary's by_state is read once at the end (not free at 100,000 devices).
+Then: every live sample and every fleet sample in VM exactly once (count_over_time skips
+staleness markers), and VM's export of a few devices' series shows the stale marker as each
+one's last value.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import procstat
 import scale_report
 import scale_stack
 import vmagent_peer
-from scale_stack import Stack
+from scale_stack import Stack, patient
 from throughput import BenchError, Child
 
 from devstack import wait_for
@@ -43,8 +42,8 @@ BASELINE_S = 10.0
 EXPORT_DEVICES = 'bench-00000[0-9]'  # ten devices whose series' last value must be stale
 
 
-def _offline(stack: Stack) -> float:
-    return stack.gw.metric("fleetgate_devices", state="offline")
+def _offline_events(stack: Stack) -> float:
+    return stack.gw.metric("fleetgate_device_events_total", event="offline")
 
 
 def _online(stack: Stack) -> float:
@@ -58,35 +57,56 @@ def _live_age(stack: Stack, first_publish: float) -> float:
 
 def _follow(args: argparse.Namespace, stack: Stack, began: float,
             state: dict[str, Any]) -> dict[str, Any]:
-    """Poll until the wave is done (or dark_max_s): lateness, offline, markers, RSS.
+    """Poll until the wave is done (or dark_max_s): lateness, offline events, markers, RSS.
 
-    The markers of a device are committed with its close, so once every device is offline
-    every marker is committed; they are all forwarded once the endpoint's cursor reaches what
-    was committed at that moment (live frames keep coming, so never "cursor = committed")."""
-    devices = stack.devices
+    Every device's offline event is in once fleetgate_device_events_total{event="offline"}
+    (counted as the events are written to SQLite) has grown by N. Every marker is committed
+    once the marker counter has reached N x samples and stopped growing from one check to the
+    next with every offline event in; they are all forwarded once the endpoint's cursor reaches
+    what was committed at that check (live frames keep coming: never "cursor = committed")."""
     out: dict[str, Any] = {"lateness": [], "rss": [], "offline_s": None, "markers_s": None,
                            "markers": 0.0}
     next_check = began
-    target: int | None = None  # committed position once every device was offline
+    target: int | None = None  # committed position once every marker was committed
     while True:
         now = time.time()
-        out["lateness"].append(_live_age(stack, state["live_first"]))
+        age = patient(lambda: _live_age(stack, state["live_first"]))
+        if age is None:  # VM did not answer in time: not a lateness of the gateway's
+            out["slow_polls"] = out.get("slow_polls", 0) + 1
+        else:
+            out["lateness"].append(age)
         if now >= next_check:
             next_check += CHECK_S
             out["rss"].append(scale_stack.vm_rss_mb(stack.pids["gw"]))
-            if target is None and _offline(stack) >= devices:
-                out["offline_s"] = time.time() - began
-                out["markers"] = stack.gw.metric("fleetgate_stale_markers_total")
-                target = int(stack.gw.pipeline()["committed_upto"])
-            if target is not None and min(
-                    int(e["cursor"]) for e in stack.gw.pipeline()["endpoints"]) >= target:
-                out["markers_s"] = time.time() - began
+            target = _check(stack, began, state, out, target)
+            if out["markers_s"] is not None:
                 return out
         if now - began > args.dark_max_s:
             out["timed_out"] = True
-            out["markers"] = stack.gw.metric("fleetgate_stale_markers_total")
             return out
         time.sleep(max(0.0, POLL_S - (time.time() - now)))
+
+
+def _check(stack: Stack, began: float, state: dict[str, Any], out: dict[str, Any],
+           target: int | None) -> int | None:
+    """One look at offline events, markers and the cursor; the committed position to reach
+    once every marker is committed (see _follow)."""
+    offline = patient(lambda: _offline_events(stack))
+    markers = patient(lambda: stack.gw.metric("fleetgate_stale_markers_total"))
+    pipeline = patient(stack.gw.pipeline)
+    if offline is None or markers is None or pipeline is None:
+        out["slow_checks"] = out.get("slow_checks", 0) + 1
+        return target
+    if out["offline_s"] is None and offline - state["offline0"] >= stack.devices:
+        out["offline_s"] = time.time() - began
+    if (target is None and out["offline_s"] is not None
+            and markers >= stack.devices * stack.samples and markers == out["markers"]):
+        target = int(pipeline["committed_upto"])
+    out["markers"] = markers
+    cursor = min(int(e["cursor"]) for e in pipeline["endpoints"])
+    if target is not None and cursor >= target:
+        out["markers_s"] = time.time() - began
+    return target
 
 
 def _stale_last_values(stack: Stack) -> tuple[int, int]:
@@ -126,12 +146,13 @@ def run_dark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         pacer = _start_live(args, stack, workdir)
         try:
             pacer.send("go")
-            state = {"live_first": time.time()}
+            state: dict[str, float] = {"live_first": time.time()}
             baseline = []
             while time.time() - state["live_first"] < BASELINE_S:
                 baseline.append(_live_age(stack, state["live_first"]))
                 time.sleep(POLL_S)
             rss_before = scale_stack.vm_rss_mb(stack.pids["gw"])
+            state["offline0"] = _offline_events(stack)
             began = time.time()
             stack.gen.send("silence" if args.dark_timeout else f"dark {args.dark_spread_s}")
             wave = _follow(args, stack, began, state)
@@ -166,5 +187,6 @@ def run_dark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "markers": wave["markers"], "expected_markers": devices * args.samples,
         "export_series": exported, "export_stale": stale, "by_state": by_state,
         "rss_before_mb": rss_before, "rss_max_sampled_mb": max(wave["rss"], default=0.0),
-        "hwm_mb": hwm, **check,
+        "hwm_mb": hwm, "slow_polls": wave.get("slow_polls", 0),
+        "slow_checks": wave.get("slow_checks", 0), **check,
     }

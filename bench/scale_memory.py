@@ -107,6 +107,5 @@ def markdown(runs: list[dict[str, Any]], samples: int) -> str:
 
 
 def run_memory(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    sizes = sorted({d for d, _ in args.cpu_workloads})
-    runs = [run_size(args, n, workdir / f"tracemalloc-{n}") for n in sizes]
+    runs = [run_size(args, n, workdir / f"tracemalloc-{n}") for n in args.tracemalloc_sizes]
     return {"runs": runs, "text": markdown(runs, args.samples)}

@@ -109,10 +109,11 @@ def run_sustain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 _sample(stack, t0, rss, cpu)
                 next_rss += RSS_EVERY_S
             if not steady and now - t0 >= warmup_s:
-                steady = {"t": time.time(), "cpu": stack.cpu(), "stored": stack.stored()}
-            ages.append((now - t0, scale_stack.head_age_s(stack.vm)))
+                steady = {"t": time.time(), "cpu": stack.cpu(),
+                          "stored": stack.stored_patiently()}
+            ages.append((now - t0, scale_stack.patient(lambda: scale_stack.head_age_s(stack.vm))))
             time.sleep(max(0.0, HEAD_EVERY_S - (time.time() - now)))
-        end = {"t": time.time(), "cpu": stack.cpu(), "stored": stack.stored()}
+        end = {"t": time.time(), "cpu": stack.cpu(), "stored": stack.stored_patiently()}
         stack.gen.send("silence")
         paced = stack.gen.expect_event("paced", args.timeout)
         stack.gen.expect_event("silent", 60)

@@ -131,7 +131,8 @@ def dark_lines(d: dict[str, Any]) -> list[str]:
         "| figure | value |", "|---|---:|",
         f"| live lateness p50 / p99 / max during the wave | **{_ms(d['lateness'])}** |",
         f"| live lateness before the wave (baseline) | {_ms(d['baseline'])} |",
-        f"| all {d['devices']:,} offline after | {_f(d['offline_s'], '.1f', ' s')} |",
+        f"| all {d['devices']:,} offline events written after | "
+        f"{_f(d['offline_s'], '.1f', ' s')} |",
         f"| every stale marker forwarded after | {_f(d['markers_s'], '.1f', ' s')} "
         f"({d['markers']:,.0f} queued: {d['markers'] / d['devices']:.1f} per device; "
         f"{d['expected_markers']:,} metric series) |",
@@ -141,6 +142,8 @@ def dark_lines(d: dict[str, Any]) -> list[str]:
         f"{d['rss_max_sampled_mb']:,.0f} / {d['hwm_mb']:,.0f} MB |",
         f"| fleet summary by_state at the end | {d['by_state']} |",
         f"| samples lost: fleet / live | {d['lost_samples']:,.0f} / {d['live_lost']:,.0f} |",
+        f"| polls unanswered within 10 s: VM lateness / gateway checks | {d['slow_polls']} / "
+        f"{d['slow_checks']} |",
     ]
 
 

@@ -140,3 +140,33 @@ def test_the_generator_publishes_births_bursts_paced_frames_and_deaths(tmp_path:
                 proc.wait()
     assert json.loads(got)["messages"] == devices * 3
     assert sent >= devices  # the 3rd round reached the subscriber (it counts telemetry only)
+
+
+def test_the_default_run_is_the_issues_figures_and_quick_is_small() -> None:
+    import scale
+
+    full = scale.parse_args([])
+    assert full.cpu_workloads == [(1000, 60), (10000, 12), (100000, 3)]
+    assert (full.sustain_devices, full.sustain_s, full.dark_devices) == (100_000, 600, 100_000)
+    assert full.phases == ["cpu", "memory", "sustain", "dark", "drain"]
+    quick = scale.parse_args(["--quick", "--only", "cpu,dark", "--sustain-s", "5"])
+    assert max(d for d, _ in quick.cpu_workloads) <= 30_000
+    assert (quick.dark_devices, quick.sustain_s, quick.phases) == (30_000, 5, ["cpu", "dark"])
+    with pytest.raises(SystemExit):
+        scale.parse_args(["--only", "cpu,speed"])
+
+
+def test_a_failed_phase_is_reported_as_failed_and_the_others_still_are() -> None:
+    machine = {"date": "today", "commit": "abc", "cpus": "2", "cpu_model": "x",
+               "memory": "1 GiB"}
+    cpu = {n: {"devices": n, "frames": 3, "series": n * 20, "birth_us_per_device": 100.0,
+               "first_us_per_frame": 150.0, "later_us_per_frame": us,
+               "broker_us_per_frame": 8.0, "vm_us_per_frame": 20.0, "rss_mb": rss,
+               "lost_samples": 0} for n, us, rss in ((1000, 60.0, 100.0), (100_000, 90.0, 199.0))}
+    text = scale_report.markdown(command="c", machine=machine, cpu=cpu, phases={},
+                                 failures={"sustain": "sustain: TimeoutError: stalled"},
+                                 repeats=1, samples=20, settings={}, load="load 1")
+    assert "**Phases that FAILED: sustain**" in text
+    assert "**sustain: FAILED** — sustain: TimeoutError: stalled" in text
+    assert "**missed** (1.50x)" in text  # 90 / 60 µs: the flat-cost goal
+    assert "1,049 bytes per device" in text  # (199 - 100) MiB / 99,000 devices = 1,048.6 B
