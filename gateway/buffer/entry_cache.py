@@ -38,6 +38,9 @@ DEFAULT_MAX_SEALED_BYTES = 64 << 20
 # holds of the same frames (msgpack rows take ~12 bytes a sample).
 DEFAULT_MAX_SPILLED_BYTES = 1 << 30
 SEGMENT_BYTES = 16 << 20  # a spill file's size before the next one starts
+# The SQLite buffer comes first on the volume: no new spill file unless this much stays free
+# (at least, or a tenth of the volume if more).
+SPILL_RESERVE_BYTES = 256 << 20
 log = logging.getLogger(__name__)
 # The body of a request made of frames' entries, in id order, or None when it cannot be their
 # plain concatenation (a device's frames go back in time: that request is sorted when sent).
@@ -84,6 +87,11 @@ class Spill:
         """Write a body; where it is. Raises OSError (a full disk)."""
         current = next(reversed(self._segments), None)
         if current is None or self._segments[current][1] >= SEGMENT_BYTES:
+            volume = os.statvfs(self.directory)
+            free = volume.f_bavail * volume.f_frsize
+            if free < SEGMENT_BYTES + max(SPILL_RESERVE_BYTES,
+                                          volume.f_blocks * volume.f_frsize // 10):
+                raise OSError(f"{free} bytes free: left to the database")
             current, self._next = self._next, self._next + 1
             fd = os.open(self.directory / f"{current:08d}.sealed",
                          os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -204,6 +212,7 @@ class EntryCache:
         self._sealed: OrderedDict[int, Sealed] = OrderedDict()  # first_id -> block, id order
         self._sealed_bytes = 0
         self._spill: Spill | None = None
+        self._spill_failing = False
         self._sealing = 0  # forwarders that asked for blocks and have not closed
 
     def seal_blocks(self, block_samples: int, sealer: Sealer,
@@ -302,9 +311,13 @@ class EntryCache:
             try:
                 where = self._spill.append(body, block.last_id)
             except OSError as exc:  # a full disk: these are read back from SQLite
-                log.warning("frames %d-%d could not be spilled (%s)", block.first_id,
-                            block.last_id, exc)
+                if not self._spill_failing:  # once per spell, not per block
+                    log.warning("frames that fall out of the entry cache are not spilled from "
+                                "frame %d on (%s): they are read back from SQLite",
+                                block.first_id, exc)
+                self._spill_failing = True
                 return
+            self._spill_failing = False
             block = dataclasses.replace(block, body=b"", spilled=where)
         self._sealed[block.first_id] = block
         self._sealed_bytes += len(body)

@@ -51,6 +51,23 @@ class Receiver(FakeRemoteWrite):
         return await super().send(compressed_body)
 
 
+@pytest.fixture(autouse=True)
+def roomy_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spill files start only with room left on the volume: pretend there is (a test of the
+    rule pretends otherwise), so that these tests do not depend on the machine's disk."""
+    import os
+
+    real = os.statvfs
+
+    def roomy(path: object) -> os.statvfs_result:
+        fields = list(real(path))  # type: ignore[arg-type]
+        fields[2] = max(fields[2], (1 << 30) // max(fields[1], 1))  # f_blocks: >= 1 GiB
+        fields[4] = fields[2]  # f_bavail = f_blocks: all of it free
+        return os.statvfs_result(fields)
+
+    monkeypatch.setattr(os, "statvfs", roomy)
+
+
 def outage_harness(tmp_path: Path) -> Harness:
     h = Harness(tmp_path / "db")
     h.cache = EntryCache(max_samples=40)  # a few frames: the rest fall out during the outage
@@ -297,3 +314,32 @@ def test_with_live_first_new_frames_go_ahead_of_sealed_blocks_each_once(
     first_live = next(n for n, r in enumerate(per_request) if any(s >= FRAMES for _, s in r))
     last_backlog = max(n for n, r in enumerate(per_request) if any(s < FRAMES for _, s in r))
     assert first_live < last_backlog  # the live frames did not wait for the backlog
+
+
+def test_no_spill_file_starts_when_the_volume_has_little_room_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    real = os.statvfs
+
+    def nearly_full(path: object) -> os.statvfs_result:
+        st = real(path)  # type: ignore[arg-type]
+        fields = list(st)
+        fields[4] = 1 << 10  # f_bavail: 1,024 blocks free
+        return os.statvfs_result(fields)
+
+    monkeypatch.setattr(os, "statvfs", nearly_full)
+    h = outage_harness(tmp_path)
+    receiver = Receiver()
+
+    async def go() -> None:
+        forwarder, task = await outage(h, receiver)
+        assert sealed_blocks(h.cache, h.buffer.committed_upto) == []  # left to SQLite
+        assert list((tmp_path / "sealed").iterdir()) == []
+        receiver.up = True
+        forwarder.begin_drain()
+        await asyncio.wait_for(task, 10)
+        await h.db.close()
+
+    asyncio.run(go())
+    assert_each_once_in_order(receiver.accepted)
