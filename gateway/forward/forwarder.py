@@ -3,8 +3,10 @@
 Order: a single request in flight per endpoint and frames taken in id (commit) order, so the
 samples of every series reach the endpoint in the order the gateway stored them; within a
 request every series' samples ascend by timestamp (gateway.forward.order). While a request is in
-flight the next batch is prepared (read back from SQLite and encoded when it is no longer in the
-entry cache), so the gateway's CPU and the receiver's overlap during a drain.
+flight the next batch is prepared, so the gateway's CPU and the receiver's overlap during a
+drain: from the entry cache, else a block the cache sealed when the frames fell out of it
+(compressed once, sent as it is), else read back from SQLite and encoded again
+(gateway.forward.gather).
 
 Size: a request carries at most max_samples_per_request samples (lowered for the endpoint after
 a 413). A larger frame is split across requests in its series order; the cursor is a position
