@@ -27,6 +27,7 @@ sample was lost.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -203,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                 result = runner.attempt(name, name, fn, args, root / name)
                 if result is not None:
                     phases[name] = result
+                    print("  " + json.dumps({k: v for k, v in result.items()
+                                             if not isinstance(v, list | str)}, default=str),
+                          flush=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -217,9 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     missing = lost(cpu, phases)
     for phase, why in runner.failures.items():
         print(f"PHASE FAILED: {phase}: {why}", file=sys.stderr)
+    problems = [f"{name}: {p}" for name, r in phases.items() for p in r.get("problems", [])]
+    for problem in problems:
+        print(f"PROBLEM: {problem}", file=sys.stderr)
     if missing:
         print(f"CHECK FAILED: {missing:,.0f} samples lost or extra", file=sys.stderr)
-    return 1 if runner.failures or missing else 0
+    return 1 if runner.failures or missing or problems else 0
 
 
 if __name__ == "__main__":

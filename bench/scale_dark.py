@@ -39,6 +39,7 @@ INTERVAL_MS = 10_000
 POLL_S = 0.5
 CHECK_S = 2.0
 BASELINE_S = 10.0
+ONLINE_TIMEOUT_S = 300.0
 EXPORT_DEVICES = 'bench-00000[0-9]'  # ten devices whose series' last value must be stale
 
 
@@ -120,6 +121,26 @@ def _stale_last_values(stack: Stack) -> tuple[int, int]:
     return len(series), stale
 
 
+def _await_online(stack: Stack, devices: int, timeout: float) -> None:
+    """Until every device is online with its birth and a frame stored (the gauge is set by a
+    periodic job); a fleet that cannot get there (a gateway too far behind, devices going late)
+    ends the phase with what the gateway says."""
+    try:
+        wait_for(lambda: bool(patient(lambda: _online(stack) >= devices
+                                      and stack.stored() >= 2 * devices)),
+                 timeout, 0.5, "")
+    except TimeoutError:
+        metric = stack.gw.metric
+        raise BenchError(
+            f"the fleet did not come online within {timeout:.0f} s: online "
+            f"{_online(stack):,.0f} late {metric('fleetgate_devices', state='late'):,.0f} "
+            f"offline {metric('fleetgate_devices', state='offline'):,.0f} of {devices:,}; "
+            f"stored {stack.stored():,.0f} frames, duplicates "
+            f"{metric('fleetgate_frames_duplicate_total'):,.0f}; broker dropped the gateway "
+            f"{scale_stack.mqtt_health(stack)['keepalive_drops']} time(s) for a missed "
+            "keepalive") from None
+
+
 def _start_live(args: argparse.Namespace, stack: Stack, workdir: Path) -> Child:
     frames = int(args.live_devices * args.live_rate_per_device
                  * (BASELINE_S + args.dark_max_s + 60))
@@ -140,8 +161,7 @@ def run_dark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                            args.gateway_settings) as stack:
         stack.ask("births", "acked", args.timeout)
         stack.gen.send(f"pace {devices / (INTERVAL_MS / 1000)}")
-        wait_for(lambda: _online(stack) >= devices and stack.stored() >= 2 * devices,
-                 args.timeout, 0.5, "the fleet did not come online")
+        _await_online(stack, devices, min(args.timeout, ONLINE_TIMEOUT_S))
         online_s = time.time() - stack.started_ms / 1000
         pacer = _start_live(args, stack, workdir)
         try:
@@ -163,8 +183,9 @@ def run_dark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         paced = stack.gen.expect_event("paced", 60)
         stack.gen.expect_event("silent" if args.dark_timeout else "acked", args.timeout)
         live_samples = live["sent"] * stack.samples
-        stack.await_stored(devices + paced["sent"] + args.live_devices + live["sent"],
-                           args.timeout, "going dark")
+        problems: list[str] = []
+        scale_stack.delivered(stack, devices + paced["sent"] + args.live_devices + live["sent"],
+                              args.timeout, "going dark", problems)
         live_vm = vmagent_peer.count_samples(
             stack.vm, '{__name__=~"bench_m[0-9]+",device_id=~"live-.*"}',
             int(live["first_ms"]), live_samples)
@@ -173,6 +194,10 @@ def run_dark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         by_state = stack.gw.http.get("/api/v1/fleet/summary").raise_for_status().json()[
             "by_state"]
         hwm = procstat.peak_rss_mb(stack.pids["gw"])
+        mqtt = scale_stack.mqtt_health(stack)
+    if mqtt["keepalive_drops"]:
+        problems.append(f"the broker dropped the gateway {mqtt['keepalive_drops']} time(s) "
+                        "for a missed keepalive (blocked)")
     if wave.get("timed_out"):
         raise BenchError(f"the dark wave was not over within {args.dark_max_s:.0f} s: "
                          f"offline after {wave['offline_s']} s, stale markers "
@@ -188,5 +213,5 @@ def run_dark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "export_series": exported, "export_stale": stale, "by_state": by_state,
         "rss_before_mb": rss_before, "rss_max_sampled_mb": max(wave["rss"], default=0.0),
         "hwm_mb": hwm, "slow_polls": wave.get("slow_polls", 0),
-        "slow_checks": wave.get("slow_checks", 0), **check,
+        "slow_checks": wave.get("slow_checks", 0), **check, "problems": problems,
     }

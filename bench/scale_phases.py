@@ -117,9 +117,12 @@ def run_sustain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         stack.gen.send("silence")
         paced = stack.gen.expect_event("paced", args.timeout)
         stack.gen.expect_event("silent", 60)
-        stack.await_stored(devices + paced["sent"], args.timeout, "sustained load")
+        problems: list[str] = []
+        scale_stack.delivered(stack, devices + paced["sent"], args.timeout, "sustained load",
+                              problems)
         check = scale_stack.verify_fleet(stack, int(paced["sent"]))
         hwm = procstat.peak_rss_mb(stack.pids["gw"])
+        mqtt = scale_stack.mqtt_health(stack)
         events = {e: stack.gw.metric("fleetgate_device_events_total", event=e)
                   for e in ("late", "offline")}
     wall = end["t"] - steady["t"] if steady else 0.0
@@ -141,5 +144,8 @@ def run_sustain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "rss_max_sampled_mb": max((r for _, r in rss), default=None), "hwm_mb": hwm,
         "lateness": scale_report.spread(late),
         "lateness_unknown_polls": sum(1 for t, a in ages if t >= warmup_s and a is None),
-        "late_events": events["late"], "offline_events": events["offline"], **check,
+        "late_events": events["late"], "offline_events": events["offline"],
+        "keepalive_drops": mqtt["keepalive_drops"], **check, "problems": problems + [
+            f"the broker dropped the gateway {mqtt['keepalive_drops']} time(s) for a missed "
+            "keepalive (blocked)"] * bool(mqtt["keepalive_drops"]),
     }

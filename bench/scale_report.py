@@ -114,6 +114,8 @@ def sustain_lines(s: dict[str, Any]) -> list[str]:
         f"| newest data's age at VM p50 / p99 / max ({late['n']} polls) | {_ms(late)} |",
         f"| generator behind schedule, at worst | {s['gen_max_lag_s']:.2f} s |",
         f"| late / offline events | {s['late_events']:,.0f} / {s['offline_events']:,.0f} |",
+        f"| gateway dropped by the broker (missed keepalive) / duplicate frames | "
+        f"{s['keepalive_drops']} / {s['duplicates']:,.0f} |",
         f"| samples in VM / expected (lost) | {s['vm_samples']:,.0f} / "
         f"{s['expected_samples']:,.0f} ({s['lost_samples']:,.0f}); values "
         f"{'ok' if s['values_ok'] else 'WRONG'} |",
@@ -209,6 +211,8 @@ def markdown(*, command: str, machine: dict[str, str], cpu: dict[int, dict[str, 
                                 ("dark", "Going dark", dark_lines),
                                 ("drain", "Drain against vmagent", drain_lines)):
         out += [f"### {title}", "", *_failed(name, failures)]
+        problems = phases.get(name, {}).get("problems", [])
+        out += [f"**PROBLEM: {p}**" for p in problems] + [""] * bool(problems)
         out += [*render(phases[name]), ""] if name in phases else (
             [] if name in failures else ["Not run.", ""])
     return "\n".join(out).rstrip() + "\n"

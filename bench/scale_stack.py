@@ -153,6 +153,24 @@ def verify_fleet(stack: Stack, sent: int, settle_s: float = 60.0) -> dict[str, A
             "dead_letters": stack.gw.metric("fleetgate_forward_dead_letters_total")}
 
 
+def mqtt_health(stack: Stack) -> dict[str, Any]:
+    """How often the broker dropped the gateway for a missed keepalive (a gateway blocked for
+    1.5 x keepalive), and frames received twice (redelivered after the reconnect)."""
+    log = stack.mosq.log_path.read_text(errors="replace")
+    return {"keepalive_drops": sum(1 for line in log.splitlines()
+                                   if "fleetgate" in line and "exceeded timeout" in line),
+            "duplicates": stack.gw.metric("fleetgate_frames_duplicate_total")}
+
+
+def delivered(stack: Stack, frames: float, timeout: float, what: str,
+              problems: list[str]) -> None:
+    """await_stored, a timeout noted in `problems` (the figures so far still count)."""
+    try:
+        stack.await_stored(frames, timeout, what)
+    except (TimeoutError, BenchError) as exc:
+        problems.append(str(exc).split("; log tail")[0])
+
+
 def head_age_s(vm: VictoriaMetrics, query: str = HEAD_QUERY) -> float | None:
     """Seconds since the newest sample the query finds was taken (None: no sample yet)."""
     result = vm.query(query)
