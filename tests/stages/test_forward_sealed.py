@@ -343,3 +343,35 @@ def test_no_spill_file_starts_when_the_volume_has_little_room_left(
 
     asyncio.run(go())
     assert_each_once_in_order(receiver.accepted)
+
+
+def test_killed_mid_drain_the_restart_reads_the_rest_back_and_resends_at_most_one_request(
+        tmp_path: Path) -> None:
+    import contextlib
+    from collections import Counter
+
+    h = outage_harness(tmp_path)
+    before, after = Receiver(), Receiver()
+    after.up = True
+
+    async def go() -> None:
+        _, task = await outage(h, before)
+        before.up = True
+        await wait_until(lambda: len(before.bodies) >= 3)  # draining blocks by now
+        task.cancel()  # as a kill: the blocks (memory, files) are gone with the process
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        state = await h.db.read(store.load_state)
+        restarted = make_forwarder(h, after, cache=EntryCache(),
+                                   cursor=state.cursors[after.endpoint])
+        restarted.begin_drain()
+        await asyncio.wait_for(restarted.run(), 10)
+        assert restarted.cursor == h.buffer.committed_upto
+        await h.db.close()
+
+    asyncio.run(go())
+    sent = Counter(int(v) for client in (before, after)
+                   for v in values_of(client.accepted, "device_temperature_celsius"))
+    assert set(sent) == {int(f.sample_value(i, s)) for i in range(DEVICES)
+                         for s in range(FRAMES)}  # nothing lost
+    assert sum(c - 1 for c in sent.values()) <= 50  # at most one request sent twice
