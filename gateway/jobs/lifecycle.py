@@ -55,20 +55,20 @@ class LifecycleJob:
         total = 0
         while True:
             more = self.fleet.sweep(now_ms, limit=SWEEP_CHUNK)
-            events = await self.write_events()
-            total += len(events)
-            # Deaths and reboots are closed by the pipeline, in arrival order; a timeout here.
-            await self._close_silent_boots([
-                (event.device_id, event.boot) for event in events
-                if event.kind == "state" and event.state == "offline"
-                and event.reason == "timeout" and event.boot is not None])
+            total += len(await self._write_events(close=True))
             if not more:
                 return total
             await asyncio.sleep(0)  # the next slice after whatever waited for the loop
 
     async def write_events(self) -> list[DeviceEvent]:
         """The fleet's pending events to SQLite (SWEEP_CHUNK a transaction), then to the
-        stream; on a StoreError those not written stay pending, first in line."""
+        stream; on a StoreError those not written stay pending, first in line. (No boot
+        closed: a stop's last write.)"""
+        return await self._write_events(close=False)
+
+    async def _write_events(self, close: bool) -> list[DeviceEvent]:
+        """write_events, and with close the silent boots of each chunk's offline timeouts
+        once it is written (a chunk written is never requeued: its boots are closed now)."""
         events = self.fleet.take_events()
         for start in range(0, len(events), SWEEP_CHUNK):
             chunk = events[start:start + SWEEP_CHUNK]
@@ -85,6 +85,10 @@ class LifecycleJob:
                 counted[e.state or e.kind] = counted.get(e.state or e.kind, 0) + 1
             for event, count in counted.items():
                 self.metrics.device_events.labels(event).inc(count)
+            if close:  # deaths and reboots are closed by the pipeline, in arrival order
+                await self._close_silent_boots([
+                    (e.device_id, e.boot) for e in chunk if e.kind == "state"
+                    and e.state == "offline" and e.reason == "timeout" and e.boot is not None])
         return events
 
     async def _close_interrupted(self, now_ms: int) -> None:

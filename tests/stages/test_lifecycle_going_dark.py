@@ -11,20 +11,28 @@ is the test's own, told of the births with explicit times."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 import tests.support.factories as f
 from gateway.buffer import store
+from gateway.errors import StoreError
 from gateway.fleet.events import EventHub
 from gateway.fleet.state import FleetState
+from gateway.jobs import lifecycle as lifecycle_module
 from gateway.jobs.lifecycle import LifecycleJob
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import stage
 from gateway.pipeline.stage import Pipeline
 from gateway.remote_write.wire import decode_write_request, is_stale_nan, split_entries
+from tests.support.fakes import MemoryStore
 from tests.support.pipeline_harness import Harness, birth_msg, run, tele_msg
+
+T = TypeVar("T")
 
 DARK = 2_000
 LIVE = DARK + 1  # the device index that keeps sending
@@ -132,3 +140,39 @@ def test_a_stop_half_way_through_closes_each_boot_once(tmp_path: Path, saved: st
 
     run(go)
     assert marker_frames(h) == {f.device_id(i): [3] for i in devices}
+
+
+class FailingOnce(MemoryStore):
+    """Fails the nth write like a full disk, once."""
+
+    def __init__(self, nth: int) -> None:
+        super().__init__()
+        self.countdown = nth
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self.countdown -= 1
+        if self.countdown == 0:
+            raise StoreError("database or disk is full", retryable=True)
+        return await super().write(fn)
+
+
+def test_a_write_failing_half_way_closes_the_written_slices_boots_and_requeues_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lifecycle_module, "SWEEP_CHUNK", 2)
+    fleet = lifecycle_fleet(range(1, 6))
+    db = FailingOnce(nth=2)
+    closed: list[str] = []
+
+    async def close_boots(boots: Sequence[tuple[str, int, Callable[[], bool]]]) -> int:
+        closed.extend(device_id for device_id, _, still_closed in boots if still_closed())
+        return len(boots)
+
+    job = LifecycleJob(fleet, db, EventHub(), GatewayMetrics(), close_boot=None,
+                       close_boots=close_boots)
+    with pytest.raises(StoreError):
+        asyncio.run(job.tick(DARK_AT))
+    assert closed == [f.device_id(1), f.device_id(2)]  # their events were written
+    assert asyncio.run(job.tick(DARK_AT + 1)) == 3  # the rest, in order
+    assert closed == [f.device_id(i) for i in range(1, 6)]
+    assert db.rows("SELECT device_id FROM device_events ORDER BY id") == [
+        (f.device_id(i),) for i in range(1, 6)]
