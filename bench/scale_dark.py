@@ -1,8 +1,9 @@
 """Phase 4 of bench/scale.py: a fleet that goes dark at once, beside devices still alive.
 
-`devices` generator devices declare a 10 s interval in their births and report at that cadence
-until every one is online with a frame stored and forwarded; then bench/pacer.py's live devices
-("live-NNNNN", 1 frame/s each by default, each frame stamped with its publish time) start.
+`devices` generator devices boot (a birth declaring a 10 s interval just before the first
+frame) and report at that cadence until every one is online with a frame stored and forwarded;
+then bench/pacer.py's live devices ("live-NNNNN", 1 frame/s each by default, each frame stamped
+with its publish time) start.
 After a baseline the generator stops the fleet's telemetry and publishes a death for every
 device, spread evenly over `spread_s` (default variant), or falls silent (`--dark-timeout`:
 the devices then go offline by timeout, after device_offline_after_intervals x 10 s).
@@ -159,8 +160,7 @@ def run_dark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     devices = args.dark_devices
     with scale_stack.stack(workdir, devices, args.samples, INTERVAL_MS,
                            args.gateway_settings) as stack:
-        stack.ask("births", "acked", args.timeout)
-        stack.gen.send(f"pace {devices / (INTERVAL_MS / 1000)}")
+        stack.gen.send(f"pace {devices / (INTERVAL_MS / 1000)} births")
         _await_online(stack, devices, min(args.timeout, ONLINE_TIMEOUT_S))
         online_s = time.time() - stack.started_ms / 1000
         pacer = _start_live(args, stack, workdir)
@@ -184,8 +184,8 @@ def run_dark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         stack.gen.expect_event("silent" if args.dark_timeout else "acked", args.timeout)
         live_samples = live["sent"] * stack.samples
         problems: list[str] = []
-        scale_stack.delivered(stack, devices + paced["sent"] + args.live_devices + live["sent"],
-                              args.timeout, "going dark", problems)
+        frames = min(devices, paced["sent"]) + paced["sent"] + args.live_devices + live["sent"]
+        scale_stack.delivered(stack, frames, args.timeout, "going dark", problems)
         live_vm = vmagent_peer.count_samples(
             stack.vm, '{__name__=~"bench_m[0-9]+",device_id=~"live-.*"}',
             int(live["first_ms"]), live_samples)

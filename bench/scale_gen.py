@@ -21,8 +21,9 @@ Protocol on stdin/stdout (JSON events; bench/throughput.py's Child reads them):
   <- "births"                  -> {"event": "acked", "what": "births", ...}
   <- "burst ROUNDS"            every device ROUNDS frames, as fast as the window allows
                                -> {"event": "acked", "what": "burst", ...}
-  <- "pace RATE"               frames at RATE per second until the next command ("stop",
-                               "dark SPREAD_S" or "silence")
+  <- "pace RATE [births]"      frames at RATE per second until the next command ("stop",
+                               "dark SPREAD_S" or "silence"); with "births", each device's
+                               birth just before its first frame
                                -> {"event": "paced", "sent": ..., "max_lag_s": ...}
   <- "dark SPREAD_S"           ends pacing; one death per device, spread evenly over SPREAD_S
                                -> {"event": "acked", "what": "deaths", ...}
@@ -191,6 +192,8 @@ class Fleet:
         self.round_max_ms = 0
         self.first_write = 0.0
         self.last_write = 0.0
+        self.births_first = False  # each device's birth just before its first frame
+        self.birth = b""
 
     def _link(self, device: int) -> _Link:
         return self.links[device % len(self.links)]
@@ -209,6 +212,9 @@ class Fleet:
             ts = max(now_ms, self.round_floor_ms)
             self.round_max_ms = max(self.round_max_ms, ts)
             link = self._link(device)
+            if seq == 0 and self.births_first:
+                link.out += publish_qos1(birth_topic(TOPIC_PREFIX, device_id(device)).encode(),
+                                         link.next_id(), self.birth)
             link.out += templates[device].packet(link.next_id(), seq, ts)
         self.position += count
         self.last_write = time.time()
@@ -288,9 +294,13 @@ def burst(fleet: Fleet, rounds: int, timeout_s: float) -> dict[str, Any]:
     return {**out, "first_write_epoch": first, "last_write_epoch": fleet.last_write}
 
 
-def pace(fleet: Fleet, rate: float) -> tuple[dict[str, Any], str]:
-    """Frames at `rate`/s until a command arrives on stdin; (result, that command)."""
+def pace(fleet: Fleet, rate: float, births_first: bool) -> tuple[dict[str, Any], str]:
+    """Frames at `rate`/s until a command arrives on stdin; (result, that command). With
+    births_first each device's birth goes just before its first frame (a fleet booting at its
+    cadence, rather than every birth at once and then silence while the gateway takes them)."""
     cpu0, start = cpu_seconds(), time.time()
+    fleet.births_first = births_first
+    fleet.birth = birth_payload(fleet.samples, fleet.interval_ms, int(start * 1000))
     sent = 0
     max_lag = 0.0
     window_waits = 0
@@ -350,7 +360,8 @@ def serve(fleet: Fleet, timeout_s: float) -> None:
         elif word == "burst":
             _emit(burst(fleet, int(arg), timeout_s))
         elif word == "pace":
-            paced, command = pace(fleet, float(arg))
+            rate, _, births_first = arg.partition(" ")
+            paced, command = pace(fleet, float(rate), births_first == "births")
             fleet.settle(timeout_s)
             _emit({**paced, "packets": fleet.packets, "acked": fleet.acked})
             continue  # the command that ended pacing

@@ -111,7 +111,8 @@ def sustain_lines(s: dict[str, Any]) -> list[str]:
         f"{_f(s['gen_share_pct'], '.1f', '%')} |",
         f"| gateway RSS: end / max sampled (5 s) / VmHWM | {_f(s['rss_end_mb'])} / "
         f"{_f(s['rss_max_sampled_mb'])} / **{_f(s['hwm_mb'])} MB** |",
-        f"| newest data's age at VM p50 / p99 / max ({late['n']} polls) | {_ms(late)} |",
+        f"| newest data's age at VM p50 / p99 / max ({late['n']} polls; "
+        f"{s['lateness_unanswered_polls']} found nothing new) | {_ms(late)} |",
         f"| generator behind schedule, at worst | {s['gen_max_lag_s']:.2f} s |",
         f"| late / offline events | {s['late_events']:,.0f} / {s['offline_events']:,.0f} |",
         f"| gateway dropped by the broker (missed keepalive) / duplicate frames | "
@@ -120,7 +121,8 @@ def sustain_lines(s: dict[str, Any]) -> list[str]:
         f"{s['expected_samples']:,.0f} ({s['lost_samples']:,.0f}); values "
         f"{'ok' if s['values_ok'] else 'WRONG'} |",
         "", "Age of the newest data: every second, now minus the newest timestamp VM returns "
-        "for bench_m00 of the devices whose id ends in 0 (frames carry their publish time).",
+        "for bench_m00 of the devices whose id ends in 0 (frames carry their publish time; "
+        "a tenth of the fleet, so one of them publishes every few ms at this cadence).",
     ]
 
 

@@ -171,11 +171,10 @@ def delivered(stack: Stack, frames: float, timeout: float, what: str,
         problems.append(str(exc).split("; log tail")[0])
 
 
-def head_age_s(vm: VictoriaMetrics, query: str = HEAD_QUERY) -> float | None:
-    """Seconds since the newest sample the query finds was taken (None: no sample yet)."""
+def newest_head(vm: VictoriaMetrics, query: str = HEAD_QUERY) -> float | None:
+    """The newest timestamp (s) the query finds in VM (None: none within its window)."""
     result = vm.query(query)
-    now = time.time()
-    return now - float(result[0]["value"][1]) if result else None
+    return float(result[0]["value"][1]) if result else None
 
 
 def check_fleet(stack: Stack) -> None:
