@@ -256,11 +256,19 @@ class Pipeline:
         async with self._buffer.commit_lock:
             # still_closed() is asked under the lock: no frame of the device commits meanwhile
             plan = BatchPlan(overlay=self._state.ledger.overlay(), now_ms=int(time.time() * 1000))
-            current = self._state.births.current
+            # Planned one boot at a time on a scratch plan (same overlay), whose close is then
+            # moved over: the planner looks for the boot among the plan's closes already (a
+            # linear scan: 500 boots made that 125,000 steps a chunk, half the loop's time).
+            # The boots are told apart here instead.
+            scratch = BatchPlan(overlay=plan.overlay, now_ms=plan.now_ms)
+            current, seen = self._state.births.current, set()
             for device_id, boot, still_closed in boots:
-                if still_closed():
-                    self._planner.close_boot(plan, device_id, boot, plan.now_ms,
+                if (device_id, boot) not in seen and still_closed():
+                    seen.add((device_id, boot))
+                    self._planner.close_boot(scratch, device_id, boot, plan.now_ms,
                                              current(device_id))
+                    plan.closes += scratch.closes
+                    scratch.closes.clear()
             if not plan.closes:
                 return 0
             plan.last_frame_id = plan.closes[-1].frame_id
