@@ -120,6 +120,9 @@ def run_sustain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             ages.append((now - t0, time.time() - max(newest, t0)))
             time.sleep(max(0.0, HEAD_EVERY_S - (time.time() - now)))
         end = {"t": time.time(), "cpu": stack.cpu(), "stored": stack.stored_patiently()}
+        # While the fleet still reports: after the silence below every device goes late.
+        events = {e: scale_stack.patient(lambda e=e: stack.gw.metric(
+            "fleetgate_device_events_total", event=e)) for e in ("late", "offline")}
         stack.gen.send("silence")
         paced = stack.gen.expect_event("paced", args.timeout)
         stack.gen.expect_event("silent", 60)
@@ -129,8 +132,6 @@ def run_sustain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         check = scale_stack.verify_fleet(stack, int(paced["sent"]))
         hwm = procstat.peak_rss_mb(stack.pids["gw"])
         mqtt = scale_stack.mqtt_health(stack)
-        events = {e: stack.gw.metric("fleetgate_device_events_total", event=e)
-                  for e in ("late", "offline")}
     wall = end["t"] - steady["t"] if steady else 0.0
     used = {k: end["cpu"][k] - steady["cpu"][k] for k in end["cpu"]} if steady else {}
     frames = end["stored"] - steady["stored"] if steady else 0.0
