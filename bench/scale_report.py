@@ -81,7 +81,9 @@ def cpu_lines(cpu: dict[int, dict[str, Any]], repeats: int) -> list[str]:
             "from /proc (all threads) from the command to the generator until every frame is "
             "committed and forwarded (/api/v1/pipeline), divided by the frames (births: by "
             "the devices). \"First frame\": every device's first frame of its boot (its series "
-            "are new); \"later frames\": the rest."]
+            "are new); \"later frames\": the rest. CPU stolen by the hypervisor meanwhile "
+            "(/proc/stat steal, all CPUs): " + ", ".join(
+                f"{n:,}: {_f(cpu[n].get('steal_s'), '.1f', ' s')}" for n in sizes) + "."]
     return out
 
 
