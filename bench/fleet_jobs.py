@@ -29,11 +29,14 @@ import json
 import math
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import results_file
 
 from device_protocol import (
     Birth,
@@ -278,13 +281,21 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
+REPORT: list[str] = []  # everything printed, for --write
+
+
+def say(line: str) -> None:
+    print(line)
+    REPORT.append(line)
+
+
 def compare(name: str, results: dict[str, list[dict[str, float]]]) -> None:
     before, now = median_of(results["before"]), median_of(results["now"])
-    print(f"\n{name} (medians of {len(results['now'])})")
-    print(f"  {'':24} {'before':>12} {'now':>12} {'now/before':>10}")
+    say(f"\n{name} (medians of {len(results['now'])})")
+    say(f"  {'':24} {'before':>12} {'now':>12} {'now/before':>10}")
     for key in before:
         ratio = now[key] / before[key] if before[key] else float("nan")
-        print(f"  {key:24} {before[key]:12.3f} {now[key]:12.3f} {ratio:10.3f}")
+        say(f"  {key:24} {before[key]:12.3f} {now[key]:12.3f} {ratio:10.3f}")
 
 
 def main() -> None:
@@ -293,9 +304,11 @@ def main() -> None:
     parser.add_argument("--dark", type=int, default=5_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip", default="", help="comma-separated: checkpoint,metrics,dark")
+    parser.add_argument("--write", action="store_true",
+                        help='write the "fleet-jobs" section of bench/RESULTS.md')
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    print(f"{args.devices} devices x {SERIES} gauges; {args.dark} go dark")
+    say(f"{args.devices} devices x {SERIES} gauges; {args.dark} go dark")
     fleet = fleet_of(args.devices)
     with tempfile.TemporaryDirectory() as tmp:
         if "checkpoint" not in skip:
@@ -311,8 +324,8 @@ def main() -> None:
             # writes their telemetry's progress every FLEET_VALUES_CHECKPOINT_INTERVAL_S.
             share = FLEET_CHECKPOINT_INTERVAL_S / FLEET_VALUES_CHECKPOINT_INTERVAL_S
             before, now = median_of(runs["before"])["cpu_s"], median_of(runs["now"])["cpu_s"]
-            print(f"  CPU s per {FLEET_CHECKPOINT_INTERVAL_S:.0f} s, every device busy: before"
-                  f" {before:.3f}, now {now * share:.3f} ({now * share / before:.3f})")
+            say(f"  CPU s per {FLEET_CHECKPOINT_INTERVAL_S:.0f} s, every device busy: before"
+                f" {before:.3f}, now {now * share:.3f} ({now * share / before:.3f})")
         if "metrics" not in skip:
             for every, what in ((1, "every device observed each tick"),
                                 (100, "1% observed each tick")):
@@ -328,6 +341,10 @@ def main() -> None:
                     path = Path(tmp) / f"dark-{variant}-{r}.db"
                     runs[variant].append(asyncio.run(dark_case(path, args.dark, variant)))
             compare(f"going dark: {args.dark} devices time out at once, one keeps sending", runs)
+    if args.write:
+        body = ("## Fleet-wide jobs (bench/fleet_jobs.py)\n\n`" + " ".join(sys.argv) + "`\n\n```"
+                + "\n".join(REPORT) + "\n```")
+        results_file.write_section(Path(__file__).with_name("RESULTS.md"), "fleet-jobs", body)
 
 
 if __name__ == "__main__":
