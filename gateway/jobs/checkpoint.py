@@ -65,11 +65,11 @@ class _StateCheckpoint:
         await self.checkpoint.write(values=False)
 
 
-async def run_checkpoint_and_gauges(runner: Runner, checkpoint: CheckpointJob,
-                                    gauges: GaugesJob) -> None:
+async def run_checkpoint_and_gauges(
+        runner: Runner, checkpoint: CheckpointJob, gauges: GaugesJob,
+        values_interval_s: float = FLEET_VALUES_CHECKPOINT_INTERVAL_S) -> None:
     """Every GAUGE_INTERVAL_S the gauges, and every FLEET_CHECKPOINT_INTERVAL_S the checkpoint
-    instead (which updates the gauges too): with the newest values every
-    FLEET_VALUES_CHECKPOINT_INTERVAL_S."""
+    instead (which updates the gauges too): with the newest values every values_interval_s."""
     loop = asyncio.get_running_loop()
     checkpointed = values_at = loop.time()
     state_only = _StateCheckpoint(checkpoint)
@@ -78,7 +78,7 @@ async def run_checkpoint_and_gauges(runner: Runner, checkpoint: CheckpointJob,
         now = loop.time()
         if now - checkpointed >= FLEET_CHECKPOINT_INTERVAL_S:
             checkpointed = now
-            if now - values_at >= FLEET_VALUES_CHECKPOINT_INTERVAL_S:
+            if now - values_at >= values_interval_s:
                 values_at = now
                 await runner.survive("fleet-checkpoint", checkpoint)
             else:
