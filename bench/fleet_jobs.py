@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import sqlite3
@@ -51,6 +52,7 @@ from device_protocol import (
     encode_birth,
     encode_telemetry,
 )
+from gateway.app import tune_gc
 from gateway.buffer import store
 from gateway.buffer.buffer import Buffer
 from gateway.buffer.db import Database, apply_migrations
@@ -69,6 +71,7 @@ from gateway.jobs.checkpoint import (
 from gateway.jobs.fleet_metrics import FLEET_METRICS_KEEPALIVE_S, FleetMetricsJob
 from gateway.jobs.lifecycle import LifecycleJob
 from gateway.metrics import GatewayMetrics
+from gateway.pipeline import stage
 from gateway.pipeline.frame_compiler import FrameCompiler
 from gateway.pipeline.readback import stored_frame_decoder
 from gateway.pipeline.stage import Pipeline
@@ -231,6 +234,7 @@ async def dark_case(path: Path, dark: int, variant: str) -> dict[str, float]:
     for i in range(dark):
         fleet.observe_birth(device_id(i), birth(i, base), T0)
     fleet.take_events()
+    tune_gc()  # as the gateway does after its start: the fleet's objects frozen
     if variant == "before":
         job = LifecycleJob(fleet, db, EventHub(), GatewayMetrics(), close_boot=pipeline.close_boot)
         lifecycle_module.SWEEP_CHUNK = 10**9  # the whole sweep at once, as before
@@ -276,6 +280,7 @@ async def dark_case(path: Path, dark: int, variant: str) -> dict[str, float]:
     await asyncio.gather(*tasks)
     assert events == dark, events
     await db.close()
+    gc.unfreeze()
     worst = max(range(len(stalls)), key=stalls.__getitem__)
     return {"wall_s": wall, "cpu_s": cpu, "loop_stall_max_ms": stalls[worst] * 1000,
             "its_cpu_ms": busy[worst] * 1000, "loop_busy_max_ms": max(busy) * 1000,
@@ -313,10 +318,13 @@ def main() -> None:
     parser.add_argument("--dark", type=int, default=5_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip", default="", help="comma-separated: checkpoint,metrics,dark")
+    parser.add_argument("--close-chunk", type=int, default=stage.CLOSE_BOOTS_CHUNK,
+                        help="boots closed a transaction (Pipeline.close_boots)")
     parser.add_argument("--write", action="store_true",
                         help='write the "fleet-jobs" section of bench/RESULTS.md')
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    stage.CLOSE_BOOTS_CHUNK = args.close_chunk
     say(f"{args.devices} devices x {SERIES} gauges; {args.dark} go dark")
     fleet = fleet_of(args.devices)
     with tempfile.TemporaryDirectory() as tmp:
