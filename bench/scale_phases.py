@@ -139,6 +139,7 @@ def run_sustain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {
         "devices": devices, "asked_frames_per_s": rate, "sustain_s": args.sustain_s,
         "warmup_s": warmup_s, "sent": paced["sent"],
+        "paced_s": paced["end_epoch"] - paced["start_epoch"],
         "sent_per_s": paced["sent"] / (paced["end_epoch"] - paced["start_epoch"]),
         "gen_max_lag_s": paced["max_lag_s"], "gen_window_waits": paced["window_waits"],
         "stored_per_s": frames / wall if wall else None,

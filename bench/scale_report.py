@@ -101,7 +101,7 @@ def memory_lines(cpu: dict[int, dict[str, Any]], samples: int) -> list[str]:
 def sustain_lines(s: dict[str, Any]) -> list[str]:
     late = s["lateness"]
     return [
-        f"{s['devices']:,} devices at a 10 s cadence for {s['sustain_s']:.0f} s "
+        f"{s['devices']:,} devices at a 10 s cadence for {s['paced_s']:.0f} s "
         f"(asked {s['asked_frames_per_s']:,.0f} frames/s); steady figures exclude the first "
         f"{s['warmup_s']:.0f} s.", "",
         "| figure | value |", "|---|---:|",
