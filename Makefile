@@ -74,7 +74,7 @@ bench-api: install
 bench-sim: install
 	$(BIN)/python bench/sim_scale.py $(SIM_BENCH_ARGS)
 
-# Issue 15 at full scale (~35 min on 2 cores; --quick ~10 min): CPU per frame at 1k/10k/100k
+# Issue 15 at full scale (~45 min on 2 cores; --quick ~20 min): CPU per frame at 1k/10k/100k
 # devices, 100k devices sustained for 10 min, 100k going dark, drain against vmagent, RSS; the
 # "scale" section of bench/RESULTS.md. Smaller: make bench-scale SCALE_BENCH_ARGS=--quick
 bench-scale: install

@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="small: 1k/10k/30k devices, 60 s sustain, 30k going dark, 1k x 100 "
-                    "backlog (development, smoke runs; ~12 min)")
+                    "backlog (development, smoke runs; ~20 min)")
     ap.add_argument("--only", default=",".join(PHASES),
                     help=f"phases to run, comma-separated (default all: {','.join(PHASES)})")
     ap.add_argument("--repeat", type=int, default=1, help="repeats of the cpu phase")
