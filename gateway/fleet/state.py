@@ -106,8 +106,7 @@ class FleetState:
         if record.boot is not None and record.boot != birth.boot:
             self._events.append(DeviceEvent(device_id, now_ms, "reboot", boot=birth.boot,
                                             previous_boot=record.boot))
-            record.restored = record.series()  # keep the old boot's values under their names
-            record.samples.clear()  # a new boot may declare other aliases
+            record.start_boot()  # the old boot's values kept under their names
             record.last_seq = None
         record.boot = birth.boot
         record._note_boot(birth.boot)
