@@ -183,14 +183,16 @@ def goals(cpu: dict[int, dict[str, Any]], phases: dict[str, Any]) -> list[str]:
     s, d, r = phases.get("sustain"), phases.get("dark"), phases.get("drain")
     rss = s["hwm_mb"] if s else None
     sustained = None if s is None else (
-        not s["lost_samples"] and not s.get("problems") and s["stored_per_s"] is not None
+        not s["lost_samples"] and not s.get("problems") and not s["late_events"]
+        and s["stored_per_s"] is not None
         and s["stored_per_s"] >= 0.97 * s["asked_frames_per_s"])
     largest = cpu[max(cpu)] if cpu else None
     return [
         f"- Flat cost (later frames, largest / smallest fleet <= {GOAL_FLAT}x): "
         f"{_met(None if ratio is None else ratio <= GOAL_FLAT)} ({_f(ratio, '.2f', 'x')})"
         + _at(largest),
-        f"- Sustained 10 s cadence, rate reached, every sample delivered, no problem: "
+        f"- Sustained 10 s cadence, rate reached, every sample delivered, no device late, "
+        "no problem: "
         f"{_met(sustained)}{_at(s)}",
         f"- RSS <= {GOAL_RSS_MB:.0f} MB under that load: "
         f"{_met(None if rss is None else rss <= GOAL_RSS_MB)} ({_f(rss)} MB VmHWM){_at(s)}",
