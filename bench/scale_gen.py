@@ -220,13 +220,6 @@ class Fleet:
         self.last_write = time.time()
         self.first_write = self.first_write or self.last_write
 
-    def queue_each(self, topic_for: Any, payload: bytes) -> None:
-        """One packet per device (births, deaths), each on its device's connection."""
-        for d in range(self.devices):
-            link = self._link(d)
-            link.out += publish_qos1(topic_for(TOPIC_PREFIX, device_id(d)).encode(),
-                                     link.next_id(), payload)
-
     def pump(self, timeout: float) -> None:
         """Write what is queued and read PUBACKs, for at most `timeout` seconds of waiting."""
         socks = [link.conn.sock for link in self.links]
