@@ -9,9 +9,9 @@ device, spread evenly over `spread_s` (default variant), or falls silent (`--dar
 the devices then go offline by timeout, after device_offline_after_intervals x 10 s).
 
 Meanwhile, every POLL_S: the live lateness at VictoriaMetrics (bench/drain.py's LIVE_QUERY: the
-age of the newest live sample); every CHECK_S: the gateway's offline events (written to SQLite),
-fleetgate_stale_markers_total, /api/v1/pipeline and VmRSS (see _follow for when the wave is
-over). The fleet summary's by_state is read once at the end (not free at 100,000 devices).
+age of the newest live sample); every CHECK_S: the fleet API's device counts by state,
+/api/v1/pipeline and VmRSS, and fleetgate_stale_markers_total once all are offline (see
+_follow for when the wave is over). The fleet summary's by_state is read once at the end.
 Then: every live sample and every fleet sample in VM exactly once (count_over_time skips
 staleness markers), and VM's export of a few devices' series shows the stale marker as each
 one's last value.
@@ -44,12 +44,15 @@ ONLINE_TIMEOUT_S = 300.0
 EXPORT_DEVICES = 'bench-00000[0-9]'  # ten devices whose series' last value must be stale
 
 
-def _offline_events(stack: Stack) -> float:
-    return stack.gw.metric("fleetgate_device_events_total", event="offline")
+def _counts(stack: Stack) -> dict[str, int]:
+    """Devices by state, as the fleet API says right now (/api/v1/devices with limit=1:
+    its counts; /metrics is 37 MB at 100,000 devices, too dear to poll)."""
+    page = stack.gw.http.get("/api/v1/devices", params={"limit": 1}, timeout=30)
+    return dict(page.raise_for_status().json()["counts"])
 
 
 def _online(stack: Stack) -> float:
-    return stack.gw.metric("fleetgate_devices", state="online")
+    return _counts(stack).get("online", 0)
 
 
 def _live_age(stack: Stack, first_publish: float) -> float:
@@ -61,11 +64,11 @@ def _follow(args: argparse.Namespace, stack: Stack, began: float,
             state: dict[str, Any]) -> dict[str, Any]:
     """Poll until the wave is done (or dark_max_s): lateness, offline events, markers, RSS.
 
-    Every device's offline event is in once fleetgate_device_events_total{event="offline"}
-    (counted as the events are written to SQLite) has grown by N. Every marker is committed
-    once the marker counter has reached N x samples and stopped growing from one check to the
-    next with every offline event in; they are all forwarded once the endpoint's cursor reaches
-    what was committed at that check (live frames keep coming: never "cursor = committed")."""
+    Every device is offline once the fleet API's counts say N offline (the live devices stay
+    online). Every marker is committed once the marker counter (read from /metrics only from
+    then on) has reached N x samples and stopped growing from one check to the next; they are
+    all forwarded once the endpoint's cursor reaches what was committed at that check (live
+    frames keep coming: never "cursor = committed")."""
     out: dict[str, Any] = {"lateness": [], "rss": [], "offline_s": None, "markers_s": None,
                            "markers": 0.0}
     next_check = began
@@ -91,20 +94,24 @@ def _follow(args: argparse.Namespace, stack: Stack, began: float,
 
 def _check(stack: Stack, began: float, state: dict[str, Any], out: dict[str, Any],
            target: int | None) -> int | None:
-    """One look at offline events, markers and the cursor; the committed position to reach
-    once every marker is committed (see _follow)."""
-    offline = patient(lambda: _offline_events(stack))
-    markers = patient(lambda: stack.gw.metric("fleetgate_stale_markers_total"))
+    """One look at the offline count and the cursor (and, once every device is offline, the
+    marker counter); the committed position to reach once every marker is committed."""
+    counts = patient(lambda: _counts(stack))
     pipeline = patient(stack.gw.pipeline)
-    if offline is None or markers is None or pipeline is None:
+    if counts is None or pipeline is None:
         out["slow_checks"] = out.get("slow_checks", 0) + 1
         return target
-    if out["offline_s"] is None and offline - state["offline0"] >= stack.devices:
+    if out["offline_s"] is None and counts.get("offline", 0) >= stack.devices:
         out["offline_s"] = time.time() - began
-    if (target is None and out["offline_s"] is not None
-            and markers >= stack.devices * stack.samples and markers == out["markers"]):
-        target = int(pipeline["committed_upto"])
-    out["markers"] = markers
+    if target is None and out["offline_s"] is not None:
+        name = "fleetgate_stale_markers_total"
+        markers = (patient(lambda: stack.scrape(name)) or {}).get(name)
+        if markers is None:
+            out["slow_checks"] = out.get("slow_checks", 0) + 1
+            return target
+        if markers >= stack.devices * stack.samples and markers == out["markers"]:
+            target = int(pipeline["committed_upto"])
+        out["markers"] = markers
     cursor = min(int(e["cursor"]) for e in pipeline["endpoints"])
     if target is not None and cursor >= target:
         out["markers_s"] = time.time() - began
@@ -131,15 +138,12 @@ def _await_online(stack: Stack, devices: int, timeout: float) -> None:
                                       and stack.stored() >= 2 * devices)),
                  timeout, 0.5, "")
     except TimeoutError:
-        metric = stack.gw.metric
+        health = scale_stack.mqtt_health(stack)
         raise BenchError(
-            f"the fleet did not come online within {timeout:.0f} s: online "
-            f"{_online(stack):,.0f} late {metric('fleetgate_devices', state='late'):,.0f} "
-            f"offline {metric('fleetgate_devices', state='offline'):,.0f} of {devices:,}; "
-            f"stored {stack.stored():,.0f} frames, duplicates "
-            f"{metric('fleetgate_frames_duplicate_total'):,.0f}; broker dropped the gateway "
-            f"{scale_stack.mqtt_health(stack)['keepalive_drops']} time(s) for a missed "
-            "keepalive") from None
+            f"the fleet did not come online within {timeout:.0f} s: {_counts(stack)} of "
+            f"{devices:,}; committed {stack.stored():,.0f} frames, duplicates "
+            f"{health['duplicates']:,.0f}; broker dropped the gateway "
+            f"{health['keepalive_drops']} time(s) for a missed keepalive") from None
 
 
 def _start_live(args: argparse.Namespace, stack: Stack, workdir: Path) -> Child:
@@ -172,7 +176,6 @@ def run_dark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 baseline.append(_live_age(stack, state["live_first"]))
                 time.sleep(POLL_S)
             rss_before = scale_stack.vm_rss_mb(stack.pids["gw"])
-            state["offline0"] = _offline_events(stack)
             began = time.time()
             stack.gen.send("silence" if args.dark_timeout else f"dark {args.dark_spread_s}")
             wave = _follow(args, stack, began, state)

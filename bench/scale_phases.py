@@ -121,8 +121,9 @@ def run_sustain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             time.sleep(max(0.0, HEAD_EVERY_S - (time.time() - now)))
         end = {"t": time.time(), "cpu": stack.cpu(), "stored": stack.stored_patiently()}
         # While the fleet still reports: after the silence below every device goes late.
-        events = {e: scale_stack.patient(lambda e=e: stack.gw.metric(
-            "fleetgate_device_events_total", event=e)) for e in ("late", "offline")}
+        names = {e: f'fleetgate_device_events_total{{event="{e}"}}' for e in ("late", "offline")}
+        scraped = scale_stack.patient(lambda: stack.scrape(*names.values())) or {}
+        events = {e: scraped.get(name) for e, name in names.items()}
         stack.gen.send("silence")
         paced = stack.gen.expect_event("paced", args.timeout)
         stack.gen.expect_event("silent", 60)

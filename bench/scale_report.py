@@ -139,7 +139,7 @@ def dark_lines(d: dict[str, Any]) -> list[str]:
         "| figure | value |", "|---|---:|",
         f"| live lateness p50 / p99 / max during the wave | **{_ms(d['lateness'])}** |",
         f"| live lateness before the wave (baseline) | {_ms(d['baseline'])} |",
-        f"| all {d['devices']:,} offline events written after | "
+        f"| all {d['devices']:,} offline (fleet API counts) after | "
         f"{_f(d['offline_s'], '.1f', ' s')} |",
         f"| every stale marker forwarded after | {_f(d['markers_s'], '.1f', ' s')} "
         f"({d['markers']:,.0f} queued: {d['markers'] / d['devices']:.1f} per device; "
