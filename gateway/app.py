@@ -262,7 +262,8 @@ class Gateway:
         return Jobs(
             runner=Runner(metrics.background_errors),
             lifecycle=LifecycleJob(fleet, db, self.events, metrics,
-                                   close_boot=pipeline.close_boot if self.forwarders else None),
+                                   close_boot=None,
+                                   close_boots=pipeline.close_boots if self.forwarders else None),
             fleet_metrics=FleetMetricsJob(fleet, self.compiler.encoder, self.missing_of,
                                           s.gateway_id, pipeline.commit_entries),
             gauges=gauges, checkpoint=checkpoint,

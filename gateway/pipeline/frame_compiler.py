@@ -1,10 +1,17 @@
 """Raw telemetry + its birth -> remote-write entries, without building resolved samples.
 
-The first sample of each series of a boot goes the long way: `resolve_telemetry` (every rule
-of the protocol: aliases, histogram declarations, birth labels) and `SeriesEncoder`. What that
-yields, the series' entry prefix, is cached per (device, boot) against the very Birth object
-that resolved it; every later sample of the series costs a dict lookup and one struct.pack.
-Histogram samples always take the long way (they are few). Validation of the frame itself
+Cost per sample must not depend on the fleet's size, so nothing here is kept per series for
+the common sample (an alias of the birth, no labels of its own, a plain number): its entry is
+joined from byte pieces that are shared or per boot. A series' labels are the boot's labels
+that sort before __name__ (`head`, usually empty), the metric's encoded __name__ (one piece
+per name for the whole fleet, in a `_Table` shared by every boot of the same declarations),
+then the boot's labels after it (device_id, birth and external labels: `tail`). A boot costs
+~300 bytes; the first sample of each of its series goes through the series budget once
+(bit masks per boot), and after that a boot whose every alias is admitted takes no checks.
+
+Anything else (labels of its own, a name instead of an alias, a histogram, a timestamp outside
+the 6-byte varint range) takes the general path: `resolve_telemetry` (every rule of the
+protocol) and `SeriesEncoder`, with the prefix cached per boot. Validation of the frame itself
 (types, names, finiteness, clock skew) stays in `decode_telemetry`, which the caller runs first.
 """
 
@@ -16,6 +23,7 @@ from device_protocol import (
     HistogramSample,
     HistogramValue,
     Labels,
+    MetricType,
     RawSample,
     RawTelemetry,
     SampleRow,
@@ -24,16 +32,24 @@ from device_protocol import (
 )
 from gateway.buffer.entry_cache import FrameEntries
 from gateway.pipeline.series_budget import SeriesBudget
-from gateway.remote_write.series import SeriesEncoder, label_bytes
+from gateway.remote_write.series import (
+    ENTRY_HEADS,
+    SAMPLE_OPEN,
+    SAMPLE_OVERHEAD,
+    SeriesEncoder,
+    label_bytes,
+)
 from gateway.remote_write.wire import (
     SAMPLE_HEAD,
     SAMPLE_TIMESTAMP_TAG,
     SAMPLE_VALUE_TAG,
+    LabelValidationError,
     encode_varint,
     entry_timestamp,
 )
 
 _TS_LEN = 6  # SeriesEncoder prefixes assume a 6-byte varint timestamp (years 1971..2109)
+TABLES_KEPT = 10_000  # distinct alias tables interned (firmware versions, not devices)
 
 
 def _in_time_order(out: FrameEntries, raw: TelemetryRows) -> None:
@@ -60,20 +76,83 @@ def _in_time_order(out: FrameEntries, raw: TelemetryRows) -> None:
 SeriesKey = int | str | tuple[int | str, tuple[tuple[str, str], ...]]
 
 
+class _Table:
+    """A birth's plain (non-histogram) aliases as byte pieces, shared by every boot that
+    declares the same aliases and names: a fleet of one firmware has one table."""
+
+    __slots__ = ("bits", "full", "longest", "names", "parts")
+
+    def __init__(self, declared: tuple[tuple[int, str], ...], encoder: SeriesEncoder) -> None:
+        self.parts: dict[int | str, bytes] = {}  # alias -> encoded __name__ label
+        self.bits: dict[int | str, int] = {}  # alias -> its bit in a boot's learned mask
+        self.names: dict[int | str, str] = {}
+        for alias, name in declared:
+            try:
+                part = encoder.name_part(name)
+            except LabelValidationError:
+                continue  # left to the long way, which refuses only the frames that use it
+            self.parts[alias] = part
+            self.bits[alias] = 1 << len(self.bits)
+            self.names[alias] = name
+        self.full = (1 << len(self.bits)) - 1
+        self.longest = max(map(len, self.parts.values()), default=0)
+
+
+_NO_TABLE = _Table((), SeriesEncoder())
+
+
+class _Boot:
+    """What a (device, boot) needs to encode its samples: ~300 bytes, not one object per
+    series. A series' entry is joined from the boot's label bytes around __name__ and the
+    table's name piece; `learned`/`refused` are bit masks of the table's aliases."""
+
+    __slots__ = ("birth", "complete", "extra", "fixed", "head", "learned", "refused",
+                 "table", "tail")
+
+    def __init__(self, birth: Birth, table: _Table, head: bytes, tail: bytes) -> None:
+        self.birth = birth
+        self.table = table
+        self.head = head
+        self.tail = tail + SAMPLE_OPEN
+        # + len(name part) = the entry's length beyond its head: an index into ENTRY_HEADS
+        self.fixed = len(head) + len(tail) + SAMPLE_OVERHEAD
+        self.learned = self.refused = 0
+        self.complete = not table.full  # every alias learned and admitted: no checks at all
+        self.extra: dict[SeriesKey, bytes] | None = None  # labelled series etc.: prefixes
+
+
 class FrameCompiler:
     def __init__(self, encoder: SeriesEncoder, max_series: int = 500_000,
-                 budget: SeriesBudget | None = None) -> None:
+                 budget: SeriesBudget | None = None, max_boots: int = 300_000) -> None:
         self.encoder = encoder
         self._encoder = encoder
         self.budget = budget if budget is not None else SeriesBudget(2**62)
-        self._boots: dict[tuple[str, int], tuple[Birth, dict[SeriesKey, bytes]]] = {}
-        self._series = 0
+        self._boots: dict[tuple[str, int], _Boot] = {}
+        self._tables: dict[tuple[tuple[int, str], ...], _Table] = {}
+        self._series = 0  # prefixes held in the boots' `extra` dicts
         self.max_series = max_series  # bounds memory; clearing only costs re-learning
+        self.max_boots = max_boots
         # Series first seen in a boot, as (device, boot, label bytes): the pipeline takes them
         # into its next commit (table boot_series), so a boot's stale markers can name every
         # series it wrote, also after a restart. Re-learning after a restart repeats a few.
         self.learned: list[tuple[str, int, bytes]] = []
         self._long_way_seen: set[tuple[str, int, str, Labels]] = set()
+
+    def _boot(self, device_id: str, boot: int, birth: Birth) -> _Boot:
+        if len(self._boots) >= self.max_boots:  # boots come and go: bound them too
+            self._forget_all()
+        declared = tuple((m.alias, m.name) for m in birth.metrics
+                         if m.type is not MetricType.HISTOGRAM)
+        table = self._tables.get(declared)
+        if table is None:
+            if len(self._tables) >= TABLES_KEPT:
+                self._tables.clear()  # boots keep their own reference
+            table = self._tables[declared] = _Table(declared, self._encoder)
+        head, tail = self._encoder.boot_pieces(device_id, birth.labels)
+        if len(head) + len(tail) + table.longest + SAMPLE_OVERHEAD >= len(ENTRY_HEADS):
+            table = _NO_TABLE  # labels of many KB: every sample takes the general path
+        state = self._boots[device_id, boot] = _Boot(birth, table, head, tail)
+        return state
 
     def entries(self, device_id: str, raw: TelemetryRows, birth: Birth | None,
                 count_refused: bool = False) -> FrameEntries:
@@ -83,49 +162,35 @@ class FrameCompiler:
         budget refused (at ingest; not again when a forwarder re-reads the frame)."""
         if birth is None or birth.boot != raw.boot:
             raise BirthRequired("birth required", f"no birth known for boot {raw.boot}")
-        boot_key = (device_id, raw.boot)
-        cached = self._boots.get(boot_key)
-        if cached is None or cached[0] is not birth:
-            if len(self._boots) >= self.max_series:  # boots come and go: bound them too
-                self._forget_all()
-            cached = self._boots[boot_key] = (birth, {})
-        prefixes = cached[1]
+        state = self._boots.get((device_id, raw.boot))
+        if state is None or state.birth is not birth:
+            state = self._boot(device_id, raw.boot, birth)
         out = FrameEntries()
         append = out.append
+        join, heads = b"".join, ENTRY_HEADS
         pack, value_tag, ts_tag = SAMPLE_HEAD.pack, SAMPLE_VALUE_TAG, SAMPLE_TIMESTAMP_TAG
+        parts, head, tail, fixed = state.table.parts, state.head, state.tail, state.fixed
+        complete = state.complete
         base_ms = raw.time_ms
         frame_ts = encode_varint(base_ms)
-        # The common sample: no labels of its own, no time offset, a plain number, and a
-        # timestamp of the 6-byte varint size the cached prefixes are built for.
-        plain_ok = len(frame_ts) == _TS_LEN
         refused = 0
         shifted = False  # a sample has a time offset of its own: check the frame's order
+        # The common sample: no labels of its own, no time offset, a plain number, and a
+        # timestamp of the 6-byte varint size ENTRY_HEADS' lengths are built for.
+        plain_ok = len(frame_ts) == _TS_LEN
         for row in raw.rows:
             metric, value, dt_ms, labels = row
             if plain_ok and not dt_ms and not labels and type(value) is not HistogramValue:
-                prefix = prefixes.get(metric)
-                if prefix is None:
-                    prefix = self._learn(device_id, raw, row, birth, prefixes)
-                if prefix:  # b"": a series over the device's budget
-                    append(prefix + pack(value_tag, value, ts_tag) + frame_ts)
-                else:
-                    refused += 1
-                continue
+                part = parts.get(metric)
+                if part is not None:
+                    if complete or self._admitted(device_id, raw.boot, state, metric):
+                        append(join((heads[fixed + len(part)], head, part, tail,
+                                     pack(value_tag, value, ts_tag), frame_ts)))
+                    else:
+                        refused += 1
+                    continue
             shifted = shifted or dt_ms != 0
-            ts_bytes = b"" if type(value) is HistogramValue else encode_varint(base_ms + dt_ms)
-            if len(ts_bytes) != _TS_LEN:  # a histogram, or a timestamp of another size
-                long_way = self._long_way(device_id, raw, row, birth)
-                out.extend(long_way)
-                refused += not long_way
-            else:
-                # Unlabelled samples are keyed by the metric alone: no tuple per sample.
-                prefix = prefixes.get((metric, labels) if labels else metric)
-                if prefix is None:
-                    prefix = self._learn(device_id, raw, row, birth, prefixes)
-                if prefix:
-                    append(prefix + pack(value_tag, value, ts_tag) + ts_bytes)
-                else:
-                    refused += 1
+            refused += self._general(out, device_id, raw, row, state)
         if refused and count_refused:
             self.budget.count_refused(device_id, refused)
         out.device = device_id
@@ -134,6 +199,55 @@ class FrameCompiler:
         else:
             out.first_ms = out.last_ms = base_ms
         return out
+
+    def _admitted(self, device_id: str, boot: int, state: _Boot, metric: int | str) -> bool:
+        """First sample of a table series in this boot: the budget admits it (or not) once."""
+        table = state.table
+        bit = table.bits[metric]
+        if state.learned & bit:
+            return True
+        if state.refused & bit:
+            return False
+        name = table.names[metric]
+        if not self.budget.admit(device_id, name, state.birth.labels):
+            state.refused |= bit
+            return False
+        self.learned.append((device_id, boot, state.head + table.parts[metric]
+                             + state.tail[:-len(SAMPLE_OPEN)]))
+        state.learned |= bit
+        state.complete = state.learned == table.full
+        return True
+
+    def _general(self, out: FrameEntries, device_id: str, raw: TelemetryRows, row: SampleRow,
+                 state: _Boot) -> int:
+        """A sample with labels of its own, a histogram, a name instead of an alias, or a
+        timestamp of another size: appended to out; returns 1 if the budget refused it."""
+        metric, value, dt_ms, labels = row
+        ts_bytes = b"" if type(value) is HistogramValue else encode_varint(raw.time_ms + dt_ms)
+        part = None if labels else state.table.parts.get(metric)
+        if part is not None and len(ts_bytes) == _TS_LEN:  # a table series with a time offset
+            if not self._admitted(device_id, raw.boot, state, metric):
+                return 1
+            out.append(b"".join((ENTRY_HEADS[state.fixed + len(part)], state.head, part,
+                                 state.tail, SAMPLE_HEAD.pack(SAMPLE_VALUE_TAG, value,
+                                                              SAMPLE_TIMESTAMP_TAG), ts_bytes)))
+            return 0
+        if len(ts_bytes) != _TS_LEN:  # a histogram, or a timestamp of another size
+            long_way = self._long_way(device_id, raw, row, state.birth)
+            out.extend(long_way)
+            return not long_way
+        extra = state.extra
+        if extra is None:
+            extra = state.extra = {}
+        # Unlabelled samples are keyed by the metric alone: no tuple per sample.
+        prefix = extra.get((metric, labels) if labels else metric)
+        if prefix is None:
+            prefix = self._learn(device_id, raw, row, state)
+        if not prefix:  # b"": a series over the device's budget
+            return 1
+        out.append(prefix + SAMPLE_HEAD.pack(SAMPLE_VALUE_TAG, value, SAMPLE_TIMESTAMP_TAG)
+                   + ts_bytes)
+        return 0
 
     @staticmethod
     def _single(raw: TelemetryRows, row: SampleRow) -> RawTelemetry:
@@ -157,27 +271,28 @@ class FrameCompiler:
             self.learned.extend((device_id, raw.boot, label_bytes(p)) for p in prefixes)
         return entries
 
-    def _learn(self, device_id: str, raw: TelemetryRows, row: SampleRow, birth: Birth,
-               prefixes: dict[SeriesKey, bytes]) -> bytes:
+    def _learn(self, device_id: str, raw: TelemetryRows, row: SampleRow, state: _Boot) -> bytes:
         # resolve_telemetry validates: the alias is declared and not as a histogram.
-        resolved = resolve_telemetry(self._single(raw, row), birth).samples[0]
+        resolved = resolve_telemetry(self._single(raw, row), state.birth).samples[0]
         if self.budget.admit(device_id, resolved.name, resolved.labels):
-            prefix = self._encoder.series_prefix(device_id, resolved.name, resolved.labels)
+            prefix = self._encoder.uncached_prefix(device_id, resolved.name, resolved.labels)
             self.learned.append((device_id, raw.boot, label_bytes(prefix)))
         else:
             prefix = b""  # cached too: the next samples of the series are refused at once
         if self._series >= self.max_series:
             self._forget_all()
-            self._boots[(device_id, raw.boot)] = (birth, prefixes)
-        prefixes[(row[0], row[3]) if row[3] else row[0]] = prefix
+            self._boots[device_id, raw.boot] = state
+        if state.extra is None:
+            state.extra = {}
+        state.extra[(row[0], row[3]) if row[3] else row[0]] = prefix
         self._series += 1
         return prefix
 
     def _forget_all(self) -> None:
-        # Drops the Birth objects too (pruned boots must not stay alive here); clearing the
-        # dicts in place keeps a caller's reference to its boot's prefixes valid and empty.
-        for _, prefixes in self._boots.values():
-            prefixes.clear()
+        # Drops the Birth objects too (pruned boots must not stay alive here). A boot being
+        # compiled keeps its state object, emptied of its extra prefixes.
+        for state in self._boots.values():
+            state.extra = None
         self._boots = {}
         self._long_way_seen.clear()
         self._series = 0
@@ -189,6 +304,6 @@ class FrameCompiler:
 
     def forget(self, device_id: str, boot: int) -> None:
         cached = self._boots.pop((device_id, boot), None)
-        if cached is not None:
-            self._series -= len(cached[1])
+        if cached is not None and cached.extra:
+            self._series -= len(cached.extra)
         self._long_way_seen -= {k for k in self._long_way_seen if k[:2] == (device_id, boot)}

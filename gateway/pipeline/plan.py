@@ -230,7 +230,7 @@ class Planner:
     def _plan_birth(self, plan: BatchPlan, message: InboundMessage, device_id: str,
                     now_ms: int) -> None:
         # No future check: a clock that runs ahead is measured here and corrected for.
-        birth = decode_birth(message.payload, limits=self._limits)
+        birth = self._state.births.shared(decode_birth(message.payload, limits=self._limits))
         known, known_ahead_ms = self._birth_for(plan, device_id, birth.boot)
         if known is not None:  # measured at the boot's first birth: frames stored rely on it
             ahead_ms = known_ahead_ms

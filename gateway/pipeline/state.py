@@ -60,7 +60,7 @@ def restore_state(state: store.StoredState, ledger_max_ranges: int,
     births = BirthRegistry()
     for device_id, boot, received_ms, payload, ahead_ms in state.births:
         try:
-            birth = decode_birth(payload)
+            birth = births.shared(decode_birth(payload))
             if ahead_ms is None:  # a row from before the measurement was kept
                 ahead_ms = clock_ahead_ms(birth.time_ms, received_ms, clock_tolerance_ms)
             births.put(device_id, birth, ahead_ms, received_ms)

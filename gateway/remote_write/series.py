@@ -36,7 +36,8 @@ from gateway.remote_write.wire import (
     validate_labels,
 )
 
-__all__ = ["INFO_METRIC", "SeriesEncoder", "format_le"]
+__all__ = ["ENTRY_HEADS", "INFO_METRIC", "SAMPLE_OPEN", "SAMPLE_OVERHEAD", "SeriesEncoder",
+           "entry_head", "format_le"]
 
 INFO_METRIC = "fleet_device_info"
 _RESERVED = frozenset({"__name__", "device_id"})
@@ -52,6 +53,23 @@ def _prefix(label_bytes: bytes) -> bytes:
     series_len = len(label_bytes) + 2 + _SAMPLE_LEN
     return (TIMESERIES_TAG + encode_varint(series_len) + label_bytes + SAMPLE_TAG
             + bytes((_SAMPLE_LEN,)))
+
+
+# TIMESERIES_TAG + varint(series length) for every length a series of up to ~16 KB of labels has:
+# an entry is then joined from byte pieces without encoding a varint per sample.
+ENTRY_HEADS = tuple(TIMESERIES_TAG + encode_varint(n) for n in range(16384))
+# What follows a series' labels, up to its sample's value (for a 6-byte timestamp).
+SAMPLE_OPEN = SAMPLE_TAG + bytes((_SAMPLE_LEN,))
+# An entry's length beyond its labels: the Sample field's tag and length, and the Sample.
+SAMPLE_OVERHEAD = 2 + _SAMPLE_LEN
+_NAME = "__name__"
+
+
+def entry_head(labels_len: int) -> bytes:
+    """TIMESERIES_TAG + varint(length) of an entry whose labels take labels_len bytes."""
+    series_len = labels_len + SAMPLE_OVERHEAD
+    return ENTRY_HEADS[series_len] if series_len < len(ENTRY_HEADS) else (
+        TIMESERIES_TAG + encode_varint(series_len))
 
 
 def label_bytes(prefix: bytes) -> bytes:
@@ -95,7 +113,8 @@ class SeriesEncoder:
     bookkeeping on every sample. A cleared cache only costs re-encoding, never correctness.
     """
 
-    __slots__ = ("_cache", "_cache_size", "_external", "_hist_cache", "_slots")
+    __slots__ = ("_cache", "_cache_size", "_device_pieces", "_external", "_hist_cache",
+                 "_name_parts", "_slots")
 
     def __init__(
         self, external_labels: Sequence[tuple[str, str]] = (), cache_size: int = 200_000
@@ -115,6 +134,11 @@ class SeriesEncoder:
         # histogram -> entry prefixes of its buckets (one per bound), then _sum, then _count
         self._hist_cache: dict[tuple[str, str, Labels, tuple[float, ...]], tuple[bytes, ...]] = {}
         self._slots = 0  # series held by both caches together
+        # Shared by every device: a metric's encoded __name__ label (a fleet has few names).
+        self._name_parts: dict[str, bytes] = {}
+        # A device's labels around __name__ for series without labels of their own (the
+        # fleet metrics): ~100 bytes a device, bounded like the series cache.
+        self._device_pieces: dict[str, tuple[bytes, bytes]] = {}
 
     @property
     def cached_series(self) -> int:
@@ -167,9 +191,46 @@ class SeriesEncoder:
         return group if group is not None else self._histogram_series(key)
 
     def uncached_prefix(self, device_id: str, name: str, labels: Labels = ()) -> bytes:
-        """series_prefix without caching: for series written once a minute per device (the
-        fleet's own metrics), which would only evict the telemetry series from the cache."""
-        return _prefix(encode_labels(self._labels(name, device_id, labels, ())))
+        """series_prefix without a per-series cache: for series written once a minute per
+        device (the fleet's own metrics) and for the compiler, which keeps its own. Without
+        labels of its own it is joined from the name's and the device's cached byte pieces."""
+        if labels:
+            return _prefix(encode_labels(self._labels(name, device_id, labels, ())))
+        pieces = self._device_pieces.get(device_id)
+        if pieces is None:
+            if len(self._device_pieces) >= self._cache_size:
+                self._device_pieces.clear()
+            pieces = self._device_pieces[device_id] = self.boot_pieces(device_id, ())
+        head, tail = pieces
+        part = self.name_part(name)
+        return (entry_head(len(head) + len(part) + len(tail)) + head + part + tail
+                + SAMPLE_OPEN)
+
+    def name_part(self, name: str) -> bytes:
+        """The encoded ``__name__`` label of a metric, validated once for the whole fleet."""
+        part = self._name_parts.get(name)
+        if part is None:
+            validate_labels(((_NAME, name),))
+            if len(self._name_parts) >= self._cache_size:  # only a hostile fleet gets here
+                self._name_parts.clear()
+            part = self._name_parts[name] = encode_labels(((_NAME, name),))
+        return part
+
+    def boot_pieces(self, device_id: str, labels: Labels) -> tuple[bytes, bytes]:
+        """(head, tail): the encoded labels of a series with these labels (a boot's birth
+        labels) that sort before and after ``__name__``: any such series' labels are
+        head + name_part(name) + tail. Validated here, once, with the label rules above."""
+        merged = dict(self._external)
+        merged.update((label, value) for label, value in labels if value)
+        merged.pop(_NAME, None)
+        merged["device_id"] = device_id
+        pairs = sorted(merged.items())
+        try:
+            validate_labels(sorted((*pairs, (_NAME, "x"))))
+        except LabelValidationError as exc:
+            raise LabelValidationError(f"device {device_id!r}: {exc}") from exc
+        return (encode_labels(p for p in pairs if p[0] < _NAME),
+                encode_labels(p for p in pairs if p[0] > _NAME))
 
     def gateway_series_prefix(self, name: str, labels: Labels) -> bytes:
         """Prefix of a series of the gateway's own (no device_id), with the external labels."""

@@ -126,13 +126,13 @@ def test_the_series_cap_clears_and_relearns() -> None:
 
 
 def test_boots_and_their_births_are_bounded_and_forgettable() -> None:
-    compiler = FrameCompiler(SeriesEncoder(), max_series=5)
+    compiler = FrameCompiler(SeriesEncoder(), max_boots=5)
     for i in range(40):  # 40 boots of 40 devices, one series each
         birth = f.birth(i)
         raw = RawTelemetry(birth.boot, 0, 1_790_000_000_000, (RawSample(0, 1.0, 0, ()),), False)
         expected = SeriesEncoder().frame_entries(f"d{i}", resolve_telemetry(raw, birth))
         assert compiler.entries(f"d{i}", TelemetryRows.from_raw(raw), birth) == expected
-        assert len(compiler._boots) <= 5 and compiler._series <= 5
+        assert len(compiler._boots) <= 5
     compiler.forget("d39", f.birth(39).boot)
     assert ("d39", f.birth(39).boot) not in compiler._boots
 
