@@ -17,7 +17,7 @@ from typing import Any
 
 import msgpack
 
-from device_protocol import Birth, HistogramValue, Labels, TelemetryRows
+from device_protocol import Birth, HistogramValue, Labels, TelemetryRows, decode_telemetry_rows
 
 MAX_BOOTS_KEPT = 8  # per device, for the completeness view; older boots' stats are dropped
 
@@ -78,7 +78,8 @@ class DeviceRecord:
     # The newest frame, folded into `packed` only when read or checkpointed: the hot path
     # stores one reference per frame instead of one entry per sample. A metric sent only in
     # frames between two folds is missed by this view (it still reaches Prometheus).
-    newest: TelemetryRows | None = None
+    # Either decoded, or as (payload, its time on the gateway's clock): decoded when folded.
+    newest: TelemetryRows | tuple[bytes, int] | None = None
     frames: int = 0  # telemetry frames accepted (not duplicates), all boots
     quarantined: int = 0  # frames refused as invalid (their seqs stay free), all boots
     duplicates: dict[int, int] = field(default_factory=dict)  # per boot
@@ -105,8 +106,12 @@ class DeviceRecord:
         frame = self.newest
         if frame is not None:
             self.newest = None
-            base_ms = frame.time_ms
-            for metric, value, dt_ms, labels in frame.rows:
+            if isinstance(frame, tuple):
+                payload, base_ms = frame
+                rows = decode_telemetry_rows(payload).rows  # validated at its ingest
+            else:
+                base_ms, rows = frame.time_ms, frame.rows
+            for metric, value, dt_ms, labels in rows:
                 samples[metric, labels] = (value, base_ms + dt_ms)
             self.packed = _pack([list(samples.items()), list(restored.items())])
         return samples, restored

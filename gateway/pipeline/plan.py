@@ -53,7 +53,8 @@ class BatchPlan:
     released: list[LedgerKey] = field(default_factory=list)
     entries: list[tuple[int, Sequence[bytes]]] = field(default_factory=list)
     # What the fleet is told, in arrival order (a death then a birth is not a birth then a
-    # death): ("birth", device, Birth, ms) | ("telemetry", device, TelemetryRows, received_ms)
+    # death): ("birth", device, Birth, ms) | ("telemetry", device, (TelemetryRows, payload),
+    # received_ms)
     # | ("death", device, boot, ms)
     fleet: list[tuple[str, str, object, int]] = field(default_factory=list)
     rebirths: list[str] = field(default_factory=list)
@@ -224,7 +225,7 @@ class Planner:
         if raw.boot != self._current_boot(plan, device_id):
             raw = TelemetryRows(raw.boot, raw.seq, raw.time_ms, raw.rows, True,  # a past boot's
                                 raw.dropped_labels)
-        plan.fleet.append(("telemetry", device_id, raw, received_ms))
+        plan.fleet.append(("telemetry", device_id, (raw, payload), received_ms))
         plan.added_bytes += len(payload)
 
     def _plan_birth(self, plan: BatchPlan, message: InboundMessage, device_id: str,

@@ -19,12 +19,12 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from tenacity import AsyncRetrying, retry_if_exception
 
 from device_protocol import Command as DeviceCommand
-from device_protocol import Limits, cmd_topic, encode_command
+from device_protocol import Limits, TelemetryRows, cmd_topic, encode_command
 from gateway.backoff import backoff_s  # one backoff rule for every retry
 from gateway.buffer import markers, store
 from gateway.buffer.buffer import Buffer
@@ -202,7 +202,8 @@ class Pipeline:
         observe_telemetry = fleet.observe_telemetry
         for kind, device_id, item, ms in plan.fleet:
             if kind == "telemetry":
-                observe_telemetry(device_id, item, ms)  # type: ignore[arg-type]
+                rows, frame_bytes = cast(tuple[TelemetryRows, bytes], item)
+                observe_telemetry(device_id, rows, ms, frame_bytes)
             elif kind == "birth":
                 fleet.observe_birth(device_id, item, ms)  # type: ignore[arg-type]
             else:
