@@ -68,6 +68,7 @@ class BatchPlan:
     last_frame_id: int = 0
     labels_dropped: int = 0  # labels with an empty value left out of the frames stored
     closes: list[markers.BootClose] = field(default_factory=list)  # boots whose series end here
+    closing: set[LedgerKey] = field(default_factory=set)  # their keys: one lookup per frame
     stored_extra: int = 0  # frames of the gateway's own (stale markers) stored with the batch
     reopened: set[LedgerKey] = field(default_factory=set)  # closed, then stored frames again
     now_ms: int = 0
@@ -213,7 +214,7 @@ class Planner:
             if not released:  # a released copy of a seq was counted when it arrived
                 self._count_duplicate(plan, key)
             return
-        if plan.closes and any((c.device_id, c.boot) == key for c in plan.closes):
+        if key in plan.closing:
             plan.reopened.add(key)  # a frame after its boot's close in this batch (a late one)
         later_ms = max((row[2] for row in raw.rows), default=0)  # samples may carry dt > 0
         plan.overlay.note_newest(key, raw.time_ms + max(later_ms, 0))
@@ -331,7 +332,7 @@ class Planner:
         key = (device_id, boot)
         if key in self._state.closed_boots and key not in plan.overlay.changed:
             return  # closed already (a death, then the next boot's birth) and silent since
-        if any(close.device_id == device_id and close.boot == boot for close in plan.closes):
+        if key in plan.closing:
             return
         newest = plan.overlay.newest(key)
         if newest is not None and next_boot_ms is not None and newest + 1 > next_boot_ms:
@@ -349,6 +350,7 @@ class Planner:
         if newest is None and info is None:
             return  # nothing of that boot was ever sent
         frame_id = self._buffer.reserve_id()
+        plan.closing.add(key)
         plan.closes.append(markers.BootClose(frame_id, device_id, boot,
                                            None if newest is None else newest + 1, info,
                                            info_ms))

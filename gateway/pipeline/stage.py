@@ -271,6 +271,7 @@ class Pipeline:
                     self._planner.close_boot(scratch, device_id, boot, plan.now_ms,
                                              current(device_id))
                     plan.closes += scratch.closes
+                    plan.closing |= scratch.closing
                     scratch.closes.clear()
             if not plan.closes:
                 return 0
